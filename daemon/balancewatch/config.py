@@ -1,0 +1,304 @@
+"""Settings: ``config.yaml``, overridden by ``BALANCEWATCH_*`` variables, plus secret files.
+
+Where the file is found: ``--config PATH``, else ``$BALANCEWATCH_CONFIG``, else
+``./config.yaml``, else ``/etc/balancewatch/config.yaml``; with none of them the
+defaults apply (SQLite in the state directory, mail written to files).
+
+Every key can be set from the environment: ``BALANCEWATCH_POLL_INTERVAL=10s``,
+``BALANCEWATCH_SMTP__HOST=mail.example.com`` (``__`` descends into a section).
+The SMTP password comes from ``smtp.password`` (best from the environment),
+``smtp.password_file``, or ``$CREDENTIALS_DIRECTORY/smtp-password`` (systemd
+``LoadCredential=``), in that order. It is a ``SecretStr``: never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from balancewatch import shipped, yamlfile
+from balancewatch.durations import Duration
+from balancewatch.money import MoneyError, check_locale
+from balancewatch.problems import Problem, ProblemsError
+
+DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/balancewatch/config.yaml"))
+ENV_PREFIX = "BALANCEWATCH_"
+CREDENTIAL_NAME = "smtp-password"
+
+
+def _locale(value: str) -> str:
+    try:
+        return check_locale(value)
+    except MoneyError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+    return value
+
+
+Locale = Annotated[str, AfterValidator(_locale)]
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Security(StrEnum):
+    starttls = "starttls"
+    tls = "tls"
+    none = "none"
+
+
+class SmtpSettings(_Section):
+    """How to reach the mail server; leave ``host`` empty to write files instead."""
+
+    host: str = ""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Security = Security.starttls
+    username: str = ""
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    timeout: Duration = timedelta(seconds=30)
+    ca_file: Path | None = None
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return {Security.tls: 465, Security.starttls: 587, Security.none: 25}[self.security]
+
+
+class FilesSettings(_Section):
+    """Where the file transport writes one ``.eml`` per message."""
+
+    dir: Path | None = None
+
+
+class RetrySettings(_Section):
+    initial: Duration = timedelta(seconds=30)
+    max: Duration = timedelta(hours=1)
+    give_up_after: Duration = timedelta(days=2)
+
+
+class DeliverySettings(_Section):
+    transport: Literal["auto", "smtp", "files"] = "auto"
+    sender: str = Field(default="balancewatch <balancewatch@localhost>", alias="from")
+    reply_to: str = ""
+    message_id_domain: str = ""
+    interval: Duration = timedelta(seconds=5)
+    batch_size: int = Field(default=50, ge=1, le=10_000)
+    lease: Duration = timedelta(minutes=5)
+    retry: RetrySettings = RetrySettings()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DefaultsSettings(_Section):
+    timezone: TimeZone = "UTC"
+    locale: Locale = "en_US"
+
+
+class DatabaseSettings(_Section):
+    url: str = ""
+    pool_size: int = Field(default=5, ge=1, le=100)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole configuration, validated. Paths are absolute after loading."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", populate_by_name=True
+    )
+
+    state_dir: Path = Path("state")
+    rules_dir: Path = Field(default_factory=shipped.rules_dir)
+    templates_dir: Path = Field(default_factory=shipped.templates_dir)
+    database: DatabaseSettings = DatabaseSettings()
+    poll_interval: Duration = timedelta(seconds=30)
+    poll_overlap: Duration = timedelta(minutes=2)
+    sweep_interval: Duration = timedelta(minutes=15)
+    instance: str = ""
+    smtp: SmtpSettings = SmtpSettings()
+    files: FilesSettings = FilesSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    defaults: DefaultsSettings = DefaultsSettings()
+    log: LogSettings = LogSettings()
+
+    # Set by load_settings; not a key of the file.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        env = _MappingEnvSource(settings_cls, environ) if environ is not None else env_settings
+        # Environment first: it overrides the file, which arrives as init kwargs.
+        return (env, init_settings)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.state_dir / 'balancewatch.db'}"
+
+    @property
+    def transport(self) -> Literal["smtp", "files"]:
+        if self.delivery.transport == "auto":
+            return "smtp" if self.smtp.host else "files"
+        return self.delivery.transport
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.files.dir or self.state_dir / "mail"
+
+    def smtp_password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The SMTP password from the setting, its file, or the systemd credential."""
+        environ = os.environ if environ is None else environ
+        if self.smtp.password is not None:
+            return self.smtp.password.get_secret_value()
+        if self.smtp.password_file is not None:
+            return self.smtp.password_file.read_text().rstrip("\r\n")
+        creds = environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / CREDENTIAL_NAME).is_file():
+            return (Path(creds) / CREDENTIAL_NAME).read_text().rstrip("\r\n")
+        return None
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as data with every secret masked, for ``config show`` and logs."""
+        data = self.model_dump(mode="json", by_alias=True)
+        if data["smtp"].get("password"):
+            data["smtp"]["password"] = "********"
+        return data
+
+
+# pydantic-settings builds its sources itself; this is how an explicit
+# environment (tests, the CLI) reaches the one source that reads it.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("balancewatch_environ", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._given = {k.lower(): v for k, v in environ.items()}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._given
+
+
+def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file to read, or None when there is none (defaults apply).
+
+    An explicit path or ``$BALANCEWATCH_CONFIG`` that does not exist is an error.
+    """
+    chosen = explicit or environ.get("BALANCEWATCH_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ProblemsError([Problem(str(path), 0, "", "config file not found")])
+        return path
+    return next((p for p in DEFAULT_PATHS if p.is_file()), None)
+
+
+def load_settings(
+    explicit: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Find, read and validate the configuration.
+
+    Raises ProblemsError listing every problem as ``path:line: field: message``
+    (or naming the environment variable that carried the bad value).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    path = find_config(explicit, environ)
+    located = _read(path)
+    data = located.data if isinstance(located.data, dict) else {}
+    token = _ENVIRON.set(environ)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ProblemsError(_problems(exc, located, environ)) from None
+    finally:
+        _ENVIRON.reset(token)
+    settings.source = path
+    base = path.parent if path else Path.cwd()
+    if "state_dir" not in data and "STATE_DIRECTORY" in environ and f"{ENV_PREFIX}STATE_DIR" not in environ:
+        # systemd's StateDirectory= names the place when the config does not.
+        settings.state_dir = Path(environ["STATE_DIRECTORY"].split(":")[0])
+    _absolutise(settings, base)
+    return settings
+
+
+def _read(path: Path | None) -> yamlfile.Located:
+    if path is None:
+        return yamlfile.Located("<defaults>", {})
+    located = yamlfile.load(path.read_text(encoding="utf-8"), str(path))
+    if located.data is not None and not isinstance(located.data, dict):
+        raise ProblemsError([Problem(str(path), 1, "", "the config file must be a mapping of keys")])
+    return located
+
+
+def _absolutise(settings: Settings, base: Path) -> None:
+    settings.state_dir = (base / settings.state_dir).resolve()
+    settings.rules_dir = (base / settings.rules_dir).resolve()
+    settings.templates_dir = (base / settings.templates_dir).resolve()
+    if settings.files.dir is not None:
+        settings.files.dir = (base / settings.files.dir).resolve()
+    if settings.smtp.password_file is not None:
+        settings.smtp.password_file = (base / settings.smtp.password_file).resolve()
+
+
+def _problems(exc: ValidationError, located: yamlfile.Located, environ: Mapping[str, str]) -> list[Problem]:
+    out = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        field = ".".join(str(p) for p in loc)
+        var = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
+        message = _message(error)
+        if var in environ or var.lower() in {k.lower() for k in environ}:
+            out.append(Problem(f"environment {var}", 0, field, message))
+        else:
+            out.append(Problem(located.path, located.line_of(loc), field, message))
+    return out
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key; see config.example.yaml for every key"
+    text = str(error["msg"])
+    return text.removeprefix("Value error, ")

@@ -1,0 +1,177 @@
+"""One evaluation cycle: candidates -> decisions -> rendered messages -> outbox.
+
+Each chunk of balances is decided in one transaction: the new step states
+and the outbox rows commit together or not at all. If another instance
+decided the same thing first, the unique idempotency key refuses the insert;
+the chunk is rolled back and decided again from the state now committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session
+
+from balancewatch import outbox
+from balancewatch.config import Settings
+from balancewatch.evaluate import candidates
+from balancewatch.evaluate.decide import Decision, StepState, decide
+from balancewatch.evaluate.load import Subject, load_states, load_subjects, write_states
+from balancewatch.liveset import LiveSet
+from balancewatch.messages import alert_context, idem_key, recipients
+from balancewatch.render import RenderError
+from balancewatch.rules.compiled import CompiledRule, StepSet
+from balancewatch.store.db import get_meta, is_postgres, set_meta
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500
+ATTEMPTS = 3
+WATERMARK = "poll_watermark"
+
+
+@dataclass
+class CycleStats:
+    """What a cycle looked at and decided."""
+
+    full: bool = False
+    candidates: int = 0
+    decided: Counter[str] = field(default_factory=Counter)  # rule id -> notifications
+    render_errors: list[str] = field(default_factory=list)
+
+    @property
+    def notifications(self) -> int:
+        return sum(self.decided.values())
+
+
+@dataclass(frozen=True)
+class Env:
+    """What deciding needs besides the data: the live set, settings and the clock."""
+
+    live: LiveSet
+    settings: Settings
+    now: datetime
+
+    @property
+    def domain(self) -> str:
+        return message_domain(self.settings)
+
+
+def message_domain(settings: Settings) -> str:
+    """The right-hand side of Message-IDs: configured, else the sender's domain."""
+    if settings.delivery.message_id_domain:
+        return settings.delivery.message_id_domain
+    sender = settings.delivery.sender
+    domain = sender.rsplit("@", 1)[-1].strip(" >") if "@" in sender else ""
+    return domain or "balancewatch.invalid"
+
+
+def poll(
+    engine: Engine, live: LiveSet, settings: Settings, now: datetime, *, full: bool = False
+) -> CycleStats:
+    """Evaluate balances changed since the last poll (minus the overlap), or all of them.
+
+    The first poll ever is a full sweep. The watermark moves to ``now`` only
+    after every chunk has committed.
+    """
+    with Session(engine) as session:
+        stored = get_meta(session, WATERMARK)
+    since = None if full or stored is None else datetime.fromisoformat(stored) - settings.poll_overlap
+    stats = evaluate(engine, Env(live, settings, now), since)
+    with Session(engine) as session:
+        set_meta(session, WATERMARK, now.isoformat(), now)
+        session.commit()
+    return stats
+
+
+def evaluate(engine: Engine, env: Env, since: datetime | None) -> CycleStats:
+    """Run every enabled rule of ``env.live`` over the balances changed after ``since``."""
+    stats = CycleStats(full=since is None)
+    for rule in env.live.rules:
+        if not rule.enabled:
+            continue
+        for step_set in rule.step_sets:
+            with engine.connect().execution_options(readonly=True) as conn:
+                keys = candidates.find(conn, rule, step_set, env.now, since)
+            stats.candidates += len(keys)
+            for chunk in candidates.chunks(keys, CHUNK):
+                _decide_chunk(engine, env, rule, step_set, chunk, stats)
+    return stats
+
+
+def _decide_chunk(
+    engine: Engine,
+    env: Env,
+    rule: CompiledRule,
+    step_set: StepSet,
+    keys: list[candidates.Key],
+    stats: CycleStats,
+) -> None:
+    for attempt in range(1, ATTEMPTS + 1):
+        local = CycleStats()
+        try:
+            with engine.begin() as conn:
+                _decide_in(conn, env, rule, step_set, keys, local)
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == ATTEMPTS:
+                raise
+            log.info(
+                "rule %s: chunk decided elsewhere or busy (%s); deciding again", rule.id, type(exc).__name__
+            )
+            continue
+        stats.decided.update(local.decided)
+        stats.render_errors.extend(local.render_errors)
+        return
+
+
+def _decide_in(
+    conn: Connection,
+    env: Env,
+    rule: CompiledRule,
+    step_set: StepSet,
+    keys: list[candidates.Key],
+    stats: CycleStats,
+) -> None:
+    subjects = load_subjects(conn, rule, step_set, keys, lock=is_postgres(conn.engine))
+    states = load_states(conn, rule.id, [s.key for s in subjects])
+    state_rows: list[tuple[candidates.Key, StepState]] = []
+    messages: list[outbox.NewMessage] = []
+    for subject in subjects:
+        outcome = decide(subject.amount, step_set.steps, states.get(subject.key, {}), env.now, rule.remind)
+        try:
+            messages.extend(_render(env, rule, subject, d) for d in outcome.decisions)
+        except RenderError as exc:
+            # Leave this balance's state untouched: it is decided again next cycle.
+            log.error("rule %s, account %s: %s", rule.id, subject.account_id, exc.problem)
+            stats.render_errors.append(str(exc.problem))
+            continue
+        state_rows.extend((subject.key, st) for st in outcome.states)
+        stats.decided[rule.id] += len(outcome.decisions)
+    write_states(conn, rule.id, state_rows)
+    outbox.add(conn, messages, env.now, env.domain)
+
+
+def _render(env: Env, rule: CompiledRule, subject: Subject, decision: Decision) -> outbox.NewMessage:
+    defaults = env.settings.defaults
+    context = alert_context(
+        rule, subject, decision, env.now, default_locale=defaults.locale, default_timezone=defaults.timezone
+    )
+    rendered = env.live.templates.render(rule.template, context)
+    return outbox.NewMessage(
+        idem_key=idem_key(rule.id, subject, decision),
+        kind=decision.kind.value,
+        sender=env.settings.delivery.sender,
+        recipients=recipients(rule, subject),
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        rule_id=rule.id,
+        account_id=subject.account_id,
+        currency=subject.currency,
+        step=decision.step.amount,
+    )

@@ -1,0 +1,1 @@
+"""Delivery: outbox rows out through a transport (SMTP, or ``.eml`` files)."""

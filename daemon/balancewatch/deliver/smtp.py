@@ -1,0 +1,119 @@
+"""SMTP with verified TLS (STARTTLS or implicit), one connection per batch."""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import ssl
+
+from balancewatch.config import Security, SmtpSettings
+from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.message import Envelope
+
+
+def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+    """A context that verifies the server's certificate and name (against ``ca_file`` if set)."""
+    return ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+
+
+def _permanent(code: int) -> bool:
+    return 500 <= code < 600
+
+
+def _text(code: int, reply: bytes | str) -> str:
+    words = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    return f"{code} {words}".strip()
+
+
+class SmtpTransport:
+    """Sends envelopes over one SMTP session; use as a context manager per batch."""
+
+    name = "smtp"
+
+    def __init__(
+        self, settings: SmtpSettings, password: str | None, local_hostname: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.password = password
+        self.local_hostname = local_hostname
+        self._smtp: smtplib.SMTP | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.host}:{self.settings.effective_port}"
+
+    def __enter__(self) -> SmtpTransport:
+        s = self.settings
+        timeout = s.timeout.total_seconds()
+        try:
+            if s.security is Security.tls:
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    s.host,
+                    s.effective_port,
+                    local_hostname=self.local_hostname,
+                    timeout=timeout,
+                    context=tls_context(s),
+                )
+            else:
+                smtp = smtplib.SMTP(
+                    s.host, s.effective_port, local_hostname=self.local_hostname, timeout=timeout
+                )
+            self._smtp = smtp
+            smtp.ehlo()
+            if s.security is Security.starttls:
+                smtp.starttls(context=tls_context(s))
+                smtp.ehlo()
+            if s.username:
+                smtp.login(s.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            self._close()
+            raise TransportError(
+                f"log in to {self.where} as {s.username!r}: {_text(exc.smtp_code, exc.smtp_error)}",
+                connection=True,
+            ) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self._close()
+            raise TransportError(f"connect to {self.where}: {exc}", connection=True) from exc
+        return self
+
+    def send(self, envelope: Envelope) -> dict[str, str]:
+        """Send one message; return the recipients the server refused (others got it).
+
+        Raises TransportError: permanent on a 5xx reply for the whole message,
+        with ``connection`` set when the session broke.
+        """
+        if self._smtp is None:
+            raise TransportError("send without a connection", connection=True)
+        try:
+            refused = self._smtp.send_message(envelope.message, to_addrs=list(envelope.recipients))
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            detail = "; ".join(f"{addr}: {_text(c, m)}" for addr, (c, m) in exc.recipients.items())
+            raise TransportError(f"RCPT refused: {detail}", permanent=all(map(_permanent, codes))) from exc
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+            step = "MAIL FROM" if isinstance(exc, smtplib.SMTPSenderRefused) else "DATA"
+            raise TransportError(
+                f"{step} refused: {_text(exc.smtp_code, exc.smtp_error)}", permanent=_permanent(exc.smtp_code)
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            raise TransportError(
+                f"server replied {_text(exc.smtp_code, exc.smtp_error)}", permanent=_permanent(exc.smtp_code)
+            ) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self._close()
+            raise TransportError(f"send to {self.where}: {exc}", connection=True) from exc
+        return {addr: _text(code, msg) for addr, (code, msg) in refused.items()}
+
+    def __exit__(self, *exc: object) -> None:
+        if self._smtp is not None:
+            # The messages are already accepted; a failed QUIT changes nothing.
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._smtp.quit()
+            self._close()
+
+    def _close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            finally:
+                self._smtp = None

@@ -1,0 +1,2 @@
+"""Rules + balances + alert state -> decisions. SQL finds the few balances that
+need a look; a pure function decides what each one means."""

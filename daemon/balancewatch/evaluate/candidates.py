@@ -1,0 +1,120 @@
+"""Set-based SQL that finds the balances a rule must look at, without loading the rest.
+
+Three questions per rule and currency, each answered by one indexed query:
+
+- *fire*: balances at or below the rule's highest step whose lowest step at or
+  above the balance is not fired (one state probe per low balance);
+- *re-arm*: fired steps whose balance has climbed above the re-arm point;
+- *remind*: fired steps whose next reminder is due.
+
+A poll restricts the first two to balances changed since the watermark; a
+sweep looks at every balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, case, literal, or_, select, true
+
+from balancewatch.rules.compiled import CompiledRule, Selector, StepSet
+from balancewatch.store.tables import Account, AlertState, Balance
+
+A = Account.__table__.c  # type: ignore[attr-defined]
+B = Balance.__table__.c  # type: ignore[attr-defined]
+S = AlertState.__table__.c  # type: ignore[attr-defined]
+BALANCE = Balance.__table__  # type: ignore[attr-defined]
+ACCOUNT = Account.__table__  # type: ignore[attr-defined]
+STATE = AlertState.__table__  # type: ignore[attr-defined]
+
+Key = tuple[str, str]  # (account_id, currency)
+
+
+def account_filter(sel: Selector) -> list[ColumnElement[bool]]:
+    """Conditions on ``account`` (and the balance currency) for a selector."""
+    out: list[ColumnElement[bool]] = [A.enabled == true()]
+    if sel.billing is not None:
+        out.append(A.billing == sel.billing)
+    if sel.ids is not None:
+        out.append(A.id.in_(sel.ids))
+    for key, values in sel.labels:
+        out.append(A.labels[key].as_string().in_(values))
+    return out
+
+
+def currency_filter(step_set: StepSet, sel: Selector) -> list[ColumnElement[bool]]:
+    if step_set.currency is not None:
+        return [B.currency == step_set.currency]
+    if sel.currencies is not None:
+        return [B.currency.in_(sel.currencies)]
+    return []
+
+
+def fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
+    """Balances that may cross an armed step now."""
+    steps = step_set.steps
+    lowest_at_or_above: ColumnElement[Any] = (
+        case(*[(B.amount <= s.amount, s.amount) for s in reversed(steps[1:])], else_=steps[0].amount)
+        if len(steps) > 1
+        else literal(steps[0].amount)
+    )
+    state = STATE.alias("st")
+    probe = and_(
+        state.c.rule_id == rule.id,
+        state.c.account_id == B.account_id,
+        state.c.currency == B.currency,
+        state.c.step == lowest_at_or_above,
+    )
+    query = (
+        select(B.account_id, B.currency)
+        .select_from(BALANCE.join(ACCOUNT, A.id == B.account_id).outerjoin(state, probe))
+        .where(B.amount <= step_set.highest)
+        .where(or_(state.c.status.is_(None), state.c.status != "fired"))
+        .where(*currency_filter(step_set, rule.selector), *account_filter(rule.selector))
+    )
+    return query.where(B.updated_at > since) if since is not None else query
+
+
+def rearm_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
+    """Fired steps whose balance has climbed above their re-arm point."""
+    rearm_above = case({s.amount: s.rearm_above for s in step_set.steps}, value=S.step)
+    query = (
+        select(S.account_id, S.currency)
+        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
+        .where(S.rule_id == rule.id, S.status == "fired")
+        .where(S.step.in_([s.amount for s in step_set.steps]))
+        .where(B.amount > rearm_above)
+        .where(*currency_filter(step_set, rule.selector))
+    )
+    return query.where(B.updated_at > since) if since is not None else query
+
+
+def remind_query(rule: CompiledRule, step_set: StepSet, now: datetime) -> Select[Any]:
+    """Fired steps whose next reminder is due."""
+    return (
+        select(S.account_id, S.currency)
+        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
+        .where(S.next_reminder_at <= now, S.rule_id == rule.id)
+        .where(S.step.in_([s.amount for s in step_set.steps]))
+        .where(*currency_filter(step_set, rule.selector))
+    )
+
+
+def find(
+    conn: Connection, rule: CompiledRule, step_set: StepSet, now: datetime, since: datetime | None
+) -> list[Key]:
+    """Every (account, currency) that ``rule`` must evaluate now, sorted."""
+    keys: set[Key] = set()
+    queries = [fire_query(rule, step_set, since), rearm_query(rule, step_set, since)]
+    if rule.remind is not None:
+        queries.append(remind_query(rule, step_set, now))
+    for query in queries:
+        keys.update((r[0], r[1]) for r in conn.execute(query))
+    return sorted(keys)
+
+
+def chunks(keys: list[Key], size: int) -> Iterable[list[Key]]:
+    for i in range(0, len(keys), size):
+        yield keys[i : i + size]

@@ -1,0 +1,148 @@
+"""The alert lifecycle of one balance under one rule: pure, with ``now`` passed in.
+
+For each step of a ladder the state is *armed* or *fired*:
+
+- an armed step whose balance is at or below it fires; when one change
+  crosses several steps, ONE notification goes out, for the lowest, and the
+  steps above it are marked fired with it;
+- a step crossed while a lower step is already fired is marked fired
+  silently: the owner already knows the balance is lower still;
+- a fired step re-arms when the balance climbs above ``step.rearm_above``
+  (the step plus the re-arm band);
+- with a reminder interval, the lowest fired step reminds once per interval
+  while the balance stays at or below it; missed reminders (a daemon that
+  was down) are not caught up, the next one is simply due now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from balancewatch.rules.compiled import Step
+
+ARMED, FIRED = "armed", "fired"
+
+
+class Kind(StrEnum):
+    alert = "alert"
+    reminder = "reminder"
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """Stored state of one step; ``episode`` counts how often it has fired."""
+
+    step: int
+    status: str = ARMED
+    episode: int = 0
+    reminders_sent: int = 0
+    fired_at: datetime | None = None
+    last_sent_at: datetime | None = None
+    next_reminder_at: datetime | None = None
+    rearmed_at: datetime | None = None
+
+    @property
+    def fired(self) -> bool:
+        return self.status == FIRED
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A notification to send: the step it is about, and what makes it unique."""
+
+    kind: Kind
+    step: Step
+    episode: int
+    reminder: int  # 0 for the alert itself, 1.. for reminders
+    crossed: tuple[Step, ...]  # every step this change crossed, highest first
+    fired_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to send and which step states to write; unchanged states are left out."""
+
+    decisions: tuple[Decision, ...]
+    states: tuple[StepState, ...]
+
+
+def decide(
+    balance: int,
+    steps: Sequence[Step],
+    states: Mapping[int, StepState],
+    now: datetime,
+    remind: timedelta | None,
+) -> Outcome:
+    """Decide what ``balance`` means for ``steps`` (highest first) given their ``states``."""
+    before = {s.amount: states.get(s.amount, StepState(step=s.amount)) for s in steps}
+    after = dict(before)
+    for s in steps:
+        st = after[s.amount]
+        if st.fired and balance > s.rearm_above:
+            after[s.amount] = replace(st, status=ARMED, next_reminder_at=None, rearmed_at=now)
+
+    decisions: list[Decision] = []
+    crossed = [s for s in steps if balance <= s.amount and not after[s.amount].fired]
+    if crossed:
+        decisions.extend(_fire(crossed, after, now))
+    if remind is not None:
+        decisions.extend(_remind(balance, steps, after, now, remind, fired_now=bool(decisions)))
+    else:
+        for amount, st in after.items():
+            if st.next_reminder_at is not None:
+                after[amount] = replace(st, next_reminder_at=None)
+    changed = tuple(st for amount, st in after.items() if st != before[amount])
+    return Outcome(decisions=tuple(decisions), states=changed)
+
+
+def _fire(crossed: list[Step], after: dict[int, StepState], now: datetime) -> list[Decision]:
+    lowest = crossed[-1]
+    already_lower = any(st.fired and amount < lowest.amount for amount, st in after.items())
+    for s in crossed:
+        st = after[s.amount]
+        after[s.amount] = replace(
+            st, status=FIRED, episode=st.episode + 1, reminders_sent=0, fired_at=now, next_reminder_at=None
+        )
+    if already_lower:
+        return []
+    fired = after[lowest.amount]
+    after[lowest.amount] = replace(fired, last_sent_at=now)
+    return [Decision(Kind.alert, lowest, fired.episode, 0, tuple(crossed), now)]
+
+
+def _remind(
+    balance: int,
+    steps: Sequence[Step],
+    after: dict[int, StepState],
+    now: datetime,
+    interval: timedelta,
+    *,
+    fired_now: bool,
+) -> list[Decision]:
+    fired = [s for s in steps if after[s.amount].fired]
+    if not fired:
+        return []
+    active = fired[-1]
+    for s in fired[:-1]:
+        if after[s.amount].next_reminder_at is not None:
+            after[s.amount] = replace(after[s.amount], next_reminder_at=None)
+    st = after[active.amount]
+    if fired_now or st.next_reminder_at is None:
+        # A fresh alert, or a step that has just become the lowest one fired:
+        # the first reminder is one full interval away.
+        after[active.amount] = replace(st, next_reminder_at=now + interval)
+        return []
+    if st.next_reminder_at > now:
+        return []
+    if balance > active.amount:
+        # Between the step and its re-arm point: not low enough to remind about.
+        after[active.amount] = replace(st, next_reminder_at=now + interval)
+        return []
+    number = st.reminders_sent + 1
+    after[active.amount] = replace(
+        st, reminders_sent=number, last_sent_at=now, next_reminder_at=now + interval
+    )
+    return [Decision(Kind.reminder, active, st.episode, number, (active,), st.fired_at or now)]

@@ -1,0 +1,141 @@
+"""Reading a chunk of candidates with their state, and writing state back."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from balancewatch.evaluate.candidates import (
+    ACCOUNT,
+    BALANCE,
+    STATE,
+    A,
+    B,
+    Key,
+    S,
+    account_filter,
+    currency_filter,
+)
+from balancewatch.evaluate.decide import StepState
+from balancewatch.rules.compiled import CompiledRule, StepSet
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One balance under evaluation, with the account facts a message needs."""
+
+    account_id: str
+    currency: str
+    amount: int
+    name: str
+    owner_email: str
+    locale: str | None
+    timezone: str | None
+    billing: str
+    parent_id: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> Key:
+        return (self.account_id, self.currency)
+
+
+def load_subjects(
+    conn: Connection, rule: CompiledRule, step_set: StepSet, keys: Sequence[Key], *, lock: bool
+) -> list[Subject]:
+    """The balances of ``keys`` that still match ``rule``, read now.
+
+    With ``lock`` (PostgreSQL) the balance rows are locked in key order until
+    the transaction ends, so two instances never decide on the same balance at once.
+    """
+    query = (
+        select(
+            B.account_id,
+            B.currency,
+            B.amount,
+            A.name,
+            A.owner_email,
+            A.locale,
+            A.timezone,
+            A.billing,
+            A.parent_id,
+            A.labels,
+        )
+        .select_from(BALANCE.join(ACCOUNT, A.id == B.account_id))
+        .where(tuple_(B.account_id, B.currency).in_(list(keys)))
+        .where(*currency_filter(step_set, rule.selector), *account_filter(rule.selector))
+        .order_by(B.account_id, B.currency)
+    )
+    if lock:
+        query = query.with_for_update(of=BALANCE)
+    return [
+        Subject(
+            r.account_id,
+            r.currency,
+            r.amount,
+            r.name,
+            r.owner_email,
+            r.locale,
+            r.timezone,
+            r.billing,
+            r.parent_id,
+            dict(r.labels or {}),
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def load_states(conn: Connection, rule_id: str, keys: Sequence[Key]) -> dict[Key, dict[int, StepState]]:
+    """Stored step states of ``rule_id`` for ``keys``: key -> step -> state."""
+    out: dict[Key, dict[int, StepState]] = defaultdict(dict)
+    query = select(STATE).where(S.rule_id == rule_id, tuple_(S.account_id, S.currency).in_(list(keys)))
+    for r in conn.execute(query):
+        out[(r.account_id, r.currency)][r.step] = StepState(
+            step=r.step,
+            status=r.status,
+            episode=r.episode,
+            reminders_sent=r.reminders_sent,
+            fired_at=r.fired_at,
+            last_sent_at=r.last_sent_at,
+            next_reminder_at=r.next_reminder_at,
+            rearmed_at=r.rearmed_at,
+        )
+    return out
+
+
+_STATE_COLUMNS = (
+    "status",
+    "episode",
+    "reminders_sent",
+    "fired_at",
+    "last_sent_at",
+    "next_reminder_at",
+    "rearmed_at",
+)
+
+
+def write_states(conn: Connection, rule_id: str, rows: Sequence[tuple[Key, StepState]]) -> None:
+    """Insert or update the given step states in one statement."""
+    if not rows:
+        return
+    values = [
+        {
+            "rule_id": rule_id,
+            "account_id": key[0],
+            "currency": key[1],
+            "step": st.step,
+            **{c: getattr(st, c) for c in _STATE_COLUMNS},
+        }
+        for key, st in rows
+    ]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(STATE)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[S.rule_id, S.account_id, S.currency, S.step],
+        set_={c: stmt.excluded[c] for c in _STATE_COLUMNS},
+    )
+    conn.execute(stmt, values)

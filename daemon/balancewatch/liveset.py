@@ -1,0 +1,87 @@
+"""The rule and template set the daemon runs: loaded, cross-checked, then used whole.
+
+``load_set`` does every fallible step (read, parse, validate, compile,
+cross-check, test-render) before it returns; the result is immutable, so an
+evaluation holding one never sees a half-loaded set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from balancewatch.messages import SAMPLE_VARIANTS, sample_alert_context
+from balancewatch.problems import Problem, ProblemsError
+from balancewatch.render import TEMPLATE_NAMES_HINT, RenderError, TemplateSet, read_template_files
+from balancewatch.rules.compiled import CompiledRule
+from balancewatch.rules.loader import digest, parse_rules, read_files, rule_files
+
+
+@dataclass(frozen=True)
+class LiveSet:
+    """Rules and templates that passed every check together."""
+
+    rules: tuple[CompiledRule, ...]
+    templates: TemplateSet
+    digest: str
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def rule(self, rule_id: str) -> CompiledRule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+
+def load_set(rules_dir: Path, templates_dir: Path) -> LiveSet:
+    """Load and cross-check both directories; raises ProblemsError listing every problem."""
+    problems: list[Problem] = []
+    rules: list[CompiledRule] = []
+    files = []
+    try:
+        files = read_files(rule_files(rules_dir))
+        rules = parse_rules(files)
+    except ProblemsError as exc:
+        problems.extend(exc.problems)
+    try:
+        template_files = read_template_files(templates_dir)
+    except ProblemsError as exc:
+        raise ProblemsError([*problems, *exc.problems]) from None
+    templates = TemplateSet(template_files, templates_dir)
+    compile_problems = templates.compile_problems()
+    problems.extend(compile_problems)
+    problems.extend(_missing_templates(rules, templates))
+    if not compile_problems:
+        problems.extend(sample_render_problems(templates, {r.template for r in rules}))
+    if problems:
+        raise ProblemsError(problems)
+    h = hashlib.sha256(digest(files).encode())
+    for name, text in sorted(template_files.items()):
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return LiveSet(rules=tuple(rules), templates=templates, digest=h.hexdigest())
+
+
+def _missing_templates(rules: list[CompiledRule], templates: TemplateSet) -> list[Problem]:
+    known = ", ".join(sorted(templates.names)) or "none"
+    return [
+        Problem(
+            rule.source,
+            rule.line,
+            "template",
+            f"template {rule.template!r} not found in {templates.directory} (have: {known}); "
+            f"{TEMPLATE_NAMES_HINT}",
+        )
+        for rule in rules
+        if rule.template not in templates.names
+    ]
+
+
+def sample_render_problems(templates: TemplateSet, names: set[str]) -> list[Problem]:
+    """Render each named template with every sample variant; report what fails."""
+    out: dict[Problem, None] = {}
+    for name in sorted(names & templates.names):
+        for which in SAMPLE_VARIANTS:
+            try:
+                templates.render(name, sample_alert_context(which))
+            except RenderError as exc:
+                out[exc.problem] = None
+    return list(out)

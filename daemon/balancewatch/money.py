@@ -1,0 +1,93 @@
+"""Money: integer minor units inside, major units at the edges.
+
+Amounts are stored and compared as integers in the currency's minor unit
+(cents for USD, yen for JPY, fils for BHD). YAML, the CLI and emails speak
+major units; conversion goes through :class:`decimal.Decimal` and never
+through ``float``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from functools import cache
+
+from babel import Locale, UnknownLocaleError
+from babel.numbers import format_currency, get_currency_precision, is_currency
+
+
+class MoneyError(ValueError):
+    """An amount or currency that cannot be represented exactly."""
+
+
+def check_currency(code: str) -> str:
+    """Return ``code`` if it is an ISO 4217 currency Babel knows, else raise MoneyError."""
+    if not isinstance(code, str) or not is_currency(code):
+        raise MoneyError(
+            f"{code!r} is not an ISO 4217 currency code (write it in capitals, e.g. USD, INR, EUR)"
+        )
+    return code
+
+
+@cache
+def exponent(currency: str) -> int:
+    """Number of minor-unit digits: 2 for USD, 0 for JPY, 3 for BHD."""
+    return get_currency_precision(check_currency(currency))
+
+
+def to_minor(amount: Decimal | int | str, currency: str) -> int:
+    """Convert a major-unit amount to integer minor units.
+
+    Raises MoneyError when the amount is not a number, or has more decimals
+    than the currency allows (``10.5`` JPY, ``1.001`` USD).
+    """
+    if isinstance(amount, float):
+        raise MoneyError(f"{amount!r} is a float; money must be written exactly")
+    try:
+        value = Decimal(str(amount).strip().replace("_", ""))
+    except InvalidOperation:
+        raise MoneyError(f"{amount!r} is not a number") from None
+    if not value.is_finite():
+        raise MoneyError(f"{amount!r} is not a finite amount")
+    scaled = value.scaleb(exponent(currency))
+    if scaled != scaled.to_integral_value():
+        digits = exponent(currency)
+        raise MoneyError(f"{amount} {currency} has more decimals than {currency} allows ({digits})")
+    return int(scaled)
+
+
+def to_major(minor: int, currency: str) -> Decimal:
+    """Convert integer minor units back to an exact major-unit Decimal."""
+    return Decimal(minor).scaleb(-exponent(currency))
+
+
+def check_locale(name: str) -> str:
+    """Return ``name`` if Babel knows the locale (``en_IN``, ``de-DE``), else raise MoneyError."""
+    try:
+        Locale.parse(name.replace("-", "_"))
+    except (UnknownLocaleError, ValueError, TypeError):
+        raise MoneyError(f"{name!r} is not a locale Babel knows (e.g. en_US, en_IN, de_DE)") from None
+    return name.replace("-", "_")
+
+
+def format_money(minor: int, currency: str, locale: str) -> str:
+    """Format minor units in ``locale``: 1234567850 INR in en_IN is ``₹1,23,45,678.50``."""
+    return format_currency(to_major(minor, currency), currency, locale=locale)
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An exact amount in one currency, carried into templates."""
+
+    minor: int
+    currency: str
+
+    @property
+    def major(self) -> Decimal:
+        return to_major(self.minor, self.currency)
+
+    def format(self, locale: str) -> str:
+        return format_money(self.minor, self.currency, locale)
+
+    def __str__(self) -> str:
+        return f"{self.major} {self.currency}"

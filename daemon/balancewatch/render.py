@@ -1,0 +1,219 @@
+"""Email templates: a sandboxed Jinja environment over an in-memory copy of ``templates/``.
+
+A template is a directory holding ``subject.txt``, ``body.txt`` and
+optionally ``body.html``; files starting with ``_`` at the top (``_base.html``)
+are shared layouts. Designers are less trusted than sysadmins, so templates run
+in Jinja's immutable sandbox with HTML autoescaping and ``StrictUndefined``,
+and read only the files loaded here: no filesystem, no network.
+
+The files are read once when the set is loaded; the set in use is exactly the
+set that was validated, whatever happens on disk afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from babel.dates import format_date, format_datetime, format_time
+from babel.numbers import format_decimal
+from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError, pass_context
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from balancewatch.durations import format_duration
+from balancewatch.money import Money, format_money
+from balancewatch.problems import Problem, ProblemsError
+
+SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
+MAX_SUBJECT = 250
+TEMPLATE_NAMES_HINT = "a template is a directory holding subject.txt, body.txt and optionally body.html"
+_TEXT_SUFFIXES = (".txt", ".html", ".htm")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One email's parts; ``subject`` is a single line, safe for a header."""
+
+    subject: str
+    text: str
+    html: str | None
+
+
+class RenderError(Exception):
+    """A template failed to render; ``problem`` names the template file and line."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def read_template_files(directory: Path) -> dict[str, str]:
+    """Every template file under ``directory`` by its relative path; hidden entries skipped."""
+    if not directory.is_dir():
+        raise ProblemsError([Problem(str(directory), 0, "", "templates directory not found")])
+    files: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory)
+        if any(part.startswith(".") for part in rel.parts) or path.suffix not in _TEXT_SUFFIXES:
+            continue
+        try:
+            files[rel.as_posix()] = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProblemsError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
+    return files
+
+
+class TemplateSet:
+    """The compiled templates of one directory snapshot."""
+
+    def __init__(self, files: Mapping[str, str], directory: Path) -> None:
+        self.directory = directory
+        self.files = dict(files)
+        self.env = _environment(self.files)
+        self.names = frozenset(name.rsplit("/", 1)[0] for name in self.files if name.endswith("/" + SUBJECT))
+
+    def compile_problems(self) -> list[Problem]:
+        """Syntax errors in every file, and templates missing a required part."""
+        problems = []
+        for name in self.files:
+            try:
+                self.env.get_template(name)
+            except TemplateSyntaxError as exc:
+                problems.append(self._problem(name, exc.lineno, exc.message or str(exc)))
+            except TemplateError as exc:
+                problems.append(self._problem(name, 0, str(exc)))
+        for name in sorted(self.names):
+            if f"{name}/{TEXT}" not in self.files:
+                problems.append(
+                    self._problem(f"{name}/{TEXT}", 0, "missing: every template needs a plain-text body")
+                )
+        return problems
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+        """Render template ``name``; raises RenderError naming the file and line."""
+        if name not in self.names:
+            raise RenderError(self._problem(f"{name}/{SUBJECT}", 0, "template not found"))
+        subject = self._part(name, SUBJECT, context)
+        text = self._part(name, TEXT, context)
+        html = self._part(name, HTML, context) if f"{name}/{HTML}" in self.files else None
+        return Rendered(subject=one_line(subject), text=text.strip() + "\n", html=html)
+
+    def _part(self, name: str, part: str, context: Mapping[str, Any]) -> str:
+        file = f"{name}/{part}"
+        try:
+            return self.env.get_template(file).render(context)
+        except TemplateSyntaxError as exc:
+            raise RenderError(self._problem(exc.name or file, exc.lineno, exc.message or str(exc))) from None
+        except Exception as exc:  # a template can raise anything its expressions do
+            where, line = _template_frame(exc, self.files) or (file, 0)
+            raise RenderError(self._problem(where, line, _describe(exc))) from None
+
+    def _problem(self, name: str, line: int, message: str) -> Problem:
+        return Problem(str(self.directory / name), line, "", message)
+
+
+def load_templates(directory: Path) -> TemplateSet:
+    """Read and compile ``directory``; raises ProblemsError listing every syntax error."""
+    templates = TemplateSet(read_template_files(directory), directory)
+    problems = templates.compile_problems()
+    if problems:
+        raise ProblemsError(problems)
+    return templates
+
+
+def one_line(text: str) -> str:
+    """Collapse ``text`` to one line of at most MAX_SUBJECT characters: no header can be injected."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    return flat if len(flat) <= MAX_SUBJECT else flat[: MAX_SUBJECT - 1].rstrip() + "…"
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, TemplateError):
+        return exc.message or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _template_frame(exc: BaseException, files: Mapping[str, str]) -> tuple[str, int] | None:
+    # Jinja rewrites tracebacks so template lines appear as frames of the template file.
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename in files:
+            return frame.filename, frame.lineno or 0
+    return None
+
+
+def _environment(files: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        loader=DictLoader(dict(files)),
+        autoescape=lambda name: bool(name and name.endswith((".html", ".htm"))),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def _locale(ctx: Context) -> str:
+    return str(ctx.get("locale") or "en_US")
+
+
+def _tz(ctx: Context) -> str:
+    return str(ctx.get("timezone") or "UTC")
+
+
+@pass_context
+def _money(ctx: Context, value: Money) -> str:
+    if not isinstance(value, Money):
+        raise TypeError(f"money filter needs an amount with its currency, not {type(value).__name__}")
+    return format_money(value.minor, value.currency, _locale(ctx))
+
+
+@pass_context
+def _datetime(ctx: Context, value: datetime, fmt: str = "medium") -> str:
+    return format_datetime(value, fmt, tzinfo=_tz(ctx), locale=_locale(ctx))
+
+
+@pass_context
+def _date(ctx: Context, value: datetime, fmt: str = "medium") -> str:
+    local = value.astimezone(_zone(_tz(ctx))) if isinstance(value, datetime) else value
+    return format_date(local, fmt, locale=_locale(ctx))
+
+
+@pass_context
+def _time(ctx: Context, value: datetime, fmt: str = "short") -> str:
+    return format_time(value, fmt, tzinfo=_tz(ctx), locale=_locale(ctx))
+
+
+@pass_context
+def _number(ctx: Context, value: Any) -> str:
+    return format_decimal(value, locale=_locale(ctx))
+
+
+def _duration(value: timedelta) -> str:
+    return format_duration(value)
+
+
+def _zone(name: str) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "money": _money,
+    "datetime": _datetime,
+    "date": _date,
+    "time": _time,
+    "number": _number,
+    "duration": _duration,
+}

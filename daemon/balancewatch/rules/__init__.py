@@ -1,0 +1,1 @@
+"""Alert rules: the YAML models, their compiled form, and the directory loader."""

@@ -1,0 +1,1 @@
+"""Storage: the SQLModel tables and the writes balancewatch itself makes to them."""

@@ -1,0 +1,82 @@
+"""Engines and the schema: SQLite with WAL by default, PostgreSQL at scale."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, SQLModel
+
+from balancewatch.store.tables import SCHEMA_VERSION, Meta, utcnow
+
+
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and foreign keys.
+
+    ``postgresql://`` URLs use psycopg 3 whatever driver they name.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, echo)
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_size=pool_size, pool_pre_ping=True, echo=echo)
+    return create_engine(parsed, echo=echo)
+
+
+def _sqlite_engine(url: Any, echo: bool) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling defers BEGIN and breaks
+        # SAVEPOINT; SQLAlchemy emits BEGIN itself (see its SQLite notes).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front, so two writers queue on
+        # busy_timeout instead of failing to upgrade a read lock mid-transaction.
+        # Connections marked readonly=True only read and need no lock.
+        readonly = conn.get_execution_options().get("readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def upgrade(engine: Engine) -> int:
+    """Create every missing table and index; return the schema version now in place."""
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        set_meta(session, "schema_version", str(SCHEMA_VERSION))
+        session.commit()
+    return SCHEMA_VERSION
+
+
+def get_meta(session: Session, name: str) -> str | None:
+    row = session.exec(select(Meta.value).where(Meta.name == name)).first()  # type: ignore[call-overload]
+    return row[0] if row is not None else None
+
+
+def set_meta(session: Session, name: str, value: str, now: datetime | None = None) -> None:
+    row = session.get(Meta, name)
+    if row is None:
+        session.add(Meta(name=name, value=value, updated_at=now or utcnow()))
+    else:
+        row.value, row.updated_at = value, now or utcnow()
+        session.add(row)

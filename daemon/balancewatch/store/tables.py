@@ -1,0 +1,194 @@
+"""The tables. Billing systems write ``account``, ``balance`` and ``ledger_entry``;
+the platform's app writes ``owner_preference``; balancewatch alone writes the rest.
+
+Money columns are integers in the currency's minor unit. Times are UTC:
+``timestamptz`` on PostgreSQL, ``YYYY-MM-DD HH:MM:SS[.ffffff]`` text on SQLite.
+A billing system that changes ``balance.amount`` directly must also set
+``balance.updated_at`` to the current UTC time, or the change waits for the
+next full sweep. See docs/schema.md.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY (the rowid alias).
+ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python; timestamptz on PostgreSQL, naive UTC on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(DateTime(timezone=False))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Account(SQLModel, table=True):
+    """A customer account of the platform."""
+
+    __tablename__ = "account"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    owner_email: str = Field(max_length=320)
+    billing: str = Field(default="prepaid", max_length=16)  # prepaid | postpaid
+    timezone: str | None = Field(default=None, max_length=64)  # None: the configured default
+    locale: str | None = Field(default=None, max_length=32)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    parent_id: str | None = Field(default=None, foreign_key="account.id", index=True, max_length=64)
+    enabled: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Balance(SQLModel, table=True):
+    """What an account holds in one currency, in minor units."""
+
+    __tablename__ = "balance"
+    __table_args__ = (
+        Index("ix_balance_updated_at", "updated_at"),
+        Index("ix_balance_currency_amount", "currency", "amount"),
+    )
+
+    account_id: str = Field(primary_key=True, foreign_key="account.id", max_length=64)
+    currency: str = Field(primary_key=True, max_length=3)
+    amount: int = Field(default=0, sa_type=BigInteger)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One credit (+) or debit (−) on an account, in minor units."""
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (
+        Index("ix_ledger_account_time", "account_id", "currency", "occurred_at"),
+        UniqueConstraint("account_id", "reference", name="uq_ledger_reference"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=ROW_ID)
+    account_id: str = Field(foreign_key="account.id", max_length=64)
+    currency: str = Field(max_length=3)
+    amount: int = Field(sa_type=BigInteger)
+    kind: str = Field(max_length=16)  # usage | top-up | refund | adjustment
+    service: str | None = Field(default=None, max_length=32)
+    quantity: int | None = Field(default=None, sa_type=BigInteger)
+    occurred_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    reference: str | None = Field(default=None, max_length=128)
+    # The balance of the paying account right after this entry, when posted through balancewatch.
+    balance_after: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class OwnerPreference(SQLModel, table=True):
+    """An owner's own alert settings per currency. Disabling keeps every value."""
+
+    __tablename__ = "owner_preference"
+
+    account_id: str = Field(primary_key=True, foreign_key="account.id", max_length=64)
+    currency: str = Field(primary_key=True, max_length=3)
+    thresholds: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    remind: str | None = Field(default=None, max_length=16)
+    enabled: bool = True
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AlertState(SQLModel, table=True):
+    """The lifecycle of one threshold step of one rule for one balance.
+
+    Keyed on the step's amount, so a changed threshold starts fresh state and
+    the old row is simply no longer consulted.
+    """
+
+    __tablename__ = "alert_state"
+    __table_args__ = (Index("ix_alert_state_reminder", "next_reminder_at"),)
+
+    rule_id: str = Field(primary_key=True, max_length=64)
+    account_id: str = Field(primary_key=True, max_length=64)
+    currency: str = Field(primary_key=True, max_length=3)
+    step: int = Field(primary_key=True, sa_type=BigInteger)
+    status: str = Field(default="armed", max_length=8)  # armed | fired
+    episode: int = 0
+    reminders_sent: int = 0
+    fired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_reminder_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rearmed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Outbox(SQLModel, table=True):
+    """Every notification decided: what was (or will be) sent to whom, and how it went."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=ROW_ID)
+    idem_key: str = Field(max_length=255, unique=True)
+    message_id: str = Field(max_length=255)
+    kind: str = Field(max_length=16)  # alert | reminder | test
+    rule_id: str | None = Field(default=None, max_length=64)
+    account_id: str | None = Field(default=None, max_length=64, index=True)
+    currency: str | None = Field(default=None, max_length=3)
+    step: int | None = Field(default=None, sa_type=BigInteger)
+    sender: str = Field(default="", max_length=400)
+    recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    subject: str = Field(default="", sa_type=Text)
+    text: str = Field(default="", sa_type=Text)
+    html: str | None = Field(default=None, sa_type=Text)
+    status: str = Field(default="pending", max_length=8)  # pending | sending | sent | parked
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Meta(SQLModel, table=True):
+    """Small named values balancewatch keeps: the schema version, the poll watermark."""
+
+    __tablename__ = "balancewatch_meta"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(default="", sa_column=Column(String(400), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+SCHEMA_VERSION = 1
