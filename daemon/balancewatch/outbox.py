@@ -94,9 +94,13 @@ def _due(now: datetime) -> Any:
     )
 
 
-def claim(conn: Connection, worker: str, now: datetime, limit: int, lease: timedelta) -> list[Claimed]:
-    """Claim up to ``limit`` due rows for ``worker`` until ``now + lease``, oldest first."""
+def claim(
+    conn: Connection, worker: str, now: datetime, limit: int, lease: timedelta, key: str | None = None
+) -> list[Claimed]:
+    """Claim up to ``limit`` due rows (or just the row of ``key``) for ``worker`` until ``now + lease``."""
     ids = select(C.id).where(_due(now)).order_by(C.id).limit(limit)
+    if key is not None:
+        ids = ids.where(C.idem_key == key)
     if conn.dialect.name == "postgresql":
         ids = ids.with_for_update(skip_locked=True)
     stmt = (
@@ -132,6 +136,10 @@ def claim(conn: Connection, worker: str, now: datetime, limit: int, lease: timed
         for r in conn.execute(stmt)
     ]
     return sorted(rows, key=lambda c: c.id)
+
+
+def select_by_key(key: str) -> Any:
+    return select(T).where(C.idem_key == key)
 
 
 def _mine(row_id: int, worker: str) -> Any:

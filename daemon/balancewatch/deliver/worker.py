@@ -54,15 +54,16 @@ def deliver_batch(
     now: datetime,
     worker: str,
     clock: Callable[[], datetime] | None = None,
+    key: str | None = None,
 ) -> DeliveryStats:
-    """Claim one batch of due rows and deliver it; return what happened to each row.
+    """Claim one batch of due rows (or only the row of ``key``) and deliver it.
 
     ``now`` decides what is due; ``clock`` (default: ``now``) stamps outcomes.
     """
     clock = clock or (lambda: now)
     d = settings.delivery
     with engine.begin() as conn:
-        batch = outbox.claim(conn, worker, now, d.batch_size, d.lease)
+        batch = outbox.claim(conn, worker, now, d.batch_size, d.lease, key)
     stats = DeliveryStats(claimed=len(batch))
     if not batch:
         return stats

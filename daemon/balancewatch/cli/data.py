@@ -1,0 +1,291 @@
+"""Data commands: accounts, ledger entries, balances, the outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import desc, select
+from sqlmodel import Session
+
+from balancewatch.cli.common import CommandError, Ctx, table
+from balancewatch.money import MoneyError, format_money, to_major, to_minor
+from balancewatch.store import importcsv, ledger
+from balancewatch.store.accounts import AccountError, add_account, list_accounts
+from balancewatch.store.tables import Account, Balance, LedgerEntry, Outbox
+
+
+def register(commands: Any) -> None:
+    _register_accounts(commands)
+    _register_ledger(commands)
+    balance = commands.add_parser("balance", help="balances")
+    bcmds = balance.add_subparsers(dest="balance_command", metavar="ACTION", required=True)
+    show = bcmds.add_parser("show", help="an account's balances and its latest ledger entries")
+    show.add_argument("account")
+    show.add_argument(
+        "--entries", type=int, default=10, help="how many recent entries (default: %(default)s)"
+    )
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_balance_show)
+
+    box = commands.add_parser("outbox", help="what was sent to whom, and how delivery went")
+    ocmds = box.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
+    lst = ocmds.add_parser("list", help="newest first")
+    lst.add_argument("--status", choices=["pending", "sending", "sent", "parked"])
+    lst.add_argument("--account")
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_outbox_list)
+
+
+def _register_accounts(commands: Any) -> None:
+    accounts = commands.add_parser("accounts", help="add and list accounts")
+    acmds = accounts.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
+    add = acmds.add_parser("add", help="add an account")
+    add.add_argument("id")
+    add.add_argument("--name", required=True)
+    add.add_argument("--email", required=True, help="the owner's address")
+    add.add_argument("--billing", choices=["prepaid", "postpaid"], default="prepaid")
+    add.add_argument("--timezone", help="IANA zone, e.g. Asia/Kolkata (default: the configured one)")
+    add.add_argument("--locale", help="e.g. en_IN (default: the configured one)")
+    add.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    add.add_argument("--parent", help="main account whose balance this subaccount draws on")
+    add.set_defaults(handler=cmd_accounts_add)
+    lst = acmds.add_parser("list", help="list accounts")
+    lst.add_argument("--limit", type=int, default=1000)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_accounts_list)
+
+
+def _register_ledger(commands: Any) -> None:
+    led = commands.add_parser("ledger", help="post and import ledger entries")
+    lcmds = led.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    post = lcmds.add_parser(
+        "post",
+        help="post one entry; the balance moves in the same transaction",
+        description="AMOUNT is in major units and signed: -12.50 is a debit.",
+    )
+    post.add_argument("account")
+    post.add_argument("amount", help="signed, in major units: -12.50 debits, 100 credits")
+    post.add_argument("--currency", default="USD")
+    post.add_argument(
+        "--kind", choices=list(ledger.KINDS), help="default: usage for debits, top-up for credits"
+    )
+    post.add_argument("--service", help="sms, voice, ...")
+    post.add_argument("--quantity", type=int, help="units used, e.g. messages")
+    post.add_argument("--at", help="ISO 8601 time of the entry (default: now)")
+    post.add_argument("--reference", help="unique per account; posting it again is refused")
+    post.set_defaults(handler=cmd_ledger_post)
+    imp = lcmds.add_parser(
+        "import",
+        help="import a ledger CSV (re-importing skips known references)",
+        description="Columns: account, amount (required); currency, kind, service, "
+        "quantity, time, reference (optional). Every row is checked "
+        "before any is posted.",
+    )
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--currency", default="USD", help="for rows without a currency column")
+    imp.set_defaults(handler=cmd_ledger_import)
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--label {pair!r}: write KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_accounts_add(ctx: Ctx) -> int:
+    a = ctx.args
+    with Session(ctx.engine) as session:
+        try:
+            account = add_account(
+                session,
+                a.id,
+                a.name,
+                a.email,
+                billing=a.billing,
+                timezone=a.timezone,
+                locale=a.locale,
+                labels=_labels(a.label),
+                parent_id=a.parent,
+            )
+        except AccountError as exc:
+            raise CommandError(str(exc)) from None
+        session.commit()
+        ctx.say(f"added {account.id} ({account.billing}, owner {account.owner_email})")
+    return 0
+
+
+def cmd_accounts_list(ctx: Ctx) -> int:
+    with Session(ctx.engine) as session:
+        accounts = list_accounts(session, ctx.args.limit)
+    if ctx.args.json:
+        ctx.emit_json([a.model_dump(mode="json") for a in accounts])
+        return 0
+    rows = [
+        [a.id, a.name, a.owner_email, a.billing, a.parent_id or "", "" if a.enabled else "disabled"]
+        for a in accounts
+    ]
+    ctx.say(table(rows, ["id", "name", "owner", "billing", "parent", ""]))
+    return 0
+
+
+def _parse_time(text: str | None, now: datetime) -> datetime:
+    if not text:
+        return now
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"--at {text!r}: write ISO 8601, e.g. 2026-03-14T09:30:00+05:30") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def cmd_ledger_post(ctx: Ctx) -> int:
+    a = ctx.args
+    now = ctx.now()
+    try:
+        amount = to_minor(a.amount, a.currency)
+    except MoneyError as exc:
+        raise CommandError(f"amount: {exc}") from None
+    kind = a.kind or ("usage" if amount < 0 else "top-up")
+    with Session(ctx.engine) as session:
+        try:
+            posted = ledger.post(
+                session,
+                a.account,
+                a.currency,
+                amount,
+                kind,
+                occurred_at=_parse_time(a.at, now),
+                now=now,
+                service=a.service,
+                quantity=a.quantity,
+                reference=a.reference,
+            )
+            session.commit()
+        except (ledger.LedgerError, MoneyError) as exc:
+            raise CommandError(str(exc)) from None
+        locale = _locale(session, posted.payer_id, ctx)
+    ctx.say(
+        f"posted #{posted.entry_id}: {kind} {format_money(amount, a.currency, locale)}; "
+        f"{posted.payer_id} balance {format_money(posted.balance_after, a.currency, locale)}"
+    )
+    return 0
+
+
+def cmd_ledger_import(ctx: Ctx) -> int:
+    now = ctx.now()
+    rows = importcsv.read_rows(ctx.args.file, ctx.args.currency, now)
+    with Session(ctx.engine) as session:
+        result = importcsv.import_rows(session, rows, now, str(ctx.args.file))
+    ctx.say(f"imported {result.posted} entries; skipped {result.skipped} already in the ledger")
+    return 0
+
+
+def _locale(session: Session, account_id: str, ctx: Ctx) -> str:
+    account = session.get(Account, account_id)
+    return (account.locale if account else None) or ctx.settings.defaults.locale
+
+
+def cmd_balance_show(ctx: Ctx) -> int:
+    a = ctx.args
+    with Session(ctx.engine) as session:
+        account = session.get(Account, a.account)
+        if account is None:
+            raise CommandError(f"no account {a.account!r}")
+        payer = account.parent_id or account.id
+        balances = list(session.exec(select(Balance).where(Balance.account_id == payer)).scalars())  # type: ignore[call-overload]
+        entries = list(
+            session.exec(
+                select(LedgerEntry)
+                .where(LedgerEntry.account_id == a.account)  # type: ignore[call-overload]
+                .order_by(desc(LedgerEntry.occurred_at), desc(LedgerEntry.id))
+                .limit(a.entries)
+            ).scalars()
+        )
+    locale = account.locale or ctx.settings.defaults.locale
+    if a.json:
+        ctx.emit_json(
+            {
+                "account": account.id,
+                "paid_by": payer,
+                "balances": [
+                    {
+                        "currency": b.currency,
+                        "amount_minor": b.amount,
+                        "amount": str(to_major(b.amount, b.currency)),
+                        "updated_at": b.updated_at,
+                    }
+                    for b in balances
+                ],
+                "entries": [e.model_dump(mode="json") for e in entries],
+            }
+        )
+        return 0
+    if payer != account.id:
+        ctx.say(f"{account.id} is a subaccount: it draws on {payer}'s balance")
+    ctx.say(
+        table(
+            [
+                [b.currency, format_money(b.amount, b.currency, locale), b.updated_at.isoformat()]
+                for b in balances
+            ],
+            ["currency", "balance", "updated"],
+        )
+    )
+    if entries:
+        ctx.say()
+        ctx.say(
+            table(
+                [
+                    [
+                        e.occurred_at.isoformat(),
+                        e.kind,
+                        format_money(e.amount, e.currency, locale),
+                        e.service or "",
+                        str(e.quantity or ""),
+                        e.reference or "",
+                    ]
+                    for e in entries
+                ],
+                ["time", "kind", "amount", "service", "quantity", "reference"],
+            )
+        )
+    return 0
+
+
+def cmd_outbox_list(ctx: Ctx) -> int:
+    a = ctx.args
+    query = select(Outbox).order_by(desc(Outbox.id)).limit(a.limit)
+    if a.status:
+        query = query.where(Outbox.status == a.status)
+    if a.account:
+        query = query.where(Outbox.account_id == a.account)
+    with Session(ctx.engine) as session:
+        rows = list(session.exec(query).scalars())  # type: ignore[call-overload]
+    if a.json:
+        ctx.emit_json([r.model_dump(mode="json", exclude={"text", "html"}) for r in rows])
+        return 0
+    ctx.say(
+        table(
+            [
+                [
+                    str(r.id),
+                    r.created_at.strftime("%Y-%m-%d %H:%M"),
+                    r.status,
+                    str(r.attempts),
+                    ", ".join(r.recipients),
+                    r.subject[:60],
+                    (r.last_error or "")[:60],
+                ]
+                for r in rows
+            ],
+            ["id", "decided (UTC)", "status", "tries", "to", "subject", "last error"],
+        )
+    )
+    return 0

@@ -1,0 +1,66 @@
+"""Argument parsing and dispatch. Exit status: 0 fine, 1 a reported failure, 2 bad usage."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+
+from balancewatch import __version__, logs
+from balancewatch.cli import data, ops
+from balancewatch.cli.common import CommandError, Ctx, report_problems
+from balancewatch.problems import ProblemsError
+
+DESCRIPTION = """\
+Watches prepaid account balances and emails the right people at the right time.
+
+Start with `balancewatch demo` to see it work on a local SQLite database,
+`balancewatch check` after editing rules or templates, and `balancewatch run`
+to serve (usually under systemd).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="balancewatch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $BALANCEWATCH_CONFIG, ./config.yaml, /etc/balancewatch/config.yaml)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override log.level from the config",
+    )
+    parser.add_argument("--version", action="version", version=f"balancewatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    ops.register(commands)
+    data.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Ctx(args, dict(os.environ if environ is None else environ))
+    try:
+        level = args.log_level or _configured_level(ctx)
+        logs.setup(level, dict(ctx.environ))
+        return int(args.handler(ctx))
+    except ProblemsError as exc:
+        return report_problems(ctx, exc)
+    except CommandError as exc:
+        ctx.warn(f"balancewatch {args.command}: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _configured_level(ctx: Ctx) -> str:
+    try:
+        return ctx.settings.log.level
+    except ProblemsError:
+        return "info"  # the command reports the config problems itself

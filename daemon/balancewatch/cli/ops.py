@@ -1,0 +1,176 @@
+"""Operating commands: run, check, send-test, demo, db upgrade, config show."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from balancewatch import outbox
+from balancewatch.cli.common import CommandError, Ctx, report_problems
+from balancewatch.cycle import message_domain
+from balancewatch.deliver.worker import deliver_batch, make_transport
+from balancewatch.liveset import load_set
+from balancewatch.problems import ProblemsError
+from balancewatch.service import Daemon, build_pipeline, describe_transport, instance_name
+from balancewatch.store.db import upgrade
+
+log = logging.getLogger("balancewatch")
+
+
+def register(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run the daemon (what systemd starts)",
+        description="Poll balances, decide notifications and deliver them until "
+        "SIGTERM. SIGHUP reloads rules and templates.",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="one full sweep and one round of delivery, then exit (for cron or a test)",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser(
+        "check",
+        help="validate config, rules and templates (exit 1 on any error)",
+        description="Runs exactly the validation a reload runs. Every problem is "
+        "listed as path:line: field: message.",
+    )
+    check.set_defaults(handler=cmd_check)
+
+    send = commands.add_parser("send-test", help="send one real email through the configured transport")
+    send.add_argument("--to", required=True, metavar="ADDR", help="recipient address")
+    send.set_defaults(handler=cmd_send_test)
+
+    demo = commands.add_parser(
+        "demo",
+        help="a complete local run on SQLite with simulated usage",
+        description="Creates (or resets) DIR with a SQLite database of about 50 "
+        "accounts, simulates several days of usage on an accelerated "
+        "clock through the real pipeline, and writes the emails to "
+        "DIR/mail/*.eml with DIR/mail/index.html listing them.",
+    )
+    demo.add_argument("--dir", type=Path, default=Path("balancewatch-demo"), help="(default: %(default)s)")
+    demo.add_argument("--days", type=int, default=10, help="simulated days (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default: %(default)s)")
+    demo.set_defaults(handler=cmd_demo)
+
+    db = commands.add_parser("db", help="database schema")
+    db_cmds = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    up = db_cmds.add_parser("upgrade", help="create missing tables and indexes")
+    up.set_defaults(handler=cmd_db_upgrade)
+
+    config = commands.add_parser("config", help="show the effective configuration")
+    config_cmds = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_cmds.add_parser("show", help="print the settings in effect, secrets masked")
+    show.set_defaults(handler=cmd_config_show)
+
+
+def cmd_check(ctx: Ctx) -> int:
+    try:
+        settings = ctx.settings
+    except ProblemsError as exc:
+        return report_problems(ctx, exc, "config")
+    try:
+        live = load_set(settings.rules_dir, settings.templates_dir)
+    except ProblemsError as exc:
+        return report_problems(ctx, exc, "check failed")
+    files = len({r.source for r in live.rules})
+    ctx.say(
+        f"ok: config {settings.source or '(defaults)'}; {len(live.rules)} rules in {files} files; "
+        f"{len(live.templates.names)} templates; set {live.digest[:12]}"
+    )
+    return 0
+
+
+def cmd_run(ctx: Ctx) -> int:
+    settings = ctx.settings
+    try:
+        live = load_set(settings.rules_dir, settings.templates_dir)
+    except ProblemsError as exc:
+        return report_problems(ctx, exc, "cannot start: the rules or templates have problems")
+    pipeline = build_pipeline(ctx.engine, settings, live)
+    log.info(
+        "balancewatch starting: database %s; delivery: %s",
+        _safe_url(settings.database_url),
+        describe_transport(settings),
+    )
+    if settings.transport == "files":
+        log.warning("no SMTP server configured: emails are written as .eml files to %s", settings.mail_dir)
+    if args_once(ctx):
+        now = ctx.now()
+        stats = pipeline.evaluate(now)
+        delivered = pipeline.deliver(ctx.now(), ctx.now)
+        ctx.say(
+            f"looked at {stats.candidates} balances, decided {stats.notifications} notifications; "
+            f"delivery: {dict(delivered.outcomes) or 'nothing due'}"
+        )
+        return 0
+    return Daemon(pipeline).run()
+
+
+def args_once(ctx: Ctx) -> bool:
+    return bool(getattr(ctx.args, "once", False))
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_send_test(ctx: Ctx) -> int:
+    settings = ctx.settings
+    now = ctx.now()
+    key = f"test/{ctx.args.to}/{now.isoformat()}"
+    message = outbox.NewMessage(
+        idem_key=key,
+        kind="test",
+        sender=settings.delivery.sender,
+        recipients=(ctx.args.to,),
+        subject="balancewatch test message",
+        text=f"This is a test message from balancewatch ({instance_name(settings)}).\n"
+        f"Transport: {describe_transport(settings)}\n",
+        html=None,
+    )
+    engine = ctx.engine
+    with engine.begin() as conn:
+        outbox.add(conn, [message], now, message_domain(settings))
+    stats = deliver_batch(engine, make_transport(settings), settings, now, instance_name(settings), key=key)
+    outcome = next(iter(stats.outcomes), "not claimed")
+    with engine.connect() as conn:
+        row = conn.execute(outbox.select_by_key(key)).first()
+    if outcome != "sent":
+        raise CommandError(f"{outcome}: {row.last_error if row else 'unknown'}")
+    ctx.say(f"sent to {ctx.args.to} via {describe_transport(settings)}")
+    return 0
+
+
+def cmd_db_upgrade(ctx: Ctx) -> int:
+    version = upgrade(ctx.engine)
+    ctx.say(f"schema at version {version} ({_safe_url(ctx.settings.database_url)})")
+    return 0
+
+
+def cmd_config_show(ctx: Ctx) -> int:
+    data = ctx.settings.redacted()
+    data["source"] = str(ctx.settings.source or "(defaults)")
+    data["database_url_effective"] = _safe_url(ctx.settings.database_url)
+    data["transport_effective"] = describe_transport(ctx.settings)
+    ctx.emit_json(data)
+    return 0
+
+
+def cmd_demo(ctx: Ctx) -> int:
+    from balancewatch.demo import run_demo
+
+    args: argparse.Namespace = ctx.args
+    if not args.log_level:
+        # One line per email would bury the summary; the outbox and index.html have them all.
+        logging.getLogger().setLevel(logging.WARNING)
+    summary = run_demo(args.dir, days=args.days, seed=args.seed)
+    ctx.say(summary.text())
+    return 0
