@@ -1,0 +1,178 @@
+"""Shared fixtures: the same tests on SQLite and PostgreSQL, a real SMTP server on loopback.
+
+PostgreSQL tests run against ``$BALANCEWATCH_TEST_PG`` (default
+``postgresql://postgres@127.0.0.1:5432/test``), each in a schema of its own.
+Where the server cannot be reached they are skipped, except under
+``CI=true``, where they fail: CI must prove both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlmodel import Session
+
+from balancewatch import shipped
+from balancewatch.config import Settings, load_settings
+from balancewatch.liveset import LiveSet, load_set
+from balancewatch.store.db import make_engine, upgrade
+from tests.smtpserver import SmtpServer
+
+PG_URL = os.environ.get("BALANCEWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def _pg_unavailable() -> str | None:
+    try:
+        engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure to reach the server means the same thing here
+        return f"PostgreSQL at {PG_URL} unavailable: {exc}"
+    return None
+
+
+_PG_REASON: list[str | None] = []
+
+
+def require_postgres() -> None:
+    """Skip (or, under CI=true, fail) when PostgreSQL cannot be reached."""
+    if not _PG_REASON:
+        _PG_REASON.append(_pg_unavailable())
+    reason = _PG_REASON[0]
+    if reason:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)")
+        pytest.skip(reason)
+
+
+def _schema_url(schema: str) -> str:
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+def postgres_engine(schema: str) -> Iterator[Engine]:
+    """An engine whose tables live in a fresh schema, dropped afterwards."""
+    require_postgres()
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = make_engine(_schema_url(schema))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database URL on the parametrized backend, with the schema created."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'balancewatch.db'}"
+        upgrade(make_engine(url))
+        yield url
+        return
+    schema = "t_" + uuid.uuid4().hex[:12]
+    for engine in postgres_engine(schema):
+        upgrade(engine)
+        yield _schema_url(schema)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "rules"
+    path.mkdir()
+    return path
+
+
+def write_rules(directory: Path, body: str, name: str = "rules.yaml") -> Path:
+    path = directory / name
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, rules_dir: Path) -> Callable[..., Settings]:
+    """Settings for a test: state in tmp_path, the test's rules, the shipped templates."""
+
+    def make(db: str | None = None, **env: str) -> Settings:
+        environ = {
+            "BALANCEWATCH_STATE_DIR": str(tmp_path / "state"),
+            "BALANCEWATCH_RULES_DIR": str(rules_dir),
+            "BALANCEWATCH_TEMPLATES_DIR": str(shipped.templates_dir()),
+            "BALANCEWATCH_DELIVERY__FROM": "Balance alerts <alerts@platform.example>",
+        }
+        if db:
+            environ["BALANCEWATCH_DATABASE__URL"] = db
+        environ.update({f"BALANCEWATCH_{k.upper()}": v for k, v in env.items()})
+        return load_settings(None, environ)
+
+    return make
+
+
+@pytest.fixture
+def live_from(rules_dir: Path) -> Callable[[str], LiveSet]:
+    """Write a rule file and load the live set from it (with the shipped templates)."""
+
+    def load(body: str) -> LiveSet:
+        write_rules(rules_dir, body)
+        return load_set(rules_dir, shipped.templates_dir())
+
+    return load
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as s:
+        yield s
+
+
+class Clock:
+    """A clock the test moves; nothing sleeps."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: Any) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
