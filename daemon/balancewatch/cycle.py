@@ -43,6 +43,7 @@ class CycleStats:
     candidates: int = 0
     decided: Counter[str] = field(default_factory=Counter)  # rule id -> notifications
     render_errors: list[str] = field(default_factory=list)
+    skipped: int = 0  # balances left undecided after repeated conflicts
 
     @property
     def notifications(self) -> int:
@@ -83,9 +84,9 @@ def poll(
         stored = get_meta(session, WATERMARK)
     since = None if full or stored is None else datetime.fromisoformat(stored) - settings.poll_overlap
     stats = evaluate(engine, Env(live, settings, now), since)
-    with Session(engine) as session:
-        set_meta(session, WATERMARK, now.isoformat(), now)
-        session.commit()
+    with engine.begin() as conn:
+        # An upsert: instances starting together on a fresh database may both find no watermark.
+        set_meta(conn, WATERMARK, now.isoformat(), now)
     return stats
 
 
@@ -117,16 +118,47 @@ def _decide_chunk(
         try:
             with engine.begin() as conn:
                 _decide_in(conn, env, rule, step_set, keys, local)
-        except (IntegrityError, OperationalError) as exc:
+        except IntegrityError as exc:
+            if attempt == ATTEMPTS:
+                _isolate(engine, env, rule, step_set, keys, stats, exc)
+                return
+            log.info("rule %s: chunk decided elsewhere (%s); deciding again", rule.id, type(exc).__name__)
+            continue
+        except OperationalError as exc:
             if attempt == ATTEMPTS:
                 raise
-            log.info(
-                "rule %s: chunk decided elsewhere or busy (%s); deciding again", rule.id, type(exc).__name__
-            )
+            log.info("rule %s: database busy (%s); deciding the chunk again", rule.id, type(exc).__name__)
             continue
         stats.decided.update(local.decided)
         stats.render_errors.extend(local.render_errors)
         return
+
+
+def _isolate(
+    engine: Engine,
+    env: Env,
+    rule: CompiledRule,
+    step_set: StepSet,
+    keys: list[candidates.Key],
+    stats: CycleStats,
+    exc: IntegrityError,
+) -> None:
+    # Only hand-edited state gets here (a notification decided before, its state
+    # since deleted): decide balance by balance and skip just the ones that clash,
+    # rather than stall the rest of the chunk and every rule after it.
+    if len(keys) > 1:
+        for key in keys:
+            _decide_chunk(engine, env, rule, step_set, [key], stats)
+        return
+    log.error(
+        "rule %s, account %s %s: skipped; a notification it would send was decided before but its "
+        "alert state is missing (was alert_state edited by hand?): %s",
+        rule.id,
+        keys[0][0],
+        keys[0][1],
+        exc.orig,
+    )
+    stats.skipped += 1
 
 
 def _decide_in(
@@ -144,12 +176,16 @@ def _decide_in(
     for subject in subjects:
         outcome = decide(subject.amount, step_set.steps, states.get(subject.key, {}), env.now, rule.remind)
         try:
-            messages.extend(_render(env, rule, subject, d) for d in outcome.decisions)
+            # Every message of this balance renders, or none is kept: a message
+            # recorded without its state change would be decided again, under the same key.
+            rendered = [_render(env, rule, subject, d) for d in outcome.decisions]
         except RenderError as exc:
-            # Leave this balance's state untouched: it is decided again next cycle.
+            # Leave this balance's state untouched so a later cycle decides it again: a
+            # poll while its change is inside the overlap, else the next sweep.
             log.error("rule %s, account %s: %s", rule.id, subject.account_id, exc.problem)
             stats.render_errors.append(str(exc.problem))
             continue
+        messages.extend(rendered)
         state_rows.extend((subject.key, st) for st in outcome.states)
         stats.decided[rule.id] += len(outcome.decisions)
     write_states(conn, rule.id, state_rows)

@@ -1,11 +1,13 @@
 """Set-based SQL that finds the balances a rule must look at, without loading the rest.
 
-Three questions per rule and currency, each answered by one indexed query:
+Four questions per rule and currency, each answered by one indexed query:
 
 - *fire*: balances at or below the rule's highest step whose lowest step at or
   above the balance is not fired (one state probe per low balance);
 - *re-arm*: fired steps whose balance has climbed above the re-arm point;
-- *remind*: fired steps whose next reminder is due.
+- *remind*: fired steps whose next reminder is due;
+- *unscheduled* (sweeps only): the lowest fired step of a balance with no
+  reminder scheduled, as a rule that has just gained ``remind`` leaves them.
 
 A poll restricts the first two to balances changed since the watermark; a
 sweep looks at every balance.
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, case, literal, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Select, and_, case, exists, literal, or_, select, true
 
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet
 from balancewatch.store.tables import Account, AlertState, Balance
@@ -102,6 +104,27 @@ def remind_query(rule: CompiledRule, step_set: StepSet, now: datetime) -> Select
     )
 
 
+def unscheduled_query(rule: CompiledRule, step_set: StepSet) -> Select[Any]:
+    """Lowest fired steps with no reminder scheduled."""
+    amounts = [s.amount for s in step_set.steps]
+    lower = STATE.alias("lower")
+    lower_fired = exists().where(
+        lower.c.rule_id == S.rule_id,
+        lower.c.account_id == S.account_id,
+        lower.c.currency == S.currency,
+        lower.c.status == "fired",
+        lower.c.step.in_(amounts),
+        lower.c.step < S.step,
+    )
+    return (
+        select(S.account_id, S.currency)
+        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
+        .where(S.rule_id == rule.id, S.status == "fired", S.next_reminder_at.is_(None))
+        .where(S.step.in_(amounts), ~lower_fired)
+        .where(*currency_filter(step_set, rule.selector))
+    )
+
+
 def find(
     conn: Connection, rule: CompiledRule, step_set: StepSet, now: datetime, since: datetime | None
 ) -> list[Key]:
@@ -110,6 +133,10 @@ def find(
     queries = [fire_query(rule, step_set, since), rearm_query(rule, step_set, since)]
     if rule.remind is not None:
         queries.append(remind_query(rule, step_set, now))
+        if since is None:
+            # Polls skip this: a balance that stays put only needs it once, and a
+            # reload, which is how a rule gains ``remind``, is followed by a sweep.
+            queries.append(unscheduled_query(rule, step_set))
     for query in queries:
         keys.update((r[0], r[1]) for r in conn.execute(query))
     return sorted(keys)

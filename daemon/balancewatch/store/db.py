@@ -6,11 +6,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
 from balancewatch.store.tables import SCHEMA_VERSION, Meta, utcnow
+
+META = Meta.__table__  # type: ignore[attr-defined]
 
 
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
@@ -62,21 +65,24 @@ def is_postgres(engine: Engine) -> bool:
 def upgrade(engine: Engine) -> int:
     """Create every missing table and index; return the schema version now in place."""
     SQLModel.metadata.create_all(engine)
-    with Session(engine) as session:
-        set_meta(session, "schema_version", str(SCHEMA_VERSION))
-        session.commit()
+    with engine.begin() as conn:
+        set_meta(conn, "schema_version", str(SCHEMA_VERSION))
     return SCHEMA_VERSION
 
 
-def get_meta(session: Session, name: str) -> str | None:
-    row = session.exec(select(Meta.value).where(Meta.name == name)).first()  # type: ignore[call-overload]
+def get_meta(session: Session | Connection, name: str) -> str | None:
+    row = session.execute(select(META.c.value).where(META.c.name == name)).first()
     return row[0] if row is not None else None
 
 
-def set_meta(session: Session, name: str, value: str, now: datetime | None = None) -> None:
-    row = session.get(Meta, name)
-    if row is None:
-        session.add(Meta(name=name, value=value, updated_at=now or utcnow()))
-    else:
-        row.value, row.updated_at = value, now or utcnow()
-        session.add(row)
+def set_meta(conn: Session | Connection, name: str, value: str, now: datetime | None = None) -> None:
+    """Insert or update one named value (an upsert: safe when instances start together)."""
+    bind = conn if isinstance(conn, Connection) else conn.get_bind()
+    dialect = postgresql if bind.dialect.name == "postgresql" else sqlite
+    now = now or utcnow()
+    stmt = dialect.insert(META).values(name=name, value=value, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[META.c.name],
+        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+    )
+    conn.execute(stmt)
