@@ -850,3 +850,30 @@ def test_a_balance_whose_state_was_deleted_by_hand_is_skipped_and_the_rest_of_it
     assert decided(sweep) == {"ladder": 1}
     assert sweep.skipped == 1
     assert [s.account_id for s in outbox(engine)] == ["acme", "globex"]
+
+
+def test_a_stop_during_a_sweep_ends_it_between_chunks_without_moving_the_watermark(
+    engine: Engine, make_pipeline: MakePipeline, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cycle, "CHUNK", 1)
+    pipeline = make_pipeline()
+    for name in ("acme", "globex", "initech"):
+        funded(engine, clock, name, name=name.capitalize())
+        post(engine, name, "USD", -21_000, clock())
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def stop_after_the_first_decision(*args: object) -> None:
+        if str(args[2]).startswith("INSERT INTO outbox"):
+            pipeline.stopping.set()
+
+    interrupted = pipeline.evaluate(clock.advance(minutes=1))
+    event.remove(engine, "after_cursor_execute", stop_after_the_first_decision)
+    with Session(engine) as session:
+        watermark = get_meta(session, cycle.WATERMARK)
+    pipeline.stopping.clear()
+    resumed = pipeline.evaluate(clock.advance(minutes=1))
+
+    assert interrupted.interrupted and decided(interrupted) == {"ladder": 1}
+    assert watermark is None
+    assert resumed.full and decided(resumed) == {"ladder": 2}
+    assert sorted(s.account_id for s in outbox(engine)) == ["acme", "globex", "initech"]

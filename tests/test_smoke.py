@@ -18,7 +18,9 @@ alerts:
 """
 
 
-def test_a_debit_across_a_step_sends_one_email(engine, make_settings, live_from, db_url, smtp_server, clock: Clock):
+def test_a_debit_across_a_step_sends_one_email(
+    engine, make_settings, live_from, db_url, smtp_server, clock: Clock
+):
     settings = make_settings(db_url, **smtp_server.env())
     with Session(engine) as s:
         add_account(s, "acme", "Acme Ltd", "owner@acme.example")

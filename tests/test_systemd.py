@@ -23,7 +23,9 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = Path(sys.executable).with_name("balancewatch")
     unit = tmp_path / "balancewatch.service"
     unit.write_text(UNIT.read_text().replace(INSTALLED, str(executable)))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
 

@@ -6,17 +6,21 @@ defaults apply (SQLite in the state directory, mail written to files).
 
 Every key can be set from the environment: ``BALANCEWATCH_POLL_INTERVAL=10s``,
 ``BALANCEWATCH_SMTP__HOST=mail.example.com`` (``__`` descends into a section).
-The SMTP password comes from ``smtp.password`` (best from the environment),
-``smtp.password_file``, or ``$CREDENTIALS_DIRECTORY/smtp-password`` (systemd
-``LoadCredential=``), in that order. It is a ``SecretStr``: never logged.
+The SMTP password comes from ``smtp.password`` (best from the environment) or
+``smtp.password_file`` (not both), else ``$CREDENTIALS_DIRECTORY/smtp-password``
+(systemd ``LoadCredential=``), which then becomes ``smtp.password_file``; a
+file that cannot be read is a problem at load, not at the first send. The
+password is a ``SecretStr`` and a database URL's password is masked: neither
+shows in a repr, a log line or ``config show``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
+from email.utils import parseaddr
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,9 +41,9 @@ from pydantic_settings import (
 )
 
 from balancewatch import shipped, yamlfile
-from balancewatch.durations import Duration
+from balancewatch.durations import Duration, format_duration
 from balancewatch.money import MoneyError, check_locale
-from balancewatch.problems import Problem, ProblemsError
+from balancewatch.problems import Problem, ProblemsError, explain
 
 DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/balancewatch/config.yaml"))
 ENV_PREFIX = "BALANCEWATCH_"
@@ -63,8 +67,20 @@ def _timezone(value: str) -> str:
     return value
 
 
+def _mailbox(value: str) -> str:
+    """A From or Reply-To value: ``addr@domain`` or ``Name <addr@domain>``, on one line."""
+    if not value:
+        return value
+    _name, addr = parseaddr(value)
+    local, at, domain = addr.rpartition("@")
+    if "\r" in value or "\n" in value or not (at and local and domain) or any(c.isspace() for c in addr):
+        raise ValueError(f"{value!r} is not an email address; write e.g. Balance alerts <alerts@example.com>")
+    return value
+
+
 Locale = Annotated[str, AfterValidator(_locale)]
 TimeZone = Annotated[str, AfterValidator(_timezone)]
+Mailbox = Annotated[str, AfterValidator(_mailbox)]
 
 
 class _Section(BaseModel):
@@ -110,8 +126,8 @@ class RetrySettings(_Section):
 
 class DeliverySettings(_Section):
     transport: Literal["auto", "smtp", "files"] = "auto"
-    sender: str = Field(default="balancewatch <balancewatch@localhost>", alias="from")
-    reply_to: str = ""
+    sender: Mailbox = Field(default="balancewatch <balancewatch@localhost>", alias="from")
+    reply_to: Mailbox = ""
     message_id_domain: str = ""
     interval: Duration = timedelta(seconds=5)
     batch_size: int = Field(default=50, ge=1, le=10_000)
@@ -127,7 +143,7 @@ class DefaultsSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    url: str = ""
+    url: str = Field(default="", repr=False)  # may hold a password
     pool_size: int = Field(default=5, ge=1, le=100)
 
 
@@ -200,11 +216,42 @@ class Settings(BaseSettings):
         return None
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as data with every secret masked, for ``config show`` and logs."""
-        data = self.model_dump(mode="json", by_alias=True)
-        if data["smtp"].get("password"):
-            data["smtp"]["password"] = "********"
+        """The settings as data with every secret masked, for ``config show`` and logs.
+
+        Durations read as they are written in the file (``30s``, ``1d``).
+        """
+        data = _plain(self.model_dump(mode="python", by_alias=True))
+        if self.smtp.password is not None:
+            data["smtp"]["password"] = MASK
+        if self.database.url:
+            data["database"]["url"] = safe_url(self.database.url)
         return data
+
+
+MASK = "********"
+
+
+def safe_url(url: str) -> str:
+    """A database URL with its password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a valid URL)" if "@" in url else url
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, Path | StrEnum):
+        return str(value)
+    return value
 
 
 # pydantic-settings builds its sources itself; this is how an explicit
@@ -221,23 +268,34 @@ class _MappingEnvSource(EnvSettingsSource):
         return self._given
 
 
-def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+def find_config(
+    explicit: str | os.PathLike[str] | None,
+    environ: Mapping[str, str],
+    search: Sequence[Path] = DEFAULT_PATHS,
+) -> Path | None:
     """The config file to read, or None when there is none (defaults apply).
 
-    An explicit path or ``$BALANCEWATCH_CONFIG`` that does not exist is an error.
+    ``explicit`` (``--config``) wins, then ``$BALANCEWATCH_CONFIG``, then the
+    first of ``search`` that exists. An explicit path or ``$BALANCEWATCH_CONFIG``
+    that does not exist is an error.
     """
-    chosen = explicit or environ.get("BALANCEWATCH_CONFIG")
-    if chosen:
-        path = Path(chosen)
-        if not path.is_file():
-            raise ProblemsError([Problem(str(path), 0, "", "config file not found")])
-        return path
-    return next((p for p in DEFAULT_PATHS if p.is_file()), None)
+    if explicit:
+        return _must_exist(Path(explicit), "--config")
+    if environ.get("BALANCEWATCH_CONFIG"):
+        return _must_exist(Path(environ["BALANCEWATCH_CONFIG"]), "BALANCEWATCH_CONFIG")
+    return next((p for p in search if p.is_file()), None)
+
+
+def _must_exist(path: Path, named_by: str) -> Path:
+    if not path.is_file():
+        raise ProblemsError([Problem(str(path), 0, "", f"config file not found (named by {named_by})")])
+    return path
 
 
 def load_settings(
     explicit: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    search: Sequence[Path] = DEFAULT_PATHS,
 ) -> Settings:
     """Find, read and validate the configuration.
 
@@ -245,7 +303,7 @@ def load_settings(
     (or naming the environment variable that carried the bad value).
     """
     environ = dict(os.environ if environ is None else environ)
-    path = find_config(explicit, environ)
+    path = find_config(explicit, environ, search)
     located = _read(path)
     data = located.data if isinstance(located.data, dict) else {}
     token = _ENVIRON.set(environ)
@@ -261,7 +319,46 @@ def load_settings(
         # systemd's StateDirectory= names the place when the config does not.
         settings.state_dir = Path(environ["STATE_DIRECTORY"].split(":")[0])
     _absolutise(settings, base)
+    _find_password(settings, located, environ)
     return settings
+
+
+def _find_password(settings: Settings, located: yamlfile.Located, environ: Mapping[str, str]) -> None:
+    """Check the password sources; a systemd credential becomes ``smtp.password_file``."""
+    smtp = settings.smtp
+    if smtp.password is not None and smtp.password_file is not None:
+        path, line = _where(("smtp", "password_file"), located, environ)
+        raise ProblemsError(
+            [
+                Problem(
+                    path,
+                    line,
+                    "smtp.password_file",
+                    "set at most one of smtp.password and smtp.password_file",
+                )
+            ]
+        )
+    if smtp.password is None and smtp.password_file is None and environ.get("CREDENTIALS_DIRECTORY"):
+        credential = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
+        if credential.is_file():
+            smtp.password_file = credential
+    if smtp.password_file is not None:
+        try:
+            smtp.password_file.read_bytes()
+        except OSError as exc:
+            path, line = _where(("smtp", "password_file"), located, environ)
+            reason = exc.strerror or str(exc)
+            raise ProblemsError(
+                [Problem(path, line, "smtp.password_file", f"cannot read {smtp.password_file}: {reason}")]
+            ) from None
+
+
+def _where(loc: Sequence[Any], located: yamlfile.Located, environ: Mapping[str, str]) -> tuple[str, int]:
+    """Where a value came from: its environment variable if one is set, else the file and line."""
+    var = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
+    if var.lower() in {k.lower() for k in environ}:
+        return f"environment {var}", 0
+    return located.path, located.line_of(loc)
 
 
 def _read(path: Path | None) -> yamlfile.Located:
@@ -287,18 +384,21 @@ def _problems(exc: ValidationError, located: yamlfile.Located, environ: Mapping[
     out = []
     for error in exc.errors():
         loc = list(error["loc"])
-        field = ".".join(str(p) for p in loc)
-        var = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
-        message = _message(error)
-        if var in environ or var.lower() in {k.lower() for k in environ}:
-            out.append(Problem(f"environment {var}", 0, field, message))
-        else:
-            out.append(Problem(located.path, located.line_of(loc), field, message))
+        path, line = _where(loc, located, environ)
+        out.append(Problem(path, line, ".".join(str(p) for p in loc), _message(error, loc)))
     return out
 
 
-def _message(error: Any) -> str:
+def _message(error: Any, loc: Sequence[Any]) -> str:
     if error["type"] == "extra_forbidden":
-        return "unknown key; see config.example.yaml for every key"
-    text = str(error["msg"])
-    return text.removeprefix("Value error, ")
+        section: Any = Settings
+        for part in loc[:-1]:
+            field = section.model_fields.get(part) or next(
+                (f for f in section.model_fields.values() if f.alias == part), None
+            )
+            section = field.annotation if field else None
+            if not (isinstance(section, type) and issubclass(section, BaseModel)):
+                return "unknown key; see config.example.yaml for every key"
+        keys = [f.alias or n for n, f in section.model_fields.items() if n != "source"]
+        return f"unknown key; valid keys here: {', '.join(keys)} (config.example.yaml documents each)"
+    return explain(error)

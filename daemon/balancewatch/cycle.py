@@ -9,6 +9,7 @@ the chunk is rolled back and decided again from the state now committed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +45,7 @@ class CycleStats:
     decided: Counter[str] = field(default_factory=Counter)  # rule id -> notifications
     render_errors: list[str] = field(default_factory=list)
     skipped: int = 0  # balances left undecided after repeated conflicts
+    interrupted: bool = False  # stopped between chunks; the watermark did not move
 
     @property
     def notifications(self) -> int:
@@ -73,25 +75,39 @@ def message_domain(settings: Settings) -> str:
 
 
 def poll(
-    engine: Engine, live: LiveSet, settings: Settings, now: datetime, *, full: bool = False
+    engine: Engine,
+    live: LiveSet,
+    settings: Settings,
+    now: datetime,
+    *,
+    full: bool = False,
+    stopping: threading.Event | None = None,
 ) -> CycleStats:
     """Evaluate balances changed since the last poll (minus the overlap), or all of them.
 
     The first poll ever is a full sweep. The watermark moves to ``now`` only
-    after every chunk has committed.
+    after every chunk has committed; a cycle interrupted by ``stopping`` leaves
+    it where it was, so the next cycle looks at the same changes again.
     """
     with Session(engine) as session:
         stored = get_meta(session, WATERMARK)
     since = None if full or stored is None else datetime.fromisoformat(stored) - settings.poll_overlap
-    stats = evaluate(engine, Env(live, settings, now), since)
+    stats = evaluate(engine, Env(live, settings, now), since, stopping)
+    if stats.interrupted:
+        return stats
     with engine.begin() as conn:
         # An upsert: instances starting together on a fresh database may both find no watermark.
         set_meta(conn, WATERMARK, now.isoformat(), now)
     return stats
 
 
-def evaluate(engine: Engine, env: Env, since: datetime | None) -> CycleStats:
-    """Run every enabled rule of ``env.live`` over the balances changed after ``since``."""
+def evaluate(
+    engine: Engine, env: Env, since: datetime | None, stopping: threading.Event | None = None
+) -> CycleStats:
+    """Run every enabled rule of ``env.live`` over the balances changed after ``since``.
+
+    Stops between chunks (each one committed) once ``stopping`` is set.
+    """
     stats = CycleStats(full=since is None)
     for rule in env.live.rules:
         if not rule.enabled:
@@ -101,6 +117,9 @@ def evaluate(engine: Engine, env: Env, since: datetime | None) -> CycleStats:
                 keys = candidates.find(conn, rule, step_set, env.now, since)
             stats.candidates += len(keys)
             for chunk in candidates.chunks(keys, CHUNK):
+                if stopping is not None and stopping.is_set():
+                    stats.interrupted = True
+                    return stats
                 _decide_chunk(engine, env, rule, step_set, chunk, stats)
     return stats
 

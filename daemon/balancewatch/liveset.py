@@ -16,7 +16,7 @@ from balancewatch.messages import SAMPLE_VARIANTS, sample_alert_context
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.render import TEMPLATE_NAMES_HINT, RenderError, TemplateSet, read_template_files
 from balancewatch.rules.compiled import CompiledRule
-from balancewatch.rules.loader import digest, parse_rules, read_files, rule_files
+from balancewatch.rules.loader import check_rules, digest, read_files, rule_files
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,11 @@ def load_set(rules_dir: Path, templates_dir: Path) -> LiveSet:
     files = []
     try:
         files = read_files(rule_files(rules_dir))
-        rules = parse_rules(files)
     except ProblemsError as exc:
         problems.extend(exc.problems)
+    # The rules that compiled are cross-checked even when others did not: every problem at once.
+    rules, rule_problems = check_rules(files)
+    problems.extend(rule_problems)
     try:
         template_files = read_template_files(templates_dir)
     except ProblemsError as exc:

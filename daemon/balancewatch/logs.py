@@ -1,8 +1,10 @@
 """Logging to stderr in a form journald keeps well.
 
-Under systemd (``$JOURNAL_STREAM`` set) each line starts with a ``<N>``
-syslog priority, which journald turns into the entry's priority, and no
-timestamp, which journald adds itself. Elsewhere lines carry a UTC timestamp.
+When stderr is the journal (``$JOURNAL_STREAM`` names its device and inode)
+each line starts with a ``<N>`` syslog priority, which journald turns into
+the entry's priority, and no timestamp, which journald adds itself.
+Elsewhere lines carry a UTC timestamp, including in a shell or a pipe
+started from a service, which inherits ``$JOURNAL_STREAM`` but not the journal.
 """
 
 from __future__ import annotations
@@ -21,11 +23,23 @@ class _JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).splitlines())
 
 
+def stderr_is_journal(environ: dict[str, str]) -> bool:
+    """True when stderr is the stream ``$JOURNAL_STREAM`` (``DEVICE:INODE``) names."""
+    device, sep, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (str(stat.st_dev), str(stat.st_ino)) == (device, inode)
+
+
 def setup(level: str = "info", environ: dict[str, str] | None = None) -> None:
     """Send balancewatch's logs to stderr at ``level``; quiet the chatty libraries."""
     environ = dict(os.environ) if environ is None else environ
     handler = logging.StreamHandler(sys.stderr)
-    if environ.get("JOURNAL_STREAM"):
+    if stderr_is_journal(environ):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         formatter = logging.Formatter(

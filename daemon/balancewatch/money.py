@@ -15,6 +15,9 @@ from functools import cache
 from babel import Locale, UnknownLocaleError
 from babel.numbers import format_currency, get_currency_precision, is_currency
 
+# Far above any real balance, far below what a 64-bit column holds (with room for re-arm bands).
+MAX_MINOR = 10**15
+
 
 class MoneyError(ValueError):
     """An amount or currency that cannot be represented exactly."""
@@ -22,11 +25,11 @@ class MoneyError(ValueError):
 
 def check_currency(code: str) -> str:
     """Return ``code`` if it is an ISO 4217 currency Babel knows, else raise MoneyError."""
-    if not isinstance(code, str) or not is_currency(code):
-        raise MoneyError(
-            f"{code!r} is not an ISO 4217 currency code (write it in capitals, e.g. USD, INR, EUR)"
-        )
-    return code
+    if isinstance(code, str) and is_currency(code):
+        return code
+    if isinstance(code, str) and code.strip().upper() != code and is_currency(code.strip().upper()):
+        raise MoneyError(f"{code!r}: write currency codes in capitals: {code.strip().upper()}")
+    raise MoneyError(f"{code!r} is not an ISO 4217 currency code (e.g. USD, INR, EUR)")
 
 
 @cache
@@ -38,8 +41,9 @@ def exponent(currency: str) -> int:
 def to_minor(amount: Decimal | int | str, currency: str) -> int:
     """Convert a major-unit amount to integer minor units.
 
-    Raises MoneyError when the amount is not a number, or has more decimals
-    than the currency allows (``10.5`` JPY, ``1.001`` USD).
+    Raises MoneyError when the amount is not a number, has more decimals
+    than the currency allows (``10.5`` JPY, ``1.001`` USD), or is larger than
+    MAX_MINOR minor units.
     """
     if isinstance(amount, float):
         raise MoneyError(f"{amount!r} is a float; money must be written exactly")
@@ -49,11 +53,21 @@ def to_minor(amount: Decimal | int | str, currency: str) -> int:
         raise MoneyError(f"{amount!r} is not a number") from None
     if not value.is_finite():
         raise MoneyError(f"{amount!r} is not a finite amount")
-    scaled = value.scaleb(exponent(currency))
-    if scaled != scaled.to_integral_value():
-        digits = exponent(currency)
+    digits = exponent(currency)
+    if value.adjusted() > 18:
+        raise _too_large(amount, currency)
+    scaled = value.scaleb(digits)
+    if scaled != scaled.to_integral_value() or (value and value.adjusted() < -digits):
         raise MoneyError(f"{amount} {currency} has more decimals than {currency} allows ({digits})")
-    return int(scaled)
+    minor = int(scaled)
+    if abs(minor) > MAX_MINOR:
+        raise _too_large(amount, currency)
+    return minor
+
+
+def _too_large(amount: object, currency: str) -> MoneyError:
+    most = to_major(MAX_MINOR, currency)
+    return MoneyError(f"{amount} {currency} is too large; amounts are at most {most:,} {currency}")
 
 
 def to_major(minor: int, currency: str) -> Decimal:

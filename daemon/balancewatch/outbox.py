@@ -97,15 +97,25 @@ def _due(now: datetime) -> Any:
 def claim(
     conn: Connection, worker: str, now: datetime, limit: int, lease: timedelta, key: str | None = None
 ) -> list[Claimed]:
-    """Claim up to ``limit`` due rows (or just the row of ``key``) for ``worker`` until ``now + lease``."""
+    """Claim up to ``limit`` due rows (or just the row of ``key``) for ``worker`` until ``now + lease``.
+
+    The ids are picked first (locking them with ``SKIP LOCKED`` on PostgreSQL,
+    so concurrent workers take different rows without waiting), then updated
+    only where still due: a row claimed meanwhile is not handed out twice.
+    Picking in a statement of its own keeps ``limit`` exact; as a subquery
+    of the UPDATE, PostgreSQL may scan it again and claim far more rows.
+    """
     ids = select(C.id).where(_due(now)).order_by(C.id).limit(limit)
     if key is not None:
         ids = ids.where(C.idem_key == key)
     if conn.dialect.name == "postgresql":
         ids = ids.with_for_update(skip_locked=True)
+    picked = list(conn.execute(ids).scalars())
+    if not picked:
+        return []
     stmt = (
         update(T)
-        .where(C.id.in_(ids.scalar_subquery()), _due(now))
+        .where(C.id.in_(picked), _due(now))
         .values(status=SENDING, claimed_by=worker, lease_until=now + lease, attempts=C.attempts + 1)
         .returning(
             C.id,
@@ -146,6 +156,19 @@ def _mine(row_id: int, worker: str) -> Any:
     return and_(C.id == row_id, C.status == SENDING, C.claimed_by == worker)
 
 
+def renew(conn: Connection, row_ids: Sequence[int], worker: str, until: datetime) -> set[int]:
+    """Extend ``worker``'s lease on ``row_ids`` to ``until``; return the ids it still holds."""
+    if not row_ids:
+        return set()
+    result = conn.execute(
+        update(T)
+        .where(C.id.in_(list(row_ids)), C.status == SENDING, C.claimed_by == worker)
+        .values(lease_until=until)
+        .returning(C.id)
+    )
+    return set(result.scalars())
+
+
 def mark_sent(conn: Connection, row_id: int, worker: str, now: datetime, note: str | None = None) -> bool:
     """Record a delivery; False if the lease was lost to another worker meanwhile."""
     result = conn.execute(
@@ -175,11 +198,13 @@ def mark_parked(conn: Connection, row_id: int, worker: str, reason: str) -> bool
 
 
 def backoff(attempts: int, initial: timedelta, ceiling: timedelta, row_id: int = 0) -> timedelta:
-    """Exponential delay before attempt ``attempts + 1``, capped, with a spread of up to 10%.
+    """The delay before attempt ``attempts + 1``: ``initial`` doubled per attempt, never above ``ceiling``.
 
-    The spread is derived from the row id, so many rows failing together do
-    not all retry in the same second, yet the delay stays reproducible.
+    Up to 10% is taken off, derived from the row id, so many rows failing
+    together do not all retry in the same second, yet the delay stays
+    reproducible. Any number of attempts works (no overflow).
     """
-    base = min(initial * (2 ** max(attempts - 1, 0)), ceiling)
+    doublings = min(max(attempts - 1, 0), 64)
+    seconds = min(initial.total_seconds() * 2.0**doublings, ceiling.total_seconds())
     spread = (hashlib.sha256(f"{row_id}:{attempts}".encode()).digest()[0] / 255) * 0.1
-    return base * (1 + spread)
+    return timedelta(seconds=seconds * (1 - spread))

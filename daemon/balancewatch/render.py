@@ -22,9 +22,17 @@ from typing import Any
 
 from babel.dates import format_date, format_datetime, format_time
 from babel.numbers import format_decimal
-from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError, pass_context
+from jinja2 import (
+    BaseLoader,
+    Environment,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    pass_context,
+)
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from balancewatch.durations import format_duration
 from balancewatch.money import Money, format_money
@@ -54,20 +62,35 @@ class RenderError(Exception):
 
 
 def read_template_files(directory: Path) -> dict[str, str]:
-    """Every template file under ``directory`` by its relative path; hidden entries skipped."""
+    """Every template file under ``directory`` by its relative path; hidden entries skipped.
+
+    Raises ProblemsError for files that cannot be read or that link outside ``directory``.
+    """
     if not directory.is_dir():
         raise ProblemsError([Problem(str(directory), 0, "", "templates directory not found")])
     files: dict[str, str] = {}
+    problems: list[Problem] = []
+    root = directory.resolve()
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory)
         if any(part.startswith(".") for part in rel.parts) or path.suffix not in _TEXT_SUFFIXES:
+            continue
+        if not path.resolve().is_relative_to(root):
+            # A symlink to /etc/passwd would let a template include it.
+            problems.append(
+                Problem(
+                    str(path), 0, "", "links outside the templates directory; templates read only files in it"
+                )
+            )
             continue
         try:
             files[rel.as_posix()] = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError) as exc:
-            raise ProblemsError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
+            problems.append(Problem(str(path), 0, "", f"cannot read: {exc}"))
+    if problems:
+        raise ProblemsError(problems)
     return files
 
 
@@ -114,7 +137,7 @@ class TemplateSet:
             raise RenderError(self._problem(exc.name or file, exc.lineno, exc.message or str(exc))) from None
         except Exception as exc:  # a template can raise anything its expressions do
             where, line = _template_frame(exc, self.files) or (file, 0)
-            raise RenderError(self._problem(where, line, _describe(exc))) from None
+            raise RenderError(self._problem(where, line, _describe(exc, self.files))) from None
 
     def _problem(self, name: str, line: int, message: str) -> Problem:
         return Problem(str(self.directory / name), line, "", message)
@@ -135,7 +158,16 @@ def one_line(text: str) -> str:
     return flat if len(flat) <= MAX_SUBJECT else flat[: MAX_SUBJECT - 1].rstrip() + "…"
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, files: Mapping[str, str]) -> str:
+    if isinstance(exc, TemplateNotFound):
+        shared = ", ".join(sorted(n for n in files if "/" not in n)) or "none"
+        return (
+            f"template {exc.name!r} not found: a template may include or extend only files of the "
+            f"templates directory, named relative to it (shared files here: {shared})"
+        )
+    if isinstance(exc, SecurityError):
+        what = (exc.message or "unsafe").rstrip(".")
+        return f"{what}; templates run in a sandbox: no private attributes, no changing data"
     if isinstance(exc, TemplateError):
         return exc.message or type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
@@ -143,15 +175,33 @@ def _describe(exc: Exception) -> str:
 
 def _template_frame(exc: BaseException, files: Mapping[str, str]) -> tuple[str, int] | None:
     # Jinja rewrites tracebacks so template lines appear as frames of the template file.
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if frame.filename in files:
-            return frame.filename, frame.lineno or 0
+    # walk_tb, not extract_tb: no source lookup, so nothing on disk is read for a name.
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    for frame, line in reversed(frames):
+        if frame.f_code.co_filename in files:
+            return frame.f_code.co_filename, line or 0
     return None
+
+
+class _MemoryLoader(BaseLoader):
+    """The loaded files only; each template's filename is its relative path, so an error
+    raised while rendering carries the file and line it came from."""
+
+    def __init__(self, files: Mapping[str, str]) -> None:
+        self.files = dict(files)
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        if template not in self.files:
+            raise TemplateNotFound(template)
+        return self.files[template], template, lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self.files)
 
 
 def _environment(files: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
-        loader=DictLoader(dict(files)),
+        loader=_MemoryLoader(files),
         autoescape=lambda name: bool(name and name.endswith((".html", ".htm"))),
         undefined=StrictUndefined,
         trim_blocks=True,

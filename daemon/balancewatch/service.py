@@ -60,26 +60,35 @@ class Pipeline:
     worker: str
     last_sweep: datetime | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def evaluate(self, now: datetime) -> CycleStats:
         """A poll, or a full sweep when one is due (and the first time)."""
         with self.lock:
             live = self.live
         full = self.last_sweep is None or now - self.last_sweep >= self.settings.sweep_interval
-        stats = poll(self.engine, live, self.settings, now, full=full)
-        if full:
+        stats = poll(self.engine, live, self.settings, now, full=full, stopping=self.stopping)
+        if full and not stats.interrupted:
             self.last_sweep = now
         return stats
 
     def deliver(self, now: datetime, clock: Clock | None = None) -> DeliveryStats:
-        """Deliver due rows, batch after batch, until none is due or a batch made no progress."""
+        """Deliver due rows, batch after batch, until none is due, a batch made no
+        progress, or ``stopping`` is set (the batch in flight is always finished).
+
+        ``now`` claims the first batch; each later one reads ``clock`` again, so
+        its lease starts when it is claimed, not when the first batch was.
+        """
         total = DeliveryStats()
-        while True:
+        while not self.stopping.is_set():
             stats = deliver_batch(self.engine, self.transport, self.settings, now, self.worker, clock)
             total.claimed += stats.claimed
             total.outcomes.update(stats.outcomes)
-            if stats.claimed < self.settings.delivery.batch_size or stats.outcomes["sent"] == 0:
-                return total
+            done = stats.outcomes["sent"] + stats.outcomes["parked"]
+            if stats.claimed < self.settings.delivery.batch_size or done == 0:
+                break
+            now = clock() if clock is not None else now
+        return total
 
     def swap(self, live: LiveSet) -> None:
         with self.lock:
@@ -93,7 +102,7 @@ class Daemon:
         self.pipeline = pipeline
         self.settings = pipeline.settings
         self.clock = clock
-        self.stopping = threading.Event()
+        self.stopping = pipeline.stopping
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(2)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
@@ -115,7 +124,8 @@ class Daemon:
                 stats.notifications,
                 ", ".join(f"{k}={v}" for k, v in sorted(stats.decided.items())),
             )
-            self.scheduler.modify_job("deliver", next_run_time=self.clock())
+            if not self.stopping.is_set():
+                self.scheduler.modify_job("deliver", next_run_time=self.clock())
 
     def deliver_job(self) -> None:
         try:
@@ -178,20 +188,32 @@ class Daemon:
         self.stopping.set()
 
     def _install_signals(self) -> None:
-        def on_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s", signal.Signals(signum).name)
-            self.stop()
-
         def on_hup(_signum: int, _frame: FrameType | None) -> None:
             threading.Thread(target=self.reload, name="reload", daemon=True).start()
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
+        stop_on_signals(self.stopping)
         signal.signal(signal.SIGHUP, on_hup)
 
 
-def build_pipeline(engine: Engine, settings: Settings, live: LiveSet) -> Pipeline:
-    return Pipeline(engine, settings, live, make_transport(settings), instance_name(settings))
+def stop_on_signals(stopping: threading.Event) -> None:
+    """Make SIGTERM and SIGINT set ``stopping``: installed first thing, so a stop
+    during start-up (rules loading, schema upgrade) still ends with exit status 0."""
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+
+
+def build_pipeline(
+    engine: Engine, settings: Settings, live: LiveSet, stopping: threading.Event | None = None
+) -> Pipeline:
+    pipeline = Pipeline(engine, settings, live, make_transport(settings), instance_name(settings))
+    if stopping is not None:
+        pipeline.stopping = stopping
+    return pipeline
 
 
 def describe_transport(settings: Settings) -> str:

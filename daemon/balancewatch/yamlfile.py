@@ -44,17 +44,17 @@ class Located:
 
     def field_of(self, loc: Sequence[Any]) -> str:
         """The dotted field name for ``loc``, keeping only parts present in the data."""
-        node, names = self.data, []
-        for part in loc:
+        node, names, last = self.data, [], len(loc) - 1
+        for i, part in enumerate(loc):
             if isinstance(node, dict) and part in node:
                 node = node[part]
                 names.append(str(part))
             elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
                 node = node[part]
                 names.append(f"[{part}]")
-            elif isinstance(part, str) and isinstance(node, dict) and not _is_union_tag(part):
+            elif isinstance(part, str) and isinstance(node, dict) and i == last and not _is_union_tag(part):
                 names.append(part)  # a missing required key: still worth naming
-                break
+            # Anything else is a union tag (pydantic's "per-currency"): not a place in the file.
         return ".".join(names).replace(".[", "[")
 
 
@@ -110,12 +110,41 @@ def load(text: str, path: str) -> Located:
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, path: str) -> Problem:
-    mark = exc.problem_mark or exc.context_mark
-    line = mark.line + 1 if mark else 0
+    problem_line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+    context_line = exc.context_mark.line + 1 if exc.context_mark else 0
     what = exc.problem or exc.context or "syntax error"
+    context = exc.context or ""
     if "\\t" in what or "tab" in what:
-        what += " (YAML indents with spaces, never tabs)"
-    return Problem(path, line, "", f"not valid YAML: {what}")
+        return Problem(
+            path, problem_line, "", f"not valid YAML: {what} (YAML indents with spaces, never tabs)"
+        )
+    if context_line and ("<stream end>" in what or "end of stream" in what):
+        # The file stops inside a bracket or a quote: the place to look is where it opened.
+        opened = _OPENED.get(
+            context.removeprefix("while ").removeprefix("parsing ").removeprefix("scanning ")
+        )
+        if opened:
+            return Problem(path, context_line, "", f"not valid YAML: the file ends before {opened} is closed")
+    if "expected <block end>" in what and context_line:
+        return Problem(
+            path,
+            problem_line,
+            "",
+            f"not valid YAML: this line is indented differently from the block that starts on line "
+            f"{context_line}; line it up with the entries it belongs to",
+        )
+    if "mapping values are not allowed" in what:
+        what += " (quote a value that contains ': ')"
+    if context and context_line and context_line != problem_line:
+        what += f" ({context} started on line {context_line})"
+    return Problem(path, problem_line or context_line, "", f"not valid YAML: {what}")
+
+
+_OPENED = {
+    "a flow sequence": "the list opened with '[' on this line",
+    "a flow mapping": "the mapping opened with '{' on this line",
+    "a quoted scalar": "the quoted text started on this line",
+}
 
 
 class _Builder:

@@ -41,6 +41,12 @@ class Ctx:
         upgrade(engine)
         return engine
 
+    def close(self) -> None:
+        """Release the database connections this invocation opened, if any."""
+        engine = self.__dict__.pop("engine", None)
+        if engine is not None:
+            engine.dispose()
+
     def now(self) -> datetime:
         return datetime.now(UTC)
 

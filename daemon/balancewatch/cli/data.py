@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import desc, select
 from sqlmodel import Session
 
-from balancewatch.cli.common import CommandError, Ctx, table
-from balancewatch.money import MoneyError, format_money, to_major, to_minor
+from balancewatch.cli.common import CommandError, Ctx, report_problems, table
+from balancewatch.money import MoneyError, check_currency, format_money, to_major, to_minor
+from balancewatch.problems import ProblemsError
 from balancewatch.store import importcsv, ledger
 from balancewatch.store.accounts import AccountError, add_account, list_accounts
 from balancewatch.store.tables import Account, Balance, LedgerEntry, Outbox
@@ -149,6 +150,10 @@ def cmd_ledger_post(ctx: Ctx) -> int:
     a = ctx.args
     now = ctx.now()
     try:
+        check_currency(a.currency)
+    except MoneyError as exc:
+        raise CommandError(f"--currency: {exc}") from None
+    try:
         amount = to_minor(a.amount, a.currency)
     except MoneyError as exc:
         raise CommandError(f"amount: {exc}") from None
@@ -180,9 +185,15 @@ def cmd_ledger_post(ctx: Ctx) -> int:
 
 def cmd_ledger_import(ctx: Ctx) -> int:
     now = ctx.now()
-    rows = importcsv.read_rows(ctx.args.file, ctx.args.currency, now)
+    try:
+        check_currency(ctx.args.currency)
+    except MoneyError as exc:
+        raise CommandError(f"--currency: {exc}") from None
     with Session(ctx.engine) as session:
-        result = importcsv.import_rows(session, rows, now, str(ctx.args.file))
+        try:
+            result = importcsv.import_file(session, ctx.args.file, ctx.args.currency, now)
+        except ProblemsError as exc:
+            return report_problems(ctx, exc, "ledger import: nothing imported")
     ctx.say(f"imported {result.posted} entries; skipped {result.skipped} already in the ledger")
     return 0
 
@@ -219,7 +230,7 @@ def cmd_balance_show(ctx: Ctx) -> int:
                         "currency": b.currency,
                         "amount_minor": b.amount,
                         "amount": str(to_major(b.amount, b.currency)),
-                        "updated_at": b.updated_at,
+                        "updated_at": b.updated_at.isoformat(),
                     }
                     for b in balances
                 ],

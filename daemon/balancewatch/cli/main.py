@@ -6,9 +6,12 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 
+from sqlalchemy.exc import OperationalError
+
 from balancewatch import __version__, logs
 from balancewatch.cli import data, ops
 from balancewatch.cli.common import CommandError, Ctx, report_problems
+from balancewatch.config import safe_url
 from balancewatch.problems import ProblemsError
 
 DESCRIPTION = """\
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or bad usage (2), already printed by argparse
+        return exc.code if isinstance(exc.code, int) else 2
     ctx = Ctx(args, dict(os.environ if environ is None else environ))
     try:
         level = args.log_level or _configured_level(ctx)
@@ -53,10 +59,25 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ProblemsError as exc:
         return report_problems(ctx, exc)
     except CommandError as exc:
-        ctx.warn(f"balancewatch {args.command}: {exc}")
+        ctx.warn(f"balancewatch {command_name(args)}: {exc}")
+        return 1
+    except OperationalError as exc:
+        # The database is unreachable or refused us: one line, no traceback, no password.
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        ctx.warn(
+            f"balancewatch {command_name(args)}: database {safe_url(ctx.settings.database_url)}: {reason}"
+        )
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        ctx.close()
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command as typed, e.g. ``ledger post``."""
+    action = getattr(args, f"{args.command.replace('-', '_')}_command", None)
+    return f"{args.command} {action}" if action else args.command
 
 
 def _configured_level(ctx: Ctx) -> str:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, report_problems
+from balancewatch.config import safe_url
 from balancewatch.cycle import message_domain
 from balancewatch.deliver.worker import deliver_batch, make_transport
 from balancewatch.liveset import load_set
 from balancewatch.problems import ProblemsError
-from balancewatch.service import Daemon, build_pipeline, describe_transport, instance_name
+from balancewatch.service import Daemon, build_pipeline, describe_transport, instance_name, stop_on_signals
 from balancewatch.store.db import upgrade
 
 log = logging.getLogger("balancewatch")
@@ -80,19 +82,24 @@ def cmd_check(ctx: Ctx) -> int:
         return report_problems(ctx, exc, "check failed")
     files = len({r.source for r in live.rules})
     ctx.say(
-        f"ok: config {settings.source or '(defaults)'}; {len(live.rules)} rules in {files} files; "
-        f"{len(live.templates.names)} templates; set {live.digest[:12]}"
+        f"ok: config {settings.source or '(defaults)'}; "
+        f"{len(live.rules)} rules in {files} file{'s' if files != 1 else ''} in {settings.rules_dir}; "
+        f"{len(live.templates.names)} templates in {settings.templates_dir}; set {live.digest[:12]}"
     )
     return 0
 
 
 def cmd_run(ctx: Ctx) -> int:
+    stopping = threading.Event()
+    stop_on_signals(stopping)
     settings = ctx.settings
     try:
         live = load_set(settings.rules_dir, settings.templates_dir)
     except ProblemsError as exc:
         return report_problems(ctx, exc, "cannot start: the rules or templates have problems")
-    pipeline = build_pipeline(ctx.engine, settings, live)
+    pipeline = build_pipeline(ctx.engine, settings, live, stopping)
+    if stopping.is_set():
+        return 0
     log.info(
         "balancewatch starting: database %s; delivery: %s",
         _safe_url(settings.database_url),
@@ -117,9 +124,7 @@ def args_once(ctx: Ctx) -> bool:
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    return safe_url(url)
 
 
 def cmd_send_test(ctx: Ctx) -> int:

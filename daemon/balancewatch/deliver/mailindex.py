@@ -23,7 +23,8 @@ th, td {{ text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e5e
 th {{ background: #f9fafb; }}
 </style></head><body>
 <h1>{count} emails</h1>
-<p>Written by the file transport. Open a subject to read the HTML part; the .eml link opens in a mail client.</p>
+<p>Written by the file transport. Open a subject to read the HTML part;
+the .eml link opens in a mail client.</p>
 <table><tr><th>date</th><th>to</th><th>subject</th><th>file</th></tr>
 {rows}
 </table></body></html>

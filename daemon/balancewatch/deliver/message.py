@@ -26,18 +26,25 @@ class Envelope:
     rejected: tuple[str, ...]  # addresses dropped as invalid, with the reason
 
     def as_bytes(self) -> bytes:
-        return self.message.as_bytes(policy=POLICY)
+        """The message as a file holds it; UTF-8 headers only when an address needs them."""
+        ascii_only = all(a.isascii() for a in self.recipients)
+        return self.message.as_bytes(policy=POLICY if ascii_only else POLICY.clone(utf8=True))
 
 
 def split_valid(addresses: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Valid addresses (normalized) and a reason for each invalid one."""
+    """Valid addresses and a reason for each invalid one.
+
+    Addresses are normalized, with an internationalized domain in its ASCII
+    (IDNA) form, so only a non-ASCII mailbox name needs a server with SMTPUTF8.
+    """
     good, bad = [], []
     for address in addresses:
         if "\r" in address or "\n" in address:
             bad.append(f"{address!r}: line breaks in an address")
             continue
         try:
-            good.append(validate_email(address, check_deliverability=False).normalized)
+            valid = validate_email(address, check_deliverability=False)
+            good.append(valid.ascii_email or valid.normalized)
         except EmailNotValidError as exc:
             bad.append(f"{address!r}: {exc}")
     return list(dict.fromkeys(good)), bad

@@ -95,6 +95,12 @@ class SmtpTransport:
             raise TransportError(
                 f"{step} refused: {_text(exc.smtp_code, exc.smtp_error)}", permanent=_permanent(exc.smtp_code)
             ) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            # Raised before MAIL FROM: the session is intact, only this message cannot go.
+            raise TransportError(
+                f"{self.where} does not offer SMTPUTF8, which {', '.join(envelope.recipients)} needs: {exc}",
+                permanent=True,
+            ) from exc
         except smtplib.SMTPResponseException as exc:
             raise TransportError(
                 f"server replied {_text(exc.smtp_code, exc.smtp_error)}", permanent=_permanent(exc.smtp_code)

@@ -58,7 +58,10 @@ def deliver_batch(
 ) -> DeliveryStats:
     """Claim one batch of due rows (or only the row of ``key``) and deliver it.
 
-    ``now`` decides what is due; ``clock`` (default: ``now``) stamps outcomes.
+    ``now`` decides what is due and starts the lease; ``clock`` (default:
+    ``now``) stamps outcomes. Once half the lease has passed, the lease on
+    the rows not yet sent is renewed, so a slow server cannot let another
+    instance claim them meanwhile; a row whose lease was lost is skipped.
     """
     clock = clock or (lambda: now)
     d = settings.delivery
@@ -67,11 +70,22 @@ def deliver_batch(
     stats = DeliveryStats(claimed=len(batch))
     if not batch:
         return stats
+    held = {row.id for row in batch}
+    lease_end = now + d.lease
     try:
         with transport:
             for i, row in enumerate(batch):
+                stamp = clock()
+                if stamp >= lease_end - d.lease / 2:
+                    lease_end = stamp + d.lease
+                    with engine.begin() as conn:
+                        held = outbox.renew(conn, [r.id for r in batch[i:]], worker, lease_end)
+                if row.id not in held:
+                    stats.outcomes["lost"] += 1
+                    log.warning("lease on %s lost to another worker; not sending it", row.idem_key)
+                    continue
                 try:
-                    _deliver_one(engine, transport, settings, row, worker, clock(), stats)
+                    _deliver_one(engine, transport, settings, row, worker, stamp, stats)
                 except TransportError as exc:  # only connection failures get here
                     _fail_all(engine, settings, batch[i:], worker, clock(), exc, stats)
                     return stats
@@ -124,14 +138,15 @@ def _fail(
     with engine.begin() as conn:
         if exc.permanent or gave_up:
             reason = str(exc) if exc.permanent else f"gave up after {row.attempts} attempts: {exc}"
-            outbox.mark_parked(conn, row.id, worker, reason)
-            stats.outcomes["parked"] += 1
+            kept = outbox.mark_parked(conn, row.id, worker, reason)
+            outcome = "parked"
             log.error("parked %s: %s", row.idem_key, reason)
         else:
             delay = outbox.backoff(row.attempts, retry.initial, retry.max, row.id)
-            outbox.mark_retry(conn, row.id, worker, str(exc), now + delay)
-            stats.outcomes["retry"] += 1
+            kept = outbox.mark_retry(conn, row.id, worker, str(exc), now + delay)
+            outcome = "retry"
             log.warning("will retry %s in %ds: %s", row.idem_key, delay.total_seconds(), exc)
+    stats.outcomes[outcome if kept else "lost"] += 1
 
 
 def _fail_all(

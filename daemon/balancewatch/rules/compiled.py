@@ -60,15 +60,19 @@ class CompiledRule:
 
 
 class CompileError(ValueError):
-    """A rule that validated but cannot be turned into minor units; ``field`` names where."""
+    """A rule that validated but cannot be turned into minor units.
 
-    def __init__(self, field_name: str, message: str) -> None:
+    ``field`` names where; ``errors`` holds every (field, message) found in the rule.
+    """
+
+    def __init__(self, field_name: str, message: str, errors: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.field = field_name
+        self.errors = errors or [(field_name, message)]
 
 
 def compile_rule(rule: AlertRule, source: str = "", line: int = 0) -> CompiledRule:
-    """Compile ``rule``; raises CompileError (with the field) on amounts a currency cannot hold."""
+    """Compile ``rule``; raises CompileError listing every amount a currency cannot hold."""
     return CompiledRule(
         id=rule.id,
         description=rule.description,
@@ -98,12 +102,16 @@ def _selector(rule: AlertRule) -> Selector:
 def _ladders(rule: AlertRule) -> dict[str | None, list[Decimal]]:
     wanted = rule.accounts.currency
     if isinstance(rule.below, dict):
-        outside = [c for c in rule.below if wanted and c not in wanted]
-        if outside:
-            raise CompileError(
-                f"below.{outside[0]}",
-                f"{outside[0]} thresholds would never apply: accounts.currency is {', '.join(wanted or [])}",
+        outside = [
+            (
+                f"below.{c}",
+                f"{c} thresholds would never apply: accounts.currency is {', '.join(wanted or [])}",
             )
+            for c in rule.below
+            if wanted and c not in wanted
+        ]
+        if outside:
+            raise CompileError(*outside[0], errors=outside)
         return dict(rule.below)
     if isinstance(rule.below, list):
         return {c: list(rule.below) for c in wanted or []}
@@ -111,17 +119,37 @@ def _ladders(rule: AlertRule) -> dict[str | None, list[Decimal]]:
 
 
 def _step_sets(rule: AlertRule) -> tuple[StepSet, ...]:
-    sets = []
+    sets, errors = [], []
     for currency, ladder in _ladders(rule).items():
-        minors = {_minor(a, currency, f"below.{currency}" if currency else "below") for a in ladder}
-        if rule.exhausted:
-            minors.add(0)
-        steps = tuple(
-            Step(amount=m, rearm_above=m + _band(rule, m, currency), exhausted=(m == 0))
-            for m in sorted(minors, reverse=True)
-        )
-        sets.append(StepSet(currency=currency, steps=steps))
+        try:
+            sets.append(_step_set(rule, currency, ladder))
+        except CompileError as exc:
+            errors.extend(e for e in exc.errors if e not in errors)
+    if errors:
+        raise CompileError(*errors[0], errors=errors)
     return tuple(sets)
+
+
+def _step_set(rule: AlertRule, currency: str | None, ladder: list[Decimal]) -> StepSet:
+    where = "below" if isinstance(rule.below, list) or currency is None else f"below.{currency}"
+    errors, minors = [], set()
+    for amount in ladder:
+        try:
+            minors.add(_minor(amount, currency, where))
+        except CompileError as exc:
+            errors.append((exc.field, str(exc)))
+    if rule.exhausted:
+        minors.add(0)
+    steps = []
+    for m in sorted(minors, reverse=True):
+        try:
+            steps.append(Step(amount=m, rearm_above=m + _band(rule, m, currency), exhausted=(m == 0)))
+        except CompileError as exc:
+            errors.append((exc.field, str(exc)))
+            break
+    if errors:
+        raise CompileError(*errors[0], errors=errors)
+    return StepSet(currency=currency, steps=tuple(steps))
 
 
 def _minor(amount: Decimal, currency: str | None, field_name: str) -> int:

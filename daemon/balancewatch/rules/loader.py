@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from balancewatch import yamlfile
-from balancewatch.problems import Problem, ProblemsError
+from balancewatch.problems import Problem, ProblemsError, explain
 from balancewatch.rules.compiled import CompiledRule, CompileError, compile_rule
 from balancewatch.rules.models import AlertRule, RuleFile
 
@@ -66,24 +67,43 @@ def parse_rules(files: Sequence[SourceFile]) -> list[CompiledRule]:
     Raises ProblemsError with every problem in every file, including ids
     defined twice (naming both places).
     """
-    problems: list[Problem] = []
-    rules: list[CompiledRule] = []
-    for f in files:
-        try:
-            rules.extend(_parse_file(f))
-        except ProblemsError as exc:
-            problems.extend(exc.problems)
-    problems.extend(_duplicates(rules))
+    rules, problems = check_rules(files)
     if problems:
         raise ProblemsError(problems)
     return rules
 
 
-def _parse_file(f: SourceFile) -> list[CompiledRule]:
-    located = yamlfile.load(f.text, str(f.path))
+def check_rules(files: Sequence[SourceFile]) -> tuple[list[CompiledRule], list[Problem]]:
+    """The rules that compiled and every problem found, so later checks can still look at
+    the good rules (their templates, say) while the bad ones are reported."""
+    problems: list[Problem] = []
+    parsed: list[_Parsed] = []
+    for f in files:
+        good, bad = _parse_file(f)
+        parsed.extend(good)
+        problems.extend(bad)
+    problems.extend(_duplicates(parsed))
+    return [p.rule for p in parsed], problems
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A compiled rule and where its id is written, for duplicate reports."""
+
+    rule: CompiledRule
+    id_line: int
+    id_field: str
+
+
+def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[Problem]]:
+    """The rules of one file that compiled, and every problem in it."""
+    try:
+        located = yamlfile.load(f.text, str(f.path))
+    except ProblemsError as exc:
+        return [], list(exc.problems)
     data = {} if located.data is None else located.data
     if not isinstance(data, dict):
-        raise ProblemsError([Problem(str(f.path), 1, "", "a rule file is a mapping with an 'alerts:' list")])
+        return [], [Problem(str(f.path), 1, "", "a rule file is a mapping with an 'alerts:' list")]
     problems: list[Problem] = []
     try:
         RuleFile.model_validate({k: [] if k == "alerts" else v for k, v in data.items()})
@@ -98,30 +118,31 @@ def _parse_file(f: SourceFile) -> list[CompiledRule]:
         # Each rule on its own, so one bad rule does not hide the others' problems.
         try:
             rule = AlertRule.model_validate(item)
-            out.append(compile_rule(rule, str(f.path), located.line_of(("alerts", i))))
+            compiled = compile_rule(rule, str(f.path), located.line_of(("alerts", i)))
+            at = ("alerts", i, "id")
+            out.append(_Parsed(compiled, located.line_of(at), located.field_of(at)))
         except ValidationError as exc:
             problems.extend(validation_problems(exc, located, AlertRule, prefix=("alerts", i)))
         except CompileError as exc:
-            at = ("alerts", i, *exc.field.split("."))
-            problems.append(Problem(str(f.path), located.line_of(at), located.field_of(at), str(exc)))
-    if problems:
-        raise ProblemsError(problems)
-    return out
+            for field, message in exc.errors:
+                at = ("alerts", i, *field.split("."))
+                problems.append(Problem(str(f.path), located.line_of(at), located.field_of(at), message))
+    return out, problems
 
 
-def _duplicates(rules: Sequence[CompiledRule]) -> list[Problem]:
-    seen: dict[str, CompiledRule] = {}
+def _duplicates(parsed: Sequence[_Parsed]) -> list[Problem]:
+    seen: dict[str, _Parsed] = {}
     out = []
-    for rule in rules:
-        first = seen.setdefault(rule.id, rule)
-        if first is not rule:
+    for p in parsed:
+        first = seen.setdefault(p.rule.id, p)
+        if first is not p:
             out.append(
                 Problem(
-                    rule.source,
-                    rule.line,
-                    "id",
-                    f"duplicate rule id {rule.id!r}: also defined at {first.source}:{first.line}; "
-                    "ids must be unique across all rule files",
+                    p.rule.source,
+                    p.id_line,
+                    p.id_field,
+                    f"duplicate rule id {p.rule.id!r}: also defined at {first.rule.source}:{first.id_line}; "
+                    "ids must be unique across all rule files (alert state is keyed on them)",
                 )
             )
     return out
@@ -139,23 +160,31 @@ def validation_problems(
     """
     out = []
     for error in exc.errors(include_url=False):
-        loc = (*prefix, *error["loc"])
+        inner, message = _relocate(error, model)
+        loc = (*prefix, *inner)
         field = located.field_of(loc)
-        out.append(Problem(located.path, located.line_of(loc), field, _message(error, model)))
+        out.append(Problem(located.path, located.line_of(loc), field, message))
     return list(dict.fromkeys(out))
 
 
+_FIELD_FIRST = re.compile(r"^([a-z_]+): (.+)$", re.DOTALL)
+
+
+def _relocate(error: Any, model: type[BaseModel]) -> tuple[tuple[Any, ...], str]:
+    """The error's location and message; a model-level message "field: ..." moves to that field."""
+    loc, message = tuple(error["loc"]), _message(error, model)
+    found = _FIELD_FIRST.match(message) if error["type"] == "value_error" else None
+    if found and found.group(1) in _fields_at(model, loc):
+        return (*loc, found.group(1)), found.group(2)
+    return loc, message
+
+
 def _message(error: Any, model: type[BaseModel]) -> str:
-    kind, msg = error["type"], str(error["msg"]).removeprefix("Value error, ")
-    if kind == "extra_forbidden":
+    if error["type"] == "extra_forbidden":
         valid = _fields_at(model, error["loc"][:-1])
         hint = f"; valid fields here: {', '.join(valid)}" if valid else ""
         return f"unknown field {error['loc'][-1]!r}{hint}"
-    if kind == "missing":
-        return "required field is missing"
-    if kind in ("bool_type", "bool_parsing"):
-        return "write true or false"
-    return msg
+    return explain(error)
 
 
 def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:

@@ -50,7 +50,7 @@ def _currency(value: Any) -> str:
         raise ValueError(str(exc)) from None
 
 
-def _amount(value: Any) -> Decimal:
+def _amount(value: Any, what: str = "thresholds are zero or more (use exhausted: true for zero)") -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
         raise ValueError(f"{value!r} is not an amount; write a number such as 100 or 12.50")
     try:
@@ -60,8 +60,12 @@ def _amount(value: Any) -> Decimal:
     if not amount.is_finite():
         raise ValueError(f"{value!r} is not a finite amount")
     if amount < 0:
-        raise ValueError(f"{value} is negative; thresholds are zero or more (use exhausted: true for zero)")
+        raise ValueError(f"{value} is negative; {what}")
     return amount
+
+
+def _band_size(value: Any) -> Decimal:
+    return _amount(value, "a re-arm band is zero or more")
 
 
 def _address(value: Any) -> str:
@@ -85,7 +89,15 @@ def _split_recipients(value: Any) -> Any:
             out.extend(part.strip() for part in item.split(",") if part.strip())
         else:
             out.append(item)
+    if not out:
+        raise ValueError("no recipients; write owner and/or email addresses, e.g. [owner, ops@example.com]")
     return out
+
+
+def _not_empty_ladder(value: list[Decimal]) -> list[Decimal]:
+    if not value:
+        raise ValueError("no amounts; write at least one, e.g. [250, 100, 10]")
+    return value
 
 
 def _pattern(regex: re.Pattern[str], what: str) -> Any:
@@ -111,6 +123,14 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str | int) else value
 
 
+def _texts(value: Any) -> Any:
+    # Account ids and label values are text; YAML reads `ids: [1001]` as numbers.
+    items = _one_or_many(value)
+    if isinstance(items, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in items]
+    return items
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -124,8 +144,8 @@ class Selector(_Strict):
 
     billing: Literal["prepaid", "postpaid", "any"] | None = None
     currency: Annotated[list[Currency], BeforeValidator(_one_or_many)] | None = None
-    labels: dict[str, Annotated[list[str], BeforeValidator(_one_or_many)]] = Field(default_factory=dict)
-    ids: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
+    labels: dict[str, Annotated[list[str], BeforeValidator(_texts)]] = Field(default_factory=dict)
+    ids: Annotated[list[str], BeforeValidator(_texts)] | None = None
 
     @property
     def billing_filter(self) -> str | None:
@@ -137,31 +157,45 @@ class Selector(_Strict):
         return self.billing
 
 
-class Band(_Strict):
-    """How far above a step the balance must climb before the step re-arms."""
+BandSize = Annotated[Decimal, BeforeValidator(_band_size)]
+MAX_BAND_PERCENT = 1000
 
-    percent: Decimal | None = None
-    amount: Decimal | None = None
+
+class Band(_Strict):
+    """How far above a step the balance must climb before the step re-arms: one of the two."""
+
+    percent: BandSize | None = None
+    amount: BandSize | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Band:
+        if (self.percent is None) == (self.amount is None):
+            raise ValueError("write a percentage such as 10% or an amount such as 5")
+        if self.percent is not None and self.percent > MAX_BAND_PERCENT:
+            raise ValueError(f"{self.percent}% is too large; a re-arm band is usually 5% to 25%")
+        return self
 
 
 def _band(value: Any) -> Any:
     if isinstance(value, Band | dict):
         return value
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise ValueError(
+            f"{value!r} is not a re-arm band; write a percentage such as 10% or an amount such as 5"
+        )
     text = str(value).strip()
     if text.endswith("%"):
-        number = _amount(text[:-1])
-        if number > 1000:
-            raise ValueError(f"{text} is too large; a re-arm band is usually 5% to 25%")
-        return Band(percent=number)
+        return {"percent": text[:-1]}
     try:
-        return Band(amount=_amount(text))
-    except ValueError:
+        Decimal(text.replace("_", "").replace(",", ""))
+    except ArithmeticError:
         raise ValueError(
             f"{value!r} is not a re-arm band; write a percentage such as 10% or an amount such as 5"
         ) from None
+    return {"amount": text}
 
 
-Ladder = Annotated[list[Amount], Field(min_length=1)]
+Ladder = Annotated[list[Amount], AfterValidator(_not_empty_ladder)]
 
 
 def _below_kind(value: Any) -> str | None:
@@ -195,25 +229,33 @@ class AlertRule(_Strict):
     exhausted: bool = False
     rearm: Annotated[Band, BeforeValidator(_band)] = Field(default_factory=lambda: Band(percent=Decimal(10)))
     remind: Duration | None = None
-    notify: Annotated[list[Address], BeforeValidator(_split_recipients), Field(min_length=1)] = Field(
+    notify: Annotated[list[Address], BeforeValidator(_split_recipients)] = Field(
         default_factory=lambda: [OWNER]
     )
     template: TemplateName = "low-balance"
 
     @model_validator(mode="after")
     def _has_condition(self) -> AlertRule:
+        # A message starting "field: " is reported at that field (see loader.validation_problems).
         if self.below is None and not self.exhausted:
-            raise ValueError("a rule needs a condition: below: [amounts] and/or exhausted: true")
+            raise ValueError(
+                "no condition: write below: [amounts] (with accounts.currency), "
+                "below: {USD: [amounts]}, and/or exhausted: true"
+            )
         if isinstance(self.below, list) and not self.accounts.currency:
             raise ValueError(
-                "below: [amounts] needs accounts.currency (a threshold means nothing without "
-                "its currency); or write below: {USD: [250, 100, 10], INR: [20000, 8000, 800]}"
+                "below: a list of amounts needs accounts.currency, since a threshold means nothing "
+                "without its currency; add accounts: {currency: USD}, or give amounts per currency: "
+                "below: {USD: [250, 100, 10], INR: [20000, 8000, 800]}"
             )
         for ladder in self._ladders():
-            if len(set(ladder)) != len(ladder):
-                raise ValueError("below: each threshold may appear once")
+            repeated = sorted({a for a in ladder if ladder.count(a) > 1})
+            if repeated:
+                raise ValueError(f"below: {repeated[0]} appears twice; each threshold may appear once")
         if self.remind is not None and self.remind < timedelta(minutes=1):
-            raise ValueError("remind: reminders more often than once a minute would flood inboxes")
+            raise ValueError(
+                "remind: reminders more often than once a minute would flood inboxes; write e.g. 24h"
+            )
         return self
 
     def _ladders(self) -> list[list[Decimal]]:

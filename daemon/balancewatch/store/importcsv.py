@@ -4,21 +4,23 @@ Columns (a header row names them, in any order): ``account``, ``amount``
 (major units, signed: debits negative), and optionally ``currency`` (default
 given by the caller), ``kind`` (default usage), ``service``, ``quantity``,
 ``time`` (ISO 8601; without an offset it is UTC) and ``reference`` (unique
-per account: a row whose reference is already in the ledger is skipped).
+per account: a row whose reference is already in the ledger is skipped; the
+same reference twice in one file is an error).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import select, tuple_
 from sqlmodel import Session
 
-from balancewatch.money import MoneyError, to_minor
+from balancewatch.money import MoneyError, check_currency, to_minor
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.store import ledger
 from balancewatch.store.tables import Account, LedgerEntry
@@ -26,6 +28,7 @@ from balancewatch.store.tables import Account, LedgerEntry
 REQUIRED = ("account", "amount")
 KNOWN = (*REQUIRED, "currency", "kind", "service", "quantity", "time", "reference")
 BATCH = 1000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,76 +50,141 @@ class ImportResult:
     skipped: int
 
 
+def import_file(session: Session, path: Path, default_currency: str, now: datetime) -> ImportResult:
+    """Check every row of ``path`` (cells, repeated references, unknown accounts), then post.
+
+    Raises ProblemsError listing every problem, before anything is posted.
+    """
+    rows, problems = check_rows(path, default_currency, now)
+    problems.extend(unknown_accounts(session, rows, str(path)))
+    if problems:
+        raise ProblemsError(problems)
+    return import_rows(session, rows, now, str(path))
+
+
 def read_rows(path: Path, default_currency: str, now: datetime) -> list[Row]:
     """Parse and check every row; raises ProblemsError with ``file:line: column: message`` for each."""
-    problems: list[Problem] = []
-    rows: list[Row] = []
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
-        unknown = [c for c in header if c not in KNOWN]
-        if missing or unknown:
-            what = [f"missing column {c!r}" for c in missing] + [f"unknown column {c!r}" for c in unknown]
-            raise ProblemsError(
-                [Problem(str(path), 1, "", "; ".join(what) + f" (columns: {', '.join(KNOWN)})")]
-            )
-        for record in _records(reader):
-            line, raw = record
-            try:
-                rows.append(_row(line, raw, default_currency, now))
-            except _CellError as exc:
-                problems.append(Problem(str(path), line, exc.column, str(exc)))
+    rows, problems = check_rows(path, default_currency, now)
     if problems:
         raise ProblemsError(problems)
     return rows
 
 
+def check_rows(path: Path, default_currency: str, now: datetime) -> tuple[list[Row], list[Problem]]:
+    """The rows that are fine, and a problem for every bad cell of the others."""
+    source = str(path)
+    problems: list[Problem] = []
+    rows: list[Row] = []
+    first_line: dict[tuple[str, str], int] = {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in reader.fieldnames or []]
+            missing = [c for c in REQUIRED if c not in header]
+            unknown = [c for c in header if c not in KNOWN]
+            if missing or unknown:
+                what = [f"missing column {c!r}" for c in missing] + [f"unknown column {c!r}" for c in unknown]
+                return [], [Problem(source, 1, "", "; ".join(what) + f" (columns: {', '.join(KNOWN)})")]
+            for line, raw in _records(reader):
+                row, errors = _row(raw, line, default_currency, now)
+                problems.extend(Problem(source, line, column, message) for column, message in errors)
+                if row is None:
+                    continue
+                key = (row.account, row.reference or "")
+                if row.reference and key in first_line:
+                    problems.append(
+                        Problem(
+                            source,
+                            line,
+                            "reference",
+                            f"{row.reference!r} is also on line {first_line[key]} for {row.account!r}; "
+                            "a reference names one entry",
+                        )
+                    )
+                    continue
+                first_line.setdefault(key, line)
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return [], [Problem(source, 0, "", f"cannot read: {reason}")]
+    return rows, problems
+
+
+def unknown_accounts(session: Session, rows: list[Row], source: str) -> list[Problem]:
+    """A problem for every row naming an account that does not exist."""
+    names = sorted({r.account for r in rows})
+    known: set[str] = set()
+    for i in range(0, len(names), 500):
+        query = select(Account.id).where(Account.id.in_(names[i : i + 500]))  # type: ignore[attr-defined]
+        known.update(a for (a,) in session.execute(query))
+    return [
+        Problem(
+            source, r.line, "account", f"no account {r.account!r} (add it with `balancewatch accounts add`)"
+        )
+        for r in rows
+        if r.account not in known
+    ]
+
+
 def _records(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str]]]:
     for raw in reader:
-        clean = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        # A row longer than the header puts its extra cells in a list under the None key.
+        clean = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if not isinstance(v, list)}
         if any(clean.values()):
             yield reader.line_num, clean
 
 
-class _CellError(ValueError):
-    def __init__(self, column: str, message: str) -> None:
-        super().__init__(message)
-        self.column = column
-
-
-def _row(line: int, raw: dict[str, str], default_currency: str, now: datetime) -> Row:
+def _row(
+    raw: dict[str, str], line: int, default_currency: str, now: datetime
+) -> tuple[Row | None, list[tuple[str, str]]]:
+    """The row, or None and every (column, message) wrong in it."""
+    errors: list[tuple[str, str]] = []
     account = raw.get("account", "")
     if not account:
-        raise _CellError("account", "empty: name the account id")
+        errors.append(("account", "empty: name the account id"))
     currency = raw.get("currency") or default_currency
     kind = raw.get("kind") or "usage"
+    amount = None
     try:
-        amount = to_minor(raw["amount"], currency)
+        check_currency(currency)
     except MoneyError as exc:
-        raise _CellError("amount" if "currency" not in str(exc) else "currency", str(exc)) from None
+        errors.append(("currency", str(exc)))
+    else:
+        amount = _cell(errors, "amount", _amount, raw.get("amount", ""), currency)
+    quantity = _cell(errors, "quantity", _quantity, raw.get("quantity"))
+    time = _cell(errors, "time", _time, raw.get("time"), now)
     try:
-        ledger.check_entry(amount, kind, currency)
-    except (ledger.LedgerError, MoneyError) as exc:
-        raise _CellError("kind" if "kind" in str(exc) else "amount", str(exc)) from None
-    return Row(
-        line,
-        account,
-        currency,
-        amount,
-        kind,
-        raw.get("service") or None,
-        _quantity(raw.get("quantity")),
-        _time(raw.get("time"), now),
-        raw.get("reference") or None,
-    )
+        if amount is None:
+            ledger.check_kind(kind)
+        else:
+            ledger.check_entry(amount, kind, currency, quantity)
+    except ledger.LedgerError as exc:
+        errors.append((exc.field, exc.message))
+    if errors or amount is None or time is None:
+        return None, errors
+    service, reference = raw.get("service") or None, raw.get("reference") or None
+    return Row(line, account, currency, amount, kind, service, quantity, time, reference), []
+
+
+def _cell(errors: list[tuple[str, str]], column: str, parse: Callable[..., T], *args: Any) -> T | None:
+    try:
+        return parse(*args)
+    except ValueError as exc:
+        errors.append((column, str(exc)))
+        return None
+
+
+def _amount(text: str, currency: str) -> int:
+    if not text:
+        raise ValueError("empty: write the amount in major units, e.g. -12.50")
+    return to_minor(text, currency)
 
 
 def _quantity(text: str | None) -> int | None:
     if not text:
         return None
     if not text.isdigit():
-        raise _CellError("quantity", f"{text!r} is not a whole number")
+        raise ValueError(f"{text!r} is not a whole number of units (0 or more)")
     return int(text)
 
 
@@ -126,9 +194,7 @@ def _time(text: str | None, now: datetime) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise _CellError(
-            "time", f"{text!r} is not an ISO 8601 time such as 2026-03-14T09:30:00+05:30"
-        ) from None
+        raise ValueError(f"{text!r} is not an ISO 8601 time such as 2026-03-14T09:30:00+05:30") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
@@ -137,14 +203,7 @@ def import_rows(session: Session, rows: list[Row], now: datetime, source: str = 
 
     Raises ProblemsError, before posting anything, for rows naming unknown accounts.
     """
-    known = {
-        a for (a,) in session.execute(select(Account.id).where(Account.id.in_({r.account for r in rows})))
-    }
-    unknown = [
-        Problem(source, r.line, "account", f"no account {r.account!r}")
-        for r in rows
-        if r.account not in known
-    ]
+    unknown = unknown_accounts(session, rows, source)
     if unknown:
         raise ProblemsError(unknown)
     seen = _existing_references(session, rows)
@@ -164,6 +223,7 @@ def import_rows(session: Session, rows: list[Row], now: datetime, source: str = 
             service=row.service,
             quantity=row.quantity,
             reference=row.reference,
+            check_reference=False,  # checked for the whole file above
         )
         if row.reference:
             seen.add((row.account, row.reference))
