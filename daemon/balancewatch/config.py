@@ -151,6 +151,14 @@ class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ReloadSettings(_Section):
+    """How the running daemon follows edits to the rules and templates directories."""
+
+    watch: bool = True
+    debounce: Duration = timedelta(milliseconds=300)
+    backstop: Duration = timedelta(seconds=30)
+
+
 class Settings(BaseSettings):
     """The whole configuration, validated. Paths are absolute after loading."""
 
@@ -171,6 +179,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     defaults: DefaultsSettings = DefaultsSettings()
     log: LogSettings = LogSettings()
+    reload: ReloadSettings = ReloadSettings()
 
     # Set by load_settings; not a key of the file.
     source: Path | None = Field(default=None, exclude=True)

@@ -8,6 +8,7 @@ evaluation holding one never sees a half-loaded set.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from balancewatch.messages import SAMPLE_VARIANTS, sample_alert_context
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.render import TEMPLATE_NAMES_HINT, RenderError, TemplateSet, read_template_files
 from balancewatch.rules.compiled import CompiledRule
-from balancewatch.rules.loader import check_rules, digest, read_files, rule_files
+from balancewatch.rules.loader import SourceFile, check_rules, digest, read_files, rule_files
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class LiveSet:
     templates: TemplateSet
     digest: str
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    rule_sources: tuple[SourceFile, ...] = ()  # the rule files as read, for plan and status
 
     def rule(self, rule_id: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
@@ -56,10 +58,28 @@ def load_set(rules_dir: Path, templates_dir: Path) -> LiveSet:
         problems.extend(sample_render_problems(templates, {r.template for r in rules}))
     if problems:
         raise ProblemsError(problems)
-    h = hashlib.sha256(digest(files).encode())
+    return LiveSet(
+        rules=tuple(rules),
+        templates=templates,
+        digest=set_digest(files, template_files),
+        rule_sources=tuple(files),
+    )
+
+
+def set_digest(rule_sources: Sequence[SourceFile], template_files: Mapping[str, str]) -> str:
+    """A hash of every rule and template file's name and contents."""
+    h = hashlib.sha256(digest(rule_sources).encode())
     for name, text in sorted(template_files.items()):
         h.update(name.encode() + b"\0" + text.encode() + b"\0")
-    return LiveSet(rules=tuple(rules), templates=templates, digest=h.hexdigest())
+    return h.hexdigest()
+
+
+def fingerprint(rules_dir: Path, templates_dir: Path) -> str:
+    """The digest ``load_set`` would give the files on disk now, without parsing them.
+
+    Raises ProblemsError when a directory is missing or a file unreadable.
+    """
+    return set_digest(read_files(rule_files(rules_dir)), read_template_files(templates_dir))
 
 
 def _missing_templates(rules: list[CompiledRule], templates: TemplateSet) -> list[Problem]:

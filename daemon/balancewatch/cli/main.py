@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import OperationalError
 
 from balancewatch import __version__, logs
-from balancewatch.cli import data, ops
+from balancewatch.cli import data, ops, plan, ruletest, status
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import safe_url
 from balancewatch.problems import ProblemsError
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"balancewatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     ops.register(commands)
+    status.register(commands)
+    plan.register(commands)
+    ruletest.register(commands)
     data.register(commands)
     return parser
 

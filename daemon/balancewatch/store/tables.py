@@ -191,4 +191,24 @@ class Meta(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-SCHEMA_VERSION = 1
+class InstanceStatus(SQLModel, table=True):
+    """What each daemon instance runs and how its last reload went (``balancewatch status``)."""
+
+    __tablename__ = "instance_status"
+
+    instance: str = Field(primary_key=True, max_length=128)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime)
+    live_digest: str = Field(default="", max_length=64)
+    live_rules: int = 0
+    live_loaded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The rule files of the set in effect, name -> text: what `plan` compares an edit with.
+    rule_files: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reload_attempted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    reload_ok: bool | None = None
+    reload_reason: str = Field(default="", max_length=400)
+    reload_error: str | None = Field(default=None, sa_type=Text)
+    reloads: int = 0
+
+
+SCHEMA_VERSION = 2
