@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from functools import cache
+from functools import cache, lru_cache
 
 from babel import Locale, UnknownLocaleError
 from babel.numbers import format_currency, get_currency_precision, is_currency
@@ -84,6 +84,7 @@ def check_locale(name: str) -> str:
     return name.replace("-", "_")
 
 
+@lru_cache(maxsize=16_384)
 def format_money(minor: int, currency: str, locale: str) -> str:
     """Format minor units in ``locale``: 1234567850 INR in en_IN is ``₹1,23,45,678.50``."""
     return format_currency(to_major(minor, currency), currency, locale=locale)

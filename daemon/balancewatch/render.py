@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,14 @@ def _money(ctx: Context, value: Money) -> str:
 
 @pass_context
 def _datetime(ctx: Context, value: datetime, fmt: str = "medium") -> str:
-    return format_datetime(value, fmt, tzinfo=_tz(ctx), locale=_locale(ctx))
+    return _format_datetime(value, fmt, _tz(ctx), _locale(ctx))
+
+
+# A cycle formats the same instant for many accounts in few zones and locales;
+# Babel's formatting is the costly part of rendering an email.
+@lru_cache(maxsize=4096)
+def _format_datetime(value: datetime, fmt: str, tz: str, locale: str) -> str:
+    return format_datetime(value, fmt, tzinfo=tz, locale=locale)
 
 
 @pass_context

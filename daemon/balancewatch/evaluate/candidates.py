@@ -46,37 +46,87 @@ def account_filter(sel: Selector) -> list[ColumnElement[bool]]:
     return out
 
 
-def currency_filter(step_set: StepSet, sel: Selector) -> list[ColumnElement[bool]]:
+def currency_filter(step_set: StepSet, sel: Selector, column: Any = None) -> list[ColumnElement[bool]]:
+    """Conditions on a balance's currency (``column``, default ``balance.currency``)."""
+    column = B.currency if column is None else column
     if step_set.currency is not None:
-        return [B.currency == step_set.currency]
+        return [column == step_set.currency]
     if sel.currencies is not None:
-        return [B.currency.in_(sel.currencies)]
+        return [column.in_(sel.currencies)]
     return []
 
 
-def fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
-    """Balances that may cross an armed step now."""
+def _lowest_at_or_above(step_set: StepSet, amount: Any) -> ColumnElement[Any]:
     steps = step_set.steps
-    lowest_at_or_above: ColumnElement[Any] = (
-        case(*[(B.amount <= s.amount, s.amount) for s in reversed(steps[1:])], else_=steps[0].amount)
-        if len(steps) > 1
-        else literal(steps[0].amount)
+    if len(steps) == 1:
+        return literal(steps[0].amount)
+    return case(*[(amount <= s.amount, s.amount) for s in reversed(steps[1:])], else_=steps[0].amount)
+
+
+def _not_fired(rule: CompiledRule, step_set: StepSet, account_id: Any, currency: Any, amount: Any) -> Any:
+    # Only the lowest step at or above the balance is probed: a ladder fires
+    # from the top down, so when that step is fired the ones above it are too.
+    st = STATE.alias("st")
+    return ~exists().where(
+        st.c.rule_id == rule.id,
+        st.c.account_id == account_id,
+        st.c.currency == currency,
+        st.c.step == _lowest_at_or_above(step_set, amount),
+        st.c.status == "fired",
     )
-    state = STATE.alias("st")
-    probe = and_(
-        state.c.rule_id == rule.id,
-        state.c.account_id == B.account_id,
-        state.c.currency == B.currency,
-        state.c.step == lowest_at_or_above,
-    )
+
+
+def _selected(rule: CompiledRule, account_id: Any) -> Any:
+    return exists().where(A.id == account_id, *account_filter(rule.selector))
+
+
+def fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
+    """Balances at or below the highest step whose lowest step at or above them is not fired.
+
+    The state probe comes before the account check: in a steady state almost
+    every low balance has fired already, and the probe is the cheaper filter.
+    """
     query = (
         select(B.account_id, B.currency)
-        .select_from(BALANCE.join(ACCOUNT, A.id == B.account_id).outerjoin(state, probe))
+        .where(*currency_filter(step_set, rule.selector))
         .where(B.amount <= step_set.highest)
-        .where(or_(state.c.status.is_(None), state.c.status != "fired"))
-        .where(*currency_filter(step_set, rule.selector), *account_filter(rule.selector))
+        .where(_not_fired(rule, step_set, B.account_id, B.currency, B.amount))
+        .where(_selected(rule, B.account_id))
     )
     return query.where(B.updated_at > since) if since is not None else query
+
+
+def poll_query(rule: CompiledRule, step_set: StepSet, since: datetime) -> Select[Any]:
+    """One pass over the balances changed after ``since``, answering *fire* and *re-arm*.
+
+    The changed rows are a MATERIALIZED CTE so both SQLite and PostgreSQL drive
+    the query from the ``updated_at`` index; flattened, SQLite prefers the
+    currency index and reads every low balance instead.
+    """
+    changed = (
+        select(B.account_id, B.currency, B.amount).where(B.updated_at > since).cte("changed")
+    ).prefix_with("MATERIALIZED")
+    c = changed.c
+    st = STATE.alias("rs")
+    rearm_above = case({s.amount: s.rearm_above for s in step_set.steps}, value=st.c.step)
+    rearm = exists().where(
+        st.c.rule_id == rule.id,
+        st.c.account_id == c.account_id,
+        st.c.currency == c.currency,
+        st.c.status == "fired",
+        st.c.step.in_([s.amount for s in step_set.steps]),
+        c.amount > rearm_above,
+    )
+    fire = and_(
+        c.amount <= step_set.highest,
+        _not_fired(rule, step_set, c.account_id, c.currency, c.amount),
+        _selected(rule, c.account_id),
+    )
+    return (
+        select(c.account_id, c.currency)
+        .where(*currency_filter(step_set, rule.selector, c.currency))
+        .where(or_(fire, rearm))
+    )
 
 
 def rearm_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
@@ -130,7 +180,10 @@ def find(
 ) -> list[Key]:
     """Every (account, currency) that ``rule`` must evaluate now, sorted."""
     keys: set[Key] = set()
-    queries = [fire_query(rule, step_set, since), rearm_query(rule, step_set, since)]
+    if since is not None:
+        queries = [poll_query(rule, step_set, since)]
+    else:
+        queries = [fire_query(rule, step_set, None), rearm_query(rule, step_set, None)]
     if rule.remind is not None:
         queries.append(remind_query(rule, step_set, now))
         if since is None:

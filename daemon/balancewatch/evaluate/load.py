@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,7 +19,6 @@ from balancewatch.evaluate.candidates import (
     Key,
     S,
     account_filter,
-    currency_filter,
 )
 from balancewatch.evaluate.decide import StepState
 from balancewatch.rules.compiled import CompiledRule, StepSet
@@ -44,6 +44,22 @@ class Subject:
         return (self.account_id, self.currency)
 
 
+def key_filter(account_id: Any, currency: Any, keys: Sequence[Key]) -> list[Any]:
+    """Match exactly ``keys`` with conditions both databases answer from an index.
+
+    SQLite cannot use an index for ``(a, b) IN (VALUES ...)`` and scans the
+    table instead, so the usual case (one currency) becomes ``account_id IN
+    (...) AND currency = :c``; the pairs are kept only when currencies mix.
+    """
+    currencies = {k[1] for k in keys}
+    out = [account_id.in_(sorted({k[0] for k in keys}))]
+    if len(currencies) == 1:
+        out.append(currency == next(iter(currencies)))
+    else:
+        out.append(tuple_(account_id, currency).in_(list(keys)))
+    return out
+
+
 def load_subjects(
     conn: Connection, rule: CompiledRule, step_set: StepSet, keys: Sequence[Key], *, lock: bool
 ) -> list[Subject]:
@@ -52,6 +68,10 @@ def load_subjects(
     With ``lock`` (PostgreSQL) the balance rows are locked in key order until
     the transaction ends, so two instances never decide on the same balance at once.
     """
+    # Balances are found by account id alone, the currency checked here: with a
+    # currency condition too, SQLite (without statistics) prefers scanning the
+    # covering currency index over the primary key, and reads every balance.
+    wanted = set(keys)
     query = (
         select(
             B.account_id,
@@ -66,8 +86,8 @@ def load_subjects(
             A.labels,
         )
         .select_from(BALANCE.join(ACCOUNT, A.id == B.account_id))
-        .where(tuple_(B.account_id, B.currency).in_(list(keys)))
-        .where(*currency_filter(step_set, rule.selector), *account_filter(rule.selector))
+        .where(B.account_id.in_(sorted({k[0] for k in keys})))
+        .where(*account_filter(rule.selector))
         .order_by(B.account_id, B.currency)
     )
     if lock:
@@ -86,13 +106,14 @@ def load_subjects(
             dict(r.labels or {}),
         )
         for r in conn.execute(query)
+        if (r.account_id, r.currency) in wanted
     ]
 
 
 def load_states(conn: Connection, rule_id: str, keys: Sequence[Key]) -> dict[Key, dict[int, StepState]]:
     """Stored step states of ``rule_id`` for ``keys``: key -> step -> state."""
     out: dict[Key, dict[int, StepState]] = defaultdict(dict)
-    query = select(STATE).where(S.rule_id == rule_id, tuple_(S.account_id, S.currency).in_(list(keys)))
+    query = select(STATE).where(S.rule_id == rule_id, *key_filter(S.account_id, S.currency, keys))
     for r in conn.execute(query):
         out[(r.account_id, r.currency)][r.step] = StepState(
             step=r.step,

@@ -84,7 +84,8 @@ class Balance(SQLModel, table=True):
     __tablename__ = "balance"
     __table_args__ = (
         Index("ix_balance_updated_at", "updated_at"),
-        Index("ix_balance_currency_amount", "currency", "amount"),
+        # Covers the sweep's fire query (currency, amount <= step, then the key).
+        Index("ix_balance_currency_amount_account", "currency", "amount", "account_id"),
     )
 
     account_id: str = Field(primary_key=True, foreign_key="account.id", max_length=64)
@@ -137,7 +138,11 @@ class AlertState(SQLModel, table=True):
     """
 
     __tablename__ = "alert_state"
-    __table_args__ = (Index("ix_alert_state_reminder", "next_reminder_at"),)
+    __table_args__ = (
+        Index("ix_alert_state_reminder", "next_reminder_at"),
+        # The primary key plus status: the "is this step fired?" probe never reads the row.
+        Index("ix_alert_state_probe", "rule_id", "account_id", "currency", "step", "status"),
+    )
 
     rule_id: str = Field(primary_key=True, max_length=64)
     account_id: str = Field(primary_key=True, max_length=64)

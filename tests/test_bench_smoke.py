@@ -1,0 +1,25 @@
+"""The evaluation benchmark runs: at a tiny size, only to prove it works (its figures mean nothing here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.bench import bench_evaluate
+
+
+def test_the_benchmark_runs_and_prints_the_three_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = tmp_path / "figures.json"
+    code = bench_evaluate.main(
+        ["--accounts", "2000", "--repeat", "1", "--dir", str(tmp_path / "bench"), "--json", str(result)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    for label in ("(a) full sweep", "(b) poll after changes", "(c) peak RSS"):
+        assert re.search(rf"^{re.escape(label)}.*(MEETS|MISSES)$", out, re.MULTILINE), out
+    assert result.is_file()
+    assert not (tmp_path / "bench" / "balancewatch.db").exists()
