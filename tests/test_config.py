@@ -276,3 +276,10 @@ def _missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = ""
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             missing.extend(_missing_keys(field.annotation, data[key] or {}, f"{prefix}{key}."))
     return missing
+
+
+def test_an_absurdly_long_interval_is_refused_not_a_crash(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "poll_interval: 99999999999999999999d\n")
+    assert problems(path, {}) == [
+        f"{path}:1: poll_interval: '99999999999999999999d' is too long an interval; at most 3650d"
+    ]

@@ -114,8 +114,7 @@ def test_a_key_written_twice_in_one_rule_is_reported_at_the_second(rules_dir: Pa
 def test_a_tab_in_the_indentation_is_reported_on_its_line(rules_dir: Path) -> None:
     body = "alerts:\n  - id: a\n\texhausted: true\n"
     assert only_problem(rules_dir, body) == (
-        "3: not valid YAML: found character '\\t' that cannot start any token "
-        "(YAML indents with spaces, never tabs)"
+        "3: not valid YAML: a tab at column 1; YAML indents with spaces, never tabs: replace it with spaces"
     )
 
 
@@ -142,10 +141,25 @@ def test_a_colon_inside_a_value_asks_for_quotes(rules_dir: Path) -> None:
 
 
 def test_an_unknown_key_lists_the_valid_fields(rules_dir: Path) -> None:
+    body = "alerts:\n  - id: a\n    exhausted: true\n    colour: red\n"
+    assert only_problem(rules_dir, body) == (
+        "4: alerts[0].colour: unknown field 'colour'; valid fields here: id, description, "
+        "enabled, accounts, below, exhausted, rearm, remind, notify, template"
+    )
+
+
+def test_an_unknown_key_that_other_tools_use_suggests_ours(rules_dir: Path) -> None:
     body = "alerts:\n  - id: a\n    exhausted: true\n    recipients: [owner]\n"
     assert only_problem(rules_dir, body) == (
-        "4: alerts[0].recipients: unknown field 'recipients'; valid fields here: id, description, "
-        "enabled, accounts, below, exhausted, rearm, remind, notify, template"
+        "4: alerts[0].recipients: unknown field 'recipients' (did you mean 'notify'?); valid fields here: "
+        "id, description, enabled, accounts, below, exhausted, rearm, remind, notify, template"
+    )
+
+
+def test_a_misspelt_key_suggests_the_field_it_resembles(rules_dir: Path) -> None:
+    body = "alerts:\n  - id: a\n    exausted: true\n"
+    assert only_problem(rules_dir, body).startswith(
+        "3: alerts[0].exausted: unknown field 'exausted' (did you mean 'exhausted'?); valid fields here: "
     )
 
 
@@ -156,9 +170,9 @@ def test_an_unknown_key_in_the_selector_lists_the_selector_fields(rules_dir: Pat
     )
 
 
-def test_an_unknown_top_level_key_lists_alerts(rules_dir: Path) -> None:
+def test_an_unknown_top_level_key_suggests_alerts(rules_dir: Path) -> None:
     assert only_problem(rules_dir, "alert:\n  - id: a\n") == (
-        "1: alert: unknown field 'alert'; valid fields here: alerts"
+        "1: alert: unknown field 'alert' (did you mean 'alerts'?); valid fields here: alerts"
     )
 
 
@@ -238,8 +252,8 @@ def test_a_rule_without_an_id_is_told_it_is_required(rules_dir: Path) -> None:
 
 def test_an_id_with_capitals_or_spaces_is_rejected(rules_dir: Path) -> None:
     assert only_problem(rules_dir, "alerts:\n  - id: Low Balance\n    exhausted: true\n") == (
-        "2: alerts[0].id: 'Low Balance' is not a valid rule id: use lower-case letters, digits, '-' and '_' "
-        "(at most 64 characters)"
+        "2: alerts[0].id: 'Low Balance' is not a valid rule id: use lower-case letters, digits, '.', '-' "
+        "and '_', starting with a letter or digit (at most 64 characters)"
     )
 
 
@@ -247,7 +261,7 @@ def test_a_template_name_cannot_reach_outside_the_templates_directory(rules_dir:
     body = "alerts:\n  - id: a\n    exhausted: true\n    template: ../../etc/passwd\n"
     assert only_problem(rules_dir, body) == (
         "4: alerts[0].template: '../../etc/passwd' is not a valid template name: use lower-case letters, "
-        "digits, '-' and '_' (at most 64 characters)"
+        "digits, '-' and '_', starting with a letter or digit (at most 64 characters)"
     )
 
 
@@ -258,9 +272,9 @@ def test_amounts_with_more_decimals_than_the_currency_has_are_errors(rules_dir: 
         "alerts:\n  - id: a\n    below:\n      USD: [10.005]\n      JPY: [1000.5]\n      BHD: [1.2345]\n",
     )
     assert problems_in(rules_dir) == [
-        f"{path}:4: alerts[0].below.USD: 10.005 USD has more decimals than USD allows (2)",
-        f"{path}:5: alerts[0].below.JPY: 1000.5 JPY has more decimals than JPY allows (0)",
-        f"{path}:6: alerts[0].below.BHD: 1.2345 BHD has more decimals than BHD allows (3)",
+        f"{path}:4: alerts[0].below.USD[0]: 10.005 USD has more decimals than USD allows (2)",
+        f"{path}:5: alerts[0].below.JPY[0]: 1000.5 JPY has more decimals than JPY allows (0)",
+        f"{path}:6: alerts[0].below.BHD[0]: 1.2345 BHD has more decimals than BHD allows (3)",
     ]
 
 
@@ -290,12 +304,22 @@ def test_a_negative_rearm_band_is_refused(rules_dir: Path) -> None:
 def test_an_absurd_amount_is_refused_before_it_reaches_the_database(rules_dir: Path) -> None:
     body = "alerts:\n  - id: a\n    below: {USD: [1e30]}\n"
     assert only_problem(rules_dir, body) == (
-        "3: alerts[0].below.USD: 1E+30 USD is too large; amounts are at most 10,000,000,000,000.00 USD"
+        "3: alerts[0].below.USD[0]: 1E+30 USD is too large; amounts are at most 10,000,000,000,000.00 USD"
     )
 
 
-def test_a_file_that_is_not_a_mapping_says_what_a_rule_file_is(rules_dir: Path) -> None:
-    assert only_problem(rules_dir, "- id: a\n") == "1: a rule file is a mapping with an 'alerts:' list"
+def test_a_file_that_is_a_list_says_what_a_rule_file_is(rules_dir: Path) -> None:
+    assert only_problem(rules_dir, "- id: a\n") == (
+        "1: the file is a list, but a rule file is a mapping with an 'alerts:' list: "
+        "add a line 'alerts:' above the rules"
+    )
+
+
+def test_a_decimal_in_a_multi_line_ladder_is_reported_on_its_own_line(rules_dir: Path) -> None:
+    body = "alerts:\n  - id: a\n    below:\n      USD:\n        - 250\n        - 99.999\n"
+    assert only_problem(rules_dir, body) == (
+        "6: alerts[0].below.USD[1]: 99.999 USD has more decimals than USD allows (2)"
+    )
 
 
 def test_a_rule_that_is_not_a_mapping_is_named(rules_dir: Path) -> None:

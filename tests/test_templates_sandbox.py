@@ -186,3 +186,10 @@ def test_check_reports_a_security_error_as_a_problem_with_file_and_line(tmp_path
         f"{templates / 'probe' / 'body.txt'}:2: access to attribute '__class__' of 'str' object is unsafe; "
         "templates run in a sandbox: no private attributes, no changing data"
     ]
+
+
+def test_a_misspelled_variable_through_the_money_filter_is_reported_as_undefined(tmp_path: Path) -> None:
+    templates = TemplateSet({"x/subject.txt": "{{ balanse | money }}", "x/body.txt": "hi"}, tmp_path)
+    with pytest.raises(RenderError) as caught:
+        templates.render("x", {"locale": "en_US"})
+    assert str(caught.value.problem) == f"{tmp_path}/x/subject.txt:1: 'balanse' is undefined"

@@ -13,6 +13,9 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
+MAX_SECONDS = 3650 * 86400  # ten years: longer is a typo, and timedelta overflows past ~2.7 million years
+
+
 def parse_duration(value: Any) -> timedelta:
     """Parse ``value`` (a duration string, seconds as a number, or a timedelta).
 
@@ -28,8 +31,10 @@ def parse_duration(value: Any) -> timedelta:
         seconds = _parse_text(value)
     else:
         raise ValueError(_hint(value))
-    if seconds <= 0:
+    if seconds != seconds or seconds <= 0:  # NaN compares unequal to itself
         raise ValueError(f"{value!r} must be longer than zero")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{value!r} is too long an interval; at most 3650d")
     return timedelta(seconds=seconds)
 
 

@@ -30,6 +30,7 @@ from jinja2 import (
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
+    Undefined,
     pass_context,
 )
 from jinja2.runtime import Context
@@ -224,6 +225,8 @@ def _tz(ctx: Context) -> str:
 
 @pass_context
 def _money(ctx: Context, value: Money) -> str:
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # "'typo' is undefined", not a type complaint
     if not isinstance(value, Money):
         raise TypeError(f"money filter needs an amount with its currency, not {type(value).__name__}")
     return format_money(value.minor, value.currency, _locale(ctx))

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import OperationalError
 
 from balancewatch import __version__, logs
-from balancewatch.cli import data, ops, plan, ruletest, status
+from balancewatch.cli import data, ops, plan, ruletest, schema, status
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import safe_url
 from balancewatch.problems import ProblemsError
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(commands)
     plan.register(commands)
     ruletest.register(commands)
+    schema.register(commands)
     data.register(commands)
     return parser
 

@@ -62,7 +62,8 @@ class CompiledRule:
 class CompileError(ValueError):
     """A rule that validated but cannot be turned into minor units.
 
-    ``field`` names where; ``errors`` holds every (field, message) found in the rule.
+    ``field`` names where, dotted with indexes (``below.USD[1]``); ``errors`` holds every
+    (field, message) found in the rule.
     """
 
     def __init__(self, field_name: str, message: str, errors: list[tuple[str, str]] | None = None) -> None:
@@ -133,9 +134,9 @@ def _step_sets(rule: AlertRule) -> tuple[StepSet, ...]:
 def _step_set(rule: AlertRule, currency: str | None, ladder: list[Decimal]) -> StepSet:
     where = "below" if isinstance(rule.below, list) or currency is None else f"below.{currency}"
     errors, minors = [], set()
-    for amount in ladder:
+    for i, amount in enumerate(ladder):
         try:
-            minors.add(_minor(amount, currency, where))
+            minors.add(_minor(amount, currency, f"{where}[{i}]"))
         except CompileError as exc:
             errors.append((exc.field, str(exc)))
     if rule.exhausted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -42,15 +43,40 @@ def rule_files(directory: Path) -> list[Path]:
 
 
 def read_files(paths: Iterable[Path]) -> list[SourceFile]:
-    out = []
+    """Every file of ``paths`` as UTF-8 text; a file removed meanwhile is skipped.
+
+    Raises ProblemsError naming every file that cannot be read or is not UTF-8
+    (with the line and column of the first byte that is not).
+    """
+    out, problems = [], []
     for path in paths:
         try:
-            out.append(SourceFile(path, path.read_text(encoding="utf-8")))
+            data = path.read_bytes()
         except FileNotFoundError:
             continue  # removed between listing and reading: it is simply gone
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProblemsError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
+        except OSError as exc:
+            problems.append(Problem(str(path), 0, "", f"cannot read: {exc.strerror or exc}"))
+            continue
+        try:
+            out.append(SourceFile(path, data.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            problems.append(_not_utf8(path, data, exc))
+    if problems:
+        raise ProblemsError(problems)
     return out
+
+
+def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError) -> Problem:
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+    return Problem(
+        str(path),
+        line,
+        "",
+        f"not UTF-8: byte 0x{data[exc.start]:02x} at column {column} is not valid UTF-8 text; "
+        "save the file as UTF-8",
+    )
 
 
 def digest(files: Sequence[SourceFile], salt: str = "") -> str:
@@ -102,8 +128,25 @@ def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[Problem]]:
     except ProblemsError as exc:
         return [], list(exc.problems)
     data = {} if located.data is None else located.data
+    if isinstance(data, list):
+        return [], [
+            Problem(
+                str(f.path),
+                1,
+                "",
+                "the file is a list, but a rule file is a mapping with an 'alerts:' list: "
+                "add a line 'alerts:' above the rules",
+            )
+        ]
     if not isinstance(data, dict):
-        return [], [Problem(str(f.path), 1, "", "a rule file is a mapping with an 'alerts:' list")]
+        return [], [
+            Problem(
+                str(f.path),
+                1,
+                "",
+                f"{_short(data)} is not a rule file; a rule file is a mapping with an 'alerts:' list",
+            )
+        ]
     problems: list[Problem] = []
     try:
         RuleFile.model_validate({k: [] if k == "alerts" else v for k, v in data.items()})
@@ -111,11 +154,31 @@ def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[Problem]]:
         problems.extend(validation_problems(exc, located, RuleFile))
     items = data.get("alerts") or []
     if not isinstance(items, list):
-        problems.append(Problem(str(f.path), located.line_of(("alerts",)), "alerts", "write a list of rules"))
+        problems.append(
+            Problem(
+                str(f.path),
+                located.line_of(("alerts",)),
+                "alerts",
+                f"{_short(items)} is not a list of rules; write one entry per rule, each starting "
+                "with '- id: ...'",
+            )
+        )
         items = []
     out = []
     for i, item in enumerate(items):
         # Each rule on its own, so one bad rule does not hide the others' problems.
+        if item is None:
+            at = ("alerts", i)
+            problems.append(
+                Problem(
+                    str(f.path),
+                    located.line_of(at),
+                    located.field_of(at),
+                    "an empty entry ('-' with nothing after it); write the rule's fields under it "
+                    "(id: ..., below: ...) or delete the '-'",
+                )
+            )
+            continue
         try:
             rule = AlertRule.model_validate(item)
             compiled = compile_rule(rule, str(f.path), located.line_of(("alerts", i)))
@@ -125,9 +188,14 @@ def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[Problem]]:
             problems.extend(validation_problems(exc, located, AlertRule, prefix=("alerts", i)))
         except CompileError as exc:
             for field, message in exc.errors:
-                at = ("alerts", i, *field.split("."))
+                at = ("alerts", i, *_parts(field))
                 problems.append(Problem(str(f.path), located.line_of(at), located.field_of(at), message))
     return out, problems
+
+
+def _parts(field: str) -> tuple[str | int, ...]:
+    """``below.USD[1]`` as the location ``("below", "USD", 1)``."""
+    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", field))
 
 
 def _duplicates(parsed: Sequence[_Parsed]) -> list[Problem]:
@@ -180,11 +248,60 @@ def _relocate(error: Any, model: type[BaseModel]) -> tuple[tuple[Any, ...], str]
 
 
 def _message(error: Any, model: type[BaseModel]) -> str:
-    if error["type"] == "extra_forbidden":
+    kind, given = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        name = str(error["loc"][-1])
         valid = _fields_at(model, error["loc"][:-1])
+        close = [_SYNONYMS[name]] if _SYNONYMS.get(name) in valid else []
+        close = close or difflib.get_close_matches(name, valid, n=1, cutoff=0.7)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
         hint = f"; valid fields here: {', '.join(valid)}" if valid else ""
-        return f"unknown field {error['loc'][-1]!r}{hint}"
-    return explain(error)
+        return f"unknown field {name!r}{guess}{hint}"
+    # explain() shows the input as written; a long one (a deep structure) is cut to a readable length.
+    message = explain({**error, "input": _Shown(_short(given))} if len(repr(given)) > 60 else error)
+    if kind == "below_shape":
+        return f"{_short(given)} is neither a list of amounts nor a mapping; {message}"
+    if given is None and message.startswith("None is not "):
+        # `key:` with nothing after it: say so rather than show Python's None.
+        _, _, hint = message.partition("; ")
+        return f"no value; {hint}" if hint else "no value; write one here"
+    return message
+
+
+# Words other tools use for our fields; suggested only where the field is valid.
+_SYNONYMS = {
+    "threshold": "below",
+    "thresholds": "below",
+    "steps": "below",
+    "recipients": "notify",
+    "emails": "notify",
+    "email": "notify",
+    "to": "notify",
+    "reminder": "remind",
+    "repeat": "remind",
+    "interval": "remind",
+    "hysteresis": "rearm",
+    "selector": "accounts",
+    "match": "accounts",
+    "name": "id",
+    "rules": "alerts",
+    "currencies": "currency",
+}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Shown:
+    """Stands in for a value whose repr is too long to print whole."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:

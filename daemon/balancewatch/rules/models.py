@@ -14,6 +14,10 @@ A rule file is a mapping with an ``alerts`` list::
 
 Amounts are in major units (dollars, rupees) and become integer minor units
 when the rule is compiled against a currency.
+
+Every field carries a description, and every custom type a JSON Schema that
+says what it accepts (``WithJsonSchema``): ``balancewatch schema`` publishes
+them for editors. What a schema cannot check is listed in rules/schema.py.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
     model_validator,
 )
 
-from balancewatch.durations import Duration
+from balancewatch.durations import parse_duration
 from balancewatch.money import MoneyError, check_currency
 
 RULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -50,9 +55,14 @@ def _currency(value: Any) -> str:
         raise ValueError(str(exc)) from None
 
 
+def _as_written(value: Any) -> str:
+    """``value`` the way YAML spells it where that differs from Python: true, false."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def _amount(value: Any, what: str = "thresholds are zero or more (use exhausted: true for zero)") -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-        raise ValueError(f"{value!r} is not an amount; write a number such as 100 or 12.50")
+        raise ValueError(f"{_as_written(value)} is not an amount; write a number such as 100 or 12.50")
     try:
         amount = Decimal(str(value).strip().replace("_", "").replace(",", ""))
     except ArithmeticError:
@@ -70,10 +80,14 @@ def _band_size(value: Any) -> Decimal:
 
 def _address(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not an email address")
+        raise ValueError(
+            f"{_as_written(value)} is not an email address; write owner or an address such as ops@example.com"
+        )
     text = value.strip()
     if text == OWNER:
         return text
+    if ";" in text:
+        raise ValueError(f"{text!r}: separate recipients with commas, not ';'")
     try:
         return validate_email(text, check_deliverability=False).normalized
     except EmailNotValidError as exc:
@@ -82,7 +96,7 @@ def _address(value: Any) -> str:
 
 def _split_recipients(value: Any) -> Any:
     # The seed vendors accept "a@x.com, b@y.com"; so do we, anywhere in the list.
-    items = value if isinstance(value, list) else [value]
+    items = [] if value is None else value if isinstance(value, list) else [value]
     out: list[Any] = []
     for item in items:
         if isinstance(item, str):
@@ -100,11 +114,11 @@ def _not_empty_ladder(value: list[Decimal]) -> list[Decimal]:
     return value
 
 
-def _pattern(regex: re.Pattern[str], what: str) -> Any:
+def _pattern(regex: re.Pattern[str], what: str, characters: str) -> Any:
     def check(value: str) -> str:
         if not regex.fullmatch(value):
             raise ValueError(
-                f"{value!r} is not a valid {what}: use lower-case letters, digits, '-' and '_' "
+                f"{value!r} is not a valid {what}: use lower-case letters, digits, {characters} "
                 "(at most 64 characters)"
             )
         return value
@@ -112,11 +126,144 @@ def _pattern(regex: re.Pattern[str], what: str) -> Any:
     return check
 
 
-Currency = Annotated[str, AfterValidator(_currency)]
-Amount = Annotated[Decimal, BeforeValidator(_amount)]
+def _reminder(value: Any) -> timedelta:
+    if isinstance(value, float | Decimal) and not value.is_finite():
+        raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m, 24h, 1d or 1h30m")
+    try:
+        return parse_duration(value)
+    except OverflowError:
+        raise ValueError(f"{_short(value)} is too long an interval; write e.g. 24h or 7d") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- JSON Schema for editors: what each custom type accepts, as the validators above do ---------
+# (A field with a default_factory states its default in json_schema_extra: pydantic leaves it out.)
+
+MAX_BAND_PERCENT = 1000
+
+_NUMBER = r"\+?([0-9][0-9_,]*(\.[0-9_]*)?|\.[0-9][0-9_]*)([eE][+-]?[0-9]+)?"
+AMOUNT_TEXT = rf"^\s*{_NUMBER}\s*$"
+PERCENT_TEXT = rf"^\s*{_NUMBER}\s*%\s*$"
+CURRENCY_CODE = r"^[A-Z]{3}$"
+_DURATION_PART = r"[0-9]+(\.[0-9]+)? *([mM][sS]|[sSmMhHdDwW])"
+DURATION_TEXT = rf"^ *(({_DURATION_PART} *)+|[0-9]+(\.[0-9]+)? *)$"
+_RECIPIENT = r"(owner|[^\s@,;]+@[^\s@,;]+\.[^\s@,;]+)"
+RECIPIENTS_TEXT = rf"^[\s,]*{_RECIPIENT}(\s*,[\s,]*{_RECIPIENT})*[\s,]*$"
+_TEXT_OR_NUMBER = {"type": ["string", "integer"]}
+
+AMOUNT_SCHEMA: dict[str, Any] = {
+    "description": "An amount in major units (dollars, rupees), zero or more: 100, 12.50. "
+    "Quote it to group digits: '1,000'.",
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": AMOUNT_TEXT, "patternErrorMessage": "write a number such as 100"},
+    ],
+}
+CURRENCY_SCHEMA: dict[str, Any] = {
+    "description": "An ISO 4217 currency code in capitals: USD, INR, EUR, JPY "
+    "(balancewatch check verifies that the currency exists).",
+    "type": "string",
+    "pattern": CURRENCY_CODE,
+    "patternErrorMessage": "write a currency code in capitals, e.g. USD",
+    "examples": ["USD", "INR", "EUR"],
+}
+LADDER_SCHEMA: dict[str, Any] = {
+    "description": "Thresholds in major units, each once: [250, 100, 10].",
+    "type": "array",
+    "items": AMOUNT_SCHEMA,
+    "minItems": 1,
+    "uniqueItems": True,
+}
+BELOW_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        LADDER_SCHEMA,
+        {
+            "description": "Thresholds per currency: {USD: [250, 100, 10], INR: [20000, 8000, 800]}.",
+            "type": "object",
+            "propertyNames": {"pattern": CURRENCY_CODE},
+            "additionalProperties": LADDER_SCHEMA,
+            "minProperties": 1,
+        },
+    ],
+}
+REMIND_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "pattern": DURATION_TEXT,
+            "patternErrorMessage": "write a duration such as 30m, 24h, 1d or 1h30m",
+        },
+        {"type": "number", "minimum": 60, "description": "seconds"},
+    ],
+    "examples": ["24h", "12h", "1d"],
+}
+PERCENT_NUMBER_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_BAND_PERCENT},
+        {"type": "string", "pattern": AMOUNT_TEXT, "patternErrorMessage": "write a number such as 10"},
+    ],
+}
+PERCENT_SCHEMA: dict[str, Any] = {
+    "description": "A percentage of the step: 10%.",
+    "type": "string",
+    "pattern": PERCENT_TEXT,
+    "patternErrorMessage": "write a percentage such as 10% or an amount such as 5",
+}
+RECIPIENTS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "description": "owner and/or addresses, comma-separated: 'owner, ops@example.com'.",
+            "type": "string",
+            "pattern": RECIPIENTS_TEXT,
+        },
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "description": "owner (the account owner's address) or an email address.",
+                "type": "string",
+                "pattern": RECIPIENTS_TEXT,
+                "examples": ["owner", "ops@example.com"],
+            },
+        },
+    ],
+    "examples": [["owner"], ["owner", "ops@example.com"]],
+}
+TEXTS_SCHEMA: dict[str, Any] = {
+    "anyOf": [_TEXT_OR_NUMBER, {"type": "array", "items": _TEXT_OR_NUMBER}],
+}
+
+
+def _rearm_schema(schema: dict[str, Any]) -> None:
+    """Band is also written as "10%" or 5; keep its mapping form (a reference) as the third way."""
+    ref = schema.pop("$ref")
+    schema["anyOf"] = [PERCENT_SCHEMA, AMOUNT_SCHEMA, {"$ref": ref}]
+
+
+def _may_be_empty(schema: dict[str, Any]) -> None:
+    """``alerts:`` with nothing after it is read as no rules."""
+    listed = {key: schema.pop(key) for key in ("type", "items")}
+    schema["anyOf"] = [listed, {"type": "null"}]
+
+
+Currency = Annotated[str, AfterValidator(_currency), WithJsonSchema(CURRENCY_SCHEMA)]
+Amount = Annotated[Decimal, BeforeValidator(_amount), WithJsonSchema(AMOUNT_SCHEMA)]
 Address = Annotated[str, BeforeValidator(_address)]
-RuleId = Annotated[str, AfterValidator(_pattern(RULE_ID, "rule id"))]
-TemplateName = Annotated[str, AfterValidator(_pattern(TEMPLATE_NAME, "template name"))]
+RuleId = Annotated[
+    str,
+    AfterValidator(_pattern(RULE_ID, "rule id", "'.', '-' and '_', starting with a letter or digit")),
+    WithJsonSchema({"type": "string", "pattern": RULE_ID.pattern, "examples": ["default-ladder"]}),
+]
+TemplateName = Annotated[
+    str,
+    AfterValidator(_pattern(TEMPLATE_NAME, "template name", "'-' and '_', starting with a letter or digit")),
+    WithJsonSchema({"type": "string", "pattern": TEMPLATE_NAME.pattern, "examples": ["low-balance"]}),
+]
+Reminder = Annotated[timedelta, BeforeValidator(_reminder), WithJsonSchema(REMIND_SCHEMA)]
 
 
 def _one_or_many(value: Any) -> Any:
@@ -131,21 +278,45 @@ def _texts(value: Any) -> Any:
     return items
 
 
+Texts = Annotated[list[str], BeforeValidator(_texts), WithJsonSchema(TEXTS_SCHEMA)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Selector(_Strict):
-    """Which balances a rule watches. All given conditions must hold.
+    """Which balances a rule watches; every condition given must hold.
 
-    ``billing`` defaults to prepaid; postpaid accounts are watched only when
-    a rule says ``billing: postpaid`` or ``any``, or names them in ``ids``.
+    Without billing only prepaid accounts are watched, unless ids names accounts.
     """
 
-    billing: Literal["prepaid", "postpaid", "any"] | None = None
-    currency: Annotated[list[Currency], BeforeValidator(_one_or_many)] | None = None
-    labels: dict[str, Annotated[list[str], BeforeValidator(_texts)]] = Field(default_factory=dict)
-    ids: Annotated[list[str], BeforeValidator(_texts)] | None = None
+    billing: Literal["prepaid", "postpaid", "any"] | None = Field(
+        default=None,
+        description="prepaid (the default), postpaid or any. Postpaid accounts are watched only when "
+        "a rule says so or names them in ids.",
+    )
+    currency: (
+        Annotated[
+            list[Currency],
+            BeforeValidator(_one_or_many),
+            WithJsonSchema({"anyOf": [CURRENCY_SCHEMA, {"type": "array", "items": CURRENCY_SCHEMA}]}),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="A currency code or a list of them: USD, [USD, EUR]. Default: any currency. "
+        "A ladder (below: [250, 100, 10]) applies to each of them.",
+    )
+    labels: dict[str, Texts] = Field(
+        default_factory=dict,
+        description="Labels the account must have: {tier: gold} or {region: [eu, in]} (any of the "
+        "values); every key given must match.",
+        json_schema_extra={"default": {}},
+    )
+    ids: Texts | None = Field(
+        default=None, description="Account ids, one or a list: acme, [1001, acme]. Default: all accounts."
+    )
 
     @property
     def billing_filter(self) -> str | None:
@@ -157,19 +328,29 @@ class Selector(_Strict):
         return self.billing
 
 
-BandSize = Annotated[Decimal, BeforeValidator(_band_size)]
-MAX_BAND_PERCENT = 1000
+BandAmount = Annotated[Decimal, BeforeValidator(_band_size), WithJsonSchema(AMOUNT_SCHEMA)]
+BandPercent = Annotated[Decimal, BeforeValidator(_band_size), WithJsonSchema(PERCENT_NUMBER_SCHEMA)]
 
 
 class Band(_Strict):
-    """How far above a step the balance must climb before the step re-arms: one of the two."""
+    """A re-arm band written as a mapping: exactly one of percent or amount."""
 
-    percent: BandSize | None = None
-    amount: BandSize | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+    percent: BandPercent | None = Field(
+        default=None,
+        description=f"A percentage of the step, 0 to {MAX_BAND_PERCENT}: percent: 10 is rearm: 10%.",
+    )
+    amount: BandAmount | None = Field(
+        default=None,
+        description="An amount in major units of the step's currency: amount: 5 is rearm: 5.",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> Band:
-        if (self.percent is None) == (self.amount is None):
+        if self.percent is not None and self.amount is not None:
+            raise ValueError("write percent or amount, not both: e.g. rearm: 10% or rearm: 5")
+        if self.percent is None and self.amount is None:
             raise ValueError("write a percentage such as 10% or an amount such as 5")
         if self.percent is not None and self.percent > MAX_BAND_PERCENT:
             raise ValueError(f"{self.percent}% is too large; a re-arm band is usually 5% to 25%")
@@ -181,10 +362,13 @@ def _band(value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
         raise ValueError(
-            f"{value!r} is not a re-arm band; write a percentage such as 10% or an amount such as 5"
+            f"{_as_written(value)} is not a re-arm band; "
+            "write a percentage such as 10% or an amount such as 5"
         )
     text = str(value).strip()
     if text.endswith("%"):
+        if text.startswith("-"):
+            raise ValueError(f"{text} is negative; a re-arm band is zero or more, e.g. 10%")
         return {"percent": text[:-1]}
     try:
         Decimal(text.replace("_", "").replace(",", ""))
@@ -215,24 +399,73 @@ Below = Annotated[
         custom_error_message="write a list of amounts, e.g. [250, 100, 10], or a mapping of "
         "currency to amounts, e.g. {USD: [250, 100, 10], INR: [20000, 8000, 800]}",
     ),
+    WithJsonSchema(BELOW_SCHEMA),
 ]
+
+# What validation checks across fields, for editors: a condition, and a ladder's currency.
+_RULE_SCHEMA_EXTRA: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["below"]},
+        {"required": ["exhausted"], "properties": {"exhausted": {"const": True}}},
+    ],
+    "if": {"required": ["below"], "properties": {"below": {"type": "array"}}},
+    "then": {"required": ["accounts"], "properties": {"accounts": {"required": ["currency"]}}},
+}
 
 
 class AlertRule(_Strict):
     """One alert rule: which balances, below what, who hears about it, with which template."""
 
-    id: RuleId
-    description: str = ""
-    enabled: bool = True
-    accounts: Selector = Field(default_factory=Selector)
-    below: Below | None = None
-    exhausted: bool = False
-    rearm: Annotated[Band, BeforeValidator(_band)] = Field(default_factory=lambda: Band(percent=Decimal(10)))
-    remind: Duration | None = None
-    notify: Annotated[list[Address], BeforeValidator(_split_recipients)] = Field(
-        default_factory=lambda: [OWNER]
+    model_config = ConfigDict(json_schema_extra=_RULE_SCHEMA_EXTRA)
+
+    id: RuleId = Field(
+        description="The rule's stable name: lower-case letters, digits, '.', '-' and '_', at most 64 "
+        "characters, unique across all rule files. Alert state is keyed on it: a renamed rule starts "
+        "afresh.",
     )
-    template: TemplateName = "low-balance"
+    description: str = Field(default="", description="Free text; templates show it as rule.description.")
+    enabled: bool = Field(
+        default=True,
+        description="false sends nothing and keeps the rule's state; true again resumes where it was.",
+    )
+    accounts: Selector = Field(
+        default_factory=Selector,
+        description="Which balances the rule watches. Default: every prepaid account.",
+        json_schema_extra={"default": {}},
+    )
+    below: Below | None = Field(
+        default=None,
+        description="Thresholds in major units: a ladder [250, 100, 10] for each currency in "
+        "accounts.currency, or amounts per currency {USD: [250, 100, 10], INR: [20000, 8000, 800]}. "
+        "One alert per step as the balance falls to or below it.",
+    )
+    exhausted: bool = Field(
+        default=False, description="Also alert when the balance is at or below zero: service stops."
+    )
+    rearm: Annotated[Band, BeforeValidator(_band)] = Field(
+        default_factory=lambda: Band(percent=Decimal(10)),
+        description="How far above a step the balance must climb before the step can fire again: "
+        "a percentage of the step (10%) or an amount in major units (5). Default 10%.",
+        json_schema_extra=_rearm_schema,
+    )
+    remind: Reminder | None = Field(
+        default=None,
+        description="Repeat the alert this often while the balance stays at or below the step: "
+        "24h, 1d, 1h30m (units ms, s, m, h, d, w), at least 1m. Default: no reminders.",
+    )
+    notify: Annotated[
+        list[Address], BeforeValidator(_split_recipients), WithJsonSchema(RECIPIENTS_SCHEMA)
+    ] = Field(
+        default_factory=lambda: [OWNER],
+        description="Who gets the email: owner (the account owner's address) and/or email addresses, "
+        "as a list or one comma-separated string. Default [owner].",
+        json_schema_extra={"default": [OWNER]},
+    )
+    template: TemplateName = Field(
+        default="low-balance",
+        description="The email template: a directory in templates_dir holding subject.txt, body.txt "
+        "and optionally body.html.",
+    )
 
     @model_validator(mode="after")
     def _has_condition(self) -> AlertRule:
@@ -242,6 +475,8 @@ class AlertRule(_Strict):
                 "no condition: write below: [amounts] (with accounts.currency), "
                 "below: {USD: [amounts]}, and/or exhausted: true"
             )
+        if self.below == {}:
+            raise ValueError("below: no currencies; write amounts per currency, e.g. {USD: [250, 100, 10]}")
         if isinstance(self.below, list) and not self.accounts.currency:
             raise ValueError(
                 "below: a list of amounts needs accounts.currency, since a threshold means nothing "
@@ -265,6 +500,11 @@ class AlertRule(_Strict):
 
 
 class RuleFile(_Strict):
-    """The top level of a file in the rules directory."""
+    """A balancewatch rule file: an alerts list. Check it with `balancewatch check`."""
 
-    alerts: list[AlertRule] = Field(default_factory=list)
+    alerts: list[AlertRule] = Field(
+        default_factory=list,
+        description="The alert rules of this file, each starting with '- id: ...'; "
+        "ids are unique across all rule files.",
+        json_schema_extra=_may_be_empty,
+    )
