@@ -877,3 +877,26 @@ def test_a_stop_during_a_sweep_ends_it_between_chunks_without_moving_the_waterma
     assert watermark is None
     assert resumed.full and decided(resumed) == {"ladder": 2}
     assert sorted(s.account_id for s in outbox(engine)) == ["acme", "globex", "initech"]
+
+
+INHIBITED = """
+alerts:
+  - {id: ladder, accounts: {currency: USD}, below: [100, 10], inhibited_by: [zero]}
+  - {id: zero, exhausted: true, rearm: 0%}
+"""
+
+
+def test_a_rule_silenced_by_another_fired_one_moves_its_state_without_an_email(
+    engine: Engine, make_pipeline: MakePipeline, clock: Clock
+) -> None:
+    pipeline = make_pipeline(INHIBITED)
+    funded(engine, clock, amount=5_000)
+    assert decided(pipeline.evaluate(clock.advance(minutes=1))) == {"ladder": 1}
+    post(engine, "acme", "USD", -5_000, clock.advance(minutes=1))
+
+    stats = pipeline.evaluate(clock.advance(minutes=1))
+
+    assert decided(stats) == {"zero": 1}
+    assert stats.inhibited == {"ladder": 1}
+    assert states(engine, "ladder", "acme")[1_000].status == "fired"
+    assert [s.rule_id for s in outbox(engine)] == ["ladder", "zero"]

@@ -563,3 +563,44 @@ def test_rule_and_template_problems_are_reported_together(rules_dir: Path, templ
         f"{rules}:3: alerts[0].exhausted: 'nope' is not true or false; write true or false",
         f"{html}:2: unexpected '}}'",
     ]
+
+
+# --- inhibition ---------------------------------------------------------------------------------
+
+INHIBITING = """alerts:
+  - id: ladder
+    accounts: {currency: USD}
+    below: [100, 10]
+    inhibited_by: [zero]
+  - id: zero
+    exhausted: true
+"""
+
+
+def test_a_rule_comes_after_the_rules_that_can_silence_it(rules_dir: Path) -> None:
+    write(rules_dir, "rules.yaml", INHIBITING)
+    rules = parse_rules(read_files(rule_files(rules_dir)))
+    assert [r.id for r in rules] == ["zero", "ladder"]
+    assert rules[1].inhibited_by == ("zero",)
+
+
+def test_inhibited_by_must_name_an_existing_rule(rules_dir: Path) -> None:
+    path = write(rules_dir, "rules.yaml", INHIBITING.replace("[zero]", "[zeros]"))
+    assert problems_in(rules_dir) == [
+        f"{path}:2: alerts[0].inhibited_by: no rule 'zeros' (did you mean 'zero'?); "
+        "name the id of a rule in the rules directory"
+    ]
+
+
+def test_rules_silencing_each_other_in_a_loop_are_refused(rules_dir: Path) -> None:
+    path = write(rules_dir, "rules.yaml", INHIBITING + "    inhibited_by: [ladder]\n")
+    assert problems_in(rules_dir) == [
+        f"{path}:2: alerts[0].inhibited_by: rules silence each other in a loop "
+        "(ladder -> zero -> ladder); break the loop"
+    ]
+
+
+def test_a_rule_cannot_silence_itself(rules_dir: Path) -> None:
+    write(rules_dir, "rules.yaml", INHIBITING.replace("[zero]", "[ladder]"))
+    [problem] = problems_in(rules_dir)
+    assert problem.endswith("inhibited_by: a rule cannot silence itself; name other rules' ids")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine
@@ -22,7 +22,7 @@ from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.evaluate import candidates
 from balancewatch.evaluate.decide import Decision, StepState, decide
-from balancewatch.evaluate.load import Subject, load_states, load_subjects, write_states
+from balancewatch.evaluate.load import Subject, inhibited, load_states, load_subjects, write_states
 from balancewatch.liveset import LiveSet
 from balancewatch.messages import alert_context, idem_key, recipients
 from balancewatch.render import RenderError
@@ -45,6 +45,7 @@ class CycleStats:
     decided: Counter[str] = field(default_factory=Counter)  # rule id -> notifications
     render_errors: list[str] = field(default_factory=list)
     skipped: int = 0  # balances left undecided after repeated conflicts
+    inhibited: Counter[str] = field(default_factory=Counter)  # rule id -> notifications silenced
     interrupted: bool = False  # stopped between chunks; the watermark did not move
 
     @property
@@ -149,6 +150,7 @@ def _decide_chunk(
             log.info("rule %s: database busy (%s); deciding the chunk again", rule.id, type(exc).__name__)
             continue
         stats.decided.update(local.decided)
+        stats.inhibited.update(local.inhibited)
         stats.render_errors.extend(local.render_errors)
         return
 
@@ -190,10 +192,15 @@ def _decide_in(
 ) -> None:
     subjects = load_subjects(conn, rule, step_set, keys, lock=is_postgres(conn.engine))
     states = load_states(conn, rule.id, [s.key for s in subjects])
+    silenced = inhibited(conn, rule.inhibited_by, [s.key for s in subjects])
     state_rows: list[tuple[candidates.Key, StepState]] = []
     messages: list[outbox.NewMessage] = []
     for subject in subjects:
         outcome = decide(subject.amount, step_set.steps, states.get(subject.key, {}), env.now, rule.remind)
+        if subject.key in silenced and outcome.decisions:
+            # The state moves as usual; only the email is left out.
+            stats.inhibited[rule.id] += len(outcome.decisions)
+            outcome = replace(outcome, decisions=())
         try:
             # Every message of this balance renders, or none is kept: a message
             # recorded without its state change would be decided again, under the same key.

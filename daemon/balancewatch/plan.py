@@ -485,6 +485,7 @@ def differences(old: CompiledRule | None, new: CompiledRule | None) -> tuple[Cha
         ("remind", _remind(old), _remind(new)),
         ("notify", _notify(old), _notify(new)),
         ("template", old.template, new.template),
+        ("inhibited_by", ", ".join(old.inhibited_by) or "none", ", ".join(new.inhibited_by) or "none"),
         ("description", old.description, new.description),
     ]
     return tuple(Change(f, o, n) for f, o, n in pairs if o != n)

@@ -110,6 +110,20 @@ def load_subjects(
     ]
 
 
+def inhibited(conn: Connection, rule_ids: Sequence[str], keys: Sequence[Key]) -> set[Key]:
+    """The keys for which any of ``rule_ids`` has a fired step: their notifications are silenced."""
+    if not rule_ids or not keys:
+        return set()
+    query = (
+        select(S.account_id, S.currency)
+        .where(
+            S.rule_id.in_(list(rule_ids)), S.status == "fired", *key_filter(S.account_id, S.currency, keys)
+        )
+        .distinct()
+    )
+    return {(r.account_id, r.currency) for r in conn.execute(query)}
+
+
 def load_states(conn: Connection, rule_id: str, keys: Sequence[Key]) -> dict[Key, dict[int, StepState]]:
     """Stored step states of ``rule_id`` for ``keys``: key -> step -> state."""
     out: dict[Key, dict[int, StepState]] = defaultdict(dict)

@@ -57,6 +57,7 @@ class CompiledRule:
     source: str = ""
     line: int = 0
     model: AlertRule | None = field(default=None, compare=False, repr=False)
+    inhibited_by: tuple[str, ...] = ()
 
 
 class CompileError(ValueError):
@@ -87,6 +88,7 @@ def compile_rule(rule: AlertRule, source: str = "", line: int = 0) -> CompiledRu
         source=source,
         line=line,
         model=rule,
+        inhibited_by=tuple(dict.fromkeys(rule.inhibited_by)),
     )
 
 

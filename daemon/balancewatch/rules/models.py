@@ -466,6 +466,13 @@ class AlertRule(_Strict):
         description="The email template: a directory in templates_dir holding subject.txt, body.txt "
         "and optionally body.html.",
     )
+    inhibited_by: Annotated[list[RuleId], BeforeValidator(_one_or_many)] = Field(
+        default_factory=list,
+        description="Ids of rules whose alert, while fired for the same balance, silences this rule: "
+        "a ladder inhibited_by [exhausted] sends no 'below $10' email when the balance drops straight "
+        "to zero, only the exhausted one. The silenced steps still count as fired.",
+        json_schema_extra={"default": []},
+    )
 
     @model_validator(mode="after")
     def _has_condition(self) -> AlertRule:
@@ -487,6 +494,8 @@ class AlertRule(_Strict):
             repeated = sorted({a for a in ladder if ladder.count(a) > 1})
             if repeated:
                 raise ValueError(f"below: {repeated[0]} appears twice; each threshold may appear once")
+        if self.id in self.inhibited_by:
+            raise ValueError("inhibited_by: a rule cannot silence itself; name other rules' ids")
         if self.remind is not None and self.remind < timedelta(minutes=1):
             raise ValueError(
                 "remind: reminders more often than once a minute would flood inboxes; write e.g. 24h"
