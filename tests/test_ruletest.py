@@ -26,6 +26,7 @@ from balancewatch.ruletest.load import load_test_file
 SHIPPED_RULES = shipped.rules_dir() / "low-balance.yaml"
 HEADER = f"rule_files: [{SHIPPED_RULES}]\nstart: 2026-03-01T09:00:00Z\ntests:\n"
 ACME = "{id: acme, name: Acme Ltd, email: owner@acme.example, locale: en_US, balances: {USD: 300}}"
+GLOBEX = "{id: globex, name: Globex, email: owner@globex.example, locale: de_DE, balances: {EUR: 300}}"
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,11 @@ def test_a_notification_nobody_expected_fails_the_step(cli: Cli, tmp_path: Path)
     path = write_test(
         tmp_path,
         f"""
-        - name: used up at once
-          accounts: [{ACME}]
+        - name: two accounts low at once
+          accounts: [{ACME}, {GLOBEX}]
           timeline:
             - at: 1h
-              post: {{account: acme, amount: -300}}
+              post: [{{account: acme, amount: -295}}, {{account: globex, amount: -295}}]
               expect:
                 - {{rule: default-ladder, step: 10}}
         """,
@@ -181,7 +182,8 @@ def test_a_notification_nobody_expected_fails_the_step(cli: Cli, tmp_path: Path)
     result = cli("test", str(path))
     assert result.code == 1
     assert (
-        "    + decided, not expected: {rule: exhausted, account: acme, currency: USD, step: 0," in result.out
+        "    + decided, not expected: {rule: ladder-inr-eur, account: globex, currency: EUR, step: 10,"
+        in result.out
     )
     assert f"      as expected (line {line_of(path, 'step: 10')}): {{rule: default-ladder," in result.out
     assert "- expected" not in result.out
@@ -191,14 +193,14 @@ def test_the_order_of_expectations_does_not_matter(cli: Cli, tmp_path: Path) -> 
     path = write_test(
         tmp_path,
         f"""
-        - name: used up at once
-          accounts: [{ACME}]
+        - name: two accounts low at once
+          accounts: [{ACME}, {GLOBEX}]
           timeline:
             - at: 1h
-              post: {{account: acme, amount: -300}}
+              post: [{{account: acme, amount: -295}}, {{account: globex, amount: -295}}]
               expect:
-                - {{rule: exhausted, step: 0, subject_contains: "used up"}}
-                - {{account: acme, subject_contains: "used up"}}
+                - {{rule: ladder-inr-eur, step: 10, subject_contains: "5,00"}}
+                - {{account: acme, subject_contains: "$5.00"}}
         """,
     )
     assert cli("test", str(path)).code == 0
@@ -500,7 +502,7 @@ def test_a_rule_the_rule_files_lack_is_a_problem_not_a_failure(cli: Cli, tmp_pat
     assert result.code == 1
     assert result.err == (
         f"{path}:{line_of(path, 'defualt')}: tests[0].timeline[0].expect[0].rule: no rule 'defualt-ladder' "
-        "in the rules under test (low-balance.yaml; rules: default-ladder, ladder-inr-eur, exhausted)\n"
+        "in the rules under test (low-balance.yaml; rules: default-ladder, exhausted, ladder-inr-eur)\n"
     )
 
 

@@ -34,13 +34,14 @@ class LiveSet:
         return next((r for r in self.rules if r.id == rule_id), None)
 
 
-def load_set(rules_dir: Path, templates_dir: Path) -> LiveSet:
-    """Load and cross-check both directories; raises ProblemsError listing every problem."""
+def load_set(rules_dir: Path, templates_dir: Path, paths: Sequence[Path] | None = None) -> LiveSet:
+    """Load and cross-check the rule files of ``rules_dir`` (or exactly ``paths``) with the
+    templates of ``templates_dir``; raises ProblemsError listing every problem."""
     problems: list[Problem] = []
     rules: list[CompiledRule] = []
     files = []
     try:
-        files = read_files(rule_files(rules_dir))
+        files = read_files(rule_files(rules_dir) if paths is None else paths)
     except ProblemsError as exc:
         problems.extend(exc.problems)
     # The rules that compiled are cross-checked even when others did not: every problem at once.

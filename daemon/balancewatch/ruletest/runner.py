@@ -20,10 +20,8 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from balancewatch.config import DatabaseSettings, FilesSettings, Settings
-from balancewatch.liveset import LiveSet, sample_render_problems, set_digest
+from balancewatch.liveset import LiveSet, load_set
 from balancewatch.problems import Problem, ProblemsError
-from balancewatch.render import TEMPLATE_NAMES_HINT, TemplateSet, read_template_files
-from balancewatch.rules.loader import check_rules, read_files, rule_files
 from balancewatch.ruletest.cases import Case, Expectation, Step, TestFile
 from balancewatch.ruletest.load import load_test_file
 from balancewatch.ruletest.match import Comparison, Notification, compare
@@ -107,38 +105,8 @@ def rule_set(test_file: TestFile, settings: Settings) -> LiveSet:
 
     Raises ProblemsError listing every problem.
     """
-    paths = test_file.rule_files if test_file.rule_files is not None else rule_files(settings.rules_dir)
     templates_dir = test_file.templates or settings.templates_dir
-    files = read_files(paths)
-    rules, problems = check_rules(files)
-    try:
-        template_files = read_template_files(templates_dir)
-    except ProblemsError as exc:
-        raise ProblemsError([*problems, *exc.problems]) from None
-    templates = TemplateSet(template_files, templates_dir)
-    compile_problems = templates.compile_problems()
-    problems.extend(compile_problems)
-    known = ", ".join(sorted(templates.names)) or "none"
-    problems.extend(
-        Problem(
-            r.source,
-            r.line,
-            "template",
-            f"template {r.template!r} not found in {templates_dir} (have: {known}); {TEMPLATE_NAMES_HINT}",
-        )
-        for r in rules
-        if r.template not in templates.names
-    )
-    if not compile_problems:
-        problems.extend(sample_render_problems(templates, {r.template for r in rules}))
-    if problems:
-        raise ProblemsError(problems)
-    return LiveSet(
-        rules=tuple(rules),
-        templates=templates,
-        digest=set_digest(files, template_files),
-        rule_sources=tuple(files),
-    )
+    return load_set(settings.rules_dir, templates_dir, test_file.rule_files)
 
 
 def _check_names(test_file: TestFile, live: LiveSet) -> None:
@@ -159,7 +127,7 @@ def _unknown_names(e: Expectation, live: LiveSet) -> list[Problem]:
     rule_ids = [r.id for r in live.rules]
     if e.spec.rule is not None and e.spec.rule not in rule_ids:
         sources = ", ".join(sorted({Path(r.source).name for r in live.rules})) or "no rule files"
-        have = ", ".join(rule_ids) or "none"
+        have = ", ".join(sorted(rule_ids)) or "none"
         message = f"no rule {e.spec.rule!r} in the rules under test ({sources}; rules: {have})"
         out.append(Problem(w.path, w.line, f"{w.field}.rule", message))
     if e.spec.template is not None and e.spec.template not in live.templates.names:
