@@ -144,7 +144,7 @@ def test_an_unknown_key_lists_the_valid_fields(rules_dir: Path) -> None:
     body = "alerts:\n  - id: a\n    exhausted: true\n    colour: red\n"
     assert only_problem(rules_dir, body) == (
         "4: alerts[0].colour: unknown field 'colour'; valid fields here: id, description, "
-        "enabled, accounts, below, exhausted, rearm, remind, notify, template"
+        "enabled, accounts, below, exhausted, rearm, remind, notify, template, inhibited_by"
     )
 
 
@@ -152,7 +152,7 @@ def test_an_unknown_key_that_other_tools_use_suggests_ours(rules_dir: Path) -> N
     body = "alerts:\n  - id: a\n    exhausted: true\n    recipients: [owner]\n"
     assert only_problem(rules_dir, body) == (
         "4: alerts[0].recipients: unknown field 'recipients' (did you mean 'notify'?); valid fields here: "
-        "id, description, enabled, accounts, below, exhausted, rearm, remind, notify, template"
+        "id, description, enabled, accounts, below, exhausted, rearm, remind, notify, template, inhibited_by"
     )
 
 
@@ -501,7 +501,8 @@ def test_a_missing_rules_directory_is_a_problem(tmp_path: Path) -> None:
 
 def test_the_shipped_rules_and_templates_load() -> None:
     live = load_set(shipped.rules_dir(), shipped.templates_dir())
-    assert [r.id for r in live.rules] == ["default-ladder", "ladder-inr-eur", "exhausted"]
+    # exhausted first: the ladders are inhibited by it, so it is decided before them.
+    assert [r.id for r in live.rules] == ["exhausted", "default-ladder", "ladder-inr-eur"]
     ladder = live.rule("default-ladder")
     assert ladder is not None
     assert ladder.step_sets == (
