@@ -8,9 +8,16 @@ Two jobs run on an APScheduler 3 background scheduler, each with
 - *deliver*, every ``delivery.interval`` and right after decisions: due
   outbox rows out through the transport.
 
-SIGTERM or SIGINT lets the jobs in flight finish, then exits 0. SIGHUP
-reloads rules and templates (the old set keeps running if the new one fails).
-All state is in the database: a restart repeats nothing and loses nothing.
+A third job, *heartbeat*, every ``poll_interval``, updates this instance's
+row in ``instance_status`` (``balancewatch status``); the row is also written
+at start and after every reload attempt.
+
+Rules and templates reload when their files change (``reload.Reloader``,
+when ``reload.watch``) and at once on SIGHUP; the old set keeps running if
+the new one fails. SIGHUP also reads the config again, only to log each
+changed setting as needing a restart. SIGTERM or SIGINT lets the jobs in
+flight finish, then exits 0. All state is in the database: a restart repeats
+nothing and loses nothing.
 """
 
 from __future__ import annotations
@@ -20,21 +27,25 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from balancewatch import sdnotify
 from balancewatch.config import Settings
 from balancewatch.cycle import CycleStats, poll
 from balancewatch.deliver.worker import DeliveryStats, Transport, deliver_batch, make_transport
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
 from balancewatch.problems import ProblemsError
+from balancewatch.reload import Reloader, ReloadStatus
+from balancewatch.store import status as instance_status
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +74,19 @@ class Pipeline:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def evaluate(self, now: datetime) -> CycleStats:
-        """A poll, or a full sweep when one is due (and the first time)."""
+        """A poll, or a full sweep when one is due (and the first time, and after a swap).
+
+        The whole evaluation runs on the one set that was live when it began.
+        """
         with self.lock:
             live = self.live
-        full = self.last_sweep is None or now - self.last_sweep >= self.settings.sweep_interval
+            full = self.last_sweep is None or now - self.last_sweep >= self.settings.sweep_interval
         stats = poll(self.engine, live, self.settings, now, full=full, stopping=self.stopping)
         if full and not stats.interrupted:
-            self.last_sweep = now
+            with self.lock:
+                # A set swapped in during this sweep has not been swept yet: keep the sweep due.
+                if self.live is live:
+                    self.last_sweep = now
         return stats
 
     def deliver(self, now: datetime, clock: Clock | None = None) -> DeliveryStats:
@@ -91,20 +108,46 @@ class Pipeline:
         return total
 
     def swap(self, live: LiveSet) -> None:
+        """Make ``live`` the set evaluations use from now on; the next one sweeps every balance."""
         with self.lock:
             self.live = live
+            self.last_sweep = None
 
 
 class Daemon:
-    """The long-running service around a Pipeline."""
+    """The long-running service around a Pipeline.
 
-    def __init__(self, pipeline: Pipeline, clock: Clock = utc_clock) -> None:
+    ``load_config`` reads the configuration again on SIGHUP, only to report
+    settings that changed: none applies without a restart.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        clock: Clock = utc_clock,
+        load_config: Callable[[], Settings] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.settings = pipeline.settings
         self.clock = clock
+        self.load_config = load_config
         self.stopping = pipeline.stopping
+        self.started_at = clock()
+        self._row_written = False  # until a whole row is in: partial updates need one
+        s = self.settings
+        self.reloader = Reloader(
+            s.rules_dir,
+            s.templates_dir,
+            pipeline.live,
+            pipeline.swap,
+            debounce=s.reload.debounce.total_seconds(),
+            backstop=s.reload.backstop.total_seconds(),
+            on_status=self._record_reload,
+            clock=clock,
+        )
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(2)},
+            # Three workers: a long sweep and a slow delivery must not hold up the heartbeat.
+            executors={"default": ThreadPoolExecutor(3)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -133,27 +176,86 @@ class Daemon:
         except Exception:
             log.exception("delivery failed; retrying at the next interval")
 
-    def reload(self) -> bool:
-        """Load rules and templates again; keep the running set if the new one has problems."""
-        s = self.settings
+    def heartbeat_job(self) -> None:
+        if self._row_written:
+            self.publish_status({"heartbeat_at": self.clock()})
+        else:
+            self.publish_status(self._whole_row())  # the database was down at start
+
+    def _whole_row(self) -> dict[str, Any]:
+        """Every column of this instance's row, as it stands now."""
+        status = self.reloader.status
+        return {
+            "started_at": self.started_at,
+            "heartbeat_at": self.clock(),
+            **live_values(self.reloader.live),
+            # A previous run's row (a fixed instance name) is overwritten whole: its reloads are not ours.
+            "reload_attempted_at": status.attempted_at,
+            "reload_ok": status.ok,
+            "reload_reason": status.reason[:REASON_MAX],
+            "reload_error": status.error or None,
+            "reloads": status.reloads,
+        }
+
+    def sighup(self) -> ReloadStatus:
+        """Report config settings that changed, then reload rules and templates at once."""
+        self.report_config_changes()
+        return self.reloader.reload_now("SIGHUP")
+
+    def report_config_changes(self) -> list[str]:
+        """Read the configuration again; log each changed key as needing a restart. Returns the keys."""
+        if self.load_config is None:
+            return []
         try:
-            live = load_set(s.rules_dir, s.templates_dir)
+            new = self.load_config()
         except ProblemsError as exc:
             for problem in exc.problems:
-                log.error("reload refused: %s", problem)
-            log.error("reload refused: %d problems; the previous rules keep running", len(exc.problems))
+                log.error("config: %s", problem)
+            log.error("the config has problems: the running settings stay (a restart would fail)")
+            return []
+        changed = changed_settings(self.settings, new)
+        for key in changed:
+            log.warning("%s changed: needs a restart to take effect", key)
+        return changed
+
+    def publish_status(self, values: Mapping[str, Any]) -> bool:
+        """Write ``values`` to this instance's status row; a failure is logged and returns False."""
+        try:
+            with self.pipeline.engine.begin() as conn:
+                instance_status.publish(conn, self.pipeline.worker, values)
+        except SQLAlchemyError as exc:
+            # Status is for people looking in; alerting goes on without it.
+            log.warning("could not write this instance's status: %s", str(exc).splitlines()[0])
             return False
-        if live.digest != self.pipeline.live.digest:
-            self.pipeline.swap(live)
-            self.pipeline.last_sweep = None  # new rules: look at every balance again
-            log.info("reloaded %d rules (set %s)", len(live.rules), live.digest[:12])
+        if "started_at" in values:
+            self._row_written = True
         return True
+
+    def _record_reload(self, status: ReloadStatus, live: LiveSet) -> None:
+        if not self._row_written:
+            self.publish_status(self._whole_row())
+            return
+        values: dict[str, Any] = {
+            "heartbeat_at": self.clock(),
+            "reload_attempted_at": status.attempted_at,
+            "reload_ok": status.ok,
+            "reload_reason": status.reason[:REASON_MAX],
+            "reload_error": status.error or None,
+            "reloads": status.reloads,
+        }
+        if status.ok:
+            values.update(live_values(live))
+        self.publish_status(values)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
         s = self.settings
         self._install_signals()
         start = self.clock()
+        self.started_at = start
+        self.publish_status(self._whole_row())
+        if s.reload.watch:
+            self.reloader.start()
         self.scheduler.add_job(
             self.evaluate_job,
             "interval",
@@ -168,18 +270,25 @@ class Daemon:
             seconds=s.delivery.interval.total_seconds(),
             next_run_time=start + timedelta(milliseconds=100),
         )
+        self.scheduler.add_job(
+            self.heartbeat_job, "interval", id="heartbeat", seconds=s.poll_interval.total_seconds()
+        )
         self.scheduler.start()
         sdnotify.notify("READY=1\nSTATUS=watching balances")
         log.info(
-            "running as %s: %d rules, poll every %ss, sweep every %ss",
+            "running as %s: %d rules, poll every %ss, sweep every %ss; %s",
             self.pipeline.worker,
             len(self.pipeline.live.rules),
             int(s.poll_interval.total_seconds()),
             int(s.sweep_interval.total_seconds()),
+            f"watching {s.rules_dir} and {s.templates_dir} for changes"
+            if s.reload.watch
+            else "reloading rules and templates on SIGHUP only",
         )
         self.stopping.wait()
         sdnotify.notify("STOPPING=1")
         log.info("stopping: finishing the work in flight")
+        self.reloader.stop()
         self.scheduler.shutdown(wait=True)
         log.info("stopped")
         return 0
@@ -189,10 +298,50 @@ class Daemon:
 
     def _install_signals(self) -> None:
         def on_hup(_signum: int, _frame: FrameType | None) -> None:
-            threading.Thread(target=self.reload, name="reload", daemon=True).start()
+            # Not in the handler: a reload reads files and writes the database.
+            threading.Thread(target=self._on_sighup, name="sighup", daemon=True).start()
 
         stop_on_signals(self.stopping)
         signal.signal(signal.SIGHUP, on_hup)
+
+    def _on_sighup(self) -> None:
+        log.info("received SIGHUP: reloading rules and templates")
+        try:
+            self.sighup()
+        except Exception:
+            log.exception("reload on SIGHUP failed; the previous rules keep running")
+
+
+REASON_MAX = 400  # instance_status.reload_reason
+
+
+def live_values(live: LiveSet) -> dict[str, Any]:
+    """The status columns describing ``live``: what ``status`` shows and ``plan`` compares with."""
+    return {
+        "live_digest": live.digest,
+        "live_rules": len(live.rules),
+        "live_loaded_at": live.loaded_at,
+        "rule_files": {f.path.name: f.text for f in live.rule_sources},
+    }
+
+
+def changed_settings(running: Settings, new: Settings) -> list[str]:
+    """The dotted keys (as written in config.yaml) whose values differ, sorted.
+
+    Secrets are compared, never shown: only the key is returned.
+    """
+    before, after = _flatten(running.model_dump(by_alias=True)), _flatten(new.model_dump(by_alias=True))
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def stop_on_signals(stopping: threading.Event) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, report_problems
-from balancewatch.config import safe_url
+from balancewatch.config import load_settings, safe_url
 from balancewatch.cycle import message_domain
 from balancewatch.deliver.worker import deliver_batch, make_transport
 from balancewatch.liveset import load_set
@@ -26,7 +26,8 @@ def register(commands: Any) -> None:
         "run",
         help="run the daemon (what systemd starts)",
         description="Poll balances, decide notifications and deliver them until "
-        "SIGTERM. SIGHUP reloads rules and templates.",
+        "SIGTERM. Rules and templates reload when their files change and on SIGHUP; "
+        "config.yaml changes need a restart.",
     )
     run.add_argument(
         "--once",
@@ -116,7 +117,8 @@ def cmd_run(ctx: Ctx) -> int:
             f"delivery: {dict(delivered.outcomes) or 'nothing due'}"
         )
         return 0
-    return Daemon(pipeline).run()
+    # SIGHUP reads the config again only to report what would need a restart.
+    return Daemon(pipeline, load_config=lambda: load_settings(ctx.args.config, ctx.environ)).run()
 
 
 def args_once(ctx: Ctx) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, desc, select
+from sqlalchemy import Connection, desc, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.store.tables import InstanceStatus
@@ -22,9 +22,18 @@ C = T.c
 
 
 def publish(conn: Connection, instance: str, values: Mapping[str, Any]) -> None:
-    """Insert or update the row of ``instance`` with ``values`` (columns of InstanceStatus)."""
+    """Set ``values`` (columns of InstanceStatus) in the row of ``instance``; other columns keep theirs.
+
+    Without a row yet, one is inserted: ``values`` must then hold ``started_at``
+    and ``heartbeat_at``, or IntegrityError is raised.
+    """
+    # An update first: an upsert checks NOT NULL columns on the row it would insert,
+    # so a heartbeat (one column) could never take the ON CONFLICT path.
+    if conn.execute(update(T).where(C.instance == instance).values(**values)).rowcount:
+        return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(T).values(instance=instance, **values)
+    # rule_files' default is the model's, not the column's: a Core insert must give it.
+    stmt = dialect.insert(T).values(instance=instance, **{"rule_files": {}, **values})
     stmt = stmt.on_conflict_do_update(index_elements=[C.instance], set_={k: stmt.excluded[k] for k in values})
     conn.execute(stmt)
 
