@@ -7,6 +7,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_args
 
@@ -105,7 +106,7 @@ def check_rules(files: Sequence[SourceFile]) -> tuple[list[CompiledRule], list[P
     problems: list[Problem] = []
     parsed: list[_Parsed] = []
     for f in files:
-        good, bad = _parse_file(f)
+        good, bad = _parse_cached(str(f.path), f.text)
         parsed.extend(good)
         problems.extend(bad)
     problems.extend(_duplicates(parsed))
@@ -120,6 +121,14 @@ class _Parsed:
     rule: CompiledRule
     id_line: int
     id_field: str
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(path: str, text: str) -> tuple[tuple[_Parsed, ...], tuple[Problem, ...]]:
+    # Parsing depends on nothing but the name and the text, and a reload usually
+    # changes one file of many: the others are not parsed again.
+    good, bad = _parse_file(SourceFile(Path(path), text))
+    return tuple(good), tuple(bad)
 
 
 def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[Problem]]:
