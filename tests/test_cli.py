@@ -254,7 +254,7 @@ def test_a_subaccount_posts_against_its_main_accounts_balance(cli: Cli) -> None:
         ),
         (
             ["acme", "-1", "--at", "yesterday"],
-            "--at 'yesterday': write ISO 8601, e.g. 2026-03-14T09:30:00+05:30",
+            "--at: 'yesterday' is not an ISO 8601 time such as 2026-03-14T09:30:00+05:30",
         ),
         (["nobody", "-1"], "account: no account 'nobody' (add it with `balancewatch accounts add`)"),
     ],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from balancewatch.problems import ProblemsError
 from balancewatch.store import importcsv, ledger
 from balancewatch.store.accounts import AccountError, add_account, list_accounts
 from balancewatch.store.tables import Account, Balance, LedgerEntry, Outbox
+from balancewatch.times import parse_instant
 
 
 def register(commands: Any) -> None:
@@ -140,10 +141,9 @@ def _parse_time(text: str | None, now: datetime) -> datetime:
     if not text:
         return now
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise CommandError(f"--at {text!r}: write ISO 8601, e.g. 2026-03-14T09:30:00+05:30") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+        return parse_instant(text)
+    except ValueError as exc:
+        raise CommandError(f"--at: {exc}") from None
 
 
 def cmd_ledger_post(ctx: Ctx) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from balancewatch.money import MoneyError, check_currency, to_minor
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.store import ledger
 from balancewatch.store.tables import Account, LedgerEntry
+from balancewatch.times import parse_instant
 
 REQUIRED = ("account", "amount")
 KNOWN = (*REQUIRED, "currency", "kind", "service", "quantity", "time", "reference")
@@ -189,13 +190,7 @@ def _quantity(text: str | None) -> int | None:
 
 
 def _time(text: str | None, now: datetime) -> datetime:
-    if not text:
-        return now
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 time such as 2026-03-14T09:30:00+05:30") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return parse_instant(text) if text else now
 
 
 def import_rows(session: Session, rows: list[Row], now: datetime, source: str = "") -> ImportResult:
