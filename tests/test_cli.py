@@ -98,7 +98,7 @@ def test_check_lists_every_problem_as_path_line_field_message_and_exits_1(run: C
     assert result.err_lines == [
         f"{ladder}:3: alerts[0].accounts.currency: 'usd': write currency codes in capitals: USD",
         f"{ladder}:5: alerts[0].colour: unknown field 'colour'; valid fields here: id, description, enabled, "
-        "accounts, below, exhausted, rearm, remind, notify, template, inhibited_by",
+        "accounts, below, exhausted, rearm, remind, notify, template, unless, restored, topup, inhibited_by",
         f"{other}:2: template: template 'missing' not found in {shipped.templates_dir().resolve()} "
         "(have: low-balance); a template is a directory holding subject.txt, body.txt "
         "and optionally body.html",

@@ -137,8 +137,9 @@ def test_every_readme_rule_example_passes_the_schema_and_the_check(validator: Va
             "$.alerts[0].accounts.currency: 'usd'",
         ),
         (rule_file("{id: a, below: {Usd: [10]}}"), "$.alerts[0].below: "),
-        (rule_file("{id: a, below: {USD: [100, -5]}}"), "$.alerts[0].below.USD[1]: -5 is less than"),
-        (rule_file("{id: a, below: {USD: [ten]}}"), "$.alerts[0].below.USD[0]: 'ten' does not match"),
+        # A ladder item is an amount or a usage step, so the validator reports the item as a whole.
+        (rule_file("{id: a, below: {USD: [100, -5]}}"), "$.alerts[0].below.USD[1]: -5 is not valid"),
+        (rule_file("{id: a, below: {USD: [ten]}}"), "$.alerts[0].below.USD[0]: 'ten' is not valid"),
         (rule_file("{id: a, below: [100]}"), "$.alerts[0]: 'accounts' is a required property"),
         (rule_file("{id: a, exhausted: true, remind: daily}"), "$.alerts[0].remind: 'daily' does not match"),
         (rule_file("{id: a, exhausted: true, notify: []}"), "$.alerts[0].notify: [] should be non-empty"),

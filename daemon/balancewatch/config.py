@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
+from decimal import Decimal
 from email.utils import parseaddr
 from enum import StrEnum
 from pathlib import Path
@@ -142,6 +143,15 @@ class DefaultsSettings(_Section):
     locale: Locale = "en_US"
 
 
+class UsageSettings(_Section):
+    """Average daily usage: the window emails and recommendations use, and how it is kept."""
+
+    window_days: int = Field(default=30, ge=1, le=365)
+    min_history: Duration = timedelta(days=3)
+    refresh: Duration = timedelta(hours=1)
+    recommend_days: Decimal = Field(default=Decimal(1), gt=0, le=365)
+
+
 class DatabaseSettings(_Section):
     url: str = Field(default="", repr=False)  # may hold a password
     pool_size: int = Field(default=5, ge=1, le=100)
@@ -178,6 +188,7 @@ class Settings(BaseSettings):
     files: FilesSettings = FilesSettings()
     delivery: DeliverySettings = DeliverySettings()
     defaults: DefaultsSettings = DefaultsSettings()
+    usage: UsageSettings = UsageSettings()
     log: LogSettings = LogSettings()
     reload: ReloadSettings = ReloadSettings()
 

@@ -8,6 +8,7 @@ the chunk is rolled back and decided again from the state now committed.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import Counter
@@ -20,20 +21,30 @@ from sqlmodel import Session
 
 from balancewatch import outbox
 from balancewatch.config import Settings
-from balancewatch.evaluate import candidates
-from balancewatch.evaluate.decide import Decision, StepState, decide
-from balancewatch.evaluate.load import Subject, inhibited, load_states, load_subjects, write_states
+from balancewatch.evaluate import candidates, usage
+from balancewatch.evaluate.decide import Decision, Kind, Outcome, StepState, decide
+from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
+from balancewatch.evaluate.load import (
+    Subject,
+    inhibited,
+    load_states,
+    load_subjects,
+    subaccount_owners,
+    write_states,
+)
 from balancewatch.liveset import LiveSet
-from balancewatch.messages import alert_context, idem_key, recipients
+from balancewatch.messages import Extras, alert_context, idem_key, recipients, topup_key
 from balancewatch.render import RenderError
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store.db import get_meta, is_postgres, set_meta
+from balancewatch.topup import requests as topups
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500
 ATTEMPTS = 3
 WATERMARK = "poll_watermark"
+USAGE_REFRESHED = "usage_refreshed"
 
 
 @dataclass
@@ -46,6 +57,7 @@ class CycleStats:
     render_errors: list[str] = field(default_factory=list)
     skipped: int = 0  # balances left undecided after repeated conflicts
     inhibited: Counter[str] = field(default_factory=Counter)  # rule id -> notifications silenced
+    topups: Counter[str] = field(default_factory=Counter)  # rule id -> top-up requests recorded
     interrupted: bool = False  # stopped between chunks; the watermark did not move
 
     @property
@@ -92,6 +104,17 @@ def poll(
     """
     with Session(engine) as session:
         stored = get_meta(session, WATERMARK)
+        refreshed = get_meta(session, USAGE_REFRESHED)
+    windows = usage_windows(live, settings)
+    if _usage_due(refreshed, windows, now, settings):
+        # Thresholds that follow usage may have moved for balances that did not:
+        # a fresh summary is always followed by a full sweep.
+        with engine.begin() as conn:
+            usage.refresh(conn, now, windows, settings.usage.min_history)
+            set_meta(
+                conn, USAGE_REFRESHED, json.dumps({"at": now.isoformat(), "windows": sorted(windows)}), now
+            )
+        full = True
     since = None if full or stored is None else datetime.fromisoformat(stored) - settings.poll_overlap
     stats = evaluate(engine, Env(live, settings, now), since, stopping)
     if stats.interrupted:
@@ -100,6 +123,24 @@ def poll(
         # An upsert: instances starting together on a fresh database may both find no watermark.
         set_meta(conn, WATERMARK, now.isoformat(), now)
     return stats
+
+
+def usage_windows(live: LiveSet, settings: Settings) -> set[int]:
+    """The ADU windows the rules and emails need, in days."""
+    return {settings.usage.window_days} | {
+        u.window_days for rule in live.rules for step_set in rule.step_sets for u in step_set.usage
+    }
+
+
+def _usage_due(stored: str | None, windows: set[int], now: datetime, settings: Settings) -> bool:
+    if stored is None:
+        return True
+    last = json.loads(stored)
+    return (
+        set(last.get("windows", [])) != windows
+        or now - datetime.fromisoformat(last["at"]) >= settings.usage.refresh
+        or now < datetime.fromisoformat(last["at"])
+    )
 
 
 def evaluate(
@@ -151,6 +192,7 @@ def _decide_chunk(
             continue
         stats.decided.update(local.decided)
         stats.inhibited.update(local.inhibited)
+        stats.topups.update(local.topups)
         stats.render_errors.extend(local.render_errors)
         return
 
@@ -182,6 +224,39 @@ def _isolate(
     stats.skipped += 1
 
 
+@dataclass
+class _Chunk:
+    """What deciding a chunk needs beside the balances themselves, loaded once per chunk."""
+
+    states: dict[candidates.Key, dict[int, StepState]]
+    silenced: set[candidates.Key]
+    adu: dict[tuple[str, str, int], int]
+    prefs: dict[candidates.Key, Preferences]
+    figures: dict[candidates.Key, usage.Figures]
+    subaccount_owners: dict[str, tuple[str, ...]]
+    open_topups: set[candidates.Key]
+
+
+def _load_chunk(
+    conn: Connection, env: Env, rule: CompiledRule, step_set: StepSet, keys: list[candidates.Key]
+) -> _Chunk:
+    window = env.settings.usage.window_days
+    windows = {window, *(u.window_days for u in step_set.usage)}
+    adu = usage.stored(conn, keys, windows)
+    needs_prefs = step_set.owner or rule.notify_preferences
+    return _Chunk(
+        states=load_states(conn, rule.id, keys),
+        silenced=inhibited(conn, rule.inhibited_by, keys),
+        adu=adu,
+        prefs=load_preferences(conn, keys) if needs_prefs else {},
+        figures=usage.stored_figures(conn, keys, window),
+        subaccount_owners=subaccount_owners(conn, [k[0] for k in keys])
+        if rule.notify_subaccount_owners
+        else {},
+        open_topups=topups.open_requests(conn, keys) if rule.topup is not None else set(),
+    )
+
+
 def _decide_in(
     conn: Connection,
     env: Env,
@@ -191,20 +266,33 @@ def _decide_in(
     stats: CycleStats,
 ) -> None:
     subjects = load_subjects(conn, rule, step_set, keys, lock=is_postgres(conn.engine))
-    states = load_states(conn, rule.id, [s.key for s in subjects])
-    silenced = inhibited(conn, rule.inhibited_by, [s.key for s in subjects])
+    chunk = _load_chunk(conn, env, rule, step_set, [s.key for s in subjects])
     state_rows: list[tuple[candidates.Key, StepState]] = []
     messages: list[outbox.NewMessage] = []
     for subject in subjects:
-        outcome = decide(subject.amount, step_set.steps, states.get(subject.key, {}), env.now, rule.remind)
-        if subject.key in silenced and outcome.decisions:
+        prefs = chunk.prefs.get(subject.key)
+        steps = steps_for(rule, step_set, subject, chunk.adu, prefs) if step_set.dynamic else step_set.steps
+        if not steps:
+            continue
+        outcome = decide(
+            subject.amount,
+            steps,
+            chunk.states.get(subject.key, {}),
+            env.now,
+            remind_for(rule, step_set, prefs),
+            restored=rule.restored,
+        )
+        if subject.key in chunk.silenced and outcome.decisions:
             # The state moves as usual; only the email is left out.
             stats.inhibited[rule.id] += len(outcome.decisions)
             outcome = replace(outcome, decisions=())
+        if rule.topup is not None:
+            outcome = _request_topups(conn, env, rule, subject, outcome, chunk, stats)
+        extras = _extras(env, chunk, subject, prefs)
         try:
             # Every message of this balance renders, or none is kept: a message
             # recorded without its state change would be decided again, under the same key.
-            rendered = [_render(env, rule, subject, d) for d in outcome.decisions]
+            rendered = [_render(env, rule, subject, d, extras) for d in outcome.decisions]
         except RenderError as exc:
             # Leave this balance's state untouched so a later cycle decides it again: a
             # poll while its change is inside the overlap, else the next sweep.
@@ -218,17 +306,68 @@ def _decide_in(
     outbox.add(conn, messages, env.now, env.domain)
 
 
-def _render(env: Env, rule: CompiledRule, subject: Subject, decision: Decision) -> outbox.NewMessage:
+def _request_topups(
+    conn: Connection,
+    env: Env,
+    rule: CompiledRule,
+    subject: Subject,
+    outcome: Outcome,
+    chunk: _Chunk,
+    stats: CycleStats,
+) -> Outcome:
+    """A top-up rule's alerts become top-up requests (none while one is open); other
+    notifications (restored) stay."""
+    amount = rule.topup_amount(subject.currency)
+    kept = []
+    for d in outcome.decisions:
+        if d.kind is not Kind.alert:
+            kept.append(d)
+            continue
+        if amount is None or subject.key in chunk.open_topups:
+            continue
+        if topups.record(
+            conn,
+            topup_key(rule.id, subject, d),
+            rule.id,
+            subject.account_id,
+            subject.currency,
+            amount,
+            env.now,
+        ):
+            chunk.open_topups.add(subject.key)
+            stats.topups[rule.id] += 1
+    return replace(outcome, decisions=tuple(kept))
+
+
+def _extras(env: Env, chunk: _Chunk, subject: Subject, prefs: Preferences | None) -> Extras:
+    return Extras(
+        usage=chunk.figures.get(subject.key),
+        recommend_days=env.settings.usage.recommend_days,
+        preference_recipients=prefs.recipients if prefs else (),
+        subaccount_owners=chunk.subaccount_owners.get(subject.account_id, ()),
+    )
+
+
+def _render(
+    env: Env, rule: CompiledRule, subject: Subject, decision: Decision, extras: Extras
+) -> outbox.NewMessage:
     defaults = env.settings.defaults
     context = alert_context(
-        rule, subject, decision, env.now, default_locale=defaults.locale, default_timezone=defaults.timezone
+        rule,
+        subject,
+        decision,
+        env.now,
+        default_locale=defaults.locale,
+        default_timezone=defaults.timezone,
+        extras=extras,
     )
-    rendered = env.live.templates.render(rule.template, context)
+    template = rule.restored_template if decision.kind is Kind.restored else rule.template
+    rendered = env.live.templates.render(template or rule.template, context)
     return outbox.NewMessage(
         idem_key=idem_key(rule.id, subject, decision),
         kind=decision.kind.value,
         sender=env.settings.delivery.sender,
-        recipients=recipients(rule, subject),
+        recipients=recipients(rule, subject, extras),
         subject=rendered.subject,
         text=rendered.text,
         html=rendered.html,

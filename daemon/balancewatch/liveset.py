@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from balancewatch.messages import SAMPLE_VARIANTS, sample_alert_context
+from balancewatch.messages import sample_contexts
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.render import TEMPLATE_NAMES_HINT, RenderError, TemplateSet, read_template_files
 from balancewatch.rules.compiled import CompiledRule
@@ -56,7 +56,7 @@ def load_set(rules_dir: Path, templates_dir: Path, paths: Sequence[Path] | None 
     problems.extend(compile_problems)
     problems.extend(_missing_templates(rules, templates))
     if not compile_problems:
-        problems.extend(sample_render_problems(templates, {r.template for r in rules}))
+        problems.extend(sample_render_problems(templates, template_uses(rules)))
     if problems:
         raise ProblemsError(problems)
     return LiveSet(
@@ -83,28 +83,38 @@ def fingerprint(rules_dir: Path, templates_dir: Path) -> str:
     return set_digest(read_files(rule_files(rules_dir)), read_template_files(templates_dir))
 
 
+def template_uses(rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
+    """Each template the rules use, and for what (``alert``, ``restored``, ``topup-failed``)."""
+    uses: dict[str, set[str]] = {}
+    for rule in rules:
+        for name, kind in rule.templates().items():
+            uses.setdefault(name, set()).add(kind)
+    return uses
+
+
 def _missing_templates(rules: list[CompiledRule], templates: TemplateSet) -> list[Problem]:
     known = ", ".join(sorted(templates.names)) or "none"
     return [
         Problem(
             rule.source,
             rule.line,
-            "template",
-            f"template {rule.template!r} not found in {templates.directory} (have: {known}); "
-            f"{TEMPLATE_NAMES_HINT}",
+            "template" if kind == "alert" else "restored" if kind == "restored" else "topup.template",
+            f"template {name!r} not found in {templates.directory} (have: {known}); {TEMPLATE_NAMES_HINT}",
         )
         for rule in rules
-        if rule.template not in templates.names
+        for name, kind in rule.templates().items()
+        if name not in templates.names
     ]
 
 
-def sample_render_problems(templates: TemplateSet, names: set[str]) -> list[Problem]:
-    """Render each named template with every sample variant; report what fails."""
+def sample_render_problems(templates: TemplateSet, uses: Mapping[str, set[str]]) -> list[Problem]:
+    """Render each used template with every sample context of its uses; report what fails."""
     out: dict[Problem, None] = {}
-    for name in sorted(names & templates.names):
-        for which in SAMPLE_VARIANTS:
-            try:
-                templates.render(name, sample_alert_context(which))
-            except RenderError as exc:
-                out[exc.problem] = None
+    for name in sorted(set(uses) & templates.names):
+        for kind in sorted(uses[name]):
+            for context in sample_contexts(kind):
+                try:
+                    templates.render(name, context)
+                except RenderError as exc:
+                    out[exc.problem] = None
     return list(out)

@@ -1,41 +1,121 @@
 """From a decision to what a template sees, who receives it, and its idempotency key.
 
 The template context is plain data (dicts, lists, :class:`Money`, aware
-datetimes), documented in docs/templates.md. ``sample_alert_context`` builds
-the same shape from realistic invented data for ``check`` and ``preview``.
+datetimes), documented in docs/templates.md. The ``sample_*`` functions build
+the same shapes from realistic invented data for ``check`` and ``preview``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from balancewatch.evaluate.decide import Decision, Kind
 from balancewatch.evaluate.load import Subject
+from balancewatch.evaluate.usage import OK, Figures
 from balancewatch.money import Money
-from balancewatch.rules.compiled import CompiledRule, Step
+from balancewatch.rules.compiled import CompiledRule, Step, UsageSpec
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a chunk loaded beside the balance: usage figures, the owner's and subaccounts' addresses."""
+
+    usage: Figures | None = None
+    recommend_days: Decimal = Decimal(1)
+    preference_recipients: tuple[str, ...] = ()
+    subaccount_owners: tuple[str, ...] = ()
+    subaccounts: Sequence[dict[str, Any]] = field(default_factory=tuple)
 
 
 def idem_key(rule_id: str, subject: Subject, decision: Decision) -> str:
-    """Unique per (rule, account, currency, step, episode, reminder): decided once, ever."""
-    return (
-        f"alert/{rule_id}/{subject.account_id}/{subject.currency}/{decision.step.amount}"
-        f"/{decision.episode}/{decision.reminder}"
-    )
+    """Unique per (rule, account, currency, step, episode, reminder or restored): decided once, ever."""
+    balance = f"{subject.account_id}/{subject.currency}"
+    base = f"alert/{rule_id}/{balance}/{decision.step.state_key}/{decision.episode}"
+    return f"{base}/restored" if decision.kind is Kind.restored else f"{base}/{decision.reminder}"
 
 
-def recipients(rule: CompiledRule, subject: Subject) -> tuple[str, ...]:
-    """The owner (when the rule says ``owner``) and the rule's addresses, without repeats."""
+def topup_key(rule_id: str, subject: Subject, decision: Decision) -> str:
+    """The key of the top-up request one episode of a step may make."""
+    balance = f"{subject.account_id}/{subject.currency}"
+    return f"topup/{rule_id}/{balance}/{decision.step.state_key}/{decision.episode}"
+
+
+def recipients(rule: CompiledRule, subject: Subject, extras: Extras | None = None) -> tuple[str, ...]:
+    """The owner, the owner's own extra addresses and the subaccounts' owners (when the rule
+    names them), then the rule's addresses; without repeats."""
+    extras = extras or Extras()
     out = [subject.owner_email.strip()] if rule.notify_owner else []
+    if rule.notify_preferences:
+        out.extend(extras.preference_recipients)
+    if rule.notify_subaccount_owners:
+        out.extend(extras.subaccount_owners)
     out.extend(rule.recipients)
     return tuple(dict.fromkeys(a for a in out if a))
 
 
 def variant(decision: Decision) -> str:
-    """``reminder``, ``exhausted`` (balance at or below zero) or ``crossed``."""
+    """``restored``, ``reminder``, ``exhausted`` (balance at or below zero) or ``crossed``."""
+    if decision.kind is Kind.restored:
+        return "restored"
     if decision.kind is Kind.reminder:
         return "reminder"
     return "exhausted" if decision.step.exhausted else "crossed"
+
+
+def usage_context(
+    figures: Figures | None, balance: int, currency: str, recommend_days: Decimal
+) -> dict[str, Any]:
+    """The usage block of every context: ADU with its arithmetic, runway and the recommendation.
+
+    ``available`` is false when there is no ADU; ``status`` says why
+    (``short-history``, ``no-usage``) and the numbers that exist are still given.
+    """
+    if figures is None:
+        return {
+            "available": False,
+            "status": "no-usage",
+            "window_days": 0,
+            "days_counted": Decimal(0),
+            "total": Money(0, currency),
+            "adu": None,
+            "first_at": None,
+            "runway_days": None,
+            "recommended": None,
+            "recommend_days": recommend_days,
+        }
+    adu = figures.adu if figures.status == OK else None
+    runway = None
+    if adu:
+        runway = (Decimal(max(balance, 0)) / adu).quantize(Decimal("0.1"), ROUND_DOWN)
+    recommended = (
+        None if adu is None else int((Decimal(adu) * recommend_days).to_integral_value(ROUND_HALF_UP))
+    )
+    return {
+        "available": adu is not None,
+        "status": figures.status,
+        "window_days": figures.window_days,
+        "days_counted": figures.days_counted,
+        "total": Money(figures.usage_total, currency),
+        "adu": None if adu is None else Money(adu, currency),
+        "first_at": figures.first_at,
+        "runway_days": runway,
+        "recommended": None if recommended is None else Money(recommended, currency),
+        "recommend_days": recommend_days,
+    }
+
+
+def _step_follows(step: Step) -> dict[str, Any]:
+    spec: UsageSpec | None = step.usage
+    return {
+        "follows": "usage" if spec else "owner" if step.owner else "fixed",
+        "usage_times": spec.times if spec else None,
+        "runway": bool(spec and spec.runway),
+        "window_days": spec.window_days if spec else None,
+    }
 
 
 def alert_context(
@@ -46,8 +126,10 @@ def alert_context(
     *,
     default_locale: str,
     default_timezone: str,
+    extras: Extras | None = None,
 ) -> dict[str, Any]:
-    """Everything an alert template may use; see docs/templates.md."""
+    """Everything an alert, reminder or restored template may use; see docs/templates.md."""
+    extras = extras or Extras()
     currency = subject.currency
 
     def money(minor: int) -> Money:
@@ -69,10 +151,14 @@ def alert_context(
         "currency": currency,
         "balance": money(subject.amount),
         "rule": {"id": rule.id, "description": rule.description},
+        "usage": usage_context(extras.usage, subject.amount, currency, extras.recommend_days),
+        "subaccounts": list(extras.subaccounts),
         "alert": {
             "variant": variant(decision),
             "reminder": decision.kind is Kind.reminder,
-            "exhausted": decision.step.exhausted or subject.amount <= 0,
+            "restored": decision.kind is Kind.restored,
+            "exhausted": decision.kind is not Kind.restored
+            and (decision.step.exhausted or subject.amount <= 0),
             "reminder_number": decision.reminder,
             "episode": decision.episode,
             "step": money(decision.step.amount),
@@ -81,32 +167,17 @@ def alert_context(
             "fired_at": decision.fired_at,
             "remind_every": rule.remind,
             "next_reminder_at": next_reminder,
+            **_step_follows(decision.step),
         },
     }
 
 
-def sample_alert_context(which: str = "crossed", now: datetime | None = None) -> dict[str, Any]:
-    """A realistic context for previews and for checking templates: ``crossed``,
-    ``exhausted`` or ``reminder``."""
-    now = now or datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
-    steps = {
-        "crossed": Step(10_000, 11_000),
-        "exhausted": Step(0, 0, exhausted=True),
-        "reminder": Step(1_000, 1_100),
-    }
-    step = steps.get(which, steps["crossed"])
-    amount = {"crossed": 8_412, "exhausted": -37, "reminder": 612}.get(which, 8_412)
-    kind = Kind.reminder if which == "reminder" else Kind.alert
-    crossed = (Step(25_000, 27_500), step) if which == "crossed" else (step,)
-    decision = Decision(
-        kind,
-        step,
-        2,
-        3 if kind is Kind.reminder else 0,
-        crossed,
-        now - (timedelta(days=3) if kind is Kind.reminder else timedelta()),
-    )
-    subject = Subject(
+SAMPLE_NOW = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
+SAMPLE_VARIANTS = ("crossed", "exhausted", "reminder", "runway", "no-history")
+
+
+def _sample_subject(amount: int) -> Subject:
+    return Subject(
         "acme-42",
         "USD",
         amount,
@@ -118,7 +189,10 @@ def sample_alert_context(which: str = "crossed", now: datetime | None = None) ->
         None,
         {"tier": "gold"},
     )
-    rule = CompiledRule(
+
+
+def _sample_rule() -> CompiledRule:
+    return CompiledRule(
         id="default-ladder",
         description="Plivo-style ladder: 250, 100 and 10 USD",
         enabled=True,
@@ -129,7 +203,50 @@ def sample_alert_context(which: str = "crossed", now: datetime | None = None) ->
         recipients=(),
         template="low-balance",
     )
-    return alert_context(rule, subject, decision, now, default_locale="en_US", default_timezone="UTC")
 
 
-SAMPLE_VARIANTS = ("crossed", "exhausted", "reminder")
+def sample_usage(now: datetime = SAMPLE_NOW, *, history: bool = True) -> Figures:
+    """Invented usage: $1,260.00 over 30 days, $42.00 a day (or three hours of history)."""
+    if not history:
+        return Figures(
+            "acme-42", "USD", 30, 1_250, Decimal("0.13"), now - timedelta(hours=3), None, "short-history"
+        )
+    return Figures("acme-42", "USD", 30, 126_000, Decimal(30), now - timedelta(days=90), 4_200, OK)
+
+
+def sample_alert_context(which: str = "crossed", now: datetime | None = None) -> dict[str, Any]:
+    """A realistic context for previews and for checking templates: one of SAMPLE_VARIANTS or
+    ``restored``."""
+    now = now or SAMPLE_NOW
+    runway = UsageSpec(-1, 30, Decimal(3), runway=True)
+    steps = {
+        "crossed": Step(10_000, 11_000),
+        "exhausted": Step(0, 0, exhausted=True),
+        "reminder": Step(1_000, 1_100),
+        "runway": Step(12_600, 13_860, key=-1, usage=runway),
+        "no-history": Step(10_000, 11_000),
+        "restored": Step(10_000, 11_000),
+    }
+    step = steps.get(which, steps["crossed"])
+    amount = {"exhausted": -37, "reminder": 612, "runway": 11_950, "restored": 25_000}.get(which, 8_412)
+    kind = {"reminder": Kind.reminder, "restored": Kind.restored}.get(which, Kind.alert)
+    crossed = (Step(25_000, 27_500), step) if which == "crossed" else (step,)
+    fired_at = now - (timedelta(days=3) if kind is not Kind.alert else timedelta())
+    decision = Decision(kind, step, 2, 3 if kind is Kind.reminder else 0, crossed, fired_at)
+    extras = Extras(usage=sample_usage(now, history=which != "no-history"))
+    return alert_context(
+        _sample_rule(),
+        _sample_subject(amount),
+        decision,
+        now,
+        default_locale="en_US",
+        default_timezone="UTC",
+        extras=extras,
+    )
+
+
+def sample_contexts(kind: str) -> list[dict[str, Any]]:
+    """Sample contexts for a template used for ``kind`` (``alert``, ``restored``, ...)."""
+    if kind == "restored":
+        return [sample_alert_context("restored")]
+    return [sample_alert_context(v) for v in SAMPLE_VARIANTS]

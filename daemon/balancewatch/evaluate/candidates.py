@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, and_, case, exists, literal, or_, select, true
 
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet
-from balancewatch.store.tables import Account, AlertState, Balance
+from balancewatch.store.tables import Account, AlertState, Balance, OwnerPreference, UsageSummary
 
 A = Account.__table__.c  # type: ignore[attr-defined]
 B = Balance.__table__.c  # type: ignore[attr-defined]
@@ -30,6 +30,11 @@ S = AlertState.__table__.c  # type: ignore[attr-defined]
 BALANCE = Balance.__table__  # type: ignore[attr-defined]
 ACCOUNT = Account.__table__  # type: ignore[attr-defined]
 STATE = AlertState.__table__  # type: ignore[attr-defined]
+PREFS = OwnerPreference.__table__  # type: ignore[attr-defined]
+P = PREFS.c
+USAGE = UsageSummary.__table__  # type: ignore[attr-defined]
+U = USAGE.c
+THRESHOLDS = (P.threshold_1, P.threshold_2, P.threshold_3)
 
 Key = tuple[str, str]  # (account_id, currency)
 
@@ -76,8 +81,21 @@ def _not_fired(rule: CompiledRule, step_set: StepSet, account_id: Any, currency:
     )
 
 
-def _selected(rule: CompiledRule, account_id: Any) -> Any:
-    return exists().where(A.id == account_id, *account_filter(rule.selector))
+def _selected(rule: CompiledRule, account_id: Any, currency: Any = None) -> Any:
+    chosen = exists().where(A.id == account_id, *account_filter(rule.selector))
+    if rule.unless_owner_configured and currency is not None:
+        return and_(chosen, ~owner_configured(account_id, currency))
+    return chosen
+
+
+def owner_configured(account_id: Any, currency: Any) -> Any:
+    """The owner set thresholds of their own for this balance (and has not disabled them)."""
+    return exists().where(
+        P.account_id == account_id,
+        P.currency == currency,
+        P.enabled == true(),
+        or_(*(t.isnot(None) for t in THRESHOLDS)),
+    )
 
 
 def fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
@@ -91,7 +109,7 @@ def fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) ->
         .where(*currency_filter(step_set, rule.selector))
         .where(B.amount <= step_set.highest)
         .where(_not_fired(rule, step_set, B.account_id, B.currency, B.amount))
-        .where(_selected(rule, B.account_id))
+        .where(_selected(rule, B.account_id, B.currency))
     )
     return query.where(B.updated_at > since) if since is not None else query
 
@@ -120,7 +138,7 @@ def poll_query(rule: CompiledRule, step_set: StepSet, since: datetime) -> Select
     fire = and_(
         c.amount <= step_set.highest,
         _not_fired(rule, step_set, c.account_id, c.currency, c.amount),
-        _selected(rule, c.account_id),
+        _selected(rule, c.account_id, c.currency),
     )
     return (
         select(c.account_id, c.currency)
@@ -145,17 +163,26 @@ def rearm_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -
 
 def remind_query(rule: CompiledRule, step_set: StepSet, now: datetime) -> Select[Any]:
     """Fired steps whose next reminder is due."""
-    return (
+    query = (
         select(S.account_id, S.currency)
         .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
         .where(S.next_reminder_at <= now, S.rule_id == rule.id)
-        .where(S.step.in_([s.amount for s in step_set.steps]))
         .where(*currency_filter(step_set, rule.selector))
     )
+    # Steps that follow usage or the owner have keys known per balance only.
+    return query if step_set.dynamic else query.where(S.step.in_([s.amount for s in step_set.steps]))
 
 
 def unscheduled_query(rule: CompiledRule, step_set: StepSet) -> Select[Any]:
-    """Lowest fired steps with no reminder scheduled."""
+    """Lowest fired steps with no reminder scheduled (for dynamic rules: any fired step without one)."""
+    query = (
+        select(S.account_id, S.currency)
+        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
+        .where(S.rule_id == rule.id, S.status == "fired", S.next_reminder_at.is_(None))
+        .where(*currency_filter(step_set, rule.selector))
+    )
+    if step_set.dynamic:
+        return query.distinct()
     amounts = [s.amount for s in step_set.steps]
     lower = STATE.alias("lower")
     lower_fired = exists().where(
@@ -166,13 +193,60 @@ def unscheduled_query(rule: CompiledRule, step_set: StepSet) -> Select[Any]:
         lower.c.step.in_(amounts),
         lower.c.step < S.step,
     )
+    return query.where(S.step.in_(amounts), ~lower_fired)
+
+
+def _fired_at(rule: CompiledRule, key: Any) -> Any:
+    st = STATE.alias("fs")
+    return exists().where(
+        st.c.rule_id == rule.id,
+        st.c.account_id == B.account_id,
+        st.c.currency == B.currency,
+        st.c.step == key,
+        st.c.status == "fired",
+    )
+
+
+def _usage_amount(window_days: int) -> Any:
     return (
+        select(U.adu)
+        .where(U.account_id == B.account_id, U.currency == B.currency, U.window_days == window_days)
+        .scalar_subquery()
+    )
+
+
+def dynamic_fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
+    """Balances at or below any step of a rule whose steps follow usage or the owner, that step
+    not fired. A superset for usage steps (the amount is rounded in Python)."""
+    crossing = [and_(B.amount <= s.amount, ~_fired_at(rule, s.amount)) for s in step_set.steps]
+    crossing += [
+        and_(B.amount <= _usage_amount(u.window_days) * float(u.times) + 1, ~_fired_at(rule, u.key))
+        for u in step_set.usage
+    ]
+    query = select(B.account_id, B.currency).where(*currency_filter(step_set, rule.selector))
+    if step_set.owner:
+        query = query.select_from(
+            BALANCE.join(
+                PREFS, and_(P.account_id == B.account_id, P.currency == B.currency, P.enabled == true())
+            )
+        )
+        crossing += [and_(B.amount <= t, ~_fired_at(rule, t)) for t in THRESHOLDS]
+    query = query.where(or_(*crossing), _selected(rule, B.account_id, B.currency))
+    return query.where(B.updated_at > since) if since is not None else query
+
+
+def dynamic_rearm_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
+    """Fired steps that may re-arm: above their amount (fixed and owner steps are kept under
+    their amount), or any fired usage step (its amount moves; Python decides)."""
+    query = (
         select(S.account_id, S.currency)
         .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
-        .where(S.rule_id == rule.id, S.status == "fired", S.next_reminder_at.is_(None))
-        .where(S.step.in_(amounts), ~lower_fired)
+        .where(S.rule_id == rule.id, S.status == "fired")
+        .where(or_(and_(S.step >= 0, B.amount > S.step), S.step < 0))
         .where(*currency_filter(step_set, rule.selector))
+        .distinct()
     )
+    return query.where(B.updated_at > since) if since is not None else query
 
 
 def find(
@@ -180,7 +254,9 @@ def find(
 ) -> list[Key]:
     """Every (account, currency) that ``rule`` must evaluate now, sorted."""
     keys: set[Key] = set()
-    if since is not None:
+    if step_set.dynamic:
+        queries = [dynamic_fire_query(rule, step_set, since), dynamic_rearm_query(rule, step_set, since)]
+    elif since is not None:
         queries = [poll_query(rule, step_set, since)]
     else:
         queries = [fire_query(rule, step_set, None), rearm_query(rule, step_set, None)]

@@ -29,11 +29,12 @@ ARMED, FIRED = "armed", "fired"
 class Kind(StrEnum):
     alert = "alert"
     reminder = "reminder"
+    restored = "restored"
 
 
 @dataclass(frozen=True, slots=True)
 class StepState:
-    """Stored state of one step; ``episode`` counts how often it has fired."""
+    """Stored state of one step (under its state key); ``episode`` counts how often it has fired."""
 
     step: int
     status: str = ARMED
@@ -75,41 +76,53 @@ def decide(
     states: Mapping[int, StepState],
     now: datetime,
     remind: timedelta | None,
+    *,
+    restored: bool = False,
 ) -> Outcome:
-    """Decide what ``balance`` means for ``steps`` (highest first) given their ``states``."""
-    before = {s.amount: states.get(s.amount, StepState(step=s.amount)) for s in steps}
+    """Decide what ``balance`` means for ``steps`` (highest amount first) given their ``states``
+    (by state key). With ``restored``, a balance that climbs back above every step that had
+    fired gets one *restored* notification, about the lowest of them."""
+    before = {s.state_key: states.get(s.state_key, StepState(step=s.state_key)) for s in steps}
     after = dict(before)
+    was_fired = [s for s in steps if before[s.state_key].fired]
     for s in steps:
-        st = after[s.amount]
+        st = after[s.state_key]
         if st.fired and balance > s.rearm_above:
-            after[s.amount] = replace(st, status=ARMED, next_reminder_at=None, rearmed_at=now)
+            after[s.state_key] = replace(st, status=ARMED, next_reminder_at=None, rearmed_at=now)
 
     decisions: list[Decision] = []
-    crossed = [s for s in steps if balance <= s.amount and not after[s.amount].fired]
+    crossed = [s for s in steps if balance <= s.amount and not after[s.state_key].fired]
     if crossed:
-        decisions.extend(_fire(crossed, after, now))
+        decisions.extend(_fire(crossed, steps, after, now))
+    elif restored and was_fired and not any(st.fired for st in after.values()):
+        lowest = was_fired[-1]
+        episode = before[lowest.state_key].episode
+        decisions.append(Decision(Kind.restored, lowest, episode, 0, tuple(was_fired), now))
     if remind is not None:
-        decisions.extend(_remind(balance, steps, after, now, remind, fired_now=bool(decisions)))
+        alerted = any(d.kind is Kind.alert for d in decisions)
+        decisions.extend(_remind(balance, steps, after, now, remind, fired_now=alerted))
     else:
-        for amount, st in after.items():
+        for key, st in after.items():
             if st.next_reminder_at is not None:
-                after[amount] = replace(st, next_reminder_at=None)
-    changed = tuple(st for amount, st in after.items() if st != before[amount])
+                after[key] = replace(st, next_reminder_at=None)
+    changed = tuple(st for key, st in after.items() if st != before[key])
     return Outcome(decisions=tuple(decisions), states=changed)
 
 
-def _fire(crossed: list[Step], after: dict[int, StepState], now: datetime) -> list[Decision]:
+def _fire(
+    crossed: list[Step], steps: Sequence[Step], after: dict[int, StepState], now: datetime
+) -> list[Decision]:
     lowest = crossed[-1]
-    already_lower = any(st.fired and amount < lowest.amount for amount, st in after.items())
+    already_lower = any(after[s.state_key].fired and s.amount < lowest.amount for s in steps)
     for s in crossed:
-        st = after[s.amount]
-        after[s.amount] = replace(
+        st = after[s.state_key]
+        after[s.state_key] = replace(
             st, status=FIRED, episode=st.episode + 1, reminders_sent=0, fired_at=now, next_reminder_at=None
         )
     if already_lower:
         return []
-    fired = after[lowest.amount]
-    after[lowest.amount] = replace(fired, last_sent_at=now)
+    fired = after[lowest.state_key]
+    after[lowest.state_key] = replace(fired, last_sent_at=now)
     return [Decision(Kind.alert, lowest, fired.episode, 0, tuple(crossed), now)]
 
 
@@ -122,27 +135,27 @@ def _remind(
     *,
     fired_now: bool,
 ) -> list[Decision]:
-    fired = [s for s in steps if after[s.amount].fired]
+    fired = [s for s in steps if after[s.state_key].fired]
     if not fired:
         return []
     active = fired[-1]
     for s in fired[:-1]:
-        if after[s.amount].next_reminder_at is not None:
-            after[s.amount] = replace(after[s.amount], next_reminder_at=None)
-    st = after[active.amount]
+        if after[s.state_key].next_reminder_at is not None:
+            after[s.state_key] = replace(after[s.state_key], next_reminder_at=None)
+    st = after[active.state_key]
     if fired_now or st.next_reminder_at is None:
         # A fresh alert, or a step that has just become the lowest one fired:
         # the first reminder is one full interval away.
-        after[active.amount] = replace(st, next_reminder_at=now + interval)
+        after[active.state_key] = replace(st, next_reminder_at=now + interval)
         return []
     if st.next_reminder_at > now:
         return []
     if balance > active.amount:
         # Between the step and its re-arm point: not low enough to remind about.
-        after[active.amount] = replace(st, next_reminder_at=now + interval)
+        after[active.state_key] = replace(st, next_reminder_at=now + interval)
         return []
     number = st.reminders_sent + 1
-    after[active.amount] = replace(
+    after[active.state_key] = replace(
         st, reminders_sent=number, last_sent_at=now, next_reminder_at=now + interval
     )
     return [Decision(Kind.reminder, active, st.episode, number, (active,), st.fired_at or now)]

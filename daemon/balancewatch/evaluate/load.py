@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, select, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.evaluate.candidates import (
@@ -19,6 +19,7 @@ from balancewatch.evaluate.candidates import (
     Key,
     S,
     account_filter,
+    owner_configured,
 )
 from balancewatch.evaluate.decide import StepState
 from balancewatch.rules.compiled import CompiledRule, StepSet
@@ -88,6 +89,7 @@ def load_subjects(
         .select_from(BALANCE.join(ACCOUNT, A.id == B.account_id))
         .where(B.account_id.in_(sorted({k[0] for k in keys})))
         .where(*account_filter(rule.selector))
+        .where(*([~owner_configured(B.account_id, B.currency)] if rule.unless_owner_configured else []))
         .order_by(B.account_id, B.currency)
     )
     if lock:
@@ -174,3 +176,18 @@ def write_states(conn: Connection, rule_id: str, rows: Sequence[tuple[Key, StepS
         set_={c: stmt.excluded[c] for c in _STATE_COLUMNS},
     )
     conn.execute(stmt, values)
+
+
+def subaccount_owners(conn: Connection, payers: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The owner addresses of the enabled subaccounts of each of ``payers``."""
+    if not payers:
+        return {}
+    out: dict[str, list[str]] = defaultdict(list)
+    query = (
+        select(A.parent_id, A.owner_email)
+        .where(A.parent_id.in_(sorted(set(payers))), A.enabled == true())
+        .order_by(A.parent_id, A.id)
+    )
+    for r in conn.execute(query):
+        out[r.parent_id].append(r.owner_email)
+    return {k: tuple(v) for k, v in out.items()}

@@ -1,4 +1,12 @@
-"""Rules compiled for evaluation: thresholds as integer minor units per currency."""
+"""Rules compiled for evaluation: thresholds as integer minor units per currency.
+
+A step is *fixed* (an amount per currency, or zero for exhausted) or *follows*
+something per account: usage (``UsageSpec``: times the average daily usage)
+or the owner's own thresholds. Fixed and owner steps keep their alert state
+under their amount, so a changed threshold starts fresh; usage steps, whose
+amount moves with usage, keep it under a stable negative key (-1, -2, ...: the
+position of the usage item in the rule's ladder).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +15,65 @@ from datetime import timedelta
 from decimal import ROUND_CEILING, Decimal
 
 from balancewatch.money import MoneyError, to_minor
-from balancewatch.rules.models import OWNER, AlertRule
+from balancewatch.rules.models import (
+    OWNER,
+    OWNER_THRESHOLDS,
+    PREFERENCES,
+    SUBACCOUNT_OWNERS,
+    AlertRule,
+    UsageStep,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSpec:
+    """A step at ``times`` the average daily usage over ``window_days``."""
+
+    key: int
+    window_days: int
+    times: Decimal
+    runway: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One threshold: fires at or below ``amount``, re-arms above ``rearm_above``."""
+    """One threshold: fires at or below ``amount``, re-arms above ``rearm_above``.
+
+    ``key`` is where its alert state is kept when that is not the amount (usage steps).
+    """
 
     amount: int
     rearm_above: int
     exhausted: bool = False
+    key: int | None = None
+    usage: UsageSpec | None = None
+    owner: bool = False
+
+    @property
+    def state_key(self) -> int:
+        return self.amount if self.key is None else self.key
 
 
 @dataclass(frozen=True, slots=True)
 class StepSet:
-    """The steps of one rule for one currency (``None``: any currency), highest first."""
+    """The steps of one rule for one currency (``None``: any currency).
+
+    ``steps`` are the fixed ones, highest first; ``usage`` and ``owner`` add
+    steps whose amounts are known per balance only (see ``dynamic``).
+    """
 
     currency: str | None
     steps: tuple[Step, ...]
+    usage: tuple[UsageSpec, ...] = ()
+    owner: bool = False
 
     @property
     def highest(self) -> int:
-        return self.steps[0].amount
+        return self.steps[0].amount if self.steps else 0
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.usage) or self.owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +103,37 @@ class CompiledRule:
     line: int = 0
     model: AlertRule | None = field(default=None, compare=False, repr=False)
     inhibited_by: tuple[str, ...] = ()
+    unless_owner_configured: bool = False
+    notify_preferences: bool = False
+    notify_subaccount_owners: bool = False
+    restored_template: str | None = None
+    topup: tuple[tuple[str | None, int], ...] | None = None  # (currency or None for any, minor units)
+    topup_template: str | None = None
+    band_percent: Decimal | None = Decimal(10)
+    band_major: Decimal | None = None
+
+    @property
+    def restored(self) -> bool:
+        return self.restored_template is not None
+
+    def templates(self) -> dict[str, str]:
+        """Every template this rule may render, and for what: ``alert``, ``restored`` or ``topup-failed``."""
+        out = {self.template: "alert"} if self.topup is None else {}
+        if self.restored_template is not None:
+            out[self.restored_template] = "restored"
+        if self.topup_template is not None:
+            out[self.topup_template] = "topup-failed"
+        return out
+
+    def rearm_above(self, amount: int, currency: str) -> int:
+        """The re-arm point of a step at ``amount`` (minor units of ``currency``)."""
+        if self.band_percent is not None:
+            return amount + int((Decimal(amount) * self.band_percent / 100).to_integral_value(ROUND_CEILING))
+        return amount + to_minor(self.band_major or Decimal(0), currency)
+
+    def topup_amount(self, currency: str) -> int | None:
+        """The recharge for ``currency`` in minor units, or None when this rule does not recharge it."""
+        return dict(self.topup or ()).get(currency)
 
 
 class CompileError(ValueError):
@@ -83,13 +159,38 @@ def compile_rule(rule: AlertRule, source: str = "", line: int = 0) -> CompiledRu
         step_sets=_step_sets(rule),
         remind=rule.remind,
         notify_owner=OWNER in rule.notify,
-        recipients=tuple(dict.fromkeys(a for a in rule.notify if a != OWNER)),
+        recipients=tuple(
+            dict.fromkeys(a for a in rule.notify if a not in (OWNER, PREFERENCES, SUBACCOUNT_OWNERS))
+        ),
         template=rule.template,
         source=source,
         line=line,
         model=rule,
         inhibited_by=tuple(dict.fromkeys(rule.inhibited_by)),
+        unless_owner_configured=rule.unless == "owner-configured",
+        notify_preferences=PREFERENCES in rule.notify,
+        notify_subaccount_owners=SUBACCOUNT_OWNERS in rule.notify,
+        restored_template=(
+            "balance-restored"
+            if rule.restored is True
+            else rule.restored
+            if isinstance(rule.restored, str)
+            else None
+        ),
+        topup=_topup(rule),
+        topup_template=rule.topup.template if rule.topup else None,
+        band_percent=rule.rearm.percent,
+        band_major=rule.rearm.amount,
     )
+
+
+def _topup(rule: AlertRule) -> tuple[tuple[str | None, int], ...] | None:
+    if rule.topup is None:
+        return None
+    amount = rule.topup.amount
+    if isinstance(amount, dict):
+        return tuple((c, _minor(a, c, f"topup.amount.{c}")) for c, a in amount.items())
+    return tuple((c, _minor(amount, c, "topup.amount")) for c in rule.accounts.currency or [])
 
 
 def _selector(rule: AlertRule) -> Selector:
@@ -102,23 +203,25 @@ def _selector(rule: AlertRule) -> Selector:
     )
 
 
-def _ladders(rule: AlertRule) -> dict[str | None, list[Decimal]]:
+def _ladders(rule: AlertRule) -> dict[str | None, list[Decimal | UsageStep]]:
     wanted = rule.accounts.currency
-    if isinstance(rule.below, dict):
+    below = rule.below
+    if isinstance(below, dict):
         outside = [
             (
                 f"below.{c}",
                 f"{c} thresholds would never apply: accounts.currency is {', '.join(wanted or [])}",
             )
-            for c in rule.below
+            for c in below
             if wanted and c not in wanted
         ]
         if outside:
             raise CompileError(*outside[0], errors=outside)
-        return dict(rule.below)
-    if isinstance(rule.below, list):
-        return {c: list(rule.below) for c in wanted or []}
-    return {c: [] for c in wanted} if wanted else {None: []}
+        return dict(below)
+    ladder: list[Decimal | UsageStep] = (
+        list(below) if isinstance(below, list) else [below] if isinstance(below, UsageStep) else []
+    )
+    return {c: list(ladder) for c in wanted} if wanted else {None: ladder}
 
 
 def _step_sets(rule: AlertRule) -> tuple[StepSet, ...]:
@@ -133,12 +236,15 @@ def _step_sets(rule: AlertRule) -> tuple[StepSet, ...]:
     return tuple(sets)
 
 
-def _step_set(rule: AlertRule, currency: str | None, ladder: list[Decimal]) -> StepSet:
+def _step_set(rule: AlertRule, currency: str | None, ladder: list[Decimal | UsageStep]) -> StepSet:
     where = "below" if isinstance(rule.below, list) or currency is None else f"below.{currency}"
-    errors, minors = [], set()
-    for i, amount in enumerate(ladder):
+    errors, minors, usage = [], set(), []
+    for i, item in enumerate(ladder):
+        if isinstance(item, UsageStep):
+            usage.append(UsageSpec(-(len(usage) + 1), item.days, item.times, item.runway))
+            continue
         try:
-            minors.add(_minor(amount, currency, f"{where}[{i}]"))
+            minors.add(_minor(item, currency, f"{where}[{i}]"))
         except CompileError as exc:
             errors.append((exc.field, str(exc)))
     if rule.exhausted:
@@ -150,9 +256,11 @@ def _step_set(rule: AlertRule, currency: str | None, ladder: list[Decimal]) -> S
         except CompileError as exc:
             errors.append((exc.field, str(exc)))
             break
+    if (usage or rule.below == OWNER_THRESHOLDS) and currency is None and rule.rearm.amount is not None:
+        errors.append(("rearm", "an amount band needs accounts.currency to know its unit; use a percentage"))
     if errors:
         raise CompileError(*errors[0], errors=errors)
-    return StepSet(currency=currency, steps=tuple(steps))
+    return StepSet(currency, tuple(steps), tuple(usage), owner=rule.below == OWNER_THRESHOLDS)
 
 
 def _minor(amount: Decimal, currency: str | None, field_name: str) -> int:

@@ -46,6 +46,13 @@ from balancewatch.money import MoneyError, check_currency
 RULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 OWNER = "owner"
+PREFERENCES = "preferences"  # the extra addresses an owner set in their preferences
+SUBACCOUNT_OWNERS = "subaccount-owners"  # the owners of the subaccounts drawing on the balance
+RECIPIENT_WORDS = (OWNER, PREFERENCES, SUBACCOUNT_OWNERS)
+ADU = "average-daily-usage"
+RUNWAY = "runway"
+OWNER_THRESHOLDS = "owner"
+DEFAULT_WINDOW_DAYS = 30
 
 
 def _currency(value: Any) -> str:
@@ -84,7 +91,7 @@ def _address(value: Any) -> str:
             f"{_as_written(value)} is not an email address; write owner or an address such as ops@example.com"
         )
     text = value.strip()
-    if text == OWNER:
+    if text in RECIPIENT_WORDS:
         return text
     if ";" in text:
         raise ValueError(f"{text!r}: separate recipients with commas, not ';'")
@@ -148,7 +155,7 @@ PERCENT_TEXT = rf"^\s*{_NUMBER}\s*%\s*$"
 CURRENCY_CODE = r"^[A-Z]{3}$"
 _DURATION_PART = r"[0-9]+(\.[0-9]+)? *([mM][sS]|[sSmMhHdDwW])"
 DURATION_TEXT = rf"^ *(({_DURATION_PART} *)+|[0-9]+(\.[0-9]+)? *)$"
-_RECIPIENT = r"(owner|[^\s@,;]+@[^\s@,;]+\.[^\s@,;]+)"
+_RECIPIENT = r"(owner|preferences|subaccount-owners|[^\s@,;]+@[^\s@,;]+\.[^\s@,;]+)"
 RECIPIENTS_TEXT = rf"^[\s,]*{_RECIPIENT}(\s*,[\s,]*{_RECIPIENT})*[\s,]*$"
 _TEXT_OR_NUMBER = {"type": ["string", "integer"]}
 
@@ -168,16 +175,54 @@ CURRENCY_SCHEMA: dict[str, Any] = {
     "patternErrorMessage": "write a currency code in capitals, e.g. USD",
     "examples": ["USD", "INR", "EUR"],
 }
+USAGE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"const": "average-daily-usage", "description": "One day of average usage (over 30 days)."},
+        {
+            "type": "object",
+            "description": "times x the average daily usage over days: {average-daily-usage: {days: 30, "
+            "times: 2}}.",
+            "properties": {
+                "average-daily-usage": {
+                    "anyOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "days": {"type": "integer", "minimum": 1, "maximum": 365},
+                                "times": AMOUNT_SCHEMA,
+                            },
+                            "additionalProperties": False,
+                        },
+                    ]
+                }
+            },
+            "required": ["average-daily-usage"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "description": "Less than N days of usage left: {runway: 3d} or {runway: {days: 3, window: 30}}.",
+            "properties": {"runway": {}},
+            "required": ["runway"],
+            "additionalProperties": False,
+        },
+    ],
+}
+LADDER_ITEM_SCHEMA: dict[str, Any] = {"anyOf": [AMOUNT_SCHEMA, USAGE_SCHEMA]}
 LADDER_SCHEMA: dict[str, Any] = {
-    "description": "Thresholds in major units, each once: [250, 100, 10].",
+    "description": "Thresholds in major units, each once: [250, 100, 10]; an item may follow usage: "
+    "[average-daily-usage, 100, 10].",
     "type": "array",
-    "items": AMOUNT_SCHEMA,
+    "items": LADDER_ITEM_SCHEMA,
     "minItems": 1,
     "uniqueItems": True,
 }
 BELOW_SCHEMA: dict[str, Any] = {
     "anyOf": [
         LADDER_SCHEMA,
+        USAGE_SCHEMA,
+        {"const": "owner", "description": "The owner's own thresholds (owner preferences)."},
         {
             "description": "Thresholds per currency: {USD: [250, 100, 10], INR: [20000, 8000, 800]}.",
             "type": "object",
@@ -376,12 +421,63 @@ def _band(value: Any) -> Any:
     return {"amount": text}
 
 
-Ladder = Annotated[list[Amount], AfterValidator(_not_empty_ladder)]
+def _positive(value: Any) -> Decimal:
+    amount = _amount(value, "write a multiple above zero, e.g. 1 or 2.5")
+    if amount <= 0:
+        raise ValueError("write a multiple above zero, e.g. 1 or 2.5")
+    return amount
+
+
+class UsageStep(_Strict):
+    """A threshold that follows usage: ``times`` the average daily usage over ``days``.
+
+    Written ``average-daily-usage`` (1 x over 30 days), ``{average-daily-usage: {days: 14,
+    times: 2}}``, or as runway: ``{runway: 3d}`` is "less than 3 days of usage left"
+    (3 x the average over 30 days; ``{runway: {days: 3, window: 14}}`` for another window).
+    """
+
+    days: int = Field(default=DEFAULT_WINDOW_DAYS, ge=1, le=365, description="The averaging window, in days.")
+    times: Annotated[Decimal, BeforeValidator(_positive)] = Field(
+        default=Decimal(1), description="The multiple of the average daily usage: 1 is one day of usage."
+    )
+    runway: bool = Field(default=False, description="Written as runway: the email speaks of days left.")
+
+
+def _usage_step(value: Any) -> Any:
+    if value == ADU:
+        return UsageStep()
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in (ADU, RUNWAY):
+        return value
+    ((key, spec),) = value.items()
+    if key == ADU:
+        return UsageStep.model_validate({} if spec is None else spec)
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"days", "window"}
+        if unknown:
+            raise ValueError(f"runway: unknown field {sorted(unknown)[0]!r}; write {{days: 3, window: 30}}")
+        days, window = spec.get("days"), spec.get("window", DEFAULT_WINDOW_DAYS)
+    else:
+        days, window = spec, DEFAULT_WINDOW_DAYS
+    seconds = parse_duration(days if isinstance(days, str) else f"{days}d").total_seconds()
+    return UsageStep(days=window, times=Decimal(str(seconds)) / 86400, runway=True)
+
+
+def _ladder_item(value: Any) -> Any:
+    step = _usage_step(value)
+    return step if isinstance(step, UsageStep) else _amount(step)
+
+
+LadderItem = Annotated[Decimal | UsageStep, BeforeValidator(_ladder_item), WithJsonSchema(LADDER_ITEM_SCHEMA)]
+Ladder = Annotated[list[LadderItem], AfterValidator(_not_empty_ladder)]
 
 
 def _below_kind(value: Any) -> str | None:
     if isinstance(value, list):
         return "ladder"
+    if value == OWNER_THRESHOLDS:
+        return "owner"
+    if value == ADU or (isinstance(value, dict) and set(value) & {ADU, RUNWAY}):
+        return "usage"
     if isinstance(value, dict):
         return "per-currency"
     return None
@@ -389,15 +485,34 @@ def _below_kind(value: Any) -> str | None:
 
 # A tagged union, so an error reports only the shape that was written.
 Below = Annotated[
-    Annotated[Ladder, Tag("ladder")] | Annotated[dict[Currency, Ladder], Tag("per-currency")],
+    Annotated[Ladder, Tag("ladder")]
+    | Annotated[Literal["owner"], Tag("owner")]
+    | Annotated[LadderItem, Tag("usage")]
+    | Annotated[dict[Currency, Ladder], Tag("per-currency")],
     Discriminator(
         _below_kind,
         custom_error_type="below_shape",
-        custom_error_message="write a list of amounts, e.g. [250, 100, 10], or a mapping of "
-        "currency to amounts, e.g. {USD: [250, 100, 10], INR: [20000, 8000, 800]}",
+        custom_error_message="write a list of amounts, e.g. [250, 100, 10], a mapping of currency to "
+        "amounts, e.g. {USD: [250, 100, 10], INR: [20000, 8000, 800]}, average-daily-usage, "
+        "{runway: 3d}, or owner (the owner's own thresholds)",
     ),
     WithJsonSchema(BELOW_SCHEMA),
 ]
+
+
+class Topup(_Strict):
+    """Ask the platform to recharge when a step fires, instead of emailing about it."""
+
+    amount: (
+        Annotated[Decimal, BeforeValidator(_amount), WithJsonSchema(AMOUNT_SCHEMA)]
+        | dict[Currency, Annotated[Decimal, BeforeValidator(_amount), WithJsonSchema(AMOUNT_SCHEMA)]]
+    ) = Field(
+        description="How much to recharge, in major units: 200, or per currency {USD: 200, INR: 15000}."
+    )
+    template: TemplateName = Field(
+        default="topup-failed", description="The email sent to the owner when the charge fails."
+    )
+
 
 # What validation checks across fields, for editors: a condition, and a ladder's currency.
 _RULE_SCHEMA_EXTRA: dict[str, Any] = {
@@ -463,6 +578,22 @@ class AlertRule(_Strict):
         description="The email template: a directory in templates_dir holding subject.txt, body.txt "
         "and optionally body.html.",
     )
+    unless: Literal["owner-configured"] | None = Field(
+        default=None,
+        description="owner-configured: skip balances whose owner set their own thresholds (enabled "
+        "owner preferences for that currency), so defaults never override the owner.",
+    )
+    restored: bool | TemplateName = Field(
+        default=False,
+        description="Also send one 'balance restored' email when credit lifts the balance back above "
+        "every step that had fired (above their re-arm points): true uses the balance-restored "
+        "template, or name another.",
+    )
+    topup: Topup | None = Field(
+        default=None,
+        description="Instead of an email, ask the platform to recharge this amount when a step fires "
+        "(one request per episode); the owner is emailed only if the charge fails.",
+    )
     inhibited_by: Annotated[list[RuleId], BeforeValidator(_one_or_many)] = Field(
         default_factory=list,
         description="Ids of rules whose alert, while fired for the same balance, silences this rule: "
@@ -481,7 +612,15 @@ class AlertRule(_Strict):
             )
         if self.below == {}:
             raise ValueError("below: no currencies; write amounts per currency, e.g. {USD: [250, 100, 10]}")
-        if isinstance(self.below, list) and not self.accounts.currency:
+        if self.topup is not None:
+            if isinstance(self.topup.amount, Decimal) and not self.accounts.currency:
+                raise ValueError(
+                    "topup: a plain amount needs accounts.currency; or write it per currency, "
+                    "e.g. topup: {amount: {USD: 200, INR: 15000}}"
+                )
+            if self.remind is not None:
+                raise ValueError("remind: a top-up rule sends no alert to remind of; remove remind")
+        if isinstance(self.below, list) and _has_amounts(self.below) and not self.accounts.currency:
             raise ValueError(
                 "below: a list of amounts needs accounts.currency, since a threshold means nothing "
                 "without its currency; add accounts: {currency: USD}, or give amounts per currency: "
@@ -499,10 +638,14 @@ class AlertRule(_Strict):
             )
         return self
 
-    def _ladders(self) -> list[list[Decimal]]:
+    def _ladders(self) -> list[list[Decimal | UsageStep]]:
         if isinstance(self.below, dict):
             return list(self.below.values())
-        return [self.below] if self.below else []
+        return [self.below] if isinstance(self.below, list) else []
+
+
+def _has_amounts(ladder: list[Decimal | UsageStep]) -> bool:
+    return any(isinstance(item, Decimal) for item in ladder)
 
 
 class RuleFile(_Strict):

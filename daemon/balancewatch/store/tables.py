@@ -117,17 +117,77 @@ class LedgerEntry(SQLModel, table=True):
 
 
 class OwnerPreference(SQLModel, table=True):
-    """An owner's own alert settings per currency. Disabling keeps every value."""
+    """An owner's own alert settings per currency. Disabling keeps every value.
+
+    Up to three thresholds, in minor units, in ``threshold_1`` .. ``threshold_3``
+    (any order; null for unused); ``recipients`` are extra addresses; ``remind``
+    true asks for a daily reminder while the balance stays below.
+    """
 
     __tablename__ = "owner_preference"
 
     account_id: str = Field(primary_key=True, foreign_key="account.id", max_length=64)
     currency: str = Field(primary_key=True, max_length=3)
-    thresholds: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    threshold_1: int | None = Field(default=None, sa_type=BigInteger)
+    threshold_2: int | None = Field(default=None, sa_type=BigInteger)
+    threshold_3: int | None = Field(default=None, sa_type=BigInteger)
     recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    remind: str | None = Field(default=None, max_length=16)
+    remind: bool = False
     enabled: bool = True
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+    @property
+    def thresholds(self) -> list[int]:
+        """The thresholds set, highest first."""
+        values = (self.threshold_1, self.threshold_2, self.threshold_3)
+        return sorted((v for v in values if v is not None), reverse=True)
+
+
+class UsageSummary(SQLModel, table=True):
+    """Average daily usage per paying account, currency and window, refreshed by the daemon.
+
+    ``adu`` is null when there is not enough history (``status`` says why):
+    ``ok``, ``short-history`` (fewer days than the minimum since the first
+    entry) or ``no-usage`` (no usage in the window).
+    """
+
+    __tablename__ = "usage_summary"
+
+    account_id: str = Field(primary_key=True, max_length=64)
+    currency: str = Field(primary_key=True, max_length=3)
+    window_days: int = Field(primary_key=True)
+    usage_total: int = Field(default=0, sa_type=BigInteger)
+    first_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    days_counted: float = 0.0  # a span of time, not money
+    adu: int | None = Field(default=None, sa_type=BigInteger)
+    status: str = Field(default="ok", max_length=16)
+    computed_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class TopupRequest(SQLModel, table=True):
+    """An automatic top-up asked of the platform: one per episode, kept across restarts.
+
+    ``status``: ``pending`` (the hook has not been told yet, or is retried),
+    ``requested`` (the hook accepted it; waiting for the credit), ``succeeded``
+    (a top-up arrived in the ledger), ``failed`` (the hook or the platform said so).
+    """
+
+    __tablename__ = "topup_request"
+    __table_args__ = (Index("ix_topup_open", "account_id", "currency", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=ROW_ID)
+    idem_key: str = Field(max_length=255, unique=True)
+    rule_id: str = Field(max_length=64)
+    account_id: str = Field(max_length=64)
+    currency: str = Field(max_length=3)
+    amount: int = Field(sa_type=BigInteger)
+    status: str = Field(default="pending", max_length=12)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    hook_response: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class AlertState(SQLModel, table=True):
@@ -216,4 +276,4 @@ class InstanceStatus(SQLModel, table=True):
     reloads: int = 0
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3

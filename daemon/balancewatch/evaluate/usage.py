@@ -1,0 +1,205 @@
+"""Average daily usage (ADU) from the ledger, kept in ``usage_summary``.
+
+ADU of a paying account in a currency, over a window of N days ending now:
+the usage debits (kind ``usage`` only; top-ups, refunds and adjustments do not
+count) of the account and its subaccounts in the window, divided by the days
+counted: N, or fewer when the account's first ledger entry is inside the
+window (days before it do not count). With less history than the minimum
+(``short-history``) or no usage in the window (``no-usage``) there is no ADU:
+never a guess.
+
+``refresh`` computes every account at once with one grouped query and writes
+the summary; evaluation reads the summary (set-based, indexed). ``figures``
+computes one account on demand, with the arithmetic, for emails and
+``balancewatch recommend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, case, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from balancewatch.store.tables import Account, LedgerEntry, UsageSummary
+
+L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
+ACCOUNT = Account.__table__  # type: ignore[attr-defined]
+A = ACCOUNT.c
+SUMMARY = UsageSummary.__table__  # type: ignore[attr-defined]
+U = SUMMARY.c
+DAY = timedelta(days=1)
+OK, SHORT, NONE = "ok", "short-history", "no-usage"
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """ADU of one balance and how it was computed; ``adu`` is None without enough history."""
+
+    account_id: str
+    currency: str
+    window_days: int
+    usage_total: int  # minor units used in the window
+    days_counted: Decimal
+    first_at: datetime | None
+    adu: int | None
+    status: str  # ok | short-history | no-usage
+
+
+def days_counted(first_at: datetime | None, now: datetime, window_days: int) -> Decimal:
+    """Days of the window the account existed for, to 0.01 day: N, or since its first entry."""
+    if first_at is None:
+        return Decimal(0)
+    span = min(now - first_at, timedelta(days=window_days))
+    return (Decimal(span.total_seconds()) / 86400).quantize(Decimal("0.01"))
+
+
+def figures_of(
+    account_id: str,
+    currency: str,
+    window_days: int,
+    used: int,
+    first_at: datetime | None,
+    now: datetime,
+    min_history: timedelta,
+) -> Figures:
+    """The ADU arithmetic from the window's usage and the first entry."""
+    days = days_counted(first_at, now, window_days)
+    if first_at is None or now - first_at < min_history:
+        status, adu = SHORT, None
+    elif used <= 0:
+        status, adu = NONE, None
+    else:
+        status = OK
+        adu = int((Decimal(used) / days).to_integral_value(ROUND_HALF_UP))
+    return Figures(account_id, currency, window_days, max(used, 0), days, first_at, adu, status)
+
+
+def _grouped(now: datetime, window_days: int, payer: str | None = None) -> Select[Any]:
+    """Usage in the window and first entry per paying account and currency.
+
+    Grouped per account first (the ledger's own grouping, as cheap as any
+    query over the table can be), then rolled up to the paying account.
+    """
+    start = now - timedelta(days=window_days)
+    used = func.sum(case((and_(L.kind == "usage", L.occurred_at >= start), -L.amount), else_=0))
+    inner = select(
+        L.account_id, L.currency, used.label("used"), func.min(L.occurred_at).label("first_at")
+    ).where(L.occurred_at <= now)
+    if payer is not None:
+        family = select(A.id).where(or_(A.id == payer, A.parent_id == payer))
+        inner = inner.where(L.account_id.in_(family.scalar_subquery()))
+    per_account = inner.group_by(L.account_id, L.currency).subquery("per_account")
+    g = per_account.c
+    paying = func.coalesce(A.parent_id, g.account_id)
+    return (
+        select(
+            paying.label("payer"),
+            g.currency,
+            func.sum(g.used).label("used"),
+            func.min(g.first_at).label("first_at"),
+        )
+        .select_from(per_account.join(ACCOUNT, A.id == g.account_id))
+        .group_by(paying, g.currency)
+    )
+
+
+def refresh(conn: Connection, now: datetime, windows: Iterable[int], min_history: timedelta) -> int:
+    """Recompute ``usage_summary`` for every paying account and window; return the rows written.
+
+    One grouped query per window over the ledger; accounts without a ledger
+    entry get no row (no ADU).
+    """
+    written = 0
+    for window in sorted(set(windows)):
+        rows = [
+            _row(figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history), now)
+            for r in conn.execute(_grouped(now, window))
+        ]
+        # An upsert, not delete-and-insert: instances refreshing together must not collide.
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(SUMMARY)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[U.account_id, U.currency, U.window_days],
+            set_={c: stmt.excluded[c] for c in _UPDATED},
+        )
+        for i in range(0, len(rows), 5000):
+            conn.execute(stmt, rows[i : i + 5000])
+        conn.execute(delete(SUMMARY).where(U.window_days == window, U.computed_at < now))
+        written += len(rows)
+    return written
+
+
+_UPDATED = ("usage_total", "first_at", "days_counted", "adu", "status", "computed_at")
+
+
+def _row(f: Figures, now: datetime) -> dict[str, object]:
+    return {
+        "account_id": f.account_id,
+        "currency": f.currency,
+        "window_days": f.window_days,
+        "usage_total": f.usage_total,
+        "first_at": f.first_at,
+        "days_counted": float(f.days_counted),
+        "adu": f.adu,
+        "status": f.status,
+        "computed_at": now,
+    }
+
+
+def figures(
+    conn: Connection, payer: str, currency: str, now: datetime, window_days: int, min_history: timedelta
+) -> Figures:
+    """The ADU of one paying account, computed now from the ledger (not the summary)."""
+    for r in conn.execute(_grouped(now, window_days, payer)):
+        if r.currency == currency:
+            return figures_of(payer, currency, window_days, int(r.used or 0), r.first_at, now, min_history)
+    return figures_of(payer, currency, window_days, 0, None, now, min_history)
+
+
+def stored(
+    conn: Connection, keys: Sequence[tuple[str, str]], windows: Iterable[int]
+) -> dict[tuple[str, str, int], int]:
+    """Stored ADU (minor units) by (account, currency, window) for ``keys``; missing: no ADU."""
+    wanted = sorted(set(windows))
+    if not keys or not wanted:
+        return {}
+    query = select(U.account_id, U.currency, U.window_days, U.adu).where(
+        U.account_id.in_(sorted({k[0] for k in keys})), U.window_days.in_(wanted), U.adu.isnot(None)
+    )
+    keyset = set(keys)
+    return {
+        (r.account_id, r.currency, r.window_days): r.adu
+        for r in conn.execute(query)
+        if (r.account_id, r.currency) in keyset
+    }
+
+
+def stored_figures(
+    conn: Connection, keys: Sequence[tuple[str, str]], window_days: int
+) -> dict[tuple[str, str], Figures]:
+    """The stored summaries of ``keys`` for one window, as Figures (for email contexts)."""
+    if not keys:
+        return {}
+    query = select(SUMMARY).where(
+        U.account_id.in_(sorted({k[0] for k in keys})), U.window_days == window_days
+    )
+    keyset = set(keys)
+    return {
+        (r.account_id, r.currency): Figures(
+            r.account_id,
+            r.currency,
+            r.window_days,
+            r.usage_total,
+            Decimal(str(r.days_counted)).quantize(Decimal("0.01")),
+            r.first_at,
+            r.adu,
+            r.status,
+        )
+        for r in conn.execute(query)
+        if (r.account_id, r.currency) in keyset
+    }

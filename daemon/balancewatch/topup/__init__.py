@@ -1,0 +1,1 @@
+"""Automatic top-up: requests to the platform to recharge a balance, and what became of them."""
