@@ -144,7 +144,8 @@ def test_an_unknown_key_lists_the_valid_fields(rules_dir: Path) -> None:
     body = "alerts:\n  - id: a\n    exhausted: true\n    colour: red\n"
     assert only_problem(rules_dir, body) == (
         "4: alerts[0].colour: unknown field 'colour'; valid fields here: id, description, "
-        "enabled, accounts, below, exhausted, rearm, remind, notify, template, unless, restored, topup, inhibited_by"
+        "enabled, accounts, below, exhausted, rearm, remind, notify, template, unless, restored, topup, "
+        "inhibited_by"
     )
 
 
@@ -152,7 +153,8 @@ def test_an_unknown_key_that_other_tools_use_suggests_ours(rules_dir: Path) -> N
     body = "alerts:\n  - id: a\n    exhausted: true\n    recipients: [owner]\n"
     assert only_problem(rules_dir, body) == (
         "4: alerts[0].recipients: unknown field 'recipients' (did you mean 'notify'?); valid fields here: "
-        "id, description, enabled, accounts, below, exhausted, rearm, remind, notify, template, unless, restored, topup, inhibited_by"
+        "id, description, enabled, accounts, below, exhausted, rearm, remind, notify, template, unless, "
+        "restored, topup, inhibited_by"
     )
 
 
