@@ -445,3 +445,29 @@ def test_bad_usage_of_plan_exits_2(cli: Cli, argv: list[str], complaint: str) ->
     result = cli(*argv)
     assert (result.code, result.out) == (2, "")
     assert complaint in result.err
+
+
+# --- steps that follow usage or the owner --------------------------------------------------------
+
+USAGE_RULE = """
+alerts:
+  - id: ladder
+    accounts: {currency: USD}
+    below: [average-daily-usage]
+"""
+
+
+def test_a_fired_usage_step_kept_in_an_edited_rule_does_not_stop(
+    engine: Engine, clock: Clock, fired: Callable[[str], None]
+) -> None:
+    account(engine, "heavy")
+    post(engine, "heavy", "USD", 100_000, clock.advance(days=-10))
+    for day in range(10):
+        post(engine, "heavy", "USD", -9_500, clock.advance(days=1))  # $95 a day: $50 left
+    fired(USAGE_RULE)  # $50 is below one day of usage ($95): fired
+    widened = USAGE_RULE.replace("[average-daily-usage]", "[average-daily-usage, 50]")
+    rule = only(plan_of(engine, USAGE_RULE, widened, clock()))
+    assert rule.status is Status.changed
+    assert rule.stop == NO_STOP  # the usage step is still in the ladder
+    removed = only(plan_of(engine, USAGE_RULE, widened.replace("average-daily-usage, ", ""), clock()))
+    assert stopped(removed) == [("heavy", -1, "step-gone")]

@@ -34,6 +34,7 @@ from sqlalchemy import (
     and_,
     case,
     desc,
+    exists,
     false,
     func,
     literal,
@@ -43,19 +44,23 @@ from sqlalchemy import (
 )
 
 from balancewatch.durations import format_duration
-from balancewatch.evaluate import candidates
+from balancewatch.evaluate import candidates, usage
 from balancewatch.evaluate.candidates import (
     ACCOUNT,
     BALANCE,
     STATE,
+    THRESHOLDS,
     A,
     B,
     Key,
+    P,
     S,
     account_filter,
     currency_filter,
+    owner_configured,
 )
-from balancewatch.evaluate.decide import FIRED, Decision, StepState, decide
+from balancewatch.evaluate.decide import FIRED, Decision, Outcome, StepState, decide
+from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
 from balancewatch.evaluate.load import Subject, load_states, load_subjects
 from balancewatch.money import to_major
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet
@@ -286,8 +291,9 @@ def starts(
         for chunk in candidates.chunks(keys, CHUNK):
             subjects = load_subjects(conn, new, step_set, chunk, lock=False)
             states = load_states(conn, new.id, [s.key for s in subjects])
-            due = _due(subjects, step_set, new, states, now)
-            already = _due_under(conn, old, due, states, now)
+            per_balance = _PerBalance.load(conn, [s.key for s in subjects], _windows(old, new))
+            due = _due(subjects, step_set, new, states, now, per_balance)
+            already = _due_under(conn, old, due, states, now, per_balance)
             for key, (subject, decisions) in due.items():
                 if _signature(decisions) <= already.get(key, frozenset()):
                     due_anyway += 1
@@ -310,19 +316,53 @@ Due = dict[Key, tuple[Subject, tuple[Decision, ...]]]
 States = dict[Key, dict[int, StepState]]
 
 
+@dataclass(frozen=True)
+class _PerBalance:
+    """What steps that follow usage or the owner need, for a chunk of balances."""
+
+    adu: dict[tuple[str, str, int], int]
+    prefs: dict[Key, Preferences]
+
+    @classmethod
+    def load(cls, conn: Connection, keys: Sequence[Key], windows: set[int]) -> _PerBalance:
+        return cls(usage.stored(conn, keys, windows), load_preferences(conn, keys))
+
+    def decide(
+        self, rule: CompiledRule, step_set: StepSet, s: Subject, states: States, now: datetime
+    ) -> Outcome:
+        prefs = self.prefs.get(s.key)
+        steps = steps_for(rule, step_set, s, self.adu, prefs) if step_set.dynamic else step_set.steps
+        remind = remind_for(rule, step_set, prefs)
+        return decide(s.amount, steps, states.get(s.key, {}), now, remind, restored=rule.restored)
+
+
+def _windows(*rules: CompiledRule | None) -> set[int]:
+    return {u.window_days for r in rules if r is not None for ss in r.step_sets for u in ss.usage}
+
+
 def _due(
-    subjects: Sequence[Subject], step_set: StepSet, rule: CompiledRule, states: States, now: datetime
+    subjects: Sequence[Subject],
+    step_set: StepSet,
+    rule: CompiledRule,
+    states: States,
+    now: datetime,
+    per_balance: _PerBalance,
 ) -> Due:
     out: Due = {}
     for s in subjects:
-        outcome = decide(s.amount, step_set.steps, states.get(s.key, {}), now, rule.remind)
+        outcome = per_balance.decide(rule, step_set, s, states, now)
         if outcome.decisions:
             out[s.key] = (s, outcome.decisions)
     return out
 
 
 def _due_under(
-    conn: Connection, old: CompiledRule | None, due: Due, states: States, now: datetime
+    conn: Connection,
+    old: CompiledRule | None,
+    due: Due,
+    states: States,
+    now: datetime,
+    per_balance: _PerBalance,
 ) -> dict[Key, frozenset[tuple[str, int]]]:
     """What ``old`` would send now for the balances in ``due``, by the same stored state."""
     if old is None or not old.enabled or not due:
@@ -335,8 +375,7 @@ def _due_under(
         keys = [key for key in due if key[1] == currency]
         # load_subjects applies the old selector in SQL: balances it did not watch drop out.
         for s in load_subjects(conn, old, step_set, keys, lock=False):
-            outcome = decide(s.amount, step_set.steps, states.get(s.key, {}), now, old.remind)
-            out[s.key] = _signature(outcome.decisions)
+            out[s.key] = _signature(per_balance.decide(old, step_set, s, states, now).decisions)
     return out
 
 
@@ -421,7 +460,10 @@ def _truth(condition: ColumnElement[bool]) -> ColumnElement[bool]:
 
 
 def _selected(rule: CompiledRule) -> ColumnElement[bool]:
-    return and_(true(), *account_filter(rule.selector))
+    chosen = and_(true(), *account_filter(rule.selector))
+    if rule.unless_owner_configured:
+        return and_(chosen, ~owner_configured(S.account_id, S.currency))
+    return chosen
 
 
 def _covered(rule: CompiledRule) -> ColumnElement[bool]:
@@ -430,12 +472,25 @@ def _covered(rule: CompiledRule) -> ColumnElement[bool]:
 
 def _in_ladder(rule: CompiledRule) -> ColumnElement[bool]:
     return or_(
-        false(),
-        *(
-            and_(true(), *currency_filter(ss, rule.selector), S.step.in_([s.amount for s in ss.steps]))
-            for ss in rule.step_sets
-        ),
+        false(), *(and_(true(), *currency_filter(ss, rule.selector), _step_of(ss)) for ss in rule.step_sets)
     )
+
+
+def _step_of(step_set: StepSet) -> ColumnElement[bool]:
+    """The state row's step is one of ``step_set``: a fixed amount, a usage key, or one of the
+    owner's enabled thresholds."""
+    keys = [s.amount for s in step_set.steps] + [u.key for u in step_set.usage]
+    found: list[ColumnElement[bool]] = [S.step.in_(keys)]
+    if step_set.owner:
+        found.append(
+            exists().where(
+                P.account_id == S.account_id,
+                P.currency == S.currency,
+                P.enabled == true(),
+                or_(*(t == S.step for t in THRESHOLDS)),
+            )
+        )
+    return or_(*found)
 
 
 def _applies(rule: CompiledRule) -> ColumnElement[bool]:
