@@ -462,7 +462,7 @@ def test_a_fired_usage_step_kept_in_an_edited_rule_does_not_stop(
 ) -> None:
     account(engine, "heavy")
     post(engine, "heavy", "USD", 100_000, clock.advance(days=-10))
-    for day in range(10):
+    for _day in range(10):
         post(engine, "heavy", "USD", -9_500, clock.advance(days=1))  # $95 a day: $50 left
     fired(USAGE_RULE)  # $50 is below one day of usage ($95): fired
     widened = USAGE_RULE.replace("[average-daily-usage]", "[average-daily-usage, 50]")
