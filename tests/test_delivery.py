@@ -474,3 +474,30 @@ def test_a_slow_server_never_lets_another_worker_claim_a_row_still_being_deliver
     assert stolen == []
     assert len(smtp_server.wait_for(2)) == 2
     assert {r.status for r in outbox_rows(engine).values()} == {"sent"}
+
+
+def test_an_attachment_travels_with_its_message_as_a_named_file(
+    engine: Engine, clock: Clock, files_pipeline: Pipeline
+) -> None:
+    csv_text = "date,amount\n2026-03-01,12.50\n"
+    message = outbox.NewMessage(
+        idem_key="report/test/1",
+        kind="report",
+        sender=SENDER,
+        recipients=("owner@acme.example",),
+        subject="March usage",
+        text="Your report.\n",
+        html="<p>Your report.</p>",
+        attachments=(outbox.Attachment("usage-2026-03.csv", "text/csv", csv_text),),
+    )
+    with engine.begin() as conn:
+        outbox.add(conn, [message], clock(), DOMAIN)
+    assert files_pipeline.deliver(clock()).outcomes == {"sent": 1}
+    [path] = files_pipeline.settings.mail_dir.iterdir()
+    msg = read_eml(path)
+    assert msg.get_content_type() == "multipart/mixed"
+    [attachment] = list(msg.iter_attachments())
+    assert attachment.get_filename() == "usage-2026-03.csv"
+    assert attachment.get_content_type() == "text/csv"
+    assert attachment.get_content().replace("\r\n", "\n") == csv_text  # text/csv reads back as text
+    assert msg.get_body(("plain",)).get_content() == "Your report.\n"

@@ -30,6 +30,15 @@ PENDING, SENDING, SENT, PARKED = "pending", "sending", "sent", "parked"
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A text file sent with a message (a report's CSV, say)."""
+
+    filename: str
+    content_type: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     """A rendered notification ready to be recorded."""
 
@@ -44,6 +53,7 @@ class NewMessage:
     account_id: str | None = None
     currency: str | None = None
     step: int | None = None
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,7 @@ class Claimed:
     html: str | None
     attempts: int
     created_at: datetime
+    attachments: tuple[Attachment, ...] = ()
 
 
 def message_id(idem_key: str, domain: str) -> str:
@@ -76,6 +87,7 @@ def add(conn: Connection, messages: Sequence[NewMessage], now: datetime, domain:
     for m in messages:
         row: dict[str, Any] = asdict(m)
         row["recipients"] = list(m.recipients)
+        row["attachments"] = [asdict(a) for a in m.attachments]
         row.update(
             message_id=message_id(m.idem_key, domain),
             status=PENDING,
@@ -128,6 +140,7 @@ def claim(
             C.html,
             C.attempts,
             C.created_at,
+            C.attachments,
         )
     )
     rows = [
@@ -142,6 +155,7 @@ def claim(
             r.html,
             r.attempts,
             r.created_at,
+            tuple(Attachment(**a) for a in r.attachments or ()),
         )
         for r in conn.execute(stmt)
     ]

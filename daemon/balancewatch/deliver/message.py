@@ -73,4 +73,12 @@ def build(row: Claimed, now: datetime, reply_to: str = "") -> Envelope:
     msg.set_content(row.text)
     if row.html:
         msg.add_alternative(row.html, subtype="html")
+    for a in row.attachments:
+        maintype, _, subtype = a.content_type.partition("/")
+        msg.add_attachment(
+            a.content.encode("utf-8"),
+            maintype=maintype,
+            subtype=subtype or "octet-stream",
+            filename=a.filename,
+        )
     return Envelope(msg, tuple(good), tuple(bad))

@@ -6,9 +6,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.schema import CreateColumn
 from sqlmodel import Session, SQLModel
 
 from balancewatch.store.tables import SCHEMA_VERSION, Meta, utcnow
@@ -63,11 +64,38 @@ def is_postgres(engine: Engine) -> bool:
 
 
 def upgrade(engine: Engine) -> int:
-    """Create every missing table and index; return the schema version now in place."""
+    """Create every missing table, column and index; return the schema version now in place.
+
+    Changes are additive only (balancewatch never drops or rewrites a column),
+    so a database written by an older version keeps its data.
+    """
     SQLModel.metadata.create_all(engine)
     with engine.begin() as conn:
+        for table, column in missing_columns(conn):
+            _add_column(conn, table, column)
         set_meta(conn, "schema_version", str(SCHEMA_VERSION))
     return SCHEMA_VERSION
+
+
+def missing_columns(conn: Connection) -> list[tuple[Table, Column[Any]]]:
+    """Columns the tables in the database lack, compared with the models."""
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    out = []
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        out.extend((table, column) for column in table.columns if column.name not in have)
+    return out
+
+
+def _add_column(conn: Connection, table: Table, column: Column[Any]) -> None:
+    ddl = CreateColumn(column).compile(dialect=conn.dialect)
+    if not column.nullable and column.server_default is None:
+        # A NOT NULL column needs a value for the rows already there.
+        raise RuntimeError(f"cannot add {table.name}.{column.name}: NOT NULL without a server default")
+    conn.exec_driver_sql(f"ALTER TABLE {conn.dialect.identifier_preparer.quote(table.name)} ADD COLUMN {ddl}")
 
 
 def get_meta(session: Session | Connection, name: str) -> str | None:

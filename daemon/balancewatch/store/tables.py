@@ -236,6 +236,10 @@ class Outbox(SQLModel, table=True):
     subject: str = Field(default="", sa_type=Text)
     text: str = Field(default="", sa_type=Text)
     html: str | None = Field(default=None, sa_type=Text)
+    # [{filename, content_type, content}]: text files such as a report's CSV
+    attachments: list[dict[str, str]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     status: str = Field(default="pending", max_length=8)  # pending | sending | sent | parked
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
