@@ -16,7 +16,8 @@ def test_upgrade_adds_a_column_an_older_version_did_not_have_and_keeps_the_rows(
             text(
                 "INSERT INTO outbox (idem_key, message_id, kind, sender, recipients, subject, text, status, "
                 "attempts, next_attempt_at, created_at) "
-                "VALUES ('k', '<m@x>', 'alert', 's', '[]', 'old', 't', 'sent', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                "VALUES ('k', '<m@x>', 'alert', 's', '[]', 'old', 't', 'sent', 1, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             )
         )
     assert "attachments" not in {c["name"] for c in inspect(engine).get_columns("outbox")}
