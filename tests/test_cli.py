@@ -100,7 +100,7 @@ def test_check_lists_every_problem_as_path_line_field_message_and_exits_1(run: C
         f"{ladder}:5: alerts[0].colour: unknown field 'colour'; valid fields here: id, description, enabled, "
         "accounts, below, exhausted, rearm, remind, notify, template, unless, restored, topup, inhibited_by",
         f"{other}:2: template: template 'missing' not found in {shipped.templates_dir().resolve()} "
-        "(have: low-balance); a template is a directory holding subject.txt, body.txt "
+        f"(have: {shipped_templates()}); a template is a directory holding subject.txt, body.txt "
         "and optionally body.html",
         "check failed: 3 problems",
     ]
@@ -515,3 +515,8 @@ def test_the_installed_command_exits_with_the_same_codes(tmp_path: Path) -> None
         ).returncode
 
     assert [status("check"), status("balance", "show", "nobody"), status("ledger")] == [0, 1, 2]
+
+
+def shipped_templates() -> str:
+    """The names of the shipped templates, as a missing-template message lists them."""
+    return ", ".join(sorted(p.parent.name for p in shipped.templates_dir().glob("*/subject.txt")))

@@ -174,7 +174,7 @@ def test_an_unknown_key_in_the_selector_lists_the_selector_fields(rules_dir: Pat
 
 def test_an_unknown_top_level_key_suggests_alerts(rules_dir: Path) -> None:
     assert only_problem(rules_dir, "alert:\n  - id: a\n") == (
-        "1: alert: unknown field 'alert' (did you mean 'alerts'?); valid fields here: alerts"
+        "1: alert: unknown field 'alert' (did you mean 'alerts'?); valid fields here: alerts, reports"
     )
 
 
@@ -517,7 +517,7 @@ def test_a_missing_template_is_reported_at_the_rule(live_from: Live, rules_dir: 
         live_from("alerts:\n  - id: a\n    exhausted: true\n    template: low-balanse\n")
     assert [str(p) for p in caught.value.problems] == [
         f"{rules_dir / 'rules.yaml'}:2: template: template 'low-balanse' not found in "
-        f"{shipped.templates_dir()} (have: low-balance); a template is a directory holding "
+        f"{shipped.templates_dir()} (have: {shipped_templates()}); a template is a directory holding "
         "subject.txt, body.txt and optionally body.html"
     ]
 
@@ -607,3 +607,8 @@ def test_a_rule_cannot_silence_itself(rules_dir: Path) -> None:
     write(rules_dir, "rules.yaml", INHIBITING.replace("[zero]", "[ladder]"))
     [problem] = problems_in(rules_dir)
     assert problem.endswith("inhibited_by: a rule cannot silence itself; name other rules' ids")
+
+
+def shipped_templates() -> str:
+    """The names of the shipped templates, as a missing-template message lists them."""
+    return ", ".join(sorted(p.parent.name for p in shipped.templates_dir().glob("*/subject.txt")))

@@ -23,6 +23,7 @@ from balancewatch.rules.models import (
     AlertRule,
     UsageStep,
 )
+from balancewatch.rules.models import Selector as SelectorModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,11 @@ def _topup(rule: AlertRule) -> tuple[tuple[str | None, int], ...] | None:
 
 
 def _selector(rule: AlertRule) -> Selector:
-    sel = rule.accounts
+    return compile_selector(rule.accounts)
+
+
+def compile_selector(sel: SelectorModel) -> Selector:
+    """A selector as written, as the evaluator's conditions."""
     return Selector(
         billing=sel.billing_filter,
         currencies=tuple(sel.currency) if sel.currency else None,

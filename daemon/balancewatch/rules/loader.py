@@ -16,7 +16,9 @@ from pydantic import BaseModel, ValidationError
 from balancewatch import yamlfile
 from balancewatch.problems import Problem, ProblemsError, explain
 from balancewatch.rules.compiled import CompiledRule, CompileError, compile_rule
-from balancewatch.rules.models import AlertRule, RuleFile
+from balancewatch.rules.files import RuleFile
+from balancewatch.rules.models import AlertRule
+from balancewatch.rules.reports import CompiledReport, ReportRule, compile_report
 
 RULE_SUFFIXES = (".yaml", ".yml")
 
@@ -103,63 +105,84 @@ def parse_rules(files: Sequence[SourceFile]) -> list[CompiledRule]:
 def check_rules(files: Sequence[SourceFile]) -> tuple[list[CompiledRule], list[Problem]]:
     """The rules that compiled and every problem found, so later checks can still look at
     the good rules (their templates, say) while the bad ones are reported."""
+    rules, _reports, problems = check_files(files)
+    return rules, problems
+
+
+def check_files(
+    files: Sequence[SourceFile],
+) -> tuple[list[CompiledRule], list[CompiledReport], list[Problem]]:
+    """The alert rules and reports that compiled, and every problem found in ``files``."""
     problems: list[Problem] = []
     parsed: list[_Parsed] = []
+    reports: list[_Parsed] = []
     for f in files:
-        good, bad = _parse_cached(str(f.path), f.text)
+        good, good_reports, bad = _parse_cached(str(f.path), f.text)
         parsed.extend(good)
+        reports.extend(good_reports)
         problems.extend(bad)
     problems.extend(_duplicates(parsed))
+    problems.extend(_duplicates(reports, "report"))
     problems.extend(_inhibitions(parsed))
-    return inhibitors_first([p.rule for p in parsed]), problems
+    return inhibitors_first([p.rule for p in parsed]), [p.rule for p in reports], problems
 
 
 @dataclass(frozen=True)
 class _Parsed:
-    """A compiled rule and where its id is written, for duplicate reports."""
+    """A compiled rule (or report) and where its id is written, for duplicate reports."""
 
-    rule: CompiledRule
+    rule: Any  # CompiledRule or CompiledReport
     id_line: int
     id_field: str
 
 
 @lru_cache(maxsize=4096)
-def _parse_cached(path: str, text: str) -> tuple[tuple[_Parsed, ...], tuple[Problem, ...]]:
+def _parse_cached(
+    path: str, text: str
+) -> tuple[tuple[_Parsed, ...], tuple[_Parsed, ...], tuple[Problem, ...]]:
     # Parsing depends on nothing but the name and the text, and a reload usually
     # changes one file of many: the others are not parsed again.
-    good, bad = _parse_file(SourceFile(Path(path), text))
-    return tuple(good), tuple(bad)
+    good, reports, bad = _parse_file(SourceFile(Path(path), text))
+    return tuple(good), tuple(reports), tuple(bad)
 
 
-def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[Problem]]:
-    """The rules of one file that compiled, and every problem in it."""
+def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[_Parsed], list[Problem]]:
+    """The rules and reports of one file that compiled, and every problem in it."""
     try:
         located = yamlfile.load(f.text, str(f.path))
     except ProblemsError as exc:
-        return [], list(exc.problems)
+        return [], [], list(exc.problems)
     data = {} if located.data is None else located.data
     if isinstance(data, list):
-        return [], [
-            Problem(
-                str(f.path),
-                1,
-                "",
-                "the file is a list, but a rule file is a mapping with an 'alerts:' list: "
-                "add a line 'alerts:' above the rules",
-            )
-        ]
+        return (
+            [],
+            [],
+            [
+                Problem(
+                    str(f.path),
+                    1,
+                    "",
+                    "the file is a list, but a rule file is a mapping with an 'alerts:' list: "
+                    "add a line 'alerts:' above the rules",
+                )
+            ],
+        )
     if not isinstance(data, dict):
-        return [], [
-            Problem(
-                str(f.path),
-                1,
-                "",
-                f"{_short(data)} is not a rule file; a rule file is a mapping with an 'alerts:' list",
-            )
-        ]
+        return (
+            [],
+            [],
+            [
+                Problem(
+                    str(f.path),
+                    1,
+                    "",
+                    f"{_short(data)} is not a rule file; a rule file is a mapping with an 'alerts:' list",
+                )
+            ],
+        )
     problems: list[Problem] = []
     try:
-        RuleFile.model_validate({k: [] if k == "alerts" else v for k, v in data.items()})
+        RuleFile.model_validate({k: [] if k in ("alerts", "reports") else v for k, v in data.items()})
     except ValidationError as exc:
         problems.extend(validation_problems(exc, located, RuleFile))
     items = data.get("alerts") or []
@@ -200,6 +223,29 @@ def _parse_file(f: SourceFile) -> tuple[list[_Parsed], list[Problem]]:
             for field, message in exc.errors:
                 at = ("alerts", i, *_parts(field))
                 problems.append(Problem(str(f.path), located.line_of(at), located.field_of(at), message))
+    reports, report_problems = _parse_reports(f, located, data.get("reports"))
+    return out, reports, problems + report_problems
+
+
+def _parse_reports(
+    f: SourceFile, located: yamlfile.Located, items: Any
+) -> tuple[list[_Parsed], list[Problem]]:
+    """The reports of one file that validated, and every problem in them."""
+    if items is None:
+        return [], []
+    if not isinstance(items, list):
+        message = f"{_short(items)} is not a list of reports; write one entry per report, each with '- id: ...'"
+        return [], [Problem(str(f.path), located.line_of(("reports",)), "reports", message)]
+    out, problems = [], []
+    for i, item in enumerate(items):
+        try:
+            report = ReportRule.model_validate(item)
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, located, ReportRule, prefix=("reports", i)))
+            continue
+        at = ("reports", i, "id")
+        compiled = compile_report(report, str(f.path), located.line_of(("reports", i)))
+        out.append(_Parsed(compiled, located.line_of(at), located.field_of(at)))
     return out, problems
 
 
@@ -208,7 +254,10 @@ def _parts(field: str) -> tuple[str | int, ...]:
     return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", field))
 
 
-def _duplicates(parsed: Sequence[_Parsed]) -> list[Problem]:
+KEYED = {"rule": "alert state is", "report": "reports sent are"}
+
+
+def _duplicates(parsed: Sequence[_Parsed], what: str = "rule") -> list[Problem]:
     seen: dict[str, _Parsed] = {}
     out = []
     for p in parsed:
@@ -219,8 +268,9 @@ def _duplicates(parsed: Sequence[_Parsed]) -> list[Problem]:
                     p.rule.source,
                     p.id_line,
                     p.id_field,
-                    f"duplicate rule id {p.rule.id!r}: also defined at {first.rule.source}:{first.id_line}; "
-                    "ids must be unique across all rule files (alert state is keyed on them)",
+                    f"duplicate {what} id {p.rule.id!r}: "
+                    f"also defined at {first.rule.source}:{first.id_line}; "
+                    f"ids must be unique across all rule files ({KEYED[what]} keyed on them)",
                 )
             )
     return out

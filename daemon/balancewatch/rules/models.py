@@ -646,14 +646,3 @@ class AlertRule(_Strict):
 
 def _has_amounts(ladder: list[Decimal | UsageStep]) -> bool:
     return any(isinstance(item, Decimal) for item in ladder)
-
-
-class RuleFile(_Strict):
-    """A balancewatch rule file: an alerts list. Check it with `balancewatch check`."""
-
-    alerts: list[AlertRule] = Field(
-        default_factory=list,
-        description="The alert rules of this file, each starting with '- id: ...'; "
-        "ids are unique across all rule files.",
-        json_schema_extra=_may_be_empty,
-    )

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic.json_schema import GenerateJsonSchema
 
-from balancewatch.rules.models import RuleFile
+from balancewatch.rules.files import RuleFile
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TITLE = "balancewatch rule file"
