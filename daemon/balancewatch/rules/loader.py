@@ -234,7 +234,7 @@ def _parse_reports(
     if items is None:
         return [], []
     if not isinstance(items, list):
-        message = f"{_short(items)} is not a list of reports; write one entry per report, each with '- id: ...'"
+        message = f"{_short(items)} is not a list of reports; write one entry per report ('- id: ...')"
         return [], [Problem(str(f.path), located.line_of(("reports",)), "reports", message)]
     out, problems = [], []
     for i, item in enumerate(items):
