@@ -17,7 +17,8 @@ from balancewatch.messages import sample_contexts
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.render import TEMPLATE_NAMES_HINT, RenderError, TemplateSet, read_template_files
 from balancewatch.rules.compiled import CompiledRule
-from balancewatch.rules.loader import SourceFile, check_rules, digest, read_files, rule_files
+from balancewatch.rules.loader import SourceFile, check_files, digest, read_files, rule_files
+from balancewatch.rules.reports import CompiledReport
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class LiveSet:
     digest: str
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     rule_sources: tuple[SourceFile, ...] = ()  # the rule files as read, for plan and status
+    reports: tuple[CompiledReport, ...] = ()
+
+    def report(self, report_id: str) -> CompiledReport | None:
+        return next((r for r in self.reports if r.id == report_id), None)
 
     def rule(self, rule_id: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
@@ -45,7 +50,7 @@ def load_set(rules_dir: Path, templates_dir: Path, paths: Sequence[Path] | None 
     except ProblemsError as exc:
         problems.extend(exc.problems)
     # The rules that compiled are cross-checked even when others did not: every problem at once.
-    rules, rule_problems = check_rules(files)
+    rules, reports, rule_problems = check_files(files)
     problems.extend(rule_problems)
     try:
         template_files = read_template_files(templates_dir)
@@ -55,8 +60,9 @@ def load_set(rules_dir: Path, templates_dir: Path, paths: Sequence[Path] | None 
     compile_problems = templates.compile_problems()
     problems.extend(compile_problems)
     problems.extend(_missing_templates(rules, templates))
+    problems.extend(_missing_report_templates(reports, templates))
     if not compile_problems:
-        problems.extend(sample_render_problems(templates, template_uses(rules)))
+        problems.extend(sample_render_problems(templates, template_uses(rules, reports)))
     if problems:
         raise ProblemsError(problems)
     return LiveSet(
@@ -64,6 +70,7 @@ def load_set(rules_dir: Path, templates_dir: Path, paths: Sequence[Path] | None 
         templates=templates,
         digest=set_digest(files, template_files),
         rule_sources=tuple(files),
+        reports=tuple(reports),
     )
 
 
@@ -83,13 +90,33 @@ def fingerprint(rules_dir: Path, templates_dir: Path) -> str:
     return set_digest(read_files(rule_files(rules_dir)), read_template_files(templates_dir))
 
 
-def template_uses(rules: Sequence[CompiledRule]) -> dict[str, set[str]]:
-    """Each template the rules use, and for what (``alert``, ``restored``, ``topup-failed``)."""
+def template_uses(
+    rules: Sequence[CompiledRule], reports: Sequence[CompiledReport] = ()
+) -> dict[str, set[str]]:
+    """Each template the rules and reports use, and for what (``alert``, ``restored``,
+    ``topup-failed``, ``report-<contents>``)."""
     uses: dict[str, set[str]] = {}
     for rule in rules:
         for name, kind in rule.templates().items():
             uses.setdefault(name, set()).add(kind)
+    for report in reports:
+        uses.setdefault(report.template, set()).add(f"report-{report.contents}")
     return uses
+
+
+def _missing_report_templates(reports: Sequence[CompiledReport], templates: TemplateSet) -> list[Problem]:
+    known = ", ".join(sorted(templates.names)) or "none"
+    return [
+        Problem(
+            r.source,
+            r.line,
+            "template",
+            f"template {r.template!r} not found in {templates.directory} (have: {known}); "
+            + TEMPLATE_NAMES_HINT,
+        )
+        for r in reports
+        if r.template not in templates.names
+    ]
 
 
 def _missing_templates(rules: list[CompiledRule], templates: TemplateSet) -> list[Problem]:
@@ -112,6 +139,8 @@ def sample_render_problems(templates: TemplateSet, uses: Mapping[str, set[str]])
     out: dict[Problem, None] = {}
     for name in sorted(set(uses) & templates.names):
         for kind in sorted(uses[name]):
+            if kind.startswith("report-"):
+                continue  # report templates get report samples, not yet wired in
             for context in sample_contexts(kind):
                 try:
                     templates.render(name, context)
