@@ -69,8 +69,8 @@ def test_the_installed_console_script_checks_the_packaged_rules(installed: Path,
     out = _run(installed / "bin" / "balancewatch", "check", cwd=elsewhere, env=clean_env(elsewhere))
     packaged = shipped_dir(installed)
     assert out.startswith(
-        f"ok: config (defaults); 3 rules in 1 file in {packaged / 'rules'}; "
-        f"1 templates in {packaged / 'templates'}; set "
+        f"ok: config (defaults); 5 rules in 2 files in {packaged / 'rules'}; "
+        f"{len(list(packaged.glob('templates/*/subject.txt')))} templates in {packaged / 'templates'}; set "
     )
 
 
@@ -106,4 +106,4 @@ def test_the_packaged_example_config_loads(installed: Path, elsewhere: Path) -> 
     )
     assert _run(
         script, "--config", packaged / "config.example.yaml", "check", cwd=elsewhere, env=env
-    ).startswith(f"ok: config {packaged / 'config.example.yaml'}; 3 rules")
+    ).startswith(f"ok: config {packaged / 'config.example.yaml'}; 5 rules")

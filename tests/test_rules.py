@@ -504,7 +504,13 @@ def test_a_missing_rules_directory_is_a_problem(tmp_path: Path) -> None:
 def test_the_shipped_rules_and_templates_load() -> None:
     live = load_set(shipped.rules_dir(), shipped.templates_dir())
     # exhausted first: the ladders are inhibited by it, so it is decided before them.
-    assert [r.id for r in live.rules] == ["exhausted", "default-ladder", "ladder-inr-eur"]
+    assert [r.id for r in live.rules] == [
+        "exhausted",
+        "default-ladder",
+        "ladder-inr-eur",
+        "recommended",
+        "owner-alerts",
+    ]
     ladder = live.rule("default-ladder")
     assert ladder is not None
     assert ladder.step_sets == (

@@ -79,7 +79,7 @@ def line_of(path: Path, marker: str, nth: int = 1) -> int:
 def test_the_shipped_rule_tests_pass(cli: Cli) -> None:
     result = cli("test", str(shipped.rules_dir() / "tests"))
     assert (result.code, result.err) == (0, ""), result
-    assert re.fullmatch(r"ok \d+ tests in 3 files", result.out.strip()), result.out
+    assert re.fullmatch(r"ok \d+ tests in 4 files", result.out.strip()), result.out
 
 
 def test_every_shipped_rule_is_named_by_a_shipped_test() -> None:
@@ -96,8 +96,8 @@ def test_every_shipped_rule_is_named_by_a_shipped_test() -> None:
 
 def test_the_rules_loader_does_not_read_the_tests_directory() -> None:
     assert (shipped.rules_dir() / "tests").is_dir()
-    assert rule_files(shipped.rules_dir()) == [SHIPPED_RULES]
-    assert len(load_set(shipped.rules_dir(), shipped.templates_dir()).rules) == 3
+    assert rule_files(shipped.rules_dir()) == [SHIPPED_RULES, shipped.rules_dir() / "usage.yaml"]
+    assert len(load_set(shipped.rules_dir(), shipped.templates_dir()).rules) == 5
 
 
 def test_a_test_file_at_the_top_of_rules_dir_is_never_run_as_rules(tmp_path: Path) -> None:
@@ -536,3 +536,86 @@ def test_help_shows_the_format_and_where_it_is_documented(cli: Cli) -> None:
     result = cli("test", "--help")
     assert result.code == 0
     assert "rule_files:" in result.out and "docs/rule-tests.md" in result.out
+
+
+# --- owner preferences and usage history -----------------------------------------------------------
+
+USAGE_HEADER = (
+    f"rule_files: [{SHIPPED_RULES}, {shipped.rules_dir() / 'usage.yaml'}]\n"
+    "start: 2026-03-01T09:00:00Z\ntests:\n"
+)
+
+
+def test_daily_usage_gives_the_account_that_average_at_the_start(cli: Cli, tmp_path: Path) -> None:
+    path = write_test(
+        tmp_path,
+        """
+        - name: twenty dollars a day for thirty days
+          accounts:
+            - {id: acme, name: Acme Ltd, email: owner@acme.example, locale: en_US, balances: {USD: 300},
+               daily_usage: {USD: 20}}
+          timeline:
+            - at: 0
+              set_balance: {account: acme, amount: 19.99}
+              expect:
+                - {rule: default-ladder, step: 100}
+                - {rule: recommended, step: 20, subject_contains: ["$19.99", "$20.00"]}
+        """,
+        header=USAGE_HEADER,
+    )
+    assert cli("test", str(path)).out == "ok 1 test in 1 file\n"
+
+
+def test_preferences_set_in_the_accounts_and_changed_in_the_timeline_are_used(
+    cli: Cli, tmp_path: Path
+) -> None:
+    path = write_test(
+        tmp_path,
+        """
+        - name: the owner raises their threshold
+          accounts:
+            - {id: acme, name: Acme Ltd, email: owner@acme.example, locale: en_US, balances: {USD: 600},
+               preferences: {USD: {below: "500", email: "cfo@acme.example, ap@acme.example"}}}
+          timeline:
+            - at: 1h
+              set_balance: {account: acme, amount: 520}
+              expect: []
+            - at: 2h
+              set_preferences: {account: acme, below: [550]}
+              set_balance: {account: acme, amount: 519}
+              expect:
+                - {rule: owner-alerts, step: 550, to: "owner@acme.example, cfo@acme.example, ap@acme.example"}
+        """,
+        header=USAGE_HEADER,
+    )
+    assert cli("test", str(path)).out == "ok 1 test in 1 file\n"
+
+
+def test_bad_preferences_and_usage_are_problems_at_their_line(cli: Cli, tmp_path: Path) -> None:
+    path = write_test(
+        tmp_path,
+        """
+        - name: mistakes
+          accounts:
+            - {id: acme, email: owner@acme.example, balances: {USD: 300},
+               preferences: {USD: {below: [500, 250, 100, 10]}}, daily_usage: {EUR: 5}}
+            - {id: acme-eu, email: eu@acme.example, parent: acme, preferences: {USD: {below: 50}}}
+          timeline:
+            - at: 1h
+              set_preferences: {account: acme, email: "cfo; ap"}
+        """,
+        header=USAGE_HEADER,
+    )
+    result = cli("test", str(path))
+    assert result.code == 1
+    assert result.err.splitlines() == [
+        f"{path}:{line_of(path, 'EUR: 5')}: tests[0].accounts[0].daily_usage.EUR: the paying account has "
+        "no opening EUR balance for this usage to draw on; give it one, e.g. balances: {EUR: 100}",
+        f"{path}:{line_of(path, '500, 250')}: tests[0].accounts[0].preferences.USD.below: 4 thresholds "
+        "given (500, 250, 100, 10); an owner may set at most 3: keep the three that matter most, "
+        "e.g. 500,250,100",
+        f"{path}:{line_of(path, 'acme-eu')}: tests[0].accounts[1].preferences: a subaccount draws on its "
+        "main account's balance; give the preferences to 'acme'",
+        f"{path}:{line_of(path, 'cfo; ap')}: tests[0].timeline[0].set_preferences.email: 'cfo; ap': "
+        "separate addresses with commas, not ';'",
+    ]

@@ -17,6 +17,8 @@ shows in a repr, a log line or ``config show``.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
@@ -25,14 +27,17 @@ from email.utils import parseaddr
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -43,7 +48,7 @@ from pydantic_settings import (
 
 from balancewatch import shipped, yamlfile
 from balancewatch.durations import Duration, format_duration
-from balancewatch.money import MoneyError, check_locale
+from balancewatch.money import MoneyError, check_currency, check_locale
 from balancewatch.problems import Problem, ProblemsError, explain
 
 DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/balancewatch/config.yaml"))
@@ -152,6 +157,45 @@ class UsageSettings(_Section):
     recommend_days: Decimal = Field(default=Decimal(1), gt=0, le=365)
 
 
+MAX_PRICE_DECIMALS = 12
+
+
+def _price_currency(value: str) -> str:
+    try:
+        return check_currency(value.upper() if isinstance(value, str) else value)
+    except MoneyError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _service(value: str) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not 0 < len(text) <= 32:
+        raise ValueError(f"{value!r} is not a service name; write the ledger's service, e.g. sms or voice")
+    return text
+
+
+def _price(value: Any) -> Decimal:
+    """A unit price in major units, exact as written; finer than the currency's minor unit is fine."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise ValueError(f"{value!r} is not a price; write it exactly, e.g. 0.0075")
+    try:
+        price = Decimal(str(value).strip().replace("_", ""))
+    except ArithmeticError:
+        raise ValueError(f"{value!r} is not a price; write it exactly, e.g. 0.0075") from None
+    if not price.is_finite() or price <= 0:
+        raise ValueError(f"{value} is not a price; a unit price is above zero, e.g. 0.0075")
+    if price.adjusted() > 9 or -int(price.as_tuple().exponent) > MAX_PRICE_DECIMALS:
+        raise ValueError(
+            f"{price:f}: a unit price has at most {MAX_PRICE_DECIMALS} decimals and 10 digits before them"
+        )
+    return price
+
+
+PriceCurrency = Annotated[str, AfterValidator(_price_currency)]
+Service = Annotated[str, AfterValidator(_service)]
+Price = Annotated[Decimal, BeforeValidator(_price)]
+
+
 class DatabaseSettings(_Section):
     url: str = Field(default="", repr=False)  # may hold a password
     pool_size: int = Field(default=5, ge=1, le=100)
@@ -167,6 +211,133 @@ class ReloadSettings(_Section):
     watch: bool = True
     debounce: Duration = timedelta(milliseconds=300)
     backstop: Duration = timedelta(seconds=30)
+
+
+class ReportSettings(_Section):
+    """Scheduled reports: how late a missed send still goes out, how the work is split and reserved."""
+
+    misfire_grace: Duration = timedelta(hours=1)
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    lease: Duration = timedelta(minutes=10)
+
+
+# Headers balancewatch sets itself on a top-up call; a configured one would clash.
+_RESERVED_HEADERS = {"content-type", "content-length", "host", "idempotency-key", "transfer-encoding"}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _header_name(value: str) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(f"{value!r} is not an HTTP header name; write e.g. Authorization")
+    if value.lower() in _RESERVED_HEADERS:
+        raise ValueError(f"{value}: balancewatch sets this header itself; remove it")
+    return value
+
+
+def _header_value(value: SecretStr) -> SecretStr:
+    text = value.get_secret_value()
+    if any(c in text for c in "\r\n\0"):
+        # The value is a secret: say where, never what.
+        raise ValueError("a header value must be one line")
+    return value
+
+
+def _hook_url(value: str) -> str:
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{shown_url(value)!r} is not an http(s) URL; write e.g. https://billing.example/topups"
+        )
+    if parts.username or parts.password:
+        raise ValueError(
+            "a URL with a user or password; put credentials in topup.hook.headers (Authorization)"
+        )
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK and not parts.hostname.startswith("127."):
+        raise ValueError(
+            f"{shown_url(value)}: http:// sends the request and its headers in clear; use https://, "
+            "or http:// only to this machine (localhost, 127.0.0.1, ::1)"
+        )
+    return value
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its query and fragment, which may hold a token: what logs and errors show."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _command(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command into words: {exc}") from None
+    if isinstance(value, list) and not value:
+        raise ValueError("the command is empty; write e.g. [/usr/local/bin/charge, --live]")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[SecretStr, AfterValidator(_header_value)]
+
+
+class TopupHookSettings(_Section):
+    """Where a top-up request goes: an HTTP(S) endpoint or a command, at most one (docs/topup.md)."""
+
+    url: Annotated[str, AfterValidator(_hook_url)] = Field(
+        default="", repr=False
+    )  # its query may hold a token
+    command: Annotated[list[str] | None, BeforeValidator(_command)] = None
+    timeout: Duration = timedelta(seconds=10)
+    # Sent with every call; values are secrets: masked in `config show`, never logged.
+    headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict)
+    # A header's value read from a file at each call (a token a secret manager rotates).
+    header_files: dict[HeaderName, Path] = Field(default_factory=dict)
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TopupHookSettings:
+        if self.url and self.command:
+            raise ValueError("set at most one of topup.hook.url and topup.hook.command")
+        both = sorted({h.lower() for h in self.headers} & {h.lower() for h in self.header_files})
+        if both:
+            raise ValueError(f"header {both[0]!r} is in both headers and header_files; keep one")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url or self.command)
+
+    def describe(self) -> str:
+        """The hook for logs and messages: ``POST https://host/path`` or the command's program."""
+        if self.url:
+            return f"POST {shown_url(self.url)}"
+        if self.command:
+            return f"command {self.command[0]}"
+        return "no hook"
+
+
+class TopupSettings(_Section):
+    """Automatic top-up: the hook that asks the platform to charge, and how calls are retried."""
+
+    hook: TopupHookSettings = TopupHookSettings()
+    # How long a request being handed to the hook is reserved for this instance.
+    lease: Duration = timedelta(minutes=2)
+    retry: RetrySettings = RetrySettings(
+        initial=timedelta(seconds=30), max=timedelta(minutes=30), give_up_after=timedelta(hours=6)
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> TopupSettings:
+        if self.lease < 2 * self.hook.timeout:
+            raise ValueError(
+                f"topup.lease ({format_duration(self.lease)}) must be at least twice topup.hook.timeout "
+                f"({format_duration(self.hook.timeout)}), so a call still running is never taken over"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -189,8 +360,12 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     defaults: DefaultsSettings = DefaultsSettings()
     usage: UsageSettings = UsageSettings()
+    # Unit prices per currency and service (major units), for "messages left"; see config.example.yaml.
+    prices: dict[PriceCurrency, dict[Service, Price]] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
     reload: ReloadSettings = ReloadSettings()
+    reports: ReportSettings = ReportSettings()
+    topup: TopupSettings = TopupSettings()
 
     # Set by load_settings; not a key of the file.
     source: Path | None = Field(default=None, exclude=True)
@@ -245,6 +420,8 @@ class Settings(BaseSettings):
             data["smtp"]["password"] = MASK
         if self.database.url:
             data["database"]["url"] = safe_url(self.database.url)
+        if urlsplit(self.topup.hook.url).query:
+            data["topup"]["hook"]["url"] = f"{shown_url(self.topup.hook.url)}?{MASK}"
         return data
 
 
@@ -340,6 +517,7 @@ def load_settings(
         settings.state_dir = Path(environ["STATE_DIRECTORY"].split(":")[0])
     _absolutise(settings, base)
     _find_password(settings, located, environ)
+    _check_header_files(settings, located, environ)
     return settings
 
 
@@ -373,6 +551,22 @@ def _find_password(settings: Settings, located: yamlfile.Located, environ: Mappi
             ) from None
 
 
+def _check_header_files(settings: Settings, located: yamlfile.Located, environ: Mapping[str, str]) -> None:
+    """A top-up header file that cannot be read is a problem at load, not at the first charge."""
+    problems = []
+    for name, path in settings.topup.hook.header_files.items():
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            where, line = _where(("topup", "hook", "header_files", name), located, environ)
+            reason = exc.strerror or str(exc)
+            problems.append(
+                Problem(where, line, f"topup.hook.header_files.{name}", f"cannot read {path}: {reason}")
+            )
+    if problems:
+        raise ProblemsError(problems)
+
+
 def _where(loc: Sequence[Any], located: yamlfile.Located, environ: Mapping[str, str]) -> tuple[str, int]:
     """Where a value came from: its environment variable if one is set, else the file and line."""
     var = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
@@ -398,12 +592,16 @@ def _absolutise(settings: Settings, base: Path) -> None:
         settings.files.dir = (base / settings.files.dir).resolve()
     if settings.smtp.password_file is not None:
         settings.smtp.password_file = (base / settings.smtp.password_file).resolve()
+    hook = settings.topup.hook
+    hook.header_files = {name: (base / path).resolve() for name, path in hook.header_files.items()}
+    if hook.ca_file is not None:
+        hook.ca_file = (base / hook.ca_file).resolve()
 
 
 def _problems(exc: ValidationError, located: yamlfile.Located, environ: Mapping[str, str]) -> list[Problem]:
     out = []
     for error in exc.errors():
-        loc = list(error["loc"])
+        loc = [p for p in error["loc"] if p != "[key]"]  # a bad mapping key is reported at the key
         path, line = _where(loc, located, environ)
         out.append(Problem(path, line, ".".join(str(p) for p in loc), _message(error, loc)))
     return out

@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -21,7 +22,7 @@ from sqlmodel import Session
 
 from balancewatch import outbox
 from balancewatch.config import Settings
-from balancewatch.evaluate import candidates, usage
+from balancewatch.evaluate import candidates, services, usage
 from balancewatch.evaluate.decide import Decision, Kind, Outcome, StepState, decide
 from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
 from balancewatch.evaluate.load import (
@@ -235,6 +236,24 @@ class _Chunk:
     figures: dict[candidates.Key, usage.Figures]
     subaccount_owners: dict[str, tuple[str, ...]]
     open_topups: set[candidates.Key]
+    detail: _Detail | None = None
+
+
+class _Detail:
+    """Unit prices seen in the ledger and usage per subaccount, for a chunk's emails: one grouped
+    query each, run the first time an email of the chunk is rendered (a chunk that decides
+    nothing reads neither)."""
+
+    def __init__(self, conn: Connection, keys: list[candidates.Key], now: datetime, window_days: int) -> None:
+        self.conn, self.keys, self.now, self.window_days = conn, keys, now, window_days
+
+    @cached_property
+    def prices(self) -> dict[candidates.Key, dict[str, services.LedgerPrice]]:
+        return services.ledger_prices(self.conn, self.keys, self.now, self.window_days)
+
+    @cached_property
+    def subaccounts(self) -> dict[candidates.Key, tuple[services.SubaccountUsage, ...]]:
+        return services.subaccount_usage(self.conn, self.keys, self.now, self.window_days)
 
 
 def _load_chunk(
@@ -254,6 +273,7 @@ def _load_chunk(
         if rule.notify_subaccount_owners
         else {},
         open_topups=topups.open_requests(conn, keys) if rule.topup is not None else set(),
+        detail=_Detail(conn, keys, env.now, window),
     )
 
 
@@ -274,12 +294,13 @@ def _decide_in(
         steps = steps_for(rule, step_set, subject, chunk.adu, prefs) if step_set.dynamic else step_set.steps
         if not steps:
             continue
+        remind = remind_for(rule, step_set, prefs)
         outcome = decide(
             subject.amount,
             steps,
             chunk.states.get(subject.key, {}),
             env.now,
-            remind_for(rule, step_set, prefs),
+            remind,
             restored=rule.restored,
         )
         if subject.key in chunk.silenced and outcome.decisions:
@@ -292,7 +313,9 @@ def _decide_in(
         try:
             # Every message of this balance renders, or none is kept: a message
             # recorded without its state change would be decided again, under the same key.
-            rendered = [_render(env, rule, subject, d, extras) for d in outcome.decisions]
+            # The email states the interval this balance is reminded at (an owner may have none).
+            told = rule if remind == rule.remind or not outcome.decisions else replace(rule, remind=remind)
+            rendered = [_render(env, told, subject, d, extras) for d in outcome.decisions]
         except RenderError as exc:
             # Leave this balance's state untouched so a later cycle decides it again: a
             # poll while its change is inside the overlap, else the next sweep.
@@ -340,11 +363,17 @@ def _request_topups(
 
 
 def _extras(env: Env, chunk: _Chunk, subject: Subject, prefs: Preferences | None) -> Extras:
+    detail, key = chunk.detail, subject.key
     return Extras(
         usage=chunk.figures.get(subject.key),
         recommend_days=env.settings.usage.recommend_days,
         preference_recipients=prefs.recipients if prefs else (),
         subaccount_owners=chunk.subaccount_owners.get(subject.account_id, ()),
+        subaccounts=(lambda: detail.subaccounts.get(key, ())) if detail else (),
+        window_days=env.settings.usage.window_days,
+        min_history=env.settings.usage.min_history,
+        prices=env.settings.prices.get(subject.currency, {}),
+        ledger_prices=(lambda: detail.prices.get(key, {})) if detail else {},
     )
 
 

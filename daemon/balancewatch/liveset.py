@@ -16,9 +16,11 @@ from pathlib import Path
 from balancewatch.messages import sample_contexts
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.render import TEMPLATE_NAMES_HINT, RenderError, TemplateSet, read_template_files
+from balancewatch.reports.samples import sample_contexts as report_sample_contexts
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile, check_files, digest, read_files, rule_files
 from balancewatch.rules.reports import CompiledReport
+from balancewatch.topup.notify import sample_contexts as topup_sample_contexts
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,12 @@ def sample_render_problems(templates: TemplateSet, uses: Mapping[str, set[str]])
     for name in sorted(set(uses) & templates.names):
         for kind in sorted(uses[name]):
             if kind.startswith("report-"):
-                continue  # report templates get report samples, not yet wired in
-            for context in sample_contexts(kind):
+                contexts = report_sample_contexts(kind.removeprefix("report-"))
+            elif kind == "topup-failed":
+                contexts = topup_sample_contexts()
+            else:
+                contexts = sample_contexts(kind)
+            for context in contexts:
                 try:
                     templates.render(name, context)
                 except RenderError as exc:

@@ -7,28 +7,52 @@ the same shapes from realistic invented data for ``check`` and ``preview``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from typing import Any
+
+from babel.numbers import format_currency
 
 from balancewatch.evaluate.decide import Decision, Kind
 from balancewatch.evaluate.load import Subject
-from balancewatch.evaluate.usage import OK, Figures
+from balancewatch.evaluate.services import LedgerPrice, SubaccountUsage, messages_left
+from balancewatch.evaluate.usage import NONE, OK, SHORT, Figures
 from balancewatch.money import Money
 from balancewatch.rules.compiled import CompiledRule, Step, UsageSpec
 
 
 @dataclass(frozen=True)
 class Extras:
-    """What a chunk loaded beside the balance: usage figures, the owner's and subaccounts' addresses."""
+    """What a chunk loaded beside the balance: usage figures and the settings they were made
+    with, unit prices (configured for this currency, and seen in the ledger), the usage of
+    each subaccount, the owner's and subaccounts' addresses.
+
+    ``subaccounts`` and ``ledger_prices`` may be given as functions returning them, called
+    only when a message is rendered.
+    """
 
     usage: Figures | None = None
     recommend_days: Decimal = Decimal(1)
     preference_recipients: tuple[str, ...] = ()
     subaccount_owners: tuple[str, ...] = ()
-    subaccounts: Sequence[dict[str, Any]] = field(default_factory=tuple)
+    subaccounts: Sequence[SubaccountUsage] | Callable[[], Sequence[SubaccountUsage]] = ()
+    window_days: int = 30
+    min_history: timedelta = timedelta(days=3)
+    prices: Mapping[str, Decimal] = field(default_factory=dict)
+    ledger_prices: Mapping[str, LedgerPrice] | Callable[[], Mapping[str, LedgerPrice]] = field(
+        default_factory=dict
+    )
+
+    def subaccount_usage(self) -> Sequence[SubaccountUsage]:
+        """The usage of each subaccount, most used first."""
+        return self.subaccounts() if callable(self.subaccounts) else self.subaccounts
+
+    def seen_prices(self) -> Mapping[str, LedgerPrice]:
+        """The unit prices seen in the ledger, by service."""
+        return self.ledger_prices() if callable(self.ledger_prices) else self.ledger_prices
 
 
 def idem_key(rule_id: str, subject: Subject, decision: Decision) -> str:
@@ -67,18 +91,26 @@ def variant(decision: Decision) -> str:
 
 
 def usage_context(
-    figures: Figures | None, balance: int, currency: str, recommend_days: Decimal
+    figures: Figures | None,
+    balance: int,
+    currency: str,
+    recommend_days: Decimal,
+    *,
+    window_days: int = 30,
+    min_history: timedelta = timedelta(days=3),
 ) -> dict[str, Any]:
     """The usage block of every context: ADU with its arithmetic, runway and the recommendation.
 
     ``available`` is false when there is no ADU; ``status`` says why
     (``short-history``, ``no-usage``) and the numbers that exist are still given.
+    ``window_days`` is the window used when there are no figures at all.
     """
+    history = _days(min_history)
     if figures is None:
         return {
             "available": False,
-            "status": "no-usage",
-            "window_days": 0,
+            "status": NONE,
+            "window_days": window_days,
             "days_counted": Decimal(0),
             "total": Money(0, currency),
             "adu": None,
@@ -86,6 +118,7 @@ def usage_context(
             "runway_days": None,
             "recommended": None,
             "recommend_days": recommend_days,
+            "min_history_days": history,
         }
     adu = figures.adu if figures.status == OK else None
     runway = None
@@ -105,7 +138,35 @@ def usage_context(
         "runway_days": runway,
         "recommended": None if recommended is None else Money(recommended, currency),
         "recommend_days": recommend_days,
+        "min_history_days": history,
     }
+
+
+def _days(span: timedelta) -> Decimal:
+    return (Decimal(span.total_seconds()) / 86400).quantize(Decimal("0.01")).normalize()
+
+
+@lru_cache(maxsize=4096)
+def format_price(price: Decimal, currency: str, locale: str) -> str:
+    """A unit price in ``locale`` with every decimal it has: ``$0.0075``, ``₹0.25``."""
+    return format_currency(price, currency, locale=locale, decimal_quantization=False)
+
+
+def messages_left_context(extras: Extras, balance: int, currency: str, locale: str) -> list[dict[str, Any]]:
+    """The ``messages_left`` list of a context: one entry per service with a unit price, by service."""
+    return [
+        {
+            "service": m.service,
+            "count": m.count,
+            "unit_price": m.unit_price,
+            "unit_price_text": format_price(m.unit_price, currency, locale),
+            "currency": m.currency,
+            "source": m.source,
+            "cost": None if m.cost is None else Money(m.cost, currency),
+            "quantity": m.quantity,
+        }
+        for m in messages_left(balance, currency, extras.prices, extras.seen_prices())
+    ]
 
 
 def _step_follows(step: Step) -> dict[str, Any]:
@@ -136,8 +197,9 @@ def alert_context(
         return Money(minor, currency)
 
     next_reminder = now + rule.remind if rule.remind else None
+    locale = subject.locale or default_locale
     return {
-        "locale": subject.locale or default_locale,
+        "locale": locale,
         "timezone": subject.timezone or default_timezone,
         "now": now,
         "account": {
@@ -151,8 +213,18 @@ def alert_context(
         "currency": currency,
         "balance": money(subject.amount),
         "rule": {"id": rule.id, "description": rule.description},
-        "usage": usage_context(extras.usage, subject.amount, currency, extras.recommend_days),
-        "subaccounts": list(extras.subaccounts),
+        "usage": usage_context(
+            extras.usage,
+            subject.amount,
+            currency,
+            extras.recommend_days,
+            window_days=extras.window_days,
+            min_history=extras.min_history,
+        ),
+        "messages_left": messages_left_context(extras, subject.amount, currency, locale),
+        "subaccounts": [
+            {"id": s.id, "name": s.name, "usage": money(s.used)} for s in extras.subaccount_usage()
+        ],
         "alert": {
             "variant": variant(decision),
             "reminder": decision.kind is Kind.reminder,
@@ -173,7 +245,10 @@ def alert_context(
 
 
 SAMPLE_NOW = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
-SAMPLE_VARIANTS = ("crossed", "exhausted", "reminder", "runway", "no-history")
+# Every shape a template sees: fixed, usage, runway and owner steps; usage known, too
+# short a history, no usage; messages left and subaccounts present or absent.
+SAMPLE_VARIANTS = ("crossed", "exhausted", "reminder", "runway", "usage", "owner", "no-history", "no-usage")
+RESTORED_VARIANTS = ("restored", "restored-no-history")
 
 
 def _sample_subject(amount: int) -> Subject:
@@ -205,35 +280,79 @@ def _sample_rule() -> CompiledRule:
     )
 
 
-def sample_usage(now: datetime = SAMPLE_NOW, *, history: bool = True) -> Figures:
-    """Invented usage: $1,260.00 over 30 days, $42.00 a day (or three hours of history)."""
+def sample_usage(now: datetime = SAMPLE_NOW, *, history: bool = True, used: bool = True) -> Figures:
+    """Invented usage: $1,260.00 over 30 days, $42.00 a day; or three hours of history;
+    or 90 days of history without usage in the window."""
     if not history:
-        return Figures(
-            "acme-42", "USD", 30, 1_250, Decimal("0.13"), now - timedelta(hours=3), None, "short-history"
-        )
+        return Figures("acme-42", "USD", 30, 1_250, Decimal("0.13"), now - timedelta(hours=3), None, SHORT)
+    if not used:
+        return Figures("acme-42", "USD", 30, 0, Decimal(30), now - timedelta(days=90), None, NONE)
     return Figures("acme-42", "USD", 30, 126_000, Decimal(30), now - timedelta(days=90), 4_200, OK)
+
+
+SAMPLE_PRICES = {"sms": Decimal("0.0075")}
+# Voice seen in the ledger: $252.00 for 18,000 minutes, $0.014 a minute.
+SAMPLE_LEDGER_PRICES = {"voice": LedgerPrice("voice", 25_200, 18_000)}
+SAMPLE_SUBACCOUNTS = (
+    SubaccountUsage("acme-eu", "Acme Europe", 84_000),
+    SubaccountUsage("acme-us", "Acme US", 30_000),
+)
 
 
 def sample_alert_context(which: str = "crossed", now: datetime | None = None) -> dict[str, Any]:
     """A realistic context for previews and for checking templates: one of SAMPLE_VARIANTS or
-    ``restored``."""
+    RESTORED_VARIANTS."""
     now = now or SAMPLE_NOW
+    days = UsageSpec(-1, 30, Decimal(1))
     runway = UsageSpec(-1, 30, Decimal(3), runway=True)
+    restored = Step(10_000, 11_000)
     steps = {
         "crossed": Step(10_000, 11_000),
         "exhausted": Step(0, 0, exhausted=True),
         "reminder": Step(1_000, 1_100),
         "runway": Step(12_600, 13_860, key=-1, usage=runway),
+        "usage": Step(4_200, 4_620, key=-1, usage=days),
+        "owner": Step(50_000, 55_000, owner=True),
         "no-history": Step(10_000, 11_000),
-        "restored": Step(10_000, 11_000),
+        "no-usage": Step(2_500, 2_750),
+        "restored": restored,
+        "restored-no-history": restored,
     }
     step = steps.get(which, steps["crossed"])
-    amount = {"exhausted": -37, "reminder": 612, "runway": 11_950, "restored": 25_000}.get(which, 8_412)
-    kind = {"reminder": Kind.reminder, "restored": Kind.restored}.get(which, Kind.alert)
+    amount = {
+        "exhausted": -37,
+        "reminder": 612,
+        "runway": 11_950,
+        "usage": 4_000,
+        "owner": 45_000,
+        "no-usage": 2_000,
+        "restored": 25_000,
+        "restored-no-history": 25_000,
+    }.get(which, 8_412)
+    kind = (
+        Kind.restored
+        if which.startswith("restored")
+        else Kind.reminder
+        if which == "reminder"
+        else Kind.alert
+    )
     crossed = (Step(25_000, 27_500), step) if which == "crossed" else (step,)
     fired_at = now - (timedelta(days=3) if kind is not Kind.alert else timedelta())
     decision = Decision(kind, step, 2, 3 if kind is Kind.reminder else 0, crossed, fired_at)
-    extras = Extras(usage=sample_usage(now, history=which != "no-history"))
+    short = which in ("no-history", "restored-no-history")
+    priced = which not in ("owner", "no-history", "no-usage", "restored-no-history")
+    extras = Extras(
+        usage=sample_usage(now, history=not short, used=which != "no-usage"),
+        subaccounts=(
+            SAMPLE_SUBACCOUNTS
+            if which in ("usage", "runway", "restored")
+            else tuple(replace(s, used=0) for s in SAMPLE_SUBACCOUNTS)
+            if which == "no-usage"
+            else ()
+        ),
+        prices=SAMPLE_PRICES if priced else {},
+        ledger_prices=SAMPLE_LEDGER_PRICES if priced else {},
+    )
     return alert_context(
         _sample_rule(),
         _sample_subject(amount),
@@ -248,5 +367,5 @@ def sample_alert_context(which: str = "crossed", now: datetime | None = None) ->
 def sample_contexts(kind: str) -> list[dict[str, Any]]:
     """Sample contexts for a template used for ``kind`` (``alert``, ``restored``, ...)."""
     if kind == "restored":
-        return [sample_alert_context("restored")]
+        return [sample_alert_context(v) for v in RESTORED_VARIANTS]
     return [sample_alert_context(v) for v in SAMPLE_VARIANTS]

@@ -1,14 +1,19 @@
 """The daemon: scheduler jobs, signals, readiness. Wiring only; the work lives in the stages.
 
-Two jobs run on an APScheduler 3 background scheduler, each with
+Four jobs run on an APScheduler 3 background scheduler, each with
 ``max_instances=1`` and coalescing, so a slow run is never stacked:
 
 - *evaluate*, every ``poll_interval``: balances changed since the last poll,
   and every ``sweep_interval`` (and at start) a full sweep;
 - *deliver*, every ``delivery.interval`` and right after decisions: due
-  outbox rows out through the transport.
+  outbox rows out through the transport;
+- *topup*, every ``delivery.interval`` and right after new top-up requests:
+  top-ups that arrived in the ledger, then due requests to the hook
+  (``topup.worker``); a failure email it records is delivered right away;
+- *reports*, every minute: the scheduled reports whose send time is due
+  (``reports.runner``), then delivery right away.
 
-A third job, *heartbeat*, every ``poll_interval``, updates this instance's
+A fifth job, *heartbeat*, every ``poll_interval``, updates this instance's
 row in ``instance_status`` (``balancewatch status``); the row is also written
 at start and after every reload attempt.
 
@@ -45,7 +50,11 @@ from balancewatch.deliver.worker import DeliveryStats, Transport, deliver_batch,
 from balancewatch.liveset import LiveSet
 from balancewatch.problems import ProblemsError
 from balancewatch.reload import Reloader, ReloadStatus
+from balancewatch.reports.accounts import ZoneCache
+from balancewatch.reports.runner import ReportStats, run_due
 from balancewatch.store import status as instance_status
+from balancewatch.topup.hook import Hook, make_hook
+from balancewatch.topup.worker import TopupStats, run_topups
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +71,8 @@ def instance_name(settings: Settings) -> str:
 
 @dataclass
 class Pipeline:
-    """Evaluate and deliver with ``now`` passed in: what the daemon, ``--once`` and the demo run."""
+    """Evaluate, call the top-up hook and deliver with ``now`` passed in: what the daemon,
+    ``--once`` and the demo run. ``hook`` defaults to the configured one (None: no hook)."""
 
     engine: Engine
     settings: Settings
@@ -72,6 +82,13 @@ class Pipeline:
     last_sweep: datetime | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
+    hook: Hook | None = None
+    _unhooked_logged: datetime | None = field(default=None, repr=False)
+    report_zones: ZoneCache = field(default_factory=ZoneCache, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.hook is None:
+            self.hook = make_hook(self.settings)
 
     def evaluate(self, now: datetime) -> CycleStats:
         """A poll, or a full sweep when one is due (and the first time, and after a swap).
@@ -106,6 +123,39 @@ class Pipeline:
                 break
             now = clock() if clock is not None else now
         return total
+
+    def topups(self, now: datetime, clock: Clock | None = None) -> TopupStats:
+        """Mark top-ups that arrived in the ledger, then hand due requests to the hook one at a
+        time until none is due or ``stopping`` is set (the call in flight is always finished
+        and recorded). Failure emails go to the outbox; ``deliver`` sends them."""
+        with self.lock:
+            live = self.live
+        stats = run_topups(
+            self.engine, live, self.settings, self.hook, now, clock=clock, stopping=self.stopping
+        )
+        if stats.waiting_for_hook and (
+            self._unhooked_logged is None or now - self._unhooked_logged >= UNHOOKED_LOG_EVERY
+        ):
+            self._unhooked_logged = now
+            log.error(
+                "top-up requests are waiting and no hook is configured: set topup.hook.url or "
+                "topup.hook.command and restart (see `balancewatch topup list --status pending`)"
+            )
+        return stats
+
+    def reports(self, now: datetime) -> ReportStats:
+        """Send the reports due at ``now``, each once; stops between batches once ``stopping`` is set."""
+        with self.lock:
+            live = self.live
+        return run_due(
+            self.engine,
+            live,
+            self.settings,
+            now,
+            self.worker,
+            stopping=self.stopping,
+            zones=self.report_zones,
+        )
 
     def swap(self, live: LiveSet) -> None:
         """Make ``live`` the set evaluations use from now on; the next one sweeps every balance."""
@@ -146,8 +196,9 @@ class Daemon:
             clock=clock,
         )
         self.scheduler = BackgroundScheduler(
-            # Three workers: a long sweep and a slow delivery must not hold up the heartbeat.
-            executors={"default": ThreadPoolExecutor(3)},
+            # A worker per job: a long sweep, a slow delivery or a slow top-up hook must not
+            # hold up the others or the heartbeat.
+            executors={"default": ThreadPoolExecutor(5)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -167,6 +218,28 @@ class Daemon:
                 stats.notifications,
                 ", ".join(f"{k}={v}" for k, v in sorted(stats.decided.items())),
             )
+            if not self.stopping.is_set():
+                self.scheduler.modify_job("deliver", next_run_time=self.clock())
+        if stats.topups and not self.stopping.is_set():
+            self.scheduler.modify_job("topup", next_run_time=self.clock())
+
+    def topup_job(self) -> None:
+        try:
+            stats = self.pipeline.topups(self.clock(), self.clock)
+        except Exception:
+            log.exception("top-up processing failed; retrying at the next interval")
+            return
+        if stats.emails and not self.stopping.is_set():
+            self.scheduler.modify_job("deliver", next_run_time=self.clock())
+
+    def reports_job(self) -> None:
+        try:
+            stats = self.pipeline.reports(self.clock())
+        except Exception:
+            log.exception("reports failed; retrying in a minute")
+            return
+        if stats.messages:
+            log.info("reports: %s", ", ".join(f"{k} {v} sent" for k, v in sorted(stats.sent.items())))
             if not self.stopping.is_set():
                 self.scheduler.modify_job("deliver", next_run_time=self.clock())
 
@@ -271,6 +344,16 @@ class Daemon:
             next_run_time=start + timedelta(milliseconds=100),
         )
         self.scheduler.add_job(
+            self.topup_job,
+            "interval",
+            id="topup",
+            seconds=s.delivery.interval.total_seconds(),
+            next_run_time=start + timedelta(milliseconds=50),
+        )
+        self.scheduler.add_job(
+            self.reports_job, "interval", id="reports", minutes=1, next_run_time=start + timedelta(seconds=1)
+        )
+        self.scheduler.add_job(
             self.heartbeat_job, "interval", id="heartbeat", seconds=s.poll_interval.total_seconds()
         )
         self.scheduler.start()
@@ -313,6 +396,7 @@ class Daemon:
 
 
 REASON_MAX = 400  # instance_status.reload_reason
+UNHOOKED_LOG_EVERY = timedelta(hours=1)
 
 
 def live_values(live: LiveSet) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import OperationalError
 
 from balancewatch import __version__, logs
-from balancewatch.cli import data, ops, plan, ruletest, schema, status
+from balancewatch.cli import data, ops, plan, prefs, recommend, report, ruletest, schema, status, topup
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import safe_url
 from balancewatch.problems import ProblemsError
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     ruletest.register(commands)
     schema.register(commands)
     data.register(commands)
+    topup.register(commands)
+    prefs.register(commands)
+    report.register(commands)
+    recommend.register(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ from balancewatch.liveset import load_set
 from balancewatch.problems import ProblemsError
 from balancewatch.service import Daemon, build_pipeline, describe_transport, instance_name, stop_on_signals
 from balancewatch.store.db import upgrade
+from balancewatch.topup.hook import check_topup_hook
 
 log = logging.getLogger("balancewatch")
 
@@ -32,7 +33,7 @@ def register(commands: Any) -> None:
     run.add_argument(
         "--once",
         action="store_true",
-        help="one full sweep and one round of delivery, then exit (for cron or a test)",
+        help="one full sweep, the reports due, one round of delivery, then exit (for cron or a test)",
     )
     run.set_defaults(handler=cmd_run)
 
@@ -79,6 +80,7 @@ def cmd_check(ctx: Ctx) -> int:
         return report_problems(ctx, exc, "config")
     try:
         live = load_set(settings.rules_dir, settings.templates_dir)
+        check_topup_hook(settings, live.rules)
     except ProblemsError as exc:
         return report_problems(ctx, exc, "check failed")
     files = len({r.source for r in live.rules})
@@ -96,6 +98,7 @@ def cmd_run(ctx: Ctx) -> int:
     settings = ctx.settings
     try:
         live = load_set(settings.rules_dir, settings.templates_dir)
+        check_topup_hook(settings, live.rules)
     except ProblemsError as exc:
         return report_problems(ctx, exc, "cannot start: the rules or templates have problems")
     pipeline = build_pipeline(ctx.engine, settings, live, stopping)
@@ -111,6 +114,8 @@ def cmd_run(ctx: Ctx) -> int:
     if args_once(ctx):
         now = ctx.now()
         stats = pipeline.evaluate(now)
+        pipeline.topups(ctx.now(), ctx.now)
+        pipeline.reports(ctx.now())
         delivered = pipeline.deliver(ctx.now(), ctx.now)
         ctx.say(
             f"looked at {stats.candidates} balances, decided {stats.notifications} notifications; "

@@ -260,7 +260,7 @@ def find(
         queries = [poll_query(rule, step_set, since)]
     else:
         queries = [fire_query(rule, step_set, None), rearm_query(rule, step_set, None)]
-    if rule.remind is not None:
+    if rule.remind is not None or step_set.owner:  # owners may ask for a daily reminder themselves
         queries.append(remind_query(rule, step_set, now))
         if since is None:
             # Polls skip this: a balance that stays put only needs it once, and a

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, case, delete, func, or_, select
+from sqlalchemy import Connection, Select, and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.store.tables import Account, LedgerEntry, UsageSummary
@@ -69,7 +69,8 @@ def figures_of(
 ) -> Figures:
     """The ADU arithmetic from the window's usage and the first entry."""
     days = days_counted(first_at, now, window_days)
-    if first_at is None or now - first_at < min_history:
+    if first_at is None or now - first_at < min_history or days <= 0:
+        # (days <= 0: under a minimum shorter than the 0.01 day counted, nothing to divide by)
         status, adu = SHORT, None
     elif used <= 0:
         status, adu = NONE, None
@@ -82,29 +83,42 @@ def figures_of(
 def _grouped(now: datetime, window_days: int, payer: str | None = None) -> Select[Any]:
     """Usage in the window and first entry per paying account and currency.
 
-    Grouped per account first (the ledger's own grouping, as cheap as any
-    query over the table can be), then rolled up to the paying account.
+    Two aggregates per account and currency, joined, then rolled up to the
+    paying account: the first entry (any kind, up to ``now``) and the usage
+    debits in the window ``[now - window_days, now]``. Every account and
+    currency with an entry up to ``now`` gets a row; ``used`` is null without
+    usage in the window.
     """
     start = now - timedelta(days=window_days)
-    used = func.sum(case((and_(L.kind == "usage", L.occurred_at >= start), -L.amount), else_=0))
-    inner = select(
-        L.account_id, L.currency, used.label("used"), func.min(L.occurred_at).label("first_at")
-    ).where(L.occurred_at <= now)
+    # The first entry is read from the (account_id, currency, occurred_at)
+    # index alone, never from the table; only the window's usage rows are
+    # read from the table. One aggregate over every row that tests kind and
+    # amount would read the whole history from the table.
+    first = select(L.account_id, L.currency, func.min(L.occurred_at).label("first_at")).where(
+        L.occurred_at <= now
+    )
+    used = select(L.account_id, L.currency, func.sum(-L.amount).label("used")).where(
+        L.kind == "usage", L.occurred_at >= start, L.occurred_at <= now
+    )
     if payer is not None:
-        family = select(A.id).where(or_(A.id == payer, A.parent_id == payer))
-        inner = inner.where(L.account_id.in_(family.scalar_subquery()))
-    per_account = inner.group_by(L.account_id, L.currency).subquery("per_account")
-    g = per_account.c
-    paying = func.coalesce(A.parent_id, g.account_id)
+        family = select(A.id).where(or_(A.id == payer, A.parent_id == payer)).scalar_subquery()
+        first, used = first.where(L.account_id.in_(family)), used.where(L.account_id.in_(family))
+    f = first.group_by(L.account_id, L.currency).subquery("first_entry")
+    u = used.group_by(L.account_id, L.currency).subquery("window_usage")
+    paying = func.coalesce(A.parent_id, f.c.account_id)
     return (
         select(
             paying.label("payer"),
-            g.currency,
-            func.sum(g.used).label("used"),
-            func.min(g.first_at).label("first_at"),
+            f.c.currency,
+            func.sum(u.c.used).label("used"),
+            func.min(f.c.first_at).label("first_at"),
         )
-        .select_from(per_account.join(ACCOUNT, A.id == g.account_id))
-        .group_by(paying, g.currency)
+        .select_from(
+            f.outerjoin(u, and_(u.c.account_id == f.c.account_id, u.c.currency == f.c.currency)).join(
+                ACCOUNT, A.id == f.c.account_id
+            )
+        )
+        .group_by(paying, f.c.currency)
     )
 
 

@@ -70,11 +70,60 @@ def to_cron(schedule: str) -> str:
     fields = text.split(" ")
     if len(fields) != 5:
         raise ValueError(f"{schedule!r} is not a schedule; {SCHEDULE_HINT}")
+    if fields[2] != "*" and fields[4] != "*":
+        # cron sends when either matches, APScheduler only when both do: too easily misread.
+        raise ValueError(
+            f"{schedule!r} restricts both the day of the month and the day of the week; give one of them "
+            "(e.g. '0 8 1 * *' or '0 8 * * mon')"
+        )
     try:
+        fields[4] = _weekdays(fields[4])
+        text = " ".join(fields)
         CronTrigger.from_crontab(text, timezone="UTC")
     except ValueError as exc:
         raise ValueError(f"{schedule!r} is not a valid cron expression ({exc}); {SCHEDULE_HINT}") from None
     return text
+
+
+_WEEKDAY_NUMBERS = {name[:3]: (i + 1) % 7 for i, name in enumerate(_DAYS)}  # cron: 0 and 7 are Sunday
+
+
+def _weekdays(field: str) -> str:
+    """The cron day-of-week ``field`` as day names, the only spelling APScheduler 3 reads as cron does.
+
+    (APScheduler 3 counts 0 as Monday; cron counts 0 and 7 as Sunday.) Raises ValueError.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.split(","):
+        span, _, step_text = item.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"day of week {item!r}: the step after '/' must be a whole number above 0")
+        if span == "*":
+            first, last = 0, 6
+        else:
+            low, dash, high = span.partition("-")
+            first = _weekday(low)
+            last = _weekday(high) if dash else (6 if step else first)
+            if dash and last == 0 and high != low:
+                last = 7  # mon-sun, 1-7: up to Sunday at the end of the week
+        if last < first:
+            raise ValueError(f"day of week {item!r}: a range runs from the earlier day to the later")
+        days.update(d % 7 for d in range(first, last + 1, step or 1))
+    if len(days) == 7:
+        return "*"
+    names = {number: name for name, number in _WEEKDAY_NUMBERS.items()}
+    return ",".join(names[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
+
+
+def _weekday(text: str) -> int:
+    if text.isdigit() and int(text) <= 7:
+        return int(text) % 7
+    if text in _WEEKDAY_NUMBERS:
+        return _WEEKDAY_NUMBERS[text]
+    raise ValueError(f"day of week {text!r}: write 0-7 (0 and 7 are Sunday) or mon ... sun")
 
 
 def _shorthand_cron(m: re.Match[str]) -> str:
@@ -167,6 +216,10 @@ class ReportRule(_Strict):
     def _consistent(self) -> ReportRule:
         if self.contents == "low-balance" and OWNER in self.notify:
             raise ValueError("notify: a low-balance report is for operators; name their addresses, not owner")
+        if self.contents == "low-balance" and self.period is not None:
+            raise ValueError("period: a low-balance report is a snapshot of the moment it is sent; leave period out")
+        if self.contents == "daywise" and self.period not in (None, "month"):
+            raise ValueError(f"period: a daywise report covers a month, one row per day; not a {self.period}")
         return self
 
 
@@ -219,7 +272,8 @@ def _period(report: ReportRule) -> str:
         return "month"
     if report.period is not None:
         return report.period
+    # Once a month -> month, once a week -> week; anything more often (weekdays, hourly) -> day.
     day_of_month, day_of_week = report.schedule.split(" ")[2], report.schedule.split(" ")[4]
-    if day_of_month != "*":
+    if day_of_month.isdigit() or day_of_month == "last":
         return "month"
-    return "week" if day_of_week != "*" else "day"
+    return "week" if day_of_week != "*" and "," not in day_of_week else "day"

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from balancewatch.ruletest.models import AccountSpec, ExpectSpec
+from balancewatch.store.preferences import Change
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +28,13 @@ class Where:
 
 @dataclass(frozen=True, slots=True)
 class Opening:
-    """An account as a test starts, with its opening balances in minor units."""
+    """An account as a test starts: opening balances and daily usage in minor units, and the
+    owner's preferences per currency."""
 
     spec: AccountSpec
     balances: tuple[tuple[str, int], ...]
+    preferences: tuple[tuple[str, Change], ...] = ()
+    daily_usage: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,15 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class PreferenceWrite:
+    """Owner preferences to change, values checked and in minor units."""
+
+    account: str
+    currency: str
+    change: Change
+
+
+@dataclass(frozen=True, slots=True)
 class Expectation:
     """An expected notification: the fields as written and recipients normalized."""
 
@@ -74,6 +87,7 @@ class Step:
     posts: tuple[Entry, ...]
     writes: tuple[Write, ...]
     expect: tuple[Expectation, ...] | None
+    preferences: tuple[PreferenceWrite, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,17 @@ from balancewatch import yamlfile
 from balancewatch.money import MoneyError, to_minor
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.rules.loader import validation_problems
-from balancewatch.ruletest.cases import Case, Entry, Expectation, Opening, Step, TestFile, Where, Write
+from balancewatch.ruletest.cases import (
+    Case,
+    Entry,
+    Expectation,
+    Opening,
+    PreferenceWrite,
+    Step,
+    TestFile,
+    Where,
+    Write,
+)
 from balancewatch.ruletest.models import (
     AccountSpec,
     BalanceSpec,
@@ -28,10 +38,19 @@ from balancewatch.ruletest.models import (
     ExpectSpec,
     FileSpec,
     PostSpec,
+    PreferenceSpec,
+    PreferenceWriteSpec,
     StepSpec,
 )
 from balancewatch.store.accounts import AccountError, validate_account
 from balancewatch.store.ledger import LedgerError, check_entry
+from balancewatch.store.preferences import (
+    Change,
+    PreferenceError,
+    parse_recipients,
+    parse_remind,
+    parse_thresholds,
+)
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
@@ -200,13 +219,66 @@ class _Checker:
                 self._problem((*here, _account_field(str(exc))), str(exc))
             if a.parent is not None:
                 self._parent(a, out, here)
-            balances = []
-            for currency, amount in a.balances.items():
-                minor = self._minor(amount, currency, (*here, "balances", currency))
-                if minor is not None:
-                    balances.append((currency, minor))
-            out[a.id] = Opening(a, tuple(balances))
+            out[a.id] = self._opening(a, here, out)
         return list(out.values())
+
+    def _opening(self, a: AccountSpec, here: Loc, above: dict[str, Opening]) -> Opening:
+        """The account's opening balances, preferences and daily usage, values checked."""
+        balances, preferences, usage = [], [], []
+        for currency, amount in a.balances.items():
+            minor = self._minor(amount, currency, (*here, "balances", currency))
+            if minor is not None:
+                balances.append((currency, minor))
+        for currency, pref in a.preferences.items():
+            change = self._change(pref, currency, (*here, "preferences", currency), opening=True)
+            if change is not None:
+                preferences.append((currency, change))
+        payer = above.get(a.parent) if a.parent is not None else None
+        held = payer.spec.balances if payer is not None else a.balances
+        for currency, per_day in a.daily_usage.items():
+            daily = self._daily_usage(per_day, currency, held, (*here, "daily_usage", currency))
+            if daily is not None:
+                usage.append(daily)
+        return Opening(a, tuple(balances), tuple(preferences), tuple(usage))
+
+    def _daily_usage(
+        self, per_day: Any, currency: str, held: dict[str, Any], here: Loc
+    ) -> tuple[str, int] | None:
+        if currency not in held:
+            self._problem(
+                here,
+                f"the paying account has no opening {currency} balance for this usage to draw on; "
+                f"give it one, e.g. balances: {{{currency}: 100}}",
+            )
+            return None
+        minor = self._minor(per_day, currency, here)
+        if minor is not None and minor <= 0:
+            self._problem(here, f"{per_day} is not above zero; write the amount used each day, e.g. 40")
+            return None
+        return None if minor is None else (currency, minor)
+
+    def _change(self, spec: PreferenceSpec, currency: str, here: Loc, *, opening: bool) -> Change | None:
+        """The preferences as a Change; for an opening row, what is left out takes its default
+        (no thresholds, no extra recipients, no reminder, enabled)."""
+        try:
+            thresholds = None if spec.below is None else parse_thresholds(spec.below, currency)
+            recipients = None if spec.email is None else parse_recipients(spec.email)
+            remind = None if spec.remind is None else parse_remind(spec.remind)
+        except PreferenceError as exc:
+            self._problem((*here, exc.field), exc.message)
+            return None
+        if opening:
+            return Change(
+                thresholds=thresholds or (),
+                recipients=recipients or (),
+                remind=bool(remind),
+                enabled=True if spec.enabled is None else spec.enabled,
+            )
+        change = Change(thresholds, recipients, remind, spec.enabled)
+        if change.empty:
+            self._problem(here, "nothing to change; give below, email, remind and/or enabled")
+            return None
+        return change
 
     def _parent(self, a: AccountSpec, above: dict[str, Opening], here: Loc) -> None:
         parent = above.get(a.parent or "")
@@ -222,6 +294,11 @@ class _Checker:
                 (*here, "balances"),
                 f"a subaccount draws on its main account's balance; give the balances to {a.parent!r}",
             )
+        if a.preferences:
+            self._problem(
+                (*here, "preferences"),
+                f"a subaccount draws on its main account's balance; give the preferences to {a.parent!r}",
+            )
 
     def _step(
         self, spec: StepSpec, here: Loc, known: dict[str, Opening], start: datetime, when: datetime
@@ -229,6 +306,10 @@ class _Checker:
         before = len(self.problems)
         posts = [self._post(p, (*here, "post", n), known) for n, p in enumerate(spec.post)]
         writes = [self._write(w, (*here, "set_balance", n), known) for n, w in enumerate(spec.set_balance)]
+        prefs = [
+            self._preferences(p, (*here, "set_preferences", n), known)
+            for n, p in enumerate(spec.set_preferences)
+        ]
         expect = None
         if spec.expect is not None:
             expect = tuple(self._expect(e, (*here, "expect", m), known) for m, e in enumerate(spec.expect))
@@ -241,6 +322,7 @@ class _Checker:
             tuple(p for p in posts if p is not None),
             tuple(w for w in writes if w is not None),
             expect,
+            tuple(p for p in prefs if p is not None),
         )
 
     def _post(self, spec: PostSpec, here: Loc, known: dict[str, Opening]) -> Entry | None:
@@ -278,6 +360,26 @@ class _Checker:
             return None
         amount = self._minor(spec.amount, currency, (*here, "amount"))
         return None if amount is None else Write(spec.account, currency, amount)
+
+    def _preferences(
+        self, spec: PreferenceWriteSpec, here: Loc, known: dict[str, Opening]
+    ) -> PreferenceWrite | None:
+        account = known.get(spec.account)
+        if account is None:
+            self._unknown_account(spec.account, (*here, "account"), known)
+            return None
+        if account.spec.parent is not None:
+            self._problem(
+                (*here, "account"),
+                f"{spec.account!r} is a subaccount and draws on {account.spec.parent!r}'s balance; "
+                f"set the preferences of {account.spec.parent!r}",
+            )
+            return None
+        currency = spec.currency or self._only_currency(account, spec.account, here)
+        if currency is None:
+            return None
+        change = self._change(spec, currency, here, opening=False)
+        return None if change is None else PreferenceWrite(spec.account, currency, change)
 
     def _expect(self, spec: ExpectSpec, here: Loc, known: dict[str, Opening]) -> Expectation:
         if spec.account is not None and spec.account not in known:

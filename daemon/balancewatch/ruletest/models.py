@@ -1,8 +1,10 @@
 """What a rule test file may say, as pydantic models that reject unknown keys.
 
 A test file (``*.test.yaml``) names the rule files under test and holds a
-list of tests; each test has accounts with opening balances and a timeline
-of steps, each step a time, ledger entries and the notifications expected::
+list of tests; each test has accounts with opening balances (and optionally
+owner preferences and a daily usage history) and a timeline of steps, each
+step a time, ledger entries, balance and preference writes and the
+notifications expected::
 
     rule_files: [../low-balance.yaml]
     start: 2026-03-01T09:00:00Z
@@ -18,7 +20,8 @@ of steps, each step a time, ledger entries and the notifications expected::
 
 These models check shapes only; ``load`` checks what refers to what
 (accounts, currencies, amounts a currency can hold, the order of the
-timeline). See docs/rule-tests.md.
+timeline) and checks preferences as ``balancewatch prefs`` does. See
+docs/rule-tests.md.
 """
 
 from __future__ import annotations
@@ -141,8 +144,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PreferenceSpec(_Strict):
+    """An owner's own settings for one currency; ``load`` checks the values as the CLI does."""
+
+    below: Any = None  # up to three amounts: [500, 100] or "500,100"; [] or none: no thresholds
+    email: Any = None  # extra recipients: a list or one comma-separated string
+    remind: bool | str | None = None  # true / 24h: a daily reminder; false / off: none
+    enabled: bool | None = None
+
+
 class AccountSpec(_Strict):
-    """An account as the test starts: who owns it and what it holds."""
+    """An account as the test starts: who owns it, what it holds, how much it used before."""
 
     id: Text
     name: str | None = None  # default: the id
@@ -154,6 +166,9 @@ class AccountSpec(_Strict):
     parent: Text | None = None
     enabled: bool = True
     balances: dict[Currency, Amount] = Field(default_factory=dict)
+    preferences: dict[Currency, PreferenceSpec] = Field(default_factory=dict)
+    daily_usage: dict[Currency, Amount] = Field(default_factory=dict)  # used each day before start
+    usage_days: int = Field(default=30, ge=1, le=365)  # how many days of daily_usage
 
 
 class PostSpec(_Strict):
@@ -176,6 +191,13 @@ class BalanceSpec(_Strict):
     currency: Currency | None = None
 
 
+class PreferenceWriteSpec(PreferenceSpec):
+    """Owner preferences changed at a step; only the fields given change."""
+
+    account: Text
+    currency: Currency | None = None  # default: the account's only currency
+
+
 class ExpectSpec(_Strict):
     """A notification expected at a step; only the fields given are compared."""
 
@@ -183,7 +205,7 @@ class ExpectSpec(_Strict):
     account: Text | None = None
     currency: Currency | None = None
     step: StepAmount | None = None
-    kind: Literal["alert", "reminder"] | None = None
+    kind: Literal["alert", "reminder", "restored"] | None = None
     template: str | None = None
     to: Annotated[list[str], BeforeValidator(_addresses)] | None = None
     subject: str | None = None
@@ -198,6 +220,9 @@ class StepSpec(_Strict):
     at: At
     post: Annotated[list[PostSpec], BeforeValidator(_one_or_many)] = Field(default_factory=list)
     set_balance: Annotated[list[BalanceSpec], BeforeValidator(_one_or_many)] = Field(default_factory=list)
+    set_preferences: Annotated[list[PreferenceWriteSpec], BeforeValidator(_one_or_many)] = Field(
+        default_factory=list
+    )
     expect: list[ExpectSpec] | None = None  # None: not checked; []: no notification
 
     @field_validator("expect", mode="before")

@@ -10,9 +10,10 @@ sent: the pipeline's transport is never called.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -29,6 +30,7 @@ from balancewatch.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import AccountError, add_account
 from balancewatch.store.db import make_engine, upgrade
+from balancewatch.store.preferences import PreferenceError, set_preferences
 from balancewatch.store.tables import Outbox
 
 OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
@@ -153,10 +155,12 @@ def run_case(case: Case, live: LiveSet, settings: Settings) -> CaseResult:
 def _isolated(settings: Settings, tmp: Path, url: str) -> Settings:
     """The configured settings, with everything that could touch the outside world moved into ``tmp``.
 
-    Every evaluation is a full sweep, so what a step decides never depends on
-    the poll interval or overlap: only on the rules, the templates and the data.
+    Every evaluation is a full sweep over usage figures computed afresh, so what a
+    step decides never depends on the poll interval, the overlap or the usage
+    refresh interval: only on the rules, the templates and the data.
     """
     delivery = settings.delivery.model_copy(update={"transport": "files"})
+    usage = settings.usage.model_copy(update={"refresh": timedelta(0)})
     return settings.model_copy(
         update={
             "state_dir": tmp,
@@ -164,6 +168,7 @@ def _isolated(settings: Settings, tmp: Path, url: str) -> Settings:
             "files": FilesSettings(dir=tmp / "mail"),
             "delivery": delivery,
             "sweep_interval": timedelta(0),
+            "usage": usage,
         }
     )
 
@@ -207,12 +212,47 @@ def _open_accounts(case: Case, engine: Engine) -> str | None:
                 )
                 account.enabled = a.enabled
                 s.flush()  # a subaccount listed next finds its main account
+            _post_history(s, case)
+            for opening in case.accounts:
                 for currency, amount in opening.balances:
-                    ledger.set_balance(s, a.id, currency, amount, case.start)
-        except AccountError as exc:
+                    ledger.set_balance(s, opening.spec.id, currency, amount, case.start)
+                for currency, change in opening.preferences:
+                    set_preferences(s, opening.spec.id, currency, change, case.start)
+        except (AccountError, ledger.LedgerError, PreferenceError) as exc:
             return f"accounts: {exc}"
         s.commit()
     return None
+
+
+def _post_history(s: Session, case: Case) -> None:
+    """The ``daily_usage`` of every account, posted through the ledger before the start.
+
+    A paying balance's history opens with a top-up ``usage_days`` days before the
+    start (its first entry), then each account uses its amount once a day, the last
+    time just before the start: at the start, the average daily usage over a window
+    no longer than the history is exactly the daily usage. The opening balances are
+    written at the start afterwards, as always.
+    """
+    opened: dict[tuple[str, str], tuple[int, int]] = defaultdict(lambda: (0, 0))  # days, total used
+    for opening in case.accounts:
+        payer = opening.spec.parent or opening.spec.id
+        for currency, per_day in opening.daily_usage:
+            days, total = opened[(payer, currency)]
+            opened[(payer, currency)] = (
+                max(days, opening.spec.usage_days),
+                total + per_day * opening.spec.usage_days,
+            )
+    for (payer, currency), (days, total) in opened.items():
+        _history_entry(s, payer, currency, total, "top-up", case.start - timedelta(days=days))
+    for opening in case.accounts:
+        for currency, per_day in opening.daily_usage:
+            for day in range(opening.spec.usage_days, 0, -1):
+                at = case.start - timedelta(days=day - 1, seconds=1)
+                _history_entry(s, opening.spec.id, currency, -per_day, "usage", at)
+
+
+def _history_entry(s: Session, account_id: str, currency: str, amount: int, kind: str, at: datetime) -> None:
+    ledger.post(s, account_id, currency, amount, kind, occurred_at=at, now=at)
 
 
 def _apply(step: Step, engine: Engine) -> str | None:
@@ -236,6 +276,11 @@ def _apply(step: Step, engine: Engine) -> str | None:
                 return f"post[{n}]: {exc}"
         for w in step.writes:
             ledger.set_balance(s, w.account, w.currency, w.amount, step.at)
+        for n, p in enumerate(step.preferences):
+            try:
+                set_preferences(s, p.account, p.currency, p.change, step.at)
+            except PreferenceError as exc:
+                return f"set_preferences[{n}]: {exc}"
         s.commit()
     return None
 
@@ -248,6 +293,7 @@ def _decided_after(engine: Engine, seen: int, live: LiveSet) -> tuple[int, list[
     out = []
     for r in rows:
         rule = live.rule(r.rule_id)
+        template = (rule.restored_template if r.kind == "restored" else rule.template) if rule else None
         out.append(
             Notification(
                 rule=r.rule_id,
@@ -255,7 +301,7 @@ def _decided_after(engine: Engine, seen: int, live: LiveSet) -> tuple[int, list[
                 currency=r.currency,
                 step=r.step,
                 kind=r.kind,
-                template=rule.template if rule else "",
+                template=template or "",
                 recipients=tuple(r.recipients),
                 subject=r.subject,
                 text=r.text,

@@ -280,4 +280,55 @@ class InstanceStatus(SQLModel, table=True):
     reloads: int = 0
 
 
+class ReportRun(SQLModel, table=True):
+    """One report for one account and period, claimed before it is built: sent once, ever.
+
+    ``account_id`` is ``*`` for an operators' report. ``status``: ``claimed``
+    (an instance is building it until ``lease_until``; once that has passed,
+    another may take it over), ``sent`` (its outbox row, ``idem_key``, was
+    written with this status), ``skipped`` (nothing to report, or no
+    recipient; ``note`` says which), ``failed`` (``note`` has the error;
+    ``balancewatch report run`` tries it again).
+    """
+
+    __tablename__ = "report_run"
+    __table_args__ = (
+        UniqueConstraint("report_id", "account_id", "period_key", name="uq_report_run"),
+        Index("ix_report_run_open", "report_id", "period_key", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=ROW_ID)
+    report_id: str = Field(max_length=64)
+    account_id: str = Field(max_length=64)
+    period_key: str = Field(max_length=32)
+    timezone: str = Field(max_length=64)
+    fire_at: datetime = Field(sa_type=UTCDateTime)  # the scheduled time, or when it was asked for
+    status: str = Field(default="claimed", max_length=8)  # claimed | sent | skipped | failed
+    claimed_by: str = Field(default="", max_length=128)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attempts: int = 1
+    idem_key: str | None = Field(default=None, max_length=255)
+    note: str | None = Field(default=None, sa_type=Text)
+    claimed_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ReportCursor(SQLModel, table=True):
+    """How far the schedule of one report in one timezone has been followed.
+
+    Every fire time up to ``processed_until`` has been sent, coalesced into a
+    later one, or reported as missed; ``pending_fire`` is a fire time begun
+    and not yet finished (finished after a restart, however late).
+    """
+
+    __tablename__ = "report_cursor"
+
+    report_id: str = Field(primary_key=True, max_length=64)
+    timezone: str = Field(primary_key=True, max_length=64)
+    processed_until: datetime = Field(sa_type=UTCDateTime)
+    pending_fire: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
 SCHEMA_VERSION = 3

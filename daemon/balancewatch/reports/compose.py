@@ -1,0 +1,144 @@
+"""From one built report to an outbox message: the template context, recipients, the CSV file.
+
+A report template sees what the contents built for it (``Built.context``)
+on top of these keys, which every report has (the built context wins where
+both name the same key):
+
+- ``now``: when the report was decided; ``locale``, ``timezone`` (the zone
+  the period is in);
+- ``report``: ``id``, ``description``, ``contents``, ``period`` (day, week,
+  month or none), ``attach_csv``;
+- ``period``: ``kind`` (day, week, month, now), ``key`` (``2026-03-14``,
+  ``2026-W11``, ``2026-03``), ``start`` and ``end`` (aware, in the zone;
+  ``end`` excluded), ``first_day`` and ``last_day`` (dates);
+- ``account``: ``id``, ``name``, ``owner_email``, ``labels`` (absent from an
+  operators' report);
+- ``empty``: true when nothing happened in the period (the report is sent
+  anyway only when it says ``empty: send``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from balancewatch import outbox
+from balancewatch.config import Settings
+from balancewatch.render import RenderError, TemplateSet
+from balancewatch.reports.base import Built, Period
+from balancewatch.reports.claims import FAILED, OPERATORS, SENT, SKIPPED, Outcome, idem_key
+from balancewatch.reports.contents import csv
+from balancewatch.rules.reports import CompiledReport
+
+Attach = Callable[[Built], outbox.Attachment]
+KIND = "report"  # outbox.kind
+EMPTY, NO_RECIPIENT = "nothing happened in this period", "no recipient"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One report ready to record: its outcome, and the message when it is to be sent."""
+
+    outcome: Outcome
+    message: outbox.NewMessage | None = None
+
+
+def context(
+    report: CompiledReport, period: Period, built: Built, now: datetime, settings: Settings
+) -> dict[str, Any]:
+    """The template context of ``built``: the keys every report has, then what the contents built."""
+    account = built.account
+    last_day = period.start.date() if period.kind == "now" else (period.end - timedelta(days=1)).date()
+    base: dict[str, Any] = {
+        "now": now,
+        "locale": account.locale if account else settings.defaults.locale,
+        "timezone": period.timezone,
+        "report": {
+            "id": report.id,
+            "description": report.description,
+            "contents": report.contents,
+            "period": report.period,
+            "attach_csv": report.attach_csv,
+        },
+        "period": {
+            "kind": period.kind,
+            "key": period.key,
+            "start": period.start,
+            "end": period.end,
+            "first_day": period.first_day,
+            "last_day": last_day,
+        },
+        "empty": built.empty,
+    }
+    if account is not None:
+        base["account"] = {
+            "id": account.id,
+            "name": account.name,
+            "owner_email": account.owner_email,
+            "labels": dict(account.labels),
+        }
+    return {**base, **built.context}
+
+
+def recipients(report: CompiledReport, built: Built) -> tuple[str, ...]:
+    """The owner (when the report names ``owner``), then the report's addresses; without repeats."""
+    out = []
+    if report.notify_owner and built.account is not None:
+        out.append(built.account.owner_email.strip())
+    out.extend(report.recipients)
+    return tuple(dict.fromkeys(a for a in out if a))
+
+
+def csv_attachment(report: CompiledReport, period: Period) -> Attach:
+    """The CSV file of a built report: ``<report>-<account>-<period>.csv`` with the contents' rows."""
+
+    def attach(built: Built) -> outbox.Attachment:
+        name = csv.csv_filename(built, report.id, period.key)
+        return outbox.Attachment(name, csv.CONTENT_TYPE, csv.csv_text(built))
+
+    return attach
+
+
+def prepare(
+    report: CompiledReport,
+    period: Period,
+    built: Built,
+    now: datetime,
+    settings: Settings,
+    templates: TemplateSet,
+    attach: Attach | None = None,
+) -> Prepared:
+    """What to record for ``built``: skipped (empty, no recipient), failed (a template or CSV error,
+    with the problem as the note), or sent with its message."""
+    account_id = built.account.id if built.account is not None else OPERATORS
+    if built.empty and not report.send_empty:
+        return Prepared(Outcome(account_id, SKIPPED, note=EMPTY))
+    to = recipients(report, built)
+    if not to:
+        return Prepared(Outcome(account_id, SKIPPED, note=NO_RECIPIENT))
+    try:
+        rendered = templates.render(report.template, context(report, period, built, now, settings))
+    except RenderError as exc:
+        return Prepared(Outcome(account_id, FAILED, note=str(exc.problem)))
+    attachments: tuple[outbox.Attachment, ...] = ()
+    if attach is not None:
+        try:
+            attachments = (attach(built),)
+        except Exception as exc:  # another stage's code: a failure is this report's, not the batch's
+            return Prepared(Outcome(account_id, FAILED, note=f"writing the CSV file: {exc!r}"))
+    key = idem_key(report.id, account_id, period.key)
+    message = outbox.NewMessage(
+        idem_key=key,
+        kind=KIND,
+        sender=settings.delivery.sender,
+        recipients=to,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        rule_id=report.id,
+        account_id=built.account.id if built.account is not None else None,
+        attachments=attachments,
+    )
+    return Prepared(Outcome(account_id, SENT, key), message)

@@ -1,0 +1,194 @@
+"""Low balances, for operators: every balance below one of its alert steps right now.
+
+A balance is low when a rule's step is fired for it and the balance is at or
+below that step; a step that follows usage (stored under a negative key, its
+amount moving with usage) counts while it is fired. Each balance appears once,
+with the lowest such fixed step (``step``), the rules, its average daily usage
+(``usage.window_days``) and runway (balance / ADU in days, rounded down to a
+tenth), most urgent first: the shortest runway, then balances without an ADU,
+each by the lowest balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from fractions import Fraction
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, and_, or_, select
+
+from balancewatch.config import Settings
+from balancewatch.evaluate.candidates import account_filter
+from balancewatch.evaluate.usage import OK
+from balancewatch.money import Money
+from balancewatch.reports.base import AccountInfo, Built, Period
+from balancewatch.reports.contents.common import ACCOUNT, BALANCE, A, B, Options, base_context, major_text
+from balancewatch.rules.reports import CompiledReport
+from balancewatch.store.tables import AlertState, UsageSummary
+
+STATE = AlertState.__table__  # type: ignore[attr-defined]
+S = STATE.c
+SUMMARY = UsageSummary.__table__  # type: ignore[attr-defined]
+U = SUMMARY.c
+CSV_HEADER = (
+    "rank",
+    "account_id",
+    "account_name",
+    "owner_email",
+    "currency",
+    "balance",
+    "adu",
+    "runway_days",
+    "step",
+    "rules",
+    "fired_at",
+)
+
+
+@dataclass
+class Low:
+    """One low balance and what is known about it."""
+
+    account_id: str
+    name: str
+    owner_email: str
+    currency: str
+    balance: int
+    adu: int | None
+    steps: set[int] = field(default_factory=set)
+    rules: set[str] = field(default_factory=set)
+    fired_at: datetime | None = None
+
+    @property
+    def runway(self) -> Decimal | None:
+        if not self.adu:
+            return None
+        return (Decimal(max(self.balance, 0)) / self.adu).quantize(Decimal("0.1"), ROUND_DOWN)
+
+    def urgency(self) -> tuple[Any, ...]:
+        if self.adu:
+            return (0, Fraction(max(self.balance, 0), self.adu), self.balance, self.account_id, self.currency)
+        return (1, 0, self.balance, self.account_id, self.currency)
+
+
+def build(
+    conn: Connection,
+    report: CompiledReport,
+    accounts: Sequence[AccountInfo],
+    period: Period,
+    now: datetime,
+    settings: Settings,
+    *,
+    rule_ids: Sequence[str] | None = None,
+) -> Iterator[Built]:
+    """One Built for the operators (``account`` None) over every balance of an account matching
+    the report's selector that is low now (``accounts`` is not consulted). ``rule_ids``: the rules
+    of the live set whose fired steps count (None: every fired step). One query."""
+    options = Options.of(settings)
+    yield report_of(report, period, now, options, find(conn, report, options.window_days, rule_ids))
+
+
+def find(
+    conn: Connection, report: CompiledReport, window_days: int, rule_ids: Sequence[str] | None
+) -> list[Low]:
+    """Every low balance of an account the report's selector matches, most urgent first."""
+    fired = and_(
+        S.account_id == B.account_id,
+        S.currency == B.currency,
+        S.status == "fired",
+        or_(S.step < 0, B.amount <= S.step),
+    )
+    if rule_ids is not None:
+        fired = and_(fired, S.rule_id.in_(list(rule_ids)))
+    summary = and_(U.account_id == B.account_id, U.currency == B.currency, U.window_days == window_days)
+    query = (
+        select(
+            B.account_id,
+            B.currency,
+            B.amount,
+            A.name,
+            A.owner_email,
+            S.rule_id,
+            S.step,
+            S.fired_at,
+            U.adu,
+            U.status,
+        )
+        .select_from(
+            BALANCE.join(ACCOUNT, A.id == B.account_id).join(STATE, fired).outerjoin(SUMMARY, summary)
+        )
+        .where(*account_filter(report.selector))
+        .order_by(B.account_id, B.currency)
+    )
+    if report.selector.currencies is not None:
+        query = query.where(B.currency.in_(report.selector.currencies))
+    return sorted(_collect(conn.execute(query)), key=Low.urgency)
+
+
+def _collect(rows: Iterable[Any]) -> Iterator[Low]:
+    current: Low | None = None
+    for r in rows:
+        if current is None or (current.account_id, current.currency) != (r.account_id, r.currency):
+            if current is not None:
+                yield current
+            adu = int(r.adu) if r.adu is not None and r.status == OK else None
+            current = Low(r.account_id, r.name, r.owner_email, r.currency, int(r.amount), adu)
+        current.steps.add(int(r.step))
+        current.rules.add(r.rule_id)
+        if r.fired_at is not None and (current.fired_at is None or r.fired_at < current.fired_at):
+            current.fired_at = r.fired_at
+    if current is not None:
+        yield current
+
+
+def report_of(
+    report: CompiledReport, period: Period, now: datetime, options: Options, lows: Sequence[Low]
+) -> Built:
+    """The operators' report of ``lows`` (already in order)."""
+    context = base_context(report, None, period, now, options.default_locale)
+    zone = ZoneInfo(period.timezone)
+    balances, rows = [], []
+    for rank, low in enumerate(lows, start=1):
+        fixed = [s for s in low.steps if s >= 0]
+        step = min(fixed) if fixed else None
+        balances.append(
+            {
+                "rank": rank,
+                "account": {"id": low.account_id, "name": low.name, "owner_email": low.owner_email},
+                "currency": low.currency,
+                "balance": Money(low.balance, low.currency),
+                "adu": None if low.adu is None else Money(low.adu, low.currency),
+                "runway_days": low.runway,
+                "step": None if step is None else Money(step, low.currency),
+                "follows_usage": any(s < 0 for s in low.steps),
+                "exhausted": low.balance <= 0,
+                "rules": sorted(low.rules),
+                "fired_at": low.fired_at,
+            }
+        )
+        rows.append(
+            (
+                str(rank),
+                low.account_id,
+                low.name,
+                low.owner_email,
+                low.currency,
+                major_text(low.balance, low.currency),
+                "" if low.adu is None else major_text(low.adu, low.currency),
+                "" if low.runway is None else str(low.runway),
+                "" if step is None else major_text(step, low.currency),
+                " ".join(sorted(low.rules)),
+                "" if low.fired_at is None else low.fired_at.astimezone(zone).isoformat(timespec="seconds"),
+            )
+        )
+    context["balances"] = balances
+    context["count"] = len(balances)
+    context["accounts_count"] = len({low.account_id for low in lows})
+    context["exhausted_count"] = sum(1 for b in balances if b["exhausted"])
+    context["window_days"] = options.window_days
+    context["empty"] = not balances
+    return Built(None, context, CSV_HEADER, rows, not balances)

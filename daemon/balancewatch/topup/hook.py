@@ -1,0 +1,437 @@
+"""Asking the platform to charge: an HTTP POST or a command, and what its answer means.
+
+Both hooks get the same JSON (``payload``). The answer is classified into one
+of four outcomes (docs/topup.md has the whole contract):
+
+- ``accepted``: HTTP 2xx, or exit status 0 — the platform took the request;
+  the top-up is expected in the ledger;
+- ``succeeded``: the same, with a JSON answer ``{"status": "succeeded"}`` —
+  the platform charged at once;
+- ``declined``: the platform refused (HTTP 4xx but those below, a JSON answer
+  ``{"status": "failed", "reason": "..."}``, or an exit status other than 0
+  and 75); ``reason`` is shown to the owner;
+- ``retry``: worth trying again later (timeouts, connection errors, HTTP 5xx,
+  408, 425, 429, exit status 75, a command killed by a signal) — or the hook
+  itself is misconfigured (HTTP 401, 403, 404, 405, 407, 415, a redirect, a
+  command that cannot be started), which is logged as an error for the
+  operator rather than blamed on the owner's card.
+
+Header values are secrets: they are sent, never logged, never part of an answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from enum import StrEnum
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from balancewatch import __version__
+from balancewatch.config import Settings, TopupHookSettings, shown_url
+from balancewatch.money import to_major
+from balancewatch.problems import Problem, ProblemsError
+from balancewatch.rules.compiled import CompiledRule
+
+MAX_BODY = 64 * 1024  # read at most this much of an answer
+MAX_STORED = 2000  # kept in topup_request.hook_response
+MAX_REASON = 300
+EX_TEMPFAIL = 75  # sysexits.h: "try again later", as mail delivery agents use it
+RETRYABLE_HTTP = {408, 425, 429}
+MISCONFIGURED_HTTP = {401, 403, 404, 405, 407, 415}
+DECLINED_STATUSES = {"failed", "declined", "refused"}
+
+
+class Outcome(StrEnum):
+    accepted = "accepted"
+    succeeded = "succeeded"
+    declined = "declined"
+    retry = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class HookRequest:
+    """One top-up request as the hook is told about it."""
+
+    id: int
+    idem_key: str
+    rule_id: str
+    account_id: str
+    currency: str
+    amount: int  # minor units
+    created_at: datetime
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a call came to. ``reason``: for ``declined``, what the platform said (the owner
+    reads it); for ``retry``, what went wrong (the operator reads it). ``response`` is the
+    answer's body or the command's output, truncated, to keep with the request.
+    ``misconfigured``: the hook itself needs fixing (logged as an error)."""
+
+    outcome: Outcome
+    reason: str = ""
+    response: str | None = None
+    retry_after: timedelta | None = None
+    misconfigured: bool = False
+
+
+class Hook(Protocol):
+    """Calls the platform for one request; never raises for a failed call, answers ``retry``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def call(self, request: HookRequest) -> Answer: ...
+
+
+def payload(request: HookRequest) -> dict[str, Any]:
+    """The JSON both hooks receive. ``amount`` is exact major units as a string ("200.00")."""
+    return {
+        "id": request.id,
+        "idempotency_key": request.idem_key,
+        "account": request.account_id,
+        "currency": request.currency,
+        "amount": format(to_major(request.amount, request.currency), "f"),
+        "amount_minor": request.amount,
+        "rule": request.rule_id,
+        "requested_at": request.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "attempt": request.attempt,
+    }
+
+
+def header_key(idem_key: str) -> str:
+    """The Idempotency-Key header value: the key itself when it is printable ASCII (it is for
+    ids written in ASCII), else the key percent-encoded as UTF-8."""
+    if idem_key.isascii() and idem_key.isprintable():
+        return idem_key
+    return quote(idem_key, safe="/:@-._~")
+
+
+def make_hook(settings: Settings) -> Hook | None:
+    """The configured hook, or None when ``topup.hook`` names neither a URL nor a command."""
+    hook = settings.topup.hook
+    if hook.url:
+        return HttpHook(hook)
+    if hook.command:
+        return CommandHook(hook.command, hook.timeout)
+    return None
+
+
+def configuration_problems(settings: Settings, rules: Sequence[CompiledRule]) -> list[Problem]:
+    """A problem at each rule with ``topup`` when no hook is configured to carry its requests."""
+    if settings.topup.hook.configured:
+        return []
+    where = settings.source or "config.yaml"
+    return [
+        Problem(
+            rule.source,
+            rule.line,
+            "topup",
+            f"rule {rule.id!r} asks for top-ups but no hook is configured: set topup.hook.url or "
+            f"topup.hook.command in {where} (see docs/topup.md)",
+        )
+        for rule in rules
+        if rule.topup is not None and rule.enabled
+    ]
+
+
+# --- the answer ---------------------------------------------------------------------------------------
+
+
+def one_line(text: str, limit: int = MAX_REASON) -> str:
+    """``text`` on one line, control characters dropped, at most ``limit`` characters."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _stated_reason(data: Mapping[str, Any] | None) -> str:
+    """The reason a JSON answer gives: ``reason``, ``message``, ``error`` (or its ``message``), ``detail``."""
+    if not data:
+        return ""
+    for key in ("reason", "message", "error", "detail"):
+        value = data.get(key)
+        if isinstance(value, Mapping):
+            value = value.get("message")
+        if isinstance(value, str) and value.strip():
+            return one_line(value)
+    return ""
+
+
+def answer_of_body(text: str) -> Answer:
+    """The outcome of an accepted call (HTTP 2xx, exit status 0) from its body.
+
+    A JSON object whose ``status`` is ``failed`` (or ``declined``, ``refused``) is a
+    refusal with its ``reason``; ``succeeded`` means charged already; anything
+    else, or no JSON at all, means accepted.
+    """
+    data = _json_object(text)
+    status = str(data.get("status", "")).lower() if data else ""
+    stored = text[:MAX_STORED] or None
+    if status in DECLINED_STATUSES:
+        return Answer(
+            Outcome.declined, _stated_reason(data) or "the payment platform refused the charge", stored
+        )
+    if status == "succeeded":
+        return Answer(Outcome.succeeded, response=stored)
+    return Answer(Outcome.accepted, response=stored)
+
+
+def answer_of_http_error(status: int, phrase: str, text: str, headers: Message | None) -> Answer:
+    """The outcome of a non-2xx HTTP answer; see the module docstring."""
+    stored = text[:MAX_STORED] or None
+    said = f"HTTP {status} {phrase}".strip()
+    detail = _stated_reason(_json_object(text)) or _plain_reason(text)
+    if 300 <= status < 400:
+        target = shown_url(headers.get("Location", "")) if headers is not None else ""
+        return Answer(
+            Outcome.retry,
+            f"{said}: the hook redirects{f' to {target}' if target else ''}; "
+            "set topup.hook.url to the address that answers",
+            stored,
+            misconfigured=True,
+        )
+    if status in MISCONFIGURED_HTTP:
+        hint = (
+            "check topup.hook.headers (credentials)" if status in (401, 403, 407) else "check topup.hook.url"
+        )
+        return Answer(
+            Outcome.retry, f"{said}{f': {detail}' if detail else ''}; {hint}", stored, misconfigured=True
+        )
+    if status in RETRYABLE_HTTP or status >= 500:
+        after = _retry_after(headers.get("Retry-After") if headers is not None else None)
+        return Answer(Outcome.retry, f"{said}{f': {detail}' if detail else ''}", stored, after)
+    return Answer(Outcome.declined, detail or f"the payment platform refused the charge ({said})", stored)
+
+
+def _plain_reason(text: str) -> str:
+    """The first line of a short plain-text body; nothing for HTML or long bodies."""
+    stripped = text.strip()
+    if not stripped or stripped.startswith("<") or stripped.startswith("{"):
+        return ""
+    first = stripped.splitlines()[0]
+    return one_line(first) if len(first) <= MAX_REASON else ""
+
+
+def _retry_after(value: str | None) -> timedelta | None:
+    if value and value.strip().isdigit():
+        return timedelta(seconds=int(value.strip()))
+    return None
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as it came: a POST is never re-sent elsewhere, nor turned into a GET."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class HttpHook:
+    """POST the request's JSON to ``topup.hook.url`` with an ``Idempotency-Key`` header.
+
+    https URLs are verified against the system's CAs (plus ``ca_file``), host name
+    included. Proxies from the environment (``https_proxy``, ``no_proxy``) apply.
+    """
+
+    def __init__(self, settings: TopupHookSettings) -> None:
+        self.settings = settings
+        self.url = settings.url
+        self.timeout = settings.timeout.total_seconds()
+        context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirects)
+
+    @property
+    def name(self) -> str:
+        return self.settings.describe()
+
+    def _headers(self, request: HookRequest) -> dict[str, str]:
+        """Configured headers first, then ours; raises OSError naming a header file that cannot be read."""
+        headers = {name: value.get_secret_value() for name, value in self.settings.headers.items()}
+        for name, path in self.settings.header_files.items():
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise OSError(
+                    f"cannot read topup.hook.header_files.{name} {path}: {exc.strerror or exc}"
+                ) from exc
+            if any(c in value for c in "\r\n\0"):
+                raise OSError(f"topup.hook.header_files.{name} {path}: the value must be one line")
+            headers[name] = value
+        headers.update(
+            {
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"balancewatch/{__version__}",
+                "Idempotency-Key": header_key(request.idem_key),
+            }
+        )
+        return headers
+
+    def call(self, request: HookRequest) -> Answer:
+        """POST once; every failure becomes an Answer (nothing raised)."""
+        try:
+            headers = self._headers(request)
+        except OSError as exc:
+            return Answer(Outcome.retry, str(exc), misconfigured=True)
+        body = json.dumps(payload(request)).encode()
+        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                text = _read(resp)
+        except urllib.error.HTTPError as exc:
+            with contextlib.closing(exc):
+                text = _read(exc)
+            return answer_of_http_error(exc.code, str(exc.reason or ""), text, exc.headers)
+        except urllib.error.URLError as exc:
+            return Answer(Outcome.retry, f"{self.name}: {_why(exc.reason)}")
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            return Answer(Outcome.retry, f"{self.name}: {_why(exc)}")
+        return answer_of_body(text)
+
+
+def _read(resp: Any) -> str:
+    try:
+        data = resp.read(MAX_BODY)
+    except (OSError, http.client.HTTPException):
+        return ""
+    return data.decode("utf-8", errors="replace") if data else ""
+
+
+def _why(reason: object) -> str:
+    if isinstance(reason, TimeoutError):
+        return "no answer within topup.hook.timeout"
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return (
+            f"the certificate was not accepted ({reason.verify_message}); "
+            "set topup.hook.ca_file for a private CA"
+        )
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+# --- a command ----------------------------------------------------------------------------------------
+
+
+def command_environment(environ: Mapping[str, str], request: HookRequest) -> dict[str, str]:
+    """The command's environment: ours without balancewatch's own settings (they may hold
+    secrets such as the SMTP password), plus the request's id and key."""
+    env = {k: v for k, v in environ.items() if not k.upper().startswith("BALANCEWATCH_")}
+    env["BALANCEWATCH_TOPUP_ID"] = str(request.id)
+    env["BALANCEWATCH_IDEMPOTENCY_KEY"] = request.idem_key
+    return env
+
+
+class CommandHook:
+    """Run ``topup.hook.command`` with the request's JSON on stdin.
+
+    Exit status 0: accepted (stdout may hold a JSON answer, as an HTTP body would);
+    75: try again later; killed by a signal or over ``timeout``: tried again;
+    any other status: refused, with the JSON ``reason`` on stdout, else the last
+    line of stderr. The command runs in a session of its own, so a timeout stops
+    everything it started.
+    """
+
+    def __init__(
+        self, argv: Sequence[str], timeout: timedelta, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.argv = list(argv)
+        self.timeout = timeout.total_seconds()
+        self.environ = environ
+
+    @property
+    def name(self) -> str:
+        return f"command {self.argv[0]}"
+
+    def call(self, request: HookRequest) -> Answer:
+        """Run once; every failure becomes an Answer (nothing raised)."""
+        env = command_environment(os.environ if self.environ is None else self.environ, request)
+        data = json.dumps(payload(request)).encode()
+        try:
+            proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return Answer(
+                Outcome.retry,
+                f"cannot run {self.argv[0]}: {exc.strerror or exc}; check topup.hook.command",
+                misconfigured=True,
+            )
+        try:
+            out, err = proc.communicate(data, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            return Answer(
+                Outcome.retry, f"{self.name} did not finish within topup.hook.timeout; it was stopped"
+            )
+        stdout = out[:MAX_BODY].decode("utf-8", errors="replace")
+        stderr = err[-MAX_BODY:].decode("utf-8", errors="replace")
+        code = proc.returncode
+        if code == 0:
+            return answer_of_body(stdout)
+        last = _last_line(stderr)
+        stored = (stdout or stderr)[:MAX_STORED] or None
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            return Answer(Outcome.retry, f"{self.name} was killed by {name}", stored)
+        if code == EX_TEMPFAIL:
+            return Answer(
+                Outcome.retry, f"{self.name} asked to try again later{f': {last}' if last else ''}", stored
+            )
+        reason = (
+            _stated_reason(_json_object(stdout)) or last or f"the top-up command exited with status {code}"
+        )
+        return Answer(Outcome.declined, reason, stored)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return one_line(lines[-1]) if lines else ""
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the command's whole session and reap it; output still held open elsewhere is abandoned."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        proc.wait()
+
+
+def check_topup_hook(settings: Settings, rules: Sequence[CompiledRule]) -> None:
+    """Raise ProblemsError when one of ``rules`` has ``topup`` and no hook is configured."""
+    problems = configuration_problems(settings, rules)
+    if problems:
+        raise ProblemsError(problems)

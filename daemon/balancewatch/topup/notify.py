@@ -1,0 +1,311 @@
+"""The email telling an owner that an automatic recharge failed: its context, its message.
+
+The context (kind ``topup-failed``) has what every balance email has —
+``account``, ``currency``, ``balance``, ``rule``, ``usage``, ``locale``,
+``timezone``, ``now`` — and ``topup``:
+
+- ``id``, ``amount`` (Money), ``requested_at``, ``attempts``;
+- ``reason``: what the platform said, or why balancewatch stopped trying;
+- ``cause``: ``declined`` (the platform refused), ``gave-up`` (no usable answer
+  within ``topup.retry.give_up_after``) or ``reported`` (an operator ran
+  ``balancewatch topup fail``).
+
+``sample_contexts`` builds the same shapes from invented data for ``check``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from balancewatch import outbox
+from balancewatch.config import Settings
+from balancewatch.evaluate import usage
+from balancewatch.evaluate.dynamic import load_preferences
+from balancewatch.evaluate.load import Subject, subaccount_owners
+from balancewatch.messages import Extras, recipients, sample_usage, usage_context
+from balancewatch.money import Money
+from balancewatch.render import RenderError, TemplateSet
+from balancewatch.rules.compiled import CompiledRule
+from balancewatch.store.tables import Account, Balance
+from balancewatch.topup.requests import FAILED, Request
+
+log = logging.getLogger(__name__)
+
+KIND = "topup-failed"
+DEFAULT_TEMPLATE = "topup-failed"
+CAUSES = ("declined", "gave-up", "reported")
+ACCOUNT = Account.__table__  # type: ignore[attr-defined]
+BALANCE = Balance.__table__  # type: ignore[attr-defined]
+A, B = ACCOUNT.c, BALANCE.c
+
+
+def email_key(request_id: int) -> str:
+    """The outbox key of a request's failure email: decided once, ever."""
+    return f"topup-failed/{request_id}"
+
+
+def failure_context(
+    request: Request,
+    subject: Subject,
+    rule: CompiledRule | None,
+    reason: str,
+    cause: str,
+    now: datetime,
+    *,
+    figures: usage.Figures | None,
+    default_locale: str,
+    default_timezone: str,
+    recommend_days: Decimal = Decimal(1),
+    window_days: int = 30,
+    min_history: timedelta = timedelta(days=3),
+) -> dict[str, Any]:
+    """Everything a ``topup-failed`` template may use; see the module docstring."""
+    currency = request.currency
+    return {
+        "locale": subject.locale or default_locale,
+        "timezone": subject.timezone or default_timezone,
+        "now": now,
+        "account": {
+            "id": subject.account_id,
+            "name": subject.name,
+            "owner_email": subject.owner_email,
+            "billing": subject.billing,
+            "parent_id": subject.parent_id,
+            "labels": dict(subject.labels),
+        },
+        "currency": currency,
+        "balance": Money(subject.amount, currency),
+        "rule": {"id": request.rule_id, "description": rule.description if rule else ""},
+        "usage": usage_context(
+            figures,
+            subject.amount,
+            currency,
+            recommend_days,
+            window_days=window_days,
+            min_history=min_history,
+        ),
+        "topup": {
+            "id": request.id,
+            "amount": Money(request.amount, currency),
+            "requested_at": request.created_at,
+            "attempts": request.attempts,
+            "reason": reason,
+            "cause": cause,
+        },
+    }
+
+
+def load_subject(conn: Connection, account_id: str, currency: str) -> Subject | None:
+    """The account with its balance in ``currency`` now (0 when it has none); None if it is gone."""
+    row = conn.execute(
+        select(A.id, A.name, A.owner_email, A.locale, A.timezone, A.billing, A.parent_id, A.labels, B.amount)
+        .select_from(ACCOUNT.outerjoin(BALANCE, (B.account_id == A.id) & (B.currency == currency)))
+        .where(A.id == account_id)
+    ).first()
+    if row is None:
+        return None
+    return Subject(
+        row.id,
+        currency,
+        int(row.amount or 0),
+        row.name,
+        row.owner_email,
+        row.locale,
+        row.timezone,
+        row.billing,
+        row.parent_id,
+        dict(row.labels or {}),
+    )
+
+
+def failure_message(
+    conn: Connection,
+    templates: TemplateSet,
+    rule: CompiledRule | None,
+    settings: Settings,
+    request: Request,
+    reason: str,
+    cause: str,
+    now: datetime,
+) -> outbox.NewMessage | None:
+    """The failure email of ``request``, rendered with the rule's ``topup.template``
+    (``topup-failed`` when the rule is gone), to whom the rule notifies (the owner
+    when the rule is gone). None when the account is gone or nobody is to be told.
+
+    A template that fails to render with these data is logged, and a plain
+    message stands in for it: the owner is told either way.
+    """
+    subject = load_subject(conn, request.account_id, request.currency)
+    if subject is None:
+        log.error(
+            "top-up request %d failed, but account %s is gone: no email", request.id, request.account_id
+        )
+        return None
+    to = _recipients(conn, rule, subject)
+    if not to:
+        log.warning(
+            "top-up request %d failed; rule %s notifies nobody: no email", request.id, request.rule_id
+        )
+        return None
+    u = settings.usage
+    context = failure_context(
+        request,
+        subject,
+        rule,
+        reason,
+        cause,
+        now,
+        figures=usage.figures(conn, request.account_id, request.currency, now, u.window_days, u.min_history),
+        default_locale=settings.defaults.locale,
+        default_timezone=settings.defaults.timezone,
+        recommend_days=u.recommend_days,
+        window_days=u.window_days,
+        min_history=u.min_history,
+    )
+    template = (rule.topup_template if rule else None) or DEFAULT_TEMPLATE
+    try:
+        rendered = templates.render(template, context)
+        parts = (rendered.subject, rendered.text, rendered.html)
+    except RenderError as exc:
+        log.error("top-up request %d: %s; sending a plain failure email instead", request.id, exc.problem)
+        parts = _plain(context, settings.defaults.locale)
+    return outbox.NewMessage(
+        idem_key=email_key(request.id),
+        kind=KIND,
+        sender=settings.delivery.sender,
+        recipients=to,
+        subject=parts[0],
+        text=parts[1],
+        html=parts[2],
+        rule_id=request.rule_id,
+        account_id=request.account_id,
+        currency=request.currency,
+    )
+
+
+def _recipients(conn: Connection, rule: CompiledRule | None, subject: Subject) -> tuple[str, ...]:
+    if rule is None:
+        return (subject.owner_email.strip(),) if subject.owner_email.strip() else ()
+    prefs = load_preferences(conn, [subject.key]).get(subject.key) if rule.notify_preferences else None
+    owners = (
+        subaccount_owners(conn, [subject.account_id]).get(subject.account_id, ())
+        if rule.notify_subaccount_owners
+        else ()
+    )
+    extras = Extras(preference_recipients=prefs.recipients if prefs else (), subaccount_owners=owners)
+    return recipients(rule, subject, extras)
+
+
+def _plain(context: dict[str, Any], default_locale: str) -> tuple[str, str, None]:
+    locale = context.get("locale") or default_locale
+    topup, account = context["topup"], context["account"]
+    amount, balance = topup["amount"].format(locale), context["balance"].format(locale)
+    subject = f"{account['name']}: automatic recharge of {amount} failed"
+    text = (
+        f"Hello {account['name']},\n\n"
+        f"The automatic recharge of {amount} for your {context['currency']} balance failed: "
+        f"{topup['reason']}.\n"
+        f"Your balance is {balance}. Please add credit yourself, or update your payment method.\n\n"
+        f"Account:  {account['id']}\nRequest:  {topup['id']}\n"
+    )
+    return subject, text, None
+
+
+def record_failure(
+    conn: Connection,
+    templates: TemplateSet,
+    rule: CompiledRule | None,
+    settings: Settings,
+    request: Request,
+    reason: str,
+    cause: str,
+    now: datetime,
+    domain: str,
+) -> outbox.NewMessage | None:
+    """Put the failure email of ``request`` (already closed as failed, in this transaction)
+    in the outbox, unless its key is there already; return the message recorded."""
+    assert request.status == FAILED
+    if conn.execute(outbox.select_by_key(email_key(request.id))).first() is not None:
+        return None
+    message = failure_message(conn, templates, rule, settings, request, reason, cause, now)
+    if message is not None:
+        outbox.add(conn, [message], now, domain)
+    return message
+
+
+# --- samples for `check` ------------------------------------------------------------------------------
+
+SAMPLE_NOW = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
+
+
+def sample_contexts() -> list[dict[str, Any]]:
+    """Realistic ``topup-failed`` contexts: a declined card with usage known, a platform that
+    never answered (too short a history for an estimate), an operator's report with the balance
+    used up and no usage, and one in en_IN rupees."""
+    now = SAMPLE_NOW
+    out = []
+    for cause, reason, amount, currency, locale, history, used in (
+        ("declined", "Your card was declined (insufficient funds).", 1_850, "USD", "en_US", True, True),
+        (
+            "gave-up",
+            "the payment platform did not accept the request after 9 attempts (last: HTTP 503)",
+            4_000,
+            "USD",
+            "en_US",
+            False,
+            True,
+        ),
+        ("reported", "charge reversed by the bank", -37, "USD", "en_US", True, False),
+        ("declined", "Card expired", 450_000, "INR", "en_IN", True, True),
+    ):
+        request = Request(
+            id=17,
+            idem_key=f"topup/auto-recharge/acme-42/{currency}/5000/2",
+            rule_id="auto-recharge",
+            account_id="acme-42",
+            currency=currency,
+            amount=20_000 if currency == "USD" else 1_500_000,
+            status=FAILED,
+            attempts=9 if cause == "gave-up" else 1,
+            next_attempt_at=now,
+            last_error=reason,
+            hook_response=None,
+            created_at=now - timedelta(hours=6),
+            updated_at=now,
+        )
+        subject = Subject(
+            "acme-42",
+            currency,
+            amount,
+            "Acme Messaging Ltd",
+            "billing@acme.example",
+            locale,
+            "Asia/Kolkata" if currency == "INR" else "America/New_York",
+            "prepaid",
+            None,
+            {"tier": "gold"},
+        )
+        figures = sample_usage(now, history=history, used=used)
+        if currency != "USD":
+            figures = usage.Figures(
+                "acme-42", currency, 30, 4_500_000, Decimal(30), figures.first_at, 150_000, usage.OK
+            )
+        out.append(
+            failure_context(
+                request,
+                subject,
+                None,
+                reason,
+                cause,
+                now,
+                figures=figures,
+                default_locale="en_US",
+                default_timezone="UTC",
+            )
+        )
+    return out
