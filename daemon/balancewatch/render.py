@@ -13,7 +13,9 @@ set that was validated, whatever happens on disk afterwards.
 from __future__ import annotations
 
 import re
+import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +27,7 @@ from babel.dates import format_date, format_datetime, format_time
 from babel.numbers import format_decimal
 from jinja2 import (
     BaseLoader,
+    BytecodeCache,
     Environment,
     StrictUndefined,
     TemplateError,
@@ -33,6 +36,7 @@ from jinja2 import (
     Undefined,
     pass_context,
 )
+from jinja2.bccache import Bucket
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
@@ -201,9 +205,49 @@ class _MemoryLoader(BaseLoader):
         return sorted(self.files)
 
 
+class _CompiledCache(BytecodeCache):
+    """Compiled template code kept in memory, keyed by file name and source checksum.
+
+    Every reload and every ``check`` compiles the whole directory to find syntax
+    errors; with this cache an unchanged file is compiled once per process. Safe
+    to share because every environment here is built with the same settings.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._store: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_bucket(self, environment: Environment, name: str, filename: str | None, source: str) -> Bucket:
+        # The key carries the checksum too, so two versions of one file (an edit
+        # and its revert) are both kept.
+        checksum = self.get_source_checksum(source)
+        bucket = Bucket(environment, self.get_cache_key(name, filename) + checksum, checksum)
+        self.load_bytecode(bucket)
+        return bucket
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        with self._lock:
+            data = self._store.get(bucket.key)
+        if data is not None:
+            bucket.bytecode_from_string(data)  # resets itself if the checksum differs
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        data = bucket.bytecode_to_string()
+        with self._lock:
+            self._store[bucket.key] = data
+            self._store.move_to_end(bucket.key)
+            while len(self._store) > self._limit:
+                self._store.popitem(last=False)
+
+
+_COMPILED = _CompiledCache()
+
+
 def _environment(files: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         loader=_MemoryLoader(files),
+        bytecode_cache=_COMPILED,
         autoescape=lambda name: bool(name and name.endswith((".html", ".htm"))),
         undefined=StrictUndefined,
         trim_blocks=True,

@@ -217,7 +217,9 @@ class ReportRule(_Strict):
         if self.contents == "low-balance" and OWNER in self.notify:
             raise ValueError("notify: a low-balance report is for operators; name their addresses, not owner")
         if self.contents == "low-balance" and self.period is not None:
-            raise ValueError("period: a low-balance report is a snapshot of the moment it is sent; leave period out")
+            raise ValueError(
+                "period: a low-balance report is a snapshot of the moment it is sent; leave period out"
+            )
         if self.contents == "daywise" and self.period not in (None, "month"):
             raise ValueError(f"period: a daywise report covers a month, one row per day; not a {self.period}")
         return self
