@@ -18,7 +18,7 @@ from decimal import Decimal
 from sqlalchemy import Engine, insert, select, update
 
 from balancewatch.evaluate import usage
-from balancewatch.store.tables import Account, LedgerEntry, UsageSummary
+from balancewatch.store.tables import Account, Balance, LedgerEntry, UsageSummary
 from tests.conftest import T0
 from tests.helpers import account
 
@@ -28,6 +28,7 @@ NOW = T0 + 100 * DAY
 LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
 SUMMARY = UsageSummary.__table__  # type: ignore[attr-defined]
 ACCOUNT = Account.__table__  # type: ignore[attr-defined]
+BALANCE = Balance.__table__  # type: ignore[attr-defined]
 
 Entry = tuple[str, str, int, str, datetime]  # account, currency, amount, kind, occurred_at
 
@@ -40,6 +41,15 @@ def write(engine: Engine, entries: Iterable[Entry]) -> None:
     ]
     with engine.begin() as conn:
         conn.execute(insert(LEDGER), rows)
+
+
+def balances(engine: Engine, keys: Iterable[tuple[str, str]]) -> None:
+    """Give each (account, currency) a balance row, as the billing system keeping the ledger does."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(BALANCE),
+            [{"account_id": a, "currency": c, "amount": 0, "updated_at": NOW} for a, c in keys],
+        )
 
 
 def refresh(engine: Engine, now: datetime = NOW, windows: Iterable[int] = (30,)) -> int:
@@ -134,8 +144,9 @@ def test_history_shorter_than_the_minimum_gives_no_adu_and_the_minimum_itself_do
     assert (exactly.adu, exactly.status, exactly.days_counted) == (2_000, usage.OK, Decimal(3))
 
 
-def test_an_account_whose_entries_are_all_older_than_the_window_has_a_no_usage_row(engine: Engine) -> None:
+def test_a_balance_whose_entries_are_all_older_than_the_window_has_a_no_usage_row(engine: Engine) -> None:
     account(engine, "initech")
+    balances(engine, [("initech", "USD")])
     write(
         engine,
         [
@@ -277,9 +288,14 @@ def test_the_summary_matches_the_definition_for_a_random_ledger(engine: Engine) 
                 at = NOW - rng.choice([30, 7]) * DAY  # on a window's start
             entries.append((aid, rng.choice(["USD", "USD", "EUR"]), amount, kind, at))
     write(engine, entries)
+    # Most paying accounts hold a balance in the currencies they use; the rest
+    # get a row only for usage in the window.
+    held = sorted({(parents[a] or a, c) for a, c, *_ in entries})
+    balances(engine, held[::3] + held[1::3])
 
     refresh(engine, windows=[30, 7])
 
+    held_set = set(held[::3] + held[1::3])
     expected: dict[tuple[str, str, int], usage.Figures] = {}
     for window in (30, 7):
         start = NOW - window * DAY
@@ -292,9 +308,17 @@ def test_the_summary_matches_the_definition_for_a_random_ledger(engine: Engine) 
             first[key] = min(first.get(key, at), at)
             if kind == "usage" and at >= start:
                 used[key] = used.get(key, 0) - amount
-        for (payer, currency), first_at in first.items():
+        # A row for every balance (one with no entry yet has no first entry) and
+        # for every paying account with usage in the window.
+        for payer, currency in held_set | set(used):
             expected[(payer, currency, window)] = usage.figures_of(
-                payer, currency, window, used.get((payer, currency), 0), first_at, NOW, MIN_HISTORY
+                payer,
+                currency,
+                window,
+                used.get((payer, currency), 0),
+                first.get((payer, currency)),
+                NOW,
+                MIN_HISTORY,
             )
     assert summary(engine) == expected
     statuses = {f.status for f in expected.values()}

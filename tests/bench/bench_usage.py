@@ -186,6 +186,15 @@ def ledger_days(accounts: Sequence[Profile], rng: random.Random) -> Iterator[lis
         yield [row for _, row in day]
 
 
+# Each paying account's balance is its ledger's sum, as the billing system keeps it.
+BALANCES = (
+    "INSERT INTO balance (account_id, currency, amount, updated_at)"
+    " SELECT COALESCE(a.parent_id, a.id), l.currency, SUM(l.amount), :now"
+    " FROM ledger_entry l JOIN account a ON a.id = l.account_id"
+    " GROUP BY COALESCE(a.parent_id, a.id), l.currency"
+)
+
+
 def generate_sqlite(path: Path, accounts: Sequence[Profile], rng: random.Random) -> int:
     import sqlite3
 
@@ -210,6 +219,7 @@ def generate_sqlite(path: Path, accounts: Sequence[Profile], rng: random.Random)
     for rows in ledger_days(accounts, rng):
         conn.executemany(insert, rows)
         total += len(rows)
+    conn.execute(BALANCES, {"now": T0.strftime("%Y-%m-%d %H:%M:%S.%f")})
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -237,8 +247,10 @@ def generate_postgres(url: str, accounts: Sequence[Profile], rng: random.Random)
                     for row in rows:
                         copy.write_row((*row[:6], row[6] + "+00", row[7]))
                     total += len(rows)
+            cur.execute(BALANCES.replace(":now", "%(now)s"), {"now": T0})
         conn.commit()
         conn.autocommit = True
+        conn.execute("VACUUM ANALYZE balance")
         conn.execute("VACUUM ANALYZE account")
         conn.execute("VACUUM ANALYZE ledger_entry")
     return total

@@ -22,14 +22,16 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, delete, func, or_, select
+from sqlalchemy import Connection, Select, and_, delete, func, or_, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 
-from balancewatch.store.tables import Account, LedgerEntry, UsageSummary
+from balancewatch.store.tables import Account, Balance, LedgerEntry, UsageSummary
 
-L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
+LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
+L = LEDGER.c
 ACCOUNT = Account.__table__  # type: ignore[attr-defined]
 A = ACCOUNT.c
+BAL = Balance.__table__  # type: ignore[attr-defined]
 SUMMARY = UsageSummary.__table__  # type: ignore[attr-defined]
 U = SUMMARY.c
 DAY = timedelta(days=1)
@@ -83,50 +85,58 @@ def figures_of(
 def _grouped(now: datetime, window_days: int, payer: str | None = None) -> Select[Any]:
     """Usage in the window and first entry per paying account and currency.
 
-    Two aggregates per account and currency, joined, then rolled up to the
-    paying account: the first entry (any kind, up to ``now``) and the usage
-    debits in the window ``[now - window_days, now]``. Every account and
-    currency with an entry up to ``now`` gets a row; ``used`` is null without
-    usage in the window.
+    One row per balance and per paying account and currency with usage in the
+    window ``[now - window_days, now]``: ``used`` (null without usage in the
+    window), summed over the account and its subaccounts, and ``first_at``, the
+    earliest entry of any of them in that currency up to ``now`` (null without
+    one).
+
+    The window's usage is one grouped scan, the scan a hand-written ``GROUP BY``
+    does. Each first entry is one seek per family member into the (account_id,
+    currency, occurred_at) index, never a scan of the history before the window.
     """
     start = now - timedelta(days=window_days)
-    # The first entry is read from the (account_id, currency, occurred_at)
-    # index alone, never from the table; only the window's usage rows are
-    # read from the table. One aggregate over every row that tests kind and
-    # amount would read the whole history from the table.
-    first = select(L.account_id, L.currency, func.min(L.occurred_at).label("first_at")).where(
-        L.occurred_at <= now
+    paying = func.coalesce(A.parent_id, A.id)
+    used = (
+        select(paying.label("payer"), L.currency, func.sum(-L.amount).label("used"))
+        .select_from(LEDGER.join(ACCOUNT, A.id == L.account_id))
+        .where(L.kind == "usage", L.occurred_at >= start, L.occurred_at <= now)
     )
-    used = select(L.account_id, L.currency, func.sum(-L.amount).label("used")).where(
-        L.kind == "usage", L.occurred_at >= start, L.occurred_at <= now
+    balances = select(paying.label("payer"), BAL.c.currency).select_from(
+        BAL.join(ACCOUNT, A.id == BAL.c.account_id)
     )
     if payer is not None:
         family = select(A.id).where(or_(A.id == payer, A.parent_id == payer)).scalar_subquery()
-        first, used = first.where(L.account_id.in_(family)), used.where(L.account_id.in_(family))
-    f = first.group_by(L.account_id, L.currency).subquery("first_entry")
-    u = used.group_by(L.account_id, L.currency).subquery("window_usage")
-    paying = func.coalesce(A.parent_id, f.c.account_id)
-    return (
-        select(
-            paying.label("payer"),
-            f.c.currency,
-            func.sum(u.c.used).label("used"),
-            func.min(f.c.first_at).label("first_at"),
-        )
+        used = used.where(L.account_id.in_(family))
+        balances = balances.where(BAL.c.account_id == payer)
+    # Materialized: both the pairs and the final join read it; the scan runs once.
+    u = used.group_by(paying, L.currency).cte("window_usage").prefix_with("MATERIALIZED")
+    pairs = union(balances, select(u.c.payer, u.c.currency)).subquery("pairs")
+    member = ACCOUNT.alias("member")
+    first = (
+        select(func.min(L.occurred_at))
+        .where(L.account_id == member.c.id, L.currency == pairs.c.currency, L.occurred_at <= now)
+        .scalar_subquery()
+    )
+    firsts = (
+        select(pairs.c.payer, pairs.c.currency, func.min(first).label("first_at"))
         .select_from(
-            f.outerjoin(u, and_(u.c.account_id == f.c.account_id, u.c.currency == f.c.currency)).join(
-                ACCOUNT, A.id == f.c.account_id
-            )
+            pairs.join(member, or_(member.c.id == pairs.c.payer, member.c.parent_id == pairs.c.payer))
         )
-        .group_by(paying, f.c.currency)
+        .group_by(pairs.c.payer, pairs.c.currency)
+        .subquery("firsts")
+    )
+    return select(firsts.c.payer, firsts.c.currency, u.c.used, firsts.c.first_at).select_from(
+        firsts.outerjoin(u, and_(u.c.payer == firsts.c.payer, u.c.currency == firsts.c.currency))
     )
 
 
 def refresh(conn: Connection, now: datetime, windows: Iterable[int], min_history: timedelta) -> int:
     """Recompute ``usage_summary`` for every paying account and window; return the rows written.
 
-    One grouped query per window over the ledger; accounts without a ledger
-    entry get no row (no ADU).
+    One grouped query per window over the ledger. Every balance gets a row,
+    and so does every paying account with usage in the window; an account and
+    currency with neither has nothing to watch and gets none (no ADU).
     """
     written = 0
     for window in sorted(set(windows)):
