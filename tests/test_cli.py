@@ -81,7 +81,7 @@ def add_acme(cli: Cli, *extra: str) -> None:
 def test_check_passes_on_the_shipped_set_and_says_where_it_looked(run: Cli) -> None:
     out = ok(run("check"))
     assert out.startswith(
-        f"ok: config (defaults); 5 rules in 2 files in {shipped.rules_dir().resolve()}; "
+        f"ok: config (defaults); 5 rules and 4 reports in 3 files in {shipped.rules_dir().resolve()}; "
         f"{len(shipped_templates().split(', '))} templates in {shipped.templates_dir().resolve()}; set "
     )
 

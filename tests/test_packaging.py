@@ -69,7 +69,7 @@ def test_the_installed_console_script_checks_the_packaged_rules(installed: Path,
     out = _run(installed / "bin" / "balancewatch", "check", cwd=elsewhere, env=clean_env(elsewhere))
     packaged = shipped_dir(installed)
     assert out.startswith(
-        f"ok: config (defaults); 5 rules in 2 files in {packaged / 'rules'}; "
+        f"ok: config (defaults); 5 rules and 4 reports in 3 files in {packaged / 'rules'}; "
         f"{len(list(packaged.glob('templates/*/subject.txt')))} templates in {packaged / 'templates'}; set "
     )
 

@@ -516,6 +516,21 @@ def test_the_shipped_rules_and_templates_load() -> None:
     assert ladder.step_sets == (
         StepSet("USD", (Step(25_000, 27_500), Step(10_000, 11_000), Step(1_000, 1_100))),
     )
+    # Only the owners' monthly usage report is on: the others are opt-in, the operators' one
+    # needs a real address in place of ops@example.com.
+    assert [(r.id, r.contents, r.period, r.cron, r.enabled) for r in live.reports] == [
+        ("monthly-usage", "usage", "month", "0 8 1 * *", True),
+        ("monthly-daywise", "daywise", "month", "0 8 1 * *", False),
+        ("weekly-transactions", "transactions", "week", "0 8 * * mon", False),
+        ("operators-low-balance", "low-balance", None, "0 8 * * *", False),
+    ]
+    assert all(r.attach_csv for r in live.reports)
+    assert [(r.notify_owner, r.recipients) for r in live.reports] == [
+        (True, ()),
+        (True, ()),
+        (True, ()),
+        (False, ("ops@example.com",)),
+    ]
 
 
 def test_a_missing_template_is_reported_at_the_rule(live_from: Live, rules_dir: Path) -> None:

@@ -96,8 +96,13 @@ def test_every_shipped_rule_is_named_by_a_shipped_test() -> None:
 
 def test_the_rules_loader_does_not_read_the_tests_directory() -> None:
     assert (shipped.rules_dir() / "tests").is_dir()
-    assert rule_files(shipped.rules_dir()) == [SHIPPED_RULES, shipped.rules_dir() / "usage.yaml"]
-    assert len(load_set(shipped.rules_dir(), shipped.templates_dir()).rules) == 5
+    assert rule_files(shipped.rules_dir()) == [
+        SHIPPED_RULES,
+        shipped.rules_dir() / "reports.yaml",
+        shipped.rules_dir() / "usage.yaml",
+    ]
+    live = load_set(shipped.rules_dir(), shipped.templates_dir())
+    assert (len(live.rules), len(live.reports)) == (5, 4)
 
 
 def test_a_test_file_at_the_top_of_rules_dir_is_never_run_as_rules(tmp_path: Path) -> None:

@@ -2,10 +2,15 @@
 
 About 50 accounts (USD, INR and EUR; prepaid and postpaid; two subaccounts)
 use their credit hour by hour over several simulated days; some owners top
-up, some let the balance run out. Every simulated hour the same evaluation
-and delivery that ``run`` uses looks at the database, on the simulated clock,
-with the shipped rules and templates. Mail lands in ``DIR/mail`` as ``.eml``
-files, with ``index.html`` listing them.
+up, some let the balance run out. Every simulated hour the same evaluation,
+scheduled reports and delivery that ``run`` uses look at the database, on the
+simulated clock, with the shipped rules and templates; every shipped report is
+switched on, the operators' one to ``OPERATORS``. The days run over the 1st of
+a month and a Monday, so the monthly and weekly reports go out as well as the
+daily one. Mail lands in ``DIR/mail`` as ``.eml`` files, with ``index.html``
+listing them.
+
+The shipped rules have no top-up action, so the demo runs no top-up step.
 """
 
 from __future__ import annotations
@@ -13,25 +18,29 @@ from __future__ import annotations
 import random
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlmodel import Session
 
 from balancewatch.config import load_settings
 from balancewatch.deliver.mailindex import write_index
 from balancewatch.liveset import load_set
 from balancewatch.money import to_minor
+from balancewatch.rules.reports import CompiledReport
 from balancewatch.service import build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from balancewatch.store.db import make_engine, upgrade
-from balancewatch.store.tables import Account
+from balancewatch.store.tables import Account, Balance, LedgerEntry
 
 MARKER = ".balancewatch-demo"
-START = datetime(2026, 3, 1, tzinfo=UTC)
+B = Balance.__table__.c  # type: ignore[attr-defined]
+# Ten days from here hold the 1st of a month and a Monday: the monthly and the weekly reports go out.
+START = datetime(2026, 2, 24, tzinfo=UTC)
+OPERATORS = "ops@acme-cloud.example"
 CONFIG = """\
 # Written by `balancewatch demo`. Paths are relative to this file.
 state_dir: .
@@ -94,16 +103,26 @@ class Summary:
     days: int
     entries: int
     decided: Counter[str] = field(default_factory=Counter)
+    reports: dict[str, int] = field(default_factory=dict)  # sent per report id, the shipped order
+    turned_on: list[str] = field(default_factory=list)  # shipped disabled, enabled for the demo
     delivered: int = 0
     seconds: float = 0.0
 
     def text(self) -> str:
-        per_rule = "\n".join(f"  {rule:<16} {n}" for rule, n in sorted(self.decided.items())) or "  (none)"
+        width = max(16, *(len(k) for k in (*self.decided, *self.reports)))
+        per_rule = "\n".join(f"  {rule:<{width}} {n}" for rule, n in sorted(self.decided.items()))
+        off = "   (shipped disabled; on for the demo)"
+        per_report = "\n".join(
+            f"  {report:<{width}} {n}{off if report in self.turned_on else ''}"
+            for report, n in self.reports.items()
+        )
         mail = self.directory / "mail"
         return (
-            f"balancewatch demo: {self.accounts} accounts, {self.days} simulated days, "
+            f"balancewatch demo: {self.accounts} accounts, {self.days} simulated days "
+            f"({START:%Y-%m-%d} to {START + timedelta(days=self.days):%Y-%m-%d}), "
             f"{self.entries} ledger entries, {self.seconds:.1f}s\n"
-            f"notifications decided, per rule:\n{per_rule}\n"
+            f"notifications decided, per rule:\n{per_rule or '  (none)'}\n"
+            f"reports sent, per report (operators' to {OPERATORS}):\n{per_report or '  (none)'}\n"
             f"emails written: {self.delivered} to {mail}/\n"
             f"open {mail / 'index.html'} to read them; the database is {self.directory / 'balancewatch.db'}\n"
             f"try: balancewatch --config {self.directory / 'config.yaml'} outbox list"
@@ -133,17 +152,30 @@ def run_demo(directory: Path, days: int = 10, seed: int = 7) -> Summary:
     upgrade(engine)
     rng = random.Random(seed)
     sims = _populate(engine, rng)
-    pipeline = build_pipeline(engine, settings, load_set(settings.rules_dir, settings.templates_dir))
+    live = load_set(settings.rules_dir, settings.templates_dir)
+    pipeline = build_pipeline(engine, settings, replace(live, reports=_every_report_on(live.reports)))
     summary = Summary(directory, accounts=_count_accounts(engine), days=days, entries=0)
+    summary.reports = dict.fromkeys((r.id for r in live.reports), 0)
+    summary.turned_on = [r.id for r in live.reports if not r.enabled]
     for hour in range(days * 24 + 1):
         now = START + timedelta(hours=hour)
         if hour:
             summary.entries += _simulate_hour(engine, sims, rng, now)
         summary.decided.update(pipeline.evaluate(now).decided)
+        for report_id, sent in pipeline.reports(now).sent.items():
+            summary.reports[report_id] += sent
         summary.delivered += pipeline.deliver(now).outcomes["sent"]
     write_index(settings.mail_dir)
     summary.seconds = (datetime.now(UTC) - started).total_seconds()
     return summary
+
+
+def _every_report_on(reports: tuple[CompiledReport, ...]) -> tuple[CompiledReport, ...]:
+    """The shipped reports, every one enabled; the operators' report goes to the demo's operators."""
+    return tuple(
+        replace(r, enabled=True, recipients=(OPERATORS,) if r.contents == "low-balance" else r.recipients)
+        for r in reports
+    )
 
 
 def _count_accounts(engine: Engine) -> int:
@@ -204,20 +236,30 @@ def _populate(engine: Engine, rng: random.Random) -> list[Simulated]:
 
 
 def _simulate_hour(engine: Engine, sims: list[Simulated], rng: random.Random, now: datetime) -> int:
-    posted = 0
-    with Session(engine) as session:
-        for sim in sims:
-            payer = _payer(sims, sim)
-            if payer.balance <= 0:
-                if payer.tops_up and rng.random() < 0.05:
-                    posted += _post(session, payer, payer.daily * 10, "top-up", now)
-                continue  # prepaid service stops at zero
-            used = max(1, int(sim.daily / 24 * rng.uniform(0.2, 1.8)))
-            posted += _post(session, sim, -used, "usage", now, payer)
-            if payer.tops_up and payer.balance < payer.daily and rng.random() < 0.04:
-                posted += _post(session, payer, payer.daily * 10, "top-up", now)
-        session.commit()
-    return posted
+    """Post an hour of usage (and some top-ups), as a billing system writing the ledger would:
+    one insert of the entries and one update of the balances they moved, in one transaction."""
+    entries: list[dict[str, object]] = []
+    moved: dict[str, Simulated] = {}
+    for sim in sims:
+        payer = _payer(sims, sim)
+        if payer.balance <= 0:
+            if payer.tops_up and rng.random() < 0.05:
+                _post(entries, moved, payer, payer.daily * 10, "top-up", now)
+            continue  # prepaid service stops at zero
+        used = max(1, int(sim.daily / 24 * rng.uniform(0.2, 1.8)))
+        _post(entries, moved, sim, -used, "usage", now, payer)
+        if payer.tops_up and payer.balance < payer.daily and rng.random() < 0.04:
+            _post(entries, moved, payer, payer.daily * 10, "top-up", now)
+    if entries:
+        with engine.begin() as conn:
+            conn.execute(insert(LedgerEntry.__table__), entries)  # type: ignore[arg-type]
+            conn.execute(
+                update(Balance.__table__)  # type: ignore[arg-type]
+                .where(B.account_id == bindparam("payer"), B.currency == bindparam("cur"))
+                .values(amount=bindparam("amount"), updated_at=now),
+                [{"payer": p.account_id, "cur": p.currency, "amount": p.balance} for p in moved.values()],
+            )
+    return len(entries)
 
 
 def _payer(sims: list[Simulated], sim: Simulated) -> Simulated:
@@ -228,20 +270,30 @@ def _payer(sims: list[Simulated], sim: Simulated) -> Simulated:
 
 
 def _post(
-    session: Session, sim: Simulated, amount: int, kind: str, now: datetime, payer: Simulated | None = None
-) -> int:
-    service = "sms" if kind == "usage" else None
-    quantity = max(1, -amount // 5) if kind == "usage" else None
-    ledger.post(
-        session,
-        sim.account_id,
-        sim.currency,
-        amount,
-        kind,
-        occurred_at=now,
-        now=now,
-        service=service,
-        quantity=quantity,
+    entries: list[dict[str, object]],
+    moved: dict[str, Simulated],
+    sim: Simulated,
+    amount: int,
+    kind: str,
+    now: datetime,
+    payer: Simulated | None = None,
+) -> None:
+    """Add one entry of ``sim``'s to ``entries``, moving its payer's balance (what ledger.post does)."""
+    payer = payer or sim
+    ledger.check_entry(amount, kind, sim.currency)
+    payer.balance += amount
+    moved[payer.account_id] = payer
+    usage = kind == "usage"
+    entries.append(
+        {
+            "account_id": sim.account_id,
+            "currency": sim.currency,
+            "amount": amount,
+            "kind": kind,
+            "service": "sms" if usage else None,
+            "quantity": max(1, -amount // 5) if usage else None,
+            "occurred_at": now,
+            "reference": None,
+            "balance_after": payer.balance,
+        }
     )
-    (payer or sim).balance += amount
-    return 1

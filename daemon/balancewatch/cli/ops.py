@@ -54,8 +54,8 @@ def register(commands: Any) -> None:
         help="a complete local run on SQLite with simulated usage",
         description="Creates (or resets) DIR with a SQLite database of about 50 "
         "accounts, simulates several days of usage on an accelerated "
-        "clock through the real pipeline, and writes the emails to "
-        "DIR/mail/*.eml with DIR/mail/index.html listing them.",
+        "clock through the real pipeline (alerts and every shipped report), "
+        "and writes the emails to DIR/mail/*.eml with DIR/mail/index.html listing them.",
     )
     demo.add_argument("--dir", type=Path, default=Path("balancewatch-demo"), help="(default: %(default)s)")
     demo.add_argument("--days", type=int, default=10, help="simulated days (default: %(default)s)")
@@ -83,10 +83,11 @@ def cmd_check(ctx: Ctx) -> int:
         check_topup_hook(settings, live.rules)
     except ProblemsError as exc:
         return report_problems(ctx, exc, "check failed")
-    files = len({r.source for r in live.rules})
+    files = len({r.source for r in live.rules} | {r.source for r in live.reports})
+    reports = f" and {len(live.reports)} reports" if live.reports else ""
     ctx.say(
-        f"ok: config {settings.source or '(defaults)'}; "
-        f"{len(live.rules)} rules in {files} file{'s' if files != 1 else ''} in {settings.rules_dir}; "
+        f"ok: config {settings.source or '(defaults)'}; {len(live.rules)} rules{reports} "
+        f"in {files} file{'s' if files != 1 else ''} in {settings.rules_dir}; "
         f"{len(live.templates.names)} templates in {settings.templates_dir}; set {live.digest[:12]}"
     )
     return 0
