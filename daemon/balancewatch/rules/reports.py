@@ -30,6 +30,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 from balancewatch.rules.compiled import Selector, compile_selector
 from balancewatch.rules.models import (
     OWNER,
+    PREFERENCES,
     RECIPIENTS_SCHEMA,
     Address,
     RuleId,
@@ -214,6 +215,11 @@ class ReportRule(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ReportRule:
+        if PREFERENCES in self.notify:
+            raise ValueError(
+                "notify: 'preferences' is for alerts (the addresses an owner added for low-balance "
+                "emails); a report goes to owner and the addresses named here"
+            )
         if self.contents == "low-balance" and OWNER in self.notify:
             raise ValueError("notify: a low-balance report is for operators; name their addresses, not owner")
         if self.contents == "low-balance" and self.period is not None:
