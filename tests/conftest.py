@@ -8,6 +8,7 @@ Where the server cannot be reached they are skipped, except under
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,10 @@ from tests.smtpserver import SmtpServer
 PG_URL = os.environ.get("BALANCEWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+# The loopback SMTP server's thread logs each closed connection, sometimes after
+# pytest has closed the stream it captured: noise, not a finding.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def _pg_unavailable() -> str | None:

@@ -165,7 +165,10 @@ def test_a_low_balance_report_to_the_owner_is_refused() -> None:
 
 
 def test_preferences_as_a_report_recipient_is_refused_not_taken_for_an_address() -> None:
-    text = "reports:\n  - id: m\n    schedule: daily at 08:00\n    contents: usage\n    notify: [owner, preferences]\n"
+    text = (
+        "reports:\n  - id: m\n    schedule: daily at 08:00\n    contents: usage\n"
+        "    notify: [owner, preferences]\n"
+    )
     assert problems(text) == [
         "rules/reports.yaml:5: reports[0].notify: 'preferences' is for alerts (the addresses an owner added "
         "for low-balance emails); a report goes to owner and the addresses named here"
