@@ -335,6 +335,32 @@ def test_a_refusal_fails_the_request_and_emails_the_owner_once(
     assert html is not None and "Your card was declined." in str(html.get_content())  # type: ignore[attr-defined]
 
 
+def test_an_accepted_request_whose_credit_never_arrives_fails_after_await_credit_and_emails_once(
+    engine: Engine, pipeline: Pipeline, hook: HookServer, clock: Clock
+) -> None:
+    low_account(engine, clock)
+    pipeline.evaluate(clock())
+    pipeline.topups(clock())  # accepted: now waiting for the credit
+    accepted_at = clock()
+
+    assert pipeline.topups(clock.advance(hours=23, minutes=59)).outcomes == {}
+    assert [r.status for r in requests_made(engine)] == ["requested"]
+
+    stats = pipeline.topups(clock.advance(minutes=2))
+
+    assert (stats.outcomes, stats.emails) == ({"failed": 1}, 1)
+    [request] = requests_made(engine)
+    assert request.status == "failed"
+    assert request.last_error == ("the payment platform accepted the request but no top-up arrived within 1d")
+    assert pipeline.topups(clock.advance(hours=1)).outcomes == {}  # told once
+    [row] = outbox(engine)
+    assert (row.idem_key, row.kind) == (email_key(request.id), "topup-failed")
+    [mail] = delivered_emails(pipeline, clock)
+    assert "The charge was accepted, but the credit never reached your balance" in text_of(mail)
+    assert clock() - accepted_at > timedelta(hours=24)
+    assert len(hook.calls) == 1
+
+
 def test_a_json_answer_that_says_failed_is_a_refusal(
     engine: Engine, pipeline: Pipeline, hook: HookServer, clock: Clock
 ) -> None:

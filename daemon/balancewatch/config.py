@@ -329,6 +329,10 @@ class TopupSettings(_Section):
     retry: RetrySettings = RetrySettings(
         initial=timedelta(seconds=30), max=timedelta(minutes=30), give_up_after=timedelta(hours=6)
     )
+    # How long an accepted request waits for its top-up in the ledger before it is failed
+    # and the owner told: a platform that accepted and then lost a charge must not block
+    # automatic top-up for that balance for ever.
+    await_credit: Duration = timedelta(hours=24)
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> TopupSettings:

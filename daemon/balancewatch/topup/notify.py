@@ -7,7 +7,8 @@ The context (kind ``topup-failed``) has what every balance email has —
 - ``id``, ``amount`` (Money), ``requested_at``, ``attempts``;
 - ``reason``: what the platform said, or why balancewatch stopped trying;
 - ``cause``: ``declined`` (the platform refused), ``gave-up`` (no usable answer
-  within ``topup.retry.give_up_after``) or ``reported`` (an operator ran
+  within ``topup.retry.give_up_after``), ``no-credit`` (accepted, but no top-up
+  arrived within ``topup.await_credit``) or ``reported`` (an operator ran
   ``balancewatch topup fail``).
 
 ``sample_contexts`` builds the same shapes from invented data for ``check``.
@@ -261,6 +262,15 @@ def sample_contexts() -> list[dict[str, Any]]:
             True,
         ),
         ("reported", "charge reversed by the bank", -37, "USD", "en_US", True, False),
+        (
+            "no-credit",
+            "the payment platform accepted the request but no top-up arrived within 1d",
+            900,
+            "USD",
+            "en_US",
+            True,
+            True,
+        ),
         ("declined", "Card expired", 450_000, "INR", "en_IN", True, True),
     ):
         request = Request(

@@ -151,6 +151,13 @@ def mark_arrived(conn: Connection, now: datetime) -> list[Request]:
     return sorted((_request(r) for r in conn.execute(stmt)), key=lambda r: r.id)
 
 
+def overdue(conn: Connection, accepted_before: datetime) -> list[int]:
+    """Ids of the requests the hook accepted before ``accepted_before`` whose top-up has not
+    arrived (still ``requested``; ``updated_at`` is when the hook accepted), oldest first."""
+    query = select(C.id).where(C.status == REQUESTED, C.updated_at < accepted_before).order_by(C.id)
+    return list(conn.execute(query).scalars())
+
+
 def claim(conn: Connection, now: datetime, lease: timedelta) -> Request | None:
     """Claim the pending request due first, for ``lease``; None when none is due.
 

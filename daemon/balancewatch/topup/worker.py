@@ -6,8 +6,9 @@ calls the hook and records its answer, each in its own transaction: a crash
 loses at most the record of the call in flight, which is then made again
 with the same Idempotency-Key (at-least-once; the platform deduplicates).
 
-A failure — the platform refused, ``topup.retry.give_up_after`` passed, or
-an operator reported it — closes the request and records the owner's email
+A failure — the platform refused, ``topup.retry.give_up_after`` passed, an
+accepted request's top-up did not arrive within ``topup.await_credit``, or an
+operator reported it — closes the request and records the owner's email
 in the outbox in one transaction, under the key ``topup-failed/<id>``: told
 once, whatever restarts or instances do.
 """
@@ -82,6 +83,7 @@ def run_topups(
     stats.arrived = len(arrived)
     for request in arrived:
         log.info("top-up request %d: %s arrived in the ledger", request.id, _describe(request))
+    _fail_overdue(engine, live, settings, now, stats)
     if hook is None:
         with engine.connect().execution_options(readonly=True) as conn:
             stats.waiting_for_hook = topups.any_open(conn)
@@ -98,6 +100,23 @@ def run_topups(
         _record(engine, live, settings, request, answer, clock(), stats)
         stamp = clock()
     return stats
+
+
+def _fail_overdue(
+    engine: Engine, live: LiveSet, settings: Settings, now: datetime, stats: TopupStats
+) -> None:
+    """Fail the accepted requests whose top-up has not arrived within ``topup.await_credit``."""
+    wait = settings.topup.await_credit
+    with engine.connect().execution_options(readonly=True) as conn:
+        late = topups.overdue(conn, now - wait)
+    for request_id in late:
+        reason = (
+            f"the payment platform accepted the request but no top-up arrived within {format_duration(wait)}"
+        )
+        failed = fail(engine, live, settings, request_id, reason, "no-credit", now)
+        _count_failure(stats, failed)
+        if failed is not None:
+            log.warning("top-up request %d (%s): %s", request_id, _describe(failed.request), reason)
 
 
 def _hook_request(request: topups.Request) -> HookRequest:
@@ -199,7 +218,7 @@ def fail(
 ) -> Failed | None:
     """Close an open request as failed with ``reason`` and record the owner's email, together.
 
-    ``cause`` is ``declined``, ``gave-up`` or ``reported`` (the template sees it).
+    ``cause`` is ``declined``, ``gave-up``, ``no-credit`` or ``reported`` (the template sees it).
     With ``attempts``, only while that claimed attempt still holds the request.
     Returns None, changing nothing, when the request is not open (or no longer held).
     """
