@@ -46,28 +46,24 @@ engine. Both sides are warmed before they are timed; figures are medians of
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import random
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+try:
+    from tests.bench import common
+except ModuleNotFoundError:  # run as a script: its own directory comes first on sys.path
+    import common  # type: ignore[no-redef]
 
 SWEEP_TARGET = 2.0  # (a) daemon / floor
 POLL_TARGET = 5.0  # (b) daemon / floor
 RSS_TARGET_MB = 250.0  # (c)
 
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RULE_ID = "default-ladder"
 RULES = f"""\
 alerts:
@@ -109,15 +105,6 @@ UPDATE_BALANCE = (
 
 
 # --------------------------------------------------------------------------- data
-
-
-def account_id(i: int) -> str:
-    return f"acct-{i:07d}"
-
-
-def sqlite_time(t: datetime) -> str:
-    """How SQLAlchemy stores an aware UTC datetime in SQLite (naive, microseconds always)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def initial_amounts(n: int, rng: random.Random) -> list[int]:
@@ -179,19 +166,19 @@ def change_plans(amounts: list[int], changes: int, repeats: int, rng: random.Ran
                 new = old + rng.randint(1_000, 50_000)
             else:
                 new = max(HIGHEST + 1, old - rng.randint(1, max(1, old // 20)))
-            plan.append([account_id(i), new])
+            plan.append([common.account_id(i), new])
         for _ in range(mix["cross"]):
             i = healthy.pop()
             u = rng.random()
             band = 1 if u < 0.7 else 2 if u < 0.9 else 3
-            plan.append([account_id(i), rng.randint(BANDS[band][1], BANDS[band][2])])
+            plan.append([common.account_id(i), rng.randint(BANDS[band][1], BANDS[band][2])])
         for _ in range(mix["low_stay"]):
             i = low.pop()
             old = amounts[i]
-            plan.append([account_id(i), rng.randint(_band_floor(old), old)])
+            plan.append([common.account_id(i), rng.randint(_band_floor(old), old)])
         for _ in range(mix["topup"]):
             i = low.pop()
-            plan.append([account_id(i), rng.randint(REARM_HIGHEST + 1, 100_000)])
+            plan.append([common.account_id(i), rng.randint(REARM_HIGHEST + 1, 100_000)])
         rng.shuffle(plan)
         plans.append(plan)
     return plans
@@ -200,7 +187,7 @@ def change_plans(amounts: list[int], changes: int, repeats: int, rng: random.Ran
 def account_rows(n: int, rng: random.Random) -> Iterator[tuple[Any, ...]]:
     for i in range(n):
         created = T0 - timedelta(days=400, seconds=rng.randrange(3_000_000))
-        yield (account_id(i), f"Customer {i}", f"owner{i}@example.com", created)
+        yield (common.account_id(i), f"Customer {i}", f"owner{i}@example.com", created)
 
 
 def balance_times(n: int, rng: random.Random) -> list[datetime]:
@@ -218,12 +205,12 @@ def generate_sqlite(path: Path, amounts: list[int], rng: random.Random) -> None:
     conn.executemany(
         "INSERT INTO account (id, name, owner_email, billing, timezone, locale, labels, parent_id,"
         " enabled, created_at) VALUES (?, ?, ?, 'prepaid', NULL, NULL, '{}', NULL, 1, ?)",
-        ((i, name, email, sqlite_time(t)) for i, name, email, t in account_rows(n, rng)),
+        ((i, name, email, common.sqlite_time(t)) for i, name, email, t in account_rows(n, rng)),
     )
     times = balance_times(n, rng)
     conn.executemany(
         "INSERT INTO balance (account_id, currency, amount, updated_at) VALUES (?, 'USD', ?, ?)",
-        ((account_id(i), amounts[i], sqlite_time(times[i])) for i in range(n)),
+        ((common.account_id(i), amounts[i], common.sqlite_time(times[i])) for i in range(n)),
     )
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -244,7 +231,7 @@ def generate_postgres(url: str, amounts: list[int], rng: random.Random) -> None:
             times = balance_times(n, rng)
             with cur.copy("COPY balance (account_id, currency, amount, updated_at) FROM STDIN") as copy:
                 for i in range(n):
-                    copy.write_row((account_id(i), "USD", amounts[i], times[i]))
+                    copy.write_row((common.account_id(i), "USD", amounts[i], times[i]))
         conn.commit()
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE account")
@@ -252,49 +239,6 @@ def generate_postgres(url: str, amounts: list[int], rng: random.Random) -> None:
 
 
 # --------------------------------------------------------------------------- the evaluating process
-
-
-def _proc_status_kb(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux 4.0 and later); False where that is not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
-class Stopwatch:
-    """Accumulates the time spent in the functions it wraps."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - t
-
-        return timed
-
-    def take(self) -> float:
-        out, self.seconds = self.seconds, 0.0
-        return out
 
 
 @dataclass
@@ -331,7 +275,6 @@ def run_child(params: dict[str, Any]) -> Results:
     from sqlalchemy import bindparam, text
 
     from balancewatch import cycle
-    from balancewatch.config import load_settings
     from balancewatch.cycle import Env
     from balancewatch.evaluate import candidates
     from balancewatch.liveset import load_set
@@ -339,15 +282,8 @@ def run_child(params: dict[str, Any]) -> Results:
     from balancewatch.store.tables import UTCDateTime
 
     res = Results(params["backend"], params["accounts"], params["repeat"], params["changes"])
-    settings = load_settings(
-        None,
-        {
-            "BALANCEWATCH_STATE_DIR": params["state_dir"],
-            "BALANCEWATCH_RULES_DIR": params["rules_dir"],
-            "BALANCEWATCH_TEMPLATES_DIR": params["templates_dir"],
-            "BALANCEWATCH_DATABASE__URL": params["url"],
-            "BALANCEWATCH_DELIVERY__FROM": "Balance alerts <alerts@platform.example>",
-        },
+    settings = common.daemon_settings(
+        params, {"BALANCEWATCH_DELIVERY__FROM": "Balance alerts <alerts@platform.example>"}
     )
     live = load_set(settings.rules_dir, settings.templates_dir)
     engine = make_engine(settings.database_url, pool_size=settings.database.pool_size)
@@ -357,7 +293,7 @@ def run_child(params: dict[str, Any]) -> Results:
     # Where a poll's time goes: finding candidates, rendering, and the rest
     # (loading subjects and states, deciding, writing states and the outbox).
     find_only = candidates.find
-    finding, rendering = Stopwatch(), Stopwatch()
+    finding, rendering = common.Stopwatch(), common.Stopwatch()
     candidates.find = finding.wrap(find_only)  # type: ignore[method-assign]
     live.templates.render = rendering.wrap(live.templates.render)  # type: ignore[method-assign]
 
@@ -373,14 +309,14 @@ def run_child(params: dict[str, Any]) -> Results:
 
     with engine.connect():  # the pool's first connection opens outside the timings
         pass
-    res.rss_setup_mb = _proc_status_kb("VmRSS") / 1024
+    res.rss_setup_mb = common.proc_status_kb("VmRSS") / 1024
 
     # The first sweep fires the initial alerts.
-    res.first_sweep_s, stats = _timed(lambda: sweep(FIRST_SWEEP_AT))
+    res.first_sweep_s, stats = common.timed(lambda: sweep(FIRST_SWEEP_AT))
     res.first_sweep_candidates = stats.candidates
     res.first_sweep_notifications = stats.notifications
-    res.rss_peak_first_sweep_mb = _proc_status_kb("VmHWM") / 1024
-    reset = _reset_peak_rss()
+    res.rss_peak_first_sweep_mb = common.proc_status_kb("VmHWM") / 1024
+    reset = common.reset_peak_rss()
 
     # (a) the steady-state full sweep against its floors, each warmed once.
     now = FIRST_SWEEP_AT + timedelta(minutes=15)
@@ -388,12 +324,12 @@ def run_child(params: dict[str, Any]) -> Results:
     fetch(FLOOR_SWEEP, highest=HIGHEST)
     fetch(FLOOR_SWEEP_CURRENCY, highest=HIGHEST)
     for _ in range(params["repeat"]):
-        dt, res.floor_sweep_rows = _timed(lambda: fetch(FLOOR_SWEEP, highest=HIGHEST))
+        dt, res.floor_sweep_rows = common.timed(lambda: fetch(FLOOR_SWEEP, highest=HIGHEST))
         res.floor_sweep_s.append(dt)
-        dt, res.floor_sweep_cur_rows = _timed(lambda: fetch(FLOOR_SWEEP_CURRENCY, highest=HIGHEST))
+        dt, res.floor_sweep_cur_rows = common.timed(lambda: fetch(FLOOR_SWEEP_CURRENCY, highest=HIGHEST))
         res.floor_sweep_cur_s.append(dt)
         finding.take()
-        dt, stats = _timed(lambda: sweep(now))
+        dt, stats = common.timed(lambda: sweep(now))
         res.sweep_s.append(dt)
         res.sweep_find_s.append(finding.take())
         res.sweep_candidates = stats.candidates
@@ -413,12 +349,12 @@ def run_child(params: dict[str, Any]) -> Results:
         fetch(FLOOR_POLL, t=since)
         with engine.connect().execution_options(readonly=True) as conn:
             find_only(conn, rule, step_set, poll_at, since)  # warms the daemon's side, changes nothing
-        dt, rows_fetched = _timed(lambda: fetch(FLOOR_POLL, t=since))  # noqa: B023
+        dt, rows_fetched = common.timed(lambda: fetch(FLOOR_POLL, t=since))  # noqa: B023
         res.floor_poll_s.append(dt)
         res.floor_poll_rows.append(rows_fetched)
         finding.take()
         rendering.take()
-        dt, stats = _timed(lambda: cycle.evaluate(engine, Env(live, settings, poll_at), since))  # noqa: B023
+        dt, stats = common.timed(lambda: cycle.evaluate(engine, Env(live, settings, poll_at), since))  # noqa: B023
         res.poll_s.append(dt)
         res.poll_find_s.append(finding.take())
         res.poll_render_s.append(rendering.take())
@@ -426,7 +362,7 @@ def run_child(params: dict[str, Any]) -> Results:
         res.poll_notifications.append(stats.notifications)
 
     # (c) the peak of this process, first sweep included.
-    after = _proc_status_kb("VmHWM") / 1024
+    after = common.proc_status_kb("VmHWM") / 1024
     res.rss_peak_after_mb = after if reset else None
     res.rss_peak_mb = max(res.rss_peak_first_sweep_mb, after)
     engine.dispose()
@@ -436,21 +372,19 @@ def run_child(params: dict[str, Any]) -> Results:
 # --------------------------------------------------------------------------- report
 
 
-def _med(xs: Sequence[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _verdict(ok: bool) -> str:
-    return "MEETS" if ok else "MISSES"
-
-
 def report(res: Results, command: str, generation_s: float) -> str:
     """The table: seconds, ratios against the floors, the targets, MEETS or MISSES."""
-    sweep, floor_a, floor_a_cur = _med(res.sweep_s), _med(res.floor_sweep_s), _med(res.floor_sweep_cur_s)
-    poll, floor_b = _med(res.poll_s), _med(res.floor_poll_s)
+    sweep, floor_a, floor_a_cur = (
+        common.med(res.sweep_s),
+        common.med(res.floor_sweep_s),
+        common.med(res.floor_sweep_cur_s),
+    )
+    poll, floor_b = common.med(res.poll_s), common.med(res.floor_poll_s)
     ratio_a, ratio_b = sweep / floor_a, poll / floor_b
-    find_b, render_b = _med(res.poll_find_s), _med(res.poll_render_s)
-    rest_b = _med([p - f - r for p, f, r in zip(res.poll_s, res.poll_find_s, res.poll_render_s, strict=True)])
+    find_b, render_b = common.med(res.poll_find_s), common.med(res.poll_render_s)
+    rest_b = common.med(
+        [p - f - r for p, f, r in zip(res.poll_s, res.poll_find_s, res.poll_render_s, strict=True)]
+    )
     after = f"{res.rss_peak_after_mb:.0f} MB" if res.rss_peak_after_mb is not None else "not measurable here"
     head = f"{'':31} {'daemon':>9} {'floor':>9} {'ratio':>7} {'target':>9}  result"
     return "\n".join(
@@ -464,19 +398,19 @@ def report(res: Results, command: str, generation_s: float) -> str:
             "",
             head,
             f"{'(a) full sweep, steady state':31} {sweep:>8.3f}s {floor_a:>8.3f}s {ratio_a:>6.2f}x "
-            f"{f'<= {SWEEP_TARGET:g}x':>9}  {_verdict(ratio_a <= SWEEP_TARGET)}",
+            f"{f'<= {SWEEP_TARGET:g}x':>9}  {common.verdict(ratio_a <= SWEEP_TARGET)}",
             f"{'    floor with currency = USD':31} {'':>9} {floor_a_cur:>8.3f}s {sweep / floor_a_cur:>6.2f}x",
             f"{'(b) poll after changes':31} {poll:>8.3f}s {floor_b:>8.3f}s {ratio_b:>6.2f}x "
-            f"{f'<= {POLL_TARGET:g}x':>9}  {_verdict(ratio_b <= POLL_TARGET)}",
+            f"{f'<= {POLL_TARGET:g}x':>9}  {common.verdict(ratio_b <= POLL_TARGET)}",
             f"{'(c) peak RSS of the daemon':31} {res.rss_peak_mb:>7.0f}MB {'':>9} {'':>7} "
-            f"{f'<= {RSS_TARGET_MB:g}MB':>9}  {_verdict(res.rss_peak_mb <= RSS_TARGET_MB)}",
+            f"{f'<= {RSS_TARGET_MB:g}MB':>9}  {common.verdict(res.rss_peak_mb <= RSS_TARGET_MB)}",
             "",
-            f"(a) {res.sweep_candidates:,} candidates; finding them {_med(res.sweep_find_s):.3f} s; "
+            f"(a) {res.sweep_candidates:,} candidates; finding them {common.med(res.sweep_find_s):.3f} s; "
             f"floor rows {res.floor_sweep_rows:,} ({res.floor_sweep_cur_rows:,} with currency)",
-            f"(b) {_med(res.poll_candidates):,.0f} candidates, "
-            f"{_med(res.poll_notifications):,.0f} notifications; finding {find_b:.3f} s, "
+            f"(b) {common.med(res.poll_candidates):,.0f} candidates, "
+            f"{common.med(res.poll_notifications):,.0f} notifications; finding {find_b:.3f} s, "
             f"rendering {render_b:.3f} s, loading, deciding and writing {rest_b:.3f} s; "
-            f"floor rows {_med(res.floor_poll_rows):,.0f}",
+            f"floor rows {common.med(res.floor_poll_rows):,.0f}",
             f"(c) RSS after setup {res.rss_setup_mb:.0f} MB, peak in the first sweep "
             f"{res.rss_peak_first_sweep_mb:.0f} MB, peak afterwards {after}",
             "",
@@ -490,76 +424,37 @@ def report(res: Results, command: str, generation_s: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--accounts", type=int, default=1_000_000, help="accounts to generate (default 1,000,000)")
-    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
-    p.add_argument("--pg-url", default=os.environ.get("BALANCEWATCH_TEST_PG", DEFAULT_PG_URL))
-    p.add_argument("--dir", type=Path, default=None, help="working directory (default: a new one in /tmp)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per figure; medians are reported")
+    p = common.bench_parser(__doc__, accounts=1_000_000)
+    common.add_database_options(p)
     p.add_argument(
         "--changes",
         type=int,
         default=10_000,
         help="balances changed before each poll (at most N / 2 / repeat)",
     )
-    p.add_argument("--seed", type=int, default=20261127)
-    p.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
-    p.add_argument("--keep", action="store_true", help="keep the database (SQLite file or schema)")
-    p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    common.add_output_options(p, seed=20261127)
     args = p.parse_args(argv)
     if args.accounts < 100 or args.repeat < 1:
         p.error("--accounts must be at least 100 and --repeat at least 1")
     return args
 
 
-def _schema_url(base: str, schema: str) -> str:
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
-        params = json.loads(args.child.read_text())
-        res = run_child(params)
-        Path(params["results"]).write_text(json.dumps(asdict(res)))
-        return 0
+        return common.child_main(args.child, run_child)
 
-    from sqlalchemy import text
-
-    from balancewatch import shipped
-    from balancewatch.store.db import make_engine, upgrade
-
-    own_dir = args.dir is None
-    work = Path(tempfile.mkdtemp(prefix="bw-bench-", dir="/tmp")) if own_dir else args.dir
-    work.mkdir(parents=True, exist_ok=True)
-    rules_dir = work / "rules"
-    rules_dir.mkdir(exist_ok=True)
-    (rules_dir / "default-ladder.yaml").write_text(RULES)
     changes = min(args.changes, args.accounts // (2 * args.repeat))
-    schema = f"bw_bench_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(args.pg_url) if args.backend == "postgres" else None
-    if args.backend == "postgres":
-        assert admin is not None
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = _schema_url(args.pg_url, schema)
-    else:
-        db = work / "balancewatch.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-        url = f"sqlite:///{db}"
-    try:
+    with common.bench_database(args, "bw-bench-") as db:
+        daemon = db.daemon_params("default-ladder.yaml", RULES)
         t = time.perf_counter()
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        db.upgrade()
         rng = random.Random(args.seed)
         amounts = initial_amounts(args.accounts, rng)
-        if args.backend == "postgres":
-            generate_postgres(url.replace("postgresql+psycopg://", "postgresql://"), amounts, rng)
+        if db.backend == "postgres":
+            generate_postgres(db.libpq_url, amounts, rng)
         else:
-            generate_sqlite(work / "balancewatch.db", amounts, rng)
+            generate_sqlite(db.sqlite_path, amounts, rng)
         plans = change_plans(amounts, changes, args.repeat, rng)
         del amounts
         generation_s = time.perf_counter() - t
@@ -569,42 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "accounts": args.accounts,
             "repeat": args.repeat,
             "changes": changes,
-            "url": url,
-            "state_dir": str(work / "state"),
-            "rules_dir": str(rules_dir),
-            "templates_dir": str(shipped.templates_dir()),
+            **daemon,
             "plans": plans,
-            "results": str(work / "results.json"),
         }
-        del plans
-        params_path = work / "params.json"
-        params_path.write_text(json.dumps(params))
-        del params
-        subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--child", str(params_path)], check=True
-        )
-        res = Results(**json.loads((work / "results.json").read_text()))
-        command = "python tests/bench/bench_evaluate.py " + " ".join(
-            a for a in (sys.argv[1:] if argv is None else list(argv))
-        )
-        print(report(res, command.strip(), generation_s), flush=True)
-        if args.json is not None:
-            args.json.write_text(json.dumps(asdict(res), indent=2))
-    finally:
-        if args.backend == "postgres" and admin is not None:
-            if not args.keep:
-                with admin.begin() as conn:
-                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            else:
-                print(f"kept schema {schema}")
-            admin.dispose()
-        if own_dir and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        elif not args.keep:
-            for name in ("balancewatch.db", "balancewatch.db-wal", "balancewatch.db-shm", "params.json"):
-                (work / name).unlink(missing_ok=True)
-        else:
-            print(f"kept {work}")
+        res = Results(**common.run_in_child(__file__, db.work, params))
+        common.publish(report(res, common.command_line(__file__, argv), generation_s), res, args.json)
     return 0
 
 

@@ -26,22 +26,25 @@ against the target p99 <= debounce + 250 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from balancewatch import shipped
 from balancewatch.durations import parse_duration
 from balancewatch.liveset import LiveSet, load_set
 from balancewatch.reload import Reloader
+
+try:
+    from tests.bench import common
+except ModuleNotFoundError:  # run as a script: its own directory comes first on sys.path
+    import common  # type: ignore[no-redef]
 
 MARGIN = 0.250  # seconds allowed on top of the debounce
 TIMEOUT = 30.0  # per edit; reached only when something is broken
@@ -141,8 +144,7 @@ def report(f: Figures, command: str) -> str:
             f"  debounce {f.debounce_s * ms:.0f} ms; one load_set of the whole set {f.load_s * ms:.0f} ms",
             f"  p50 {f.p50_s * ms:.0f} ms, p99 {f.p99_s * ms:.0f} ms "
             f"(min {f.min_s * ms:.0f} ms, max {f.max_s * ms:.0f} ms)",
-            f"p99 <= debounce + {MARGIN * ms:.0f} ms = {f.target_s * ms:.0f} ms: "
-            f"{'MEETS' if f.meets else 'MISSES'}",
+            f"p99 <= debounce + {MARGIN * ms:.0f} ms = {f.target_s * ms:.0f} ms: {common.verdict(f.meets)}",
             f"command: {command}",
         ]
     )
@@ -163,17 +165,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     debounce = parse_duration(args.debounce).total_seconds()
-    own_dir = args.dir is None
-    work = Path(tempfile.mkdtemp(prefix="bw-bench-reload-")) if own_dir else args.dir
-    try:
+    with common.work_dir(args.dir, "bw-bench-reload-", tmp=None) as work:  # a given --dir is kept
         figures = run(args.files, args.edits, debounce, work)
-    finally:
-        if own_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    command = " ".join(["python tests/bench/bench_reload.py", *(argv if argv is not None else sys.argv[1:])])
-    print(report(figures, command), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(figures), indent=2))
+    common.publish(report(figures, common.command_line(__file__, argv)), figures, args.json)
     return 0
 
 

@@ -48,23 +48,19 @@ its peak RSS):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+try:
+    from tests.bench import common
+except ModuleNotFoundError:  # run as a script: its own directory comes first on sys.path
+    import common  # type: ignore[no-redef]
+
 REPORT_ID = "monthly-usage"
 RULES = f"""\
 reports:
@@ -89,15 +85,6 @@ FLOOR = (
 
 
 # --------------------------------------------------------------------------- data
-
-
-def account_id(i: int) -> str:
-    return f"acct-{i:07d}"
-
-
-def sqlite_time(t: datetime) -> str:
-    """How SQLAlchemy stores an aware UTC datetime in SQLite (naive, microseconds always)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def zone_of(i: int, rng: random.Random) -> str:
@@ -128,7 +115,7 @@ def ledger_rows(n: int, per_day: int, p: Plan, rng: random.Random) -> Iterator[t
     for i in range(n):
         if i in p.idle:
             continue
-        a = account_id(i)
+        a = common.account_id(i)
         yield (a, 500_000, "top-up", None, None, MONTH_START + timedelta(seconds=rng.randrange(3600)))
         for day in range(DAYS):
             base = MONTH_START + timedelta(days=day)
@@ -145,15 +132,18 @@ def generate_sqlite(path: Path, n: int, per_day: int, p: Plan, rng: random.Rando
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-262144")
     conn.execute("BEGIN")
-    created = sqlite_time(MONTH_START - timedelta(days=200))
+    created = common.sqlite_time(MONTH_START - timedelta(days=200))
     conn.executemany(
         "INSERT INTO account (id, name, owner_email, billing, timezone, locale, labels, parent_id,"
         " enabled, created_at) VALUES (?, ?, ?, 'prepaid', ?, NULL, '{}', NULL, 1, ?)",
-        ((account_id(i), f"Customer {i}", f"owner{i}@example.com", p.zones[i], created) for i in range(n)),
+        (
+            (common.account_id(i), f"Customer {i}", f"owner{i}@example.com", p.zones[i], created)
+            for i in range(n)
+        ),
     )
     conn.executemany(
         "INSERT INTO balance (account_id, currency, amount, updated_at) VALUES (?, 'USD', ?, ?)",
-        ((account_id(i), rng.randint(1_000, 1_000_000), created) for i in range(n)),
+        ((common.account_id(i), rng.randint(1_000, 1_000_000), created) for i in range(n)),
     )
     rows = 0
 
@@ -161,7 +151,7 @@ def generate_sqlite(path: Path, n: int, per_day: int, p: Plan, rng: random.Rando
         nonlocal rows
         for a, amount, kind, service, quantity, at in ledger_rows(n, per_day, p, rng):
             rows += 1
-            yield (a, amount, kind, service, quantity, sqlite_time(at))
+            yield (a, amount, kind, service, quantity, common.sqlite_time(at))
 
     conn.executemany(
         "INSERT INTO ledger_entry (account_id, currency, amount, kind, service, quantity, occurred_at)"
@@ -188,7 +178,7 @@ def generate_postgres(url: str, n: int, per_day: int, p: Plan, rng: random.Rando
                 for i in range(n):
                     copy.write_row(
                         (
-                            account_id(i),
+                            common.account_id(i),
                             f"Customer {i}",
                             f"owner{i}@example.com",
                             "prepaid",
@@ -200,7 +190,7 @@ def generate_postgres(url: str, n: int, per_day: int, p: Plan, rng: random.Rando
                     )
             with cur.copy("COPY balance (account_id, currency, amount, updated_at) FROM STDIN") as copy:
                 for i in range(n):
-                    copy.write_row((account_id(i), "USD", rng.randint(1_000, 1_000_000), created))
+                    copy.write_row((common.account_id(i), "USD", rng.randint(1_000, 1_000_000), created))
             with cur.copy(
                 "COPY ledger_entry (account_id, currency, amount, kind, service, quantity, occurred_at)"
                 " FROM STDIN"
@@ -216,31 +206,6 @@ def generate_postgres(url: str, n: int, per_day: int, p: Plan, rng: random.Rando
 
 
 # --------------------------------------------------------------------------- the daemon's process
-
-
-def _proc_status_kb(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-class Stopwatch:
-    """Accumulates the time spent in the functions it wraps."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def wrap(self, fn: Callable[..., Any], consume: bool = False) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                out = fn(*args, **kwargs)
-                return list(out) if consume else out
-            finally:
-                self.seconds += time.perf_counter() - t
-
-        return timed
 
 
 @dataclass
@@ -273,7 +238,6 @@ def run_child(params: dict[str, Any]) -> Results:
     """The daemon side: the floor, then every report of the month, in this process."""
     from sqlalchemy import bindparam, func, select, text
 
-    from balancewatch.config import load_settings
     from balancewatch.liveset import load_set
     from balancewatch.reports import runner
     from balancewatch.store.db import make_engine
@@ -283,13 +247,9 @@ def run_child(params: dict[str, Any]) -> Results:
         params["backend"], params["accounts"], params["per_day"], params["repeat"], params["batch_size"]
     )
     res.ledger_rows = params["ledger_rows"]
-    settings = load_settings(
-        None,
+    settings = common.daemon_settings(
+        params,
         {
-            "BALANCEWATCH_STATE_DIR": params["state_dir"],
-            "BALANCEWATCH_RULES_DIR": params["rules_dir"],
-            "BALANCEWATCH_TEMPLATES_DIR": params["templates_dir"],
-            "BALANCEWATCH_DATABASE__URL": params["url"],
             "BALANCEWATCH_DELIVERY__FROM": "Reports <reports@platform.example>",
             "BALANCEWATCH_REPORTS__MISFIRE_GRACE": "24h",
             "BALANCEWATCH_REPORTS__BATCH_SIZE": str(params["batch_size"]),
@@ -308,7 +268,7 @@ def run_child(params: dict[str, Any]) -> Results:
     with engine.connect():  # the pool's first connection opens outside the timings
         pass
     runner.run_due(engine, live, settings, START_AT, "bench")  # starts the schedule; sends nothing
-    res.rss_setup_mb = _proc_status_kb("VmRSS") / 1024
+    res.rss_setup_mb = common.proc_status_kb("VmRSS") / 1024
 
     fetch_floor()  # warm
     for _ in range(params["repeat"]):
@@ -317,7 +277,7 @@ def run_child(params: dict[str, Any]) -> Results:
         res.floor_s.append(time.perf_counter() - t)
         res.floor_cpu_s.append(time.process_time() - cpu)
 
-    claiming, building, rendering, recording = Stopwatch(), Stopwatch(), Stopwatch(), Stopwatch()
+    claiming, building, rendering, recording = (common.Stopwatch() for _ in range(4))
     runner.claims.claim = claiming.wrap(runner.claims.claim)  # type: ignore[method-assign]
     runner.contents.build = building.wrap(runner.contents.build, consume=True)  # type: ignore[method-assign]
     live.templates.render = rendering.wrap(live.templates.render)  # type: ignore[method-assign]
@@ -334,7 +294,7 @@ def run_child(params: dict[str, Any]) -> Results:
         stats.failed[REPORT_ID],
     )
     res.zones = len(stats.fired)
-    res.rss_peak_mb = _proc_status_kb("VmHWM") / 1024
+    res.rss_peak_mb = common.proc_status_kb("VmHWM") / 1024
     o = Outbox.__table__.c  # type: ignore[attr-defined]
     with engine.connect() as conn:
         size = func.length(o.text) + func.coalesce(func.length(o.html), 0)
@@ -347,7 +307,7 @@ def run_child(params: dict[str, Any]) -> Results:
 
 
 def report(res: Results, command: str, generation_s: float) -> str:
-    floor, floor_cpu = statistics.median(res.floor_s), statistics.median(res.floor_cpu_s)
+    floor, floor_cpu = common.med(res.floor_s), common.med(res.floor_cpu_s)
     # SQLite works in this process, so CPU time compares the two sides on a busy machine too;
     # PostgreSQL's work is in the server's processes, so only the elapsed ratio means something there.
     cpu_ratio = f"{res.cpu_s / floor_cpu:>9.1f} x" if res.backend == "sqlite" and floor_cpu else "        -"
@@ -388,71 +348,32 @@ def report(res: Results, command: str, generation_s: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--accounts", type=int, default=100_000, help="accounts to generate (default 100,000)")
+    p = common.bench_parser(__doc__, accounts=100_000)
     p.add_argument("--per-day", type=int, default=2, help="usage debits per account per day (default 2)")
     p.add_argument("--batch-size", type=int, default=1000, help="reports.batch_size (default 1,000)")
-    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
-    p.add_argument("--pg-url", default=os.environ.get("BALANCEWATCH_TEST_PG", DEFAULT_PG_URL))
-    p.add_argument("--dir", type=Path, default=None, help="working directory (default: a new one in /tmp)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs of the floor; the median is reported")
-    p.add_argument("--seed", type=int, default=20261101)
-    p.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
-    p.add_argument("--keep", action="store_true", help="keep the database (SQLite file or schema)")
-    p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    common.add_database_options(p, repeat_help="timed runs of the floor; the median is reported")
+    common.add_output_options(p, seed=20261101)
     args = p.parse_args(argv)
     if args.accounts < 50 or args.repeat < 1 or args.per_day < 1:
         p.error("--accounts must be at least 50, --repeat and --per-day at least 1")
     return args
 
 
-def _schema_url(base: str, schema: str) -> str:
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
-        params = json.loads(args.child.read_text())
-        res = run_child(params)
-        Path(params["results"]).write_text(json.dumps(asdict(res)))
-        return 0
+        return common.child_main(args.child, run_child)
 
-    from sqlalchemy import text
-
-    from balancewatch import shipped
-    from balancewatch.store.db import make_engine, upgrade
-
-    own_dir = args.dir is None
-    work = Path(tempfile.mkdtemp(prefix="bw-bench-reports-", dir="/tmp")) if own_dir else args.dir
-    work.mkdir(parents=True, exist_ok=True)
-    rules_dir = work / "rules"
-    rules_dir.mkdir(exist_ok=True)
-    (rules_dir / "reports.yaml").write_text(RULES)
-    schema = f"bw_bench_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(args.pg_url) if args.backend == "postgres" else None
-    if args.backend == "postgres":
-        assert admin is not None
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = _schema_url(args.pg_url, schema)
-    else:
-        db = work / "balancewatch.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-        url = f"sqlite:///{db}"
-    try:
+    with common.bench_database(args, "bw-bench-reports-") as db:
+        daemon = db.daemon_params("reports.yaml", RULES)
         t = time.perf_counter()
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        db.upgrade()
         rng = random.Random(args.seed)
         who = plan(args.accounts, rng)
-        if args.backend == "postgres":
-            rows = generate_postgres(url, args.accounts, args.per_day, who, rng)
+        if db.backend == "postgres":
+            rows = generate_postgres(db.libpq_url, args.accounts, args.per_day, who, rng)
         else:
-            rows = generate_sqlite(work / "balancewatch.db", args.accounts, args.per_day, who, rng)
+            rows = generate_sqlite(db.sqlite_path, args.accounts, args.per_day, who, rng)
         generation_s = time.perf_counter() - t
         params = {
             "backend": args.backend,
@@ -461,39 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeat": args.repeat,
             "batch_size": args.batch_size,
             "ledger_rows": rows,
-            "url": url,
-            "state_dir": str(work / "state"),
-            "rules_dir": str(rules_dir),
-            "templates_dir": str(shipped.templates_dir()),
-            "results": str(work / "results.json"),
+            **daemon,
         }
-        params_path = work / "params.json"
-        params_path.write_text(json.dumps(params))
-        subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--child", str(params_path)], check=True
-        )
-        res = Results(**json.loads((work / "results.json").read_text()))
-        command = "python tests/bench/bench_reports.py " + " ".join(
-            sys.argv[1:] if argv is None else list(argv)
-        )
-        print(report(res, command.strip(), generation_s), flush=True)
-        if args.json is not None:
-            args.json.write_text(json.dumps(asdict(res), indent=2))
-    finally:
-        if args.backend == "postgres" and admin is not None:
-            if not args.keep:
-                with admin.begin() as conn:
-                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            else:
-                print(f"kept schema {schema}")
-            admin.dispose()
-        if own_dir and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        elif not args.keep:
-            for name in ("balancewatch.db", "balancewatch.db-wal", "balancewatch.db-shm", "params.json"):
-                (work / name).unlink(missing_ok=True)
-        else:
-            print(f"kept {work}")
+        res = Results(**common.run_in_child(__file__, db.work, params))
+        common.publish(report(res, common.command_line(__file__, argv), generation_s), res, args.json)
     return 0
 
 

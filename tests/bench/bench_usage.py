@@ -45,26 +45,22 @@ toward its peak RSS, each side warmed once, medians of ``--repeat``:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import random
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+try:
+    from tests.bench import common
+except ModuleNotFoundError:  # run as a script: its own directory comes first on sys.path
+    import common  # type: ignore[no-redef]
+
 TARGET = 1.5  # refresh / floor
 
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)  # "now" when the data was generated
 HISTORY_DAYS = 90
 WINDOW_DAYS = 30
@@ -83,10 +79,6 @@ FLOOR = (
 )
 
 # --------------------------------------------------------------------------- data
-
-
-def account_id(i: int) -> str:
-    return f"acct-{i:07d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +102,7 @@ def profiles(n: int, rng: random.Random) -> list[Profile]:
     out: list[Profile] = []
     mains: list[str] = []
     for i in range(n):
-        aid = account_id(i)
+        aid = common.account_id(i)
         sub = bool(mains) and rng.random() < SUB_SHARE
         u = rng.random()
         start, stop = 0, span
@@ -259,19 +251,6 @@ def generate_postgres(url: str, accounts: Sequence[Profile], rng: random.Random)
 # --------------------------------------------------------------------------- the measured process
 
 
-def _proc_status_kb(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
 @dataclass
 class Results:
     backend: str
@@ -319,21 +298,21 @@ def run_child(params: dict[str, Any]) -> Results:
 
     with engine.connect():  # the pool's first connection opens outside the timings
         pass
-    res.rss_setup_mb = _proc_status_kb("VmRSS") / 1024
+    res.rss_setup_mb = common.proc_status_kb("VmRSS") / 1024
 
     # The first refresh writes every row (later ones rewrite them); reported, not a target.
-    res.first_refresh_s, _ = _timed(lambda: refresh(T0))
+    res.first_refresh_s, _ = common.timed(lambda: refresh(T0))
     fetch_floor(T0)
     fetch_query(T0)
     for k in range(params["repeat"]):
         now = T0 + (k + 1) * timedelta(hours=1)
-        dt, res.floor_rows = _timed(lambda: fetch_floor(now))  # noqa: B023
+        dt, res.floor_rows = common.timed(lambda: fetch_floor(now))  # noqa: B023
         res.floor_s.append(dt)
-        dt, res.query_rows = _timed(lambda: fetch_query(now))  # noqa: B023
+        dt, res.query_rows = common.timed(lambda: fetch_query(now))  # noqa: B023
         res.query_s.append(dt)
-        dt, res.refresh_rows = _timed(lambda: refresh(now))  # noqa: B023
+        dt, res.refresh_rows = common.timed(lambda: refresh(now))  # noqa: B023
         res.refresh_s.append(dt)
-    res.rss_peak_mb = _proc_status_kb("VmHWM") / 1024
+    res.rss_peak_mb = common.proc_status_kb("VmHWM") / 1024
 
     c = summary.c
     with engine.connect() as conn:
@@ -358,17 +337,9 @@ def run_child(params: dict[str, Any]) -> Results:
 # --------------------------------------------------------------------------- report
 
 
-def _med(xs: Sequence[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _verdict(ok: bool) -> str:
-    return "MEETS" if ok else "MISSES"
-
-
 def report(res: Results, command: str, generation_s: float) -> str:
     """The table: seconds, the ratio against the floor, the target, MEETS or MISSES."""
-    refresh, query, floor = _med(res.refresh_s), _med(res.query_s), _med(res.floor_s)
+    refresh, query, floor = common.med(res.refresh_s), common.med(res.query_s), common.med(res.floor_s)
     ratio = refresh / floor
     statuses = ", ".join(f"{n:,} {s}" for s, n in sorted(res.statuses.items()))
     head = f"{'':34} {'daemon':>9} {'floor':>9} {'ratio':>7} {'target':>9}  result"
@@ -383,7 +354,7 @@ def report(res: Results, command: str, generation_s: float) -> str:
             "",
             head,
             f"{'(a) usage.refresh, 30-day window':34} {refresh:>8.3f}s {floor:>8.3f}s {ratio:>6.2f}x "
-            f"{f'<= {TARGET:g}x':>9}  {_verdict(ratio <= TARGET)}",
+            f"{f'<= {TARGET:g}x':>9}  {common.verdict(ratio <= TARGET)}",
             f"{'    its grouped query alone':34} {query:>8.3f}s {'':>9} {query / floor:>6.2f}x",
             f"{'    writing the summary (the rest)':34} {refresh - query:>8.3f}s",
             f"{'(b) peak RSS of the daemon':34} {res.rss_peak_mb:>7.0f}MB  (no target)",
@@ -401,102 +372,35 @@ def report(res: Results, command: str, generation_s: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--accounts", type=int, default=100_000, help="accounts to generate (default 100,000)")
-    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
-    p.add_argument("--pg-url", default=os.environ.get("BALANCEWATCH_TEST_PG", DEFAULT_PG_URL))
-    p.add_argument("--dir", type=Path, default=None, help="working directory (default: a new one in /tmp)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per figure; medians are reported")
-    p.add_argument("--seed", type=int, default=20261127)
-    p.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
-    p.add_argument("--keep", action="store_true", help="keep the database (SQLite file or schema)")
-    p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    p = common.bench_parser(__doc__, accounts=100_000)
+    common.add_database_options(p)
+    common.add_output_options(p, seed=20261127)
     args = p.parse_args(argv)
     if args.accounts < 50 or args.repeat < 1:
         p.error("--accounts must be at least 50 and --repeat at least 1")
     return args
 
 
-def _schema_url(base: str, schema: str) -> str:
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
-        params = json.loads(args.child.read_text())
-        res = run_child(params)
-        Path(params["results"]).write_text(json.dumps(asdict(res)))
-        return 0
+        return common.child_main(args.child, run_child)
 
-    from sqlalchemy import text
-
-    from balancewatch.store.db import make_engine, upgrade
-
-    own_dir = args.dir is None
-    work = Path(tempfile.mkdtemp(prefix="bw-bench-usage-", dir="/tmp")) if own_dir else args.dir
-    work.mkdir(parents=True, exist_ok=True)
-    schema = f"bw_bench_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(args.pg_url) if args.backend == "postgres" else None
-    if args.backend == "postgres":
-        assert admin is not None
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = _schema_url(args.pg_url, schema)
-    else:
-        db = work / "balancewatch.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-        url = f"sqlite:///{db}"
-    try:
+    with common.bench_database(args, "bw-bench-usage-") as db:
         t = time.perf_counter()
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        db.upgrade()
         rng = random.Random(args.seed)
         accounts = profiles(args.accounts, rng)
-        if args.backend == "postgres":
-            generate_postgres(url.replace("postgresql+psycopg://", "postgresql://"), accounts, rng)
+        if db.backend == "postgres":
+            generate_postgres(db.libpq_url, accounts, rng)
         else:
-            generate_sqlite(work / "balancewatch.db", accounts, rng)
+            generate_sqlite(db.sqlite_path, accounts, rng)
         del accounts
         generation_s = time.perf_counter() - t
 
-        params = {
-            "backend": args.backend,
-            "accounts": args.accounts,
-            "repeat": args.repeat,
-            "url": url,
-            "results": str(work / "results.json"),
-        }
-        params_path = work / "params.json"
-        params_path.write_text(json.dumps(params))
-        subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--child", str(params_path)], check=True
-        )
-        res = Results(**json.loads((work / "results.json").read_text()))
-        command = "python tests/bench/bench_usage.py " + " ".join(
-            a for a in (sys.argv[1:] if argv is None else list(argv))
-        )
-        print(report(res, command.strip(), generation_s), flush=True)
-        if args.json is not None:
-            args.json.write_text(json.dumps(asdict(res), indent=2))
-    finally:
-        if args.backend == "postgres" and admin is not None:
-            if not args.keep:
-                with admin.begin() as conn:
-                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            else:
-                print(f"kept schema {schema}")
-            admin.dispose()
-        if own_dir and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        elif not args.keep:
-            for name in ("balancewatch.db", "balancewatch.db-wal", "balancewatch.db-shm", "params.json"):
-                (work / name).unlink(missing_ok=True)
-        else:
-            print(f"kept {work}")
+        params = {"backend": args.backend, "accounts": args.accounts, "repeat": args.repeat, "url": db.url}
+        res = Results(**common.run_in_child(__file__, db.work, params))
+        common.publish(report(res, common.command_line(__file__, argv), generation_s), res, args.json)
     return 0
 
 
