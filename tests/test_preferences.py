@@ -399,6 +399,23 @@ def test_preferences_with_addresses_only_do_not_count_as_owner_configured(
     assert sent(engine) == [("ladder", "alert", 25_000), ("recommended", "alert", 15_000)]
 
 
+def test_thresholds_set_while_the_balance_is_already_below_alert_at_the_next_poll_not_the_next_sweep(
+    engine: Engine, make_pipeline: MakePipeline, clock: Clock
+) -> None:
+    pipeline = make_pipeline()
+    usd(engine, clock, "acme", 30_000)
+    pipeline.evaluate(clock())  # the first evaluation is a full sweep; $300 is above every step
+    for _ in range(20):  # polls for ten minutes: the balance's change is long past the overlap
+        assert not pipeline.evaluate(clock.advance(seconds=30)).full
+    assert sent(engine) == []
+
+    prefs(engine, clock.advance(seconds=10), thresholds=(40_000,))  # $400: the balance is below it
+    stats = pipeline.evaluate(clock.advance(seconds=20))
+
+    assert not stats.full  # a poll: the next sweep is minutes away
+    assert sent(engine) == [("owner-alerts", "alert", 40_000)]
+
+
 def test_disabled_preferences_give_the_defaults_back_and_enabling_restores_the_owners_thresholds(
     engine: Engine, make_pipeline: MakePipeline, clock: Clock
 ) -> None:
@@ -498,7 +515,7 @@ def test_each_currency_uses_the_owners_thresholds_for_that_currency(
     assert [(s.currency, s.step) for s in outbox(engine)] == [("INR", 2_000_000), ("USD", 50_000)]
 
 
-def test_an_owner_who_turns_the_reminder_on_while_low_is_reminded_a_day_after_the_sweep_sees_it(
+def test_an_owner_who_turns_the_reminder_on_while_low_is_reminded_a_day_after_it_is_seen(
     engine: Engine, make_pipeline: MakePipeline, clock: Clock
 ) -> None:
     pipeline = make_pipeline()
@@ -508,7 +525,7 @@ def test_an_owner_who_turns_the_reminder_on_while_low_is_reminded_a_day_after_th
     pipeline.evaluate(clock())
 
     prefs(engine, clock.advance(days=2), remind=True)
-    pipeline.evaluate(clock())  # a full sweep: the reminder is scheduled a day from now
+    pipeline.evaluate(clock())  # the change is seen: the reminder is scheduled a day from now
     pipeline.evaluate(clock.advance(hours=23))
     assert sent(engine) == [("owner-alerts", "alert", 50_000)]
     pipeline.evaluate(clock.advance(hours=1))

@@ -19,6 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from balancewatch.money import MoneyError, check_currency, to_minor
@@ -183,7 +184,8 @@ def set_preferences(
     session: Session, account_id: str, currency: str, change: Change, now: datetime
 ) -> OwnerPreference:
     """Apply ``change`` to the (account, currency) row, creating it (enabled, no reminder) when
-    it is missing; not committed. Values the change leaves out are kept, disabled or not.
+    it is missing; not committed. Values the change leaves out are kept, disabled or not. The
+    balance's ``updated_at`` moves to ``now`` too, so the next poll evaluates it.
 
     Raises PreferenceError, before changing anything, for an unknown account, a subaccount,
     an unknown currency, more than three thresholds, or enabling/disabling a row that does
@@ -218,4 +220,16 @@ def set_preferences(
         row.enabled = change.enabled
     row.updated_at = now
     session.add(row)
+    _touch_balance(session, account_id, currency, now)
     return row
+
+
+def _touch_balance(session: Session, account_id: str, currency: str, now: datetime) -> None:
+    # The poll reads balances changed since the last one: marking the balance changed makes
+    # the next poll decide under the new preferences, not the next full sweep.
+    balance = Balance.__table__  # type: ignore[attr-defined]
+    session.connection().execute(
+        update(balance)
+        .where(balance.c.account_id == account_id, balance.c.currency == currency)
+        .values(updated_at=now)
+    )
