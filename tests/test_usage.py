@@ -401,3 +401,7 @@ def test_one_restored_notice_when_credit_lifts_the_balance_above_every_fired_ste
     restored = outbox(engine)[-1]
     assert restored.idem_key == "alert/ladder/acme/USD/10000/1/restored"
     assert "$115.00" in restored.subject
+    # It names the credit: both top-ups since the alert, the second one after them not yet posted.
+    assert "2 credits of $110.00 in all arrived" in restored.text
+    assert "we wrote about on Mar 1, 2026, 9:00:00" in restored.text  # the alert's time, not now
+    assert restored.text.count("top-up") == 2

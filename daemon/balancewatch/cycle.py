@@ -255,6 +255,10 @@ class _Detail:
     def subaccounts(self) -> dict[candidates.Key, tuple[services.SubaccountUsage, ...]]:
         return services.subaccount_usage(self.conn, self.keys, self.now, self.window_days)
 
+    def credits(self, key: candidates.Key, since: datetime) -> tuple[list[services.Credit], int, int]:
+        """The credits of one balance after ``since``: for its restored notice only."""
+        return services.credits_since(self.conn, key[0], key[1], since, self.now)
+
 
 def _load_chunk(
     conn: Connection, env: Env, rule: CompiledRule, step_set: StepSet, keys: list[candidates.Key]
@@ -374,6 +378,7 @@ def _extras(env: Env, chunk: _Chunk, subject: Subject, prefs: Preferences | None
         min_history=env.settings.usage.min_history,
         prices=env.settings.prices.get(subject.currency, {}),
         ledger_prices=(lambda: detail.prices.get(key, {})) if detail else {},
+        credits=(lambda since: detail.credits(key, since)) if detail else None,
     )
 
 

@@ -18,7 +18,7 @@ from babel.numbers import format_currency
 
 from balancewatch.evaluate.decide import Decision, Kind
 from balancewatch.evaluate.load import Subject
-from balancewatch.evaluate.services import LedgerPrice, SubaccountUsage, messages_left
+from balancewatch.evaluate.services import Credit, LedgerPrice, SubaccountUsage, messages_left
 from balancewatch.evaluate.usage import NONE, OK, SHORT, Figures
 from balancewatch.money import Money
 from balancewatch.rules.compiled import CompiledRule, Step, UsageSpec
@@ -45,6 +45,8 @@ class Extras:
     ledger_prices: Mapping[str, LedgerPrice] | Callable[[], Mapping[str, LedgerPrice]] = field(
         default_factory=dict
     )
+    # For a restored notice: the credits after a moment (the step's firing), as credits_since gives.
+    credits: Callable[[datetime], tuple[list[Credit], int, int]] | None = None
 
     def subaccount_usage(self) -> Sequence[SubaccountUsage]:
         """The usage of each subaccount, most used first."""
@@ -179,6 +181,26 @@ def _step_follows(step: Step) -> dict[str, Any]:
     }
 
 
+def _credits_context(extras: Extras, decision: Decision, currency: str) -> dict[str, Any]:
+    """What arrived since the step fired, for a restored notice; none for other messages."""
+    restored = decision.kind is Kind.restored and extras.credits is not None
+    shown, count, total = extras.credits(decision.fired_at) if restored else ([], 0, 0)  # type: ignore[misc]
+    return {
+        "count": count,
+        "total": Money(total, currency),
+        "entries": [
+            {
+                "amount": Money(c.amount, currency),
+                "kind": c.kind,
+                "reference": c.reference,
+                "at": c.occurred_at,
+                "account_id": c.account_id,
+            }
+            for c in shown
+        ],
+    }
+
+
 def alert_context(
     rule: CompiledRule,
     subject: Subject,
@@ -225,6 +247,7 @@ def alert_context(
         "subaccounts": [
             {"id": s.id, "name": s.name, "usage": money(s.used)} for s in extras.subaccount_usage()
         ],
+        "credits": _credits_context(extras, decision, currency),
         "alert": {
             "variant": variant(decision),
             "reminder": decision.kind is Kind.reminder,
@@ -248,7 +271,7 @@ SAMPLE_NOW = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
 # Every shape a template sees: fixed, usage, runway and owner steps; usage known, too
 # short a history, no usage; messages left and subaccounts present or absent.
 SAMPLE_VARIANTS = ("crossed", "exhausted", "reminder", "runway", "usage", "owner", "no-history", "no-usage")
-RESTORED_VARIANTS = ("restored", "restored-no-history")
+RESTORED_VARIANTS = ("restored", "restored-no-history", "restored-several")
 
 
 def _sample_subject(amount: int) -> Subject:
@@ -317,6 +340,7 @@ def sample_alert_context(which: str = "crossed", now: datetime | None = None) ->
         "no-usage": Step(2_500, 2_750),
         "restored": restored,
         "restored-no-history": restored,
+        "restored-several": restored,
     }
     step = steps.get(which, steps["crossed"])
     amount = {
@@ -328,6 +352,7 @@ def sample_alert_context(which: str = "crossed", now: datetime | None = None) ->
         "no-usage": 2_000,
         "restored": 25_000,
         "restored-no-history": 25_000,
+        "restored-several": 25_000,
     }.get(which, 8_412)
     kind = (
         Kind.restored
@@ -352,6 +377,7 @@ def sample_alert_context(which: str = "crossed", now: datetime | None = None) ->
         ),
         prices=SAMPLE_PRICES if priced else {},
         ledger_prices=SAMPLE_LEDGER_PRICES if priced else {},
+        credits=_sample_credits(which, now),
     )
     return alert_context(
         _sample_rule(),
@@ -362,6 +388,20 @@ def sample_alert_context(which: str = "crossed", now: datetime | None = None) ->
         default_timezone="UTC",
         extras=extras,
     )
+
+
+def _sample_credits(which: str, now: datetime) -> Callable[[datetime], tuple[list[Credit], int, int]]:
+    """A top-up with its reference; none (a billing system set the balance); or three credits,
+    one of them to a subaccount."""
+    credits = {
+        "restored": [Credit("acme-42", 25_000, "top-up", "ch_3PqX81", now - timedelta(minutes=4))],
+        "restored-several": [
+            Credit("acme-42", 10_000, "top-up", "ch_3PqW02", now - timedelta(days=1)),
+            Credit("acme-eu", 2_500, "refund", None, now - timedelta(hours=5)),
+            Credit("acme-42", 12_000, "top-up", "ch_3PqX81", now - timedelta(minutes=4)),
+        ],
+    }.get(which, [])
+    return lambda _since: (credits, len(credits), sum(c.amount for c in credits))
 
 
 def sample_contexts(kind: str) -> list[dict[str, Any]]:

@@ -97,7 +97,9 @@ def decide(
     elif restored and was_fired and not any(st.fired for st in after.values()):
         lowest = was_fired[-1]
         episode = before[lowest.state_key].episode
-        decisions.append(Decision(Kind.restored, lowest, episode, 0, tuple(was_fired), now))
+        # fired_at: when the alert this notice answers went out (the template says so).
+        fired_at = before[lowest.state_key].fired_at or now
+        decisions.append(Decision(Kind.restored, lowest, episode, 0, tuple(was_fired), fired_at))
     if remind is not None:
         alerted = any(d.kind is Kind.alert for d in decisions)
         decisions.extend(_remind(balance, steps, after, now, remind, fired_now=alerted))

@@ -192,3 +192,41 @@ def subaccount_usage(
         subs = [SubaccountUsage(i, n, used.get((payer, i, currency), 0)) for i, n in names[payer].items()]
         out[(payer, currency)] = tuple(sorted(subs, key=lambda s: (-s.used, s.id)))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """One credit of the ledger (a top-up, a refund, a positive adjustment), in minor units."""
+
+    account_id: str  # the paying account, or the subaccount it was posted to
+    amount: int
+    kind: str
+    reference: str | None
+    occurred_at: datetime
+
+
+MAX_CREDITS = 20  # named in one email; more are summed
+
+
+def credits_since(
+    conn: Connection, payer: str, currency: str, since: datetime, now: datetime
+) -> tuple[list[Credit], int, int]:
+    """The credits to ``payer`` and its subaccounts in ``currency`` after ``since`` and up to
+    ``now``: the last MAX_CREDITS oldest first, their count and their total, from one query
+    (one restored email at a time; restored notices are rare)."""
+    family = select(A.id).where(or_(A.id == payer, A.parent_id == payer)).scalar_subquery()
+    query = (
+        select(L.account_id, L.amount, L.kind, L.reference, L.occurred_at)
+        .where(
+            L.account_id.in_(family),
+            L.currency == currency,
+            L.amount > 0,
+            L.occurred_at > since,
+            L.occurred_at <= now,
+        )
+        .order_by(L.occurred_at, L.id)
+    )
+    rows = [
+        Credit(r.account_id, int(r.amount), r.kind, r.reference, r.occurred_at) for r in conn.execute(query)
+    ]
+    return rows[-MAX_CREDITS:], len(rows), sum(c.amount for c in rows)
