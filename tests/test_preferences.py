@@ -451,7 +451,7 @@ def test_owner_thresholds_remind_daily_only_when_the_owner_turned_reminders_on(
 
     [keen_alert] = outbox(engine, "keen")
     [quiet_alert] = outbox(engine, "quiet")
-    assert "remind you every 1d" in keen_alert.text
+    assert "remind you every day" in keen_alert.text
     assert "remind you" not in quiet_alert.text
 
     pipeline.evaluate(clock.advance(hours=23))

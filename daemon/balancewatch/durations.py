@@ -66,4 +66,20 @@ def format_duration(delta: timedelta) -> str:
     return "".join(out)
 
 
+_WORDS = ((604_800, "week"), (86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second"))
+
+
+def every(delta: timedelta) -> str:
+    """How often, for a reader: ``every day``, ``every 12 hours``, ``every 90 minutes``.
+
+    The largest unit that divides ``delta`` exactly is used, so nothing is rounded away.
+    """
+    seconds = int(delta.total_seconds())
+    for size, word in _WORDS:
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"every {word}" if n == 1 else f"every {n} {word}s"
+    return f"every {format_duration(delta)}"
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]

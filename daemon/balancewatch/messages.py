@@ -292,7 +292,7 @@ def _sample_subject(amount: int) -> Subject:
 def _sample_rule() -> CompiledRule:
     return CompiledRule(
         id="default-ladder",
-        description="Plivo-style ladder: 250, 100 and 10 USD",
+        description="Low-balance alerts at 250, 100 and 10 USD",
         enabled=True,
         selector=None,  # type: ignore[arg-type]
         step_sets=(),

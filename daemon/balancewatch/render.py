@@ -40,7 +40,7 @@ from jinja2.bccache import Bucket
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from balancewatch.durations import format_duration
+from balancewatch.durations import every, format_duration
 from balancewatch.money import Money, format_money
 from balancewatch.problems import Problem, ProblemsError
 
@@ -321,4 +321,5 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "time": _time,
     "number": _number,
     "duration": _duration,
+    "every": every,
 }
