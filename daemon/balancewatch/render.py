@@ -18,12 +18,12 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from babel.dates import format_date, format_datetime, format_time
+from babel.dates import format_date, format_datetime, format_skeleton, format_time
 from babel.numbers import format_decimal
 from jinja2 import (
     BaseLoader,
@@ -295,6 +295,16 @@ def _date(ctx: Context, value: datetime, fmt: str = "medium") -> str:
 
 
 @pass_context
+def _skeleton(ctx: Context, value: datetime | date, skeleton: str) -> str:
+    # A skeleton names the fields ("MMMd": month and day), the locale orders and spells
+    # them: "Mar 2", "2 Mar", "2. März", "3月2日".
+    if isinstance(value, datetime):
+        return format_skeleton(skeleton, value, tzinfo=_tz(ctx), locale=_locale(ctx))
+    noon = datetime(value.year, value.month, value.day, 12)  # a calendar day: no zone to convert
+    return format_skeleton(skeleton, noon, locale=_locale(ctx))
+
+
+@pass_context
 def _time(ctx: Context, value: datetime, fmt: str = "short") -> str:
     return format_time(value, fmt, tzinfo=_tz(ctx), locale=_locale(ctx))
 
@@ -322,4 +332,5 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "number": _number,
     "duration": _duration,
     "every": every,
+    "skeleton": _skeleton,
 }
