@@ -241,7 +241,7 @@ def test_the_email_shows_messages_left_from_the_configured_price_and_the_ledgers
     assert "- about 11,216 SMS at $0.0075 each\n" in sent.text
     assert (
         "- about 6,008 voice minutes at $0.014 each "
-        "(your average over the last 30 days: $14.00 for 1,000 voice minutes)"
+        "(the price you paid recently: $14.00 for 1,000 voice minutes)"
     ) in sent.text
     html = html_of_last(engine)
     assert "<strong>11,216</strong> SMS" in html

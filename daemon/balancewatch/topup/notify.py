@@ -154,6 +154,12 @@ def failure_message(
         )
         return None
     u = settings.usage
+    key = (request.account_id, request.currency)
+    # The summary the alert emails quote, so the owner reads one average; computed only
+    # when the daemon has none for this balance yet.
+    figures = usage.stored_figures(conn, [key], u.window_days).get(key) or usage.figures(
+        conn, request.account_id, request.currency, now, u.window_days, u.min_history
+    )
     context = failure_context(
         request,
         subject,
@@ -161,7 +167,7 @@ def failure_message(
         reason,
         cause,
         now,
-        figures=usage.figures(conn, request.account_id, request.currency, now, u.window_days, u.min_history),
+        figures=figures,
         default_locale=settings.defaults.locale,
         default_timezone=settings.defaults.timezone,
         recommend_days=u.recommend_days,
