@@ -251,6 +251,39 @@ def test_usage_totals_services_subaccounts_and_the_previous_month_match_the_hand
     assert (c["highest_day"]["date"], c["average_daily"]) == (date(2026, 3, 2), usd(50))
 
 
+def test_daywise_rows_match_the_hand_computed_ledger_day_by_day(
+    engine: Engine, settings: Settings, acme: AccountInfo
+) -> None:
+    d = one(engine, report("daywise"), acme, month(2026, 3, ZoneInfo("UTC")), settings)
+    # February left 10,000 - 1,200 - 300 = 8,500; March's entries move it day by day.
+    assert (d["opening"], d["closing"], d["balance_source"]) == (usd(8_500), usd(11_845), "ledger")
+    assert len(d["days"]) == 31
+    moved = {
+        row["date"].day: (row["spent"], row["credited"], row["other_debits"], row["net"], row["entry_count"])
+        for row in d["days"]
+        if row["entry_count"]
+    }
+    assert moved == {
+        2: (usd(1_200), usd(0), usd(0), usd(-1_200), 2),  # acme's and acme-eu's SMS
+        15: (usd(280), usd(0), usd(0), usd(-280), 1),
+        20: (usd(0), usd(5_000), usd(0), usd(5_000), 1),
+        21: (usd(0), usd(0), usd(100), usd(-100), 1),  # a negative adjustment is not usage
+        31: (usd(75), usd(0), usd(0), usd(-75), 1),  # 23:59 is still March; April's 00:00 is not
+    }
+    closing = {row["date"].day: row["closing"] for row in d["days"]}
+    assert [closing[day] for day in (1, 2, 14, 15, 19, 20, 21, 30, 31)] == [
+        usd(8_500),
+        usd(7_300),
+        usd(7_300),
+        usd(7_020),
+        usd(7_020),
+        usd(12_020),
+        usd(11_920),
+        usd(11_920),
+        usd(11_845),
+    ]
+
+
 def test_usage_shows_the_balance_at_the_end_from_the_ledger_and_adu_and_runway_from_the_balance_now(
     engine: Engine, settings: Settings, acme: AccountInfo
 ) -> None:
