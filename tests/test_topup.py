@@ -587,8 +587,8 @@ if account == "declined":
 if account == "later":
     sys.exit(75)
 if account == "hangs":
-    import time
-    time.sleep(60)
+    import threading
+    threading.Event().wait()  # hangs until the hook's timeout stops it
 print(json.dumps({"status": "requested"}))
 """
 

@@ -30,7 +30,7 @@ from sqlalchemy import ColumnElement, Connection, Integer, case, func, literal_c
 from balancewatch.config import Settings
 from balancewatch.evaluate.usage import Figures, stored_figures
 from balancewatch.money import to_major
-from balancewatch.reports.base import AccountInfo, Period
+from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.rules.reports import CompiledReport
 from balancewatch.store.tables import Account, Balance, LedgerEntry
 
@@ -575,3 +575,31 @@ def base_context(
             "labels": dict(account.labels),
         }
     return context
+
+
+Section = tuple[dict[str, Any], list[tuple[str, ...]]]  # one currency's context and its CSV rows
+
+
+def assemble(
+    account: AccountInfo,
+    context: dict[str, Any],
+    holdings: Sequence[Holding],
+    items: Iterable[Any],
+    section: Callable[[Holding, list[Any]], Section],
+    active: Callable[[dict[str, Any]], Any],
+    csv_header: tuple[str, ...],
+) -> Built:
+    """An account's report: one section per balance held, from the ``items`` (each with a
+    ``currency``) in that currency, in holding order; empty when no section is ``active``."""
+    by_currency: dict[str, list[Any]] = defaultdict(list)
+    for item in items:
+        by_currency[item.currency].append(item)
+    sections, rows = [], []
+    for holding in holdings:
+        part, part_rows = section(holding, by_currency[holding.currency])
+        sections.append(part)
+        rows.extend(part_rows)
+    empty = not any(active(s) for s in sections)
+    context["currencies"] = sections
+    context["empty"] = empty
+    return Built(account, context, csv_header, rows, empty)

@@ -9,7 +9,6 @@ it (so the last day closes at ``closing`` and the first opens at ``opening``).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,6 +24,7 @@ from balancewatch.reports.contents.common import (
     Holding,
     LocalDay,
     Options,
+    assemble,
     bar_percent,
     base_context,
     day_label,
@@ -84,18 +84,15 @@ def account_report(
     locale = locale_of(account, options)
     days = local_days(period)
     context = base_context(report, account, period, now, locale)
-    by_currency: dict[str, list[Group]] = defaultdict(list)
-    for g in groups:
-        by_currency[g.currency].append(g)
-    sections, rows = [], []
-    for holding in holdings:
-        section, section_rows = daywise_section(holding, by_currency[holding.currency], days, locale)
-        sections.append(section)
-        rows.extend(section_rows)
-    empty = not any(s["totals"]["entry_count"] for s in sections)
-    context["currencies"] = sections
-    context["empty"] = empty
-    return Built(account, context, CSV_HEADER, rows, empty)
+    return assemble(
+        account,
+        context,
+        holdings,
+        groups,
+        lambda holding, own: daywise_section(holding, own, days, locale),
+        lambda s: s["totals"]["entry_count"],
+        CSV_HEADER,
+    )
 
 
 def daywise_section(

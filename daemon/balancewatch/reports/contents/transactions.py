@@ -11,7 +11,6 @@ plus the running sum of the entries since, a window function over the period.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +34,7 @@ from balancewatch.reports.contents.common import (
     Member,
     Options,
     Point,
+    assemble,
     base_context,
     load_batch,
     locale_of,
@@ -180,19 +180,16 @@ def account_report(
     whose ``at`` holds the balances at the period's start and end)."""
     locale = locale_of(account, options)
     context = base_context(report, account, period, now, locale)
-    by_currency: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
-        by_currency[e.currency].append(e)
     zone = ZoneInfo(period.timezone)
-    sections, rows = [], []
-    for holding in holdings:
-        section, section_rows = transactions_section(holding, by_currency[holding.currency], members, zone)
-        sections.append(section)
-        rows.extend(section_rows)
-    empty = not any(s["entries"] for s in sections)
-    context["currencies"] = sections
-    context["empty"] = empty
-    return Built(account, context, CSV_HEADER, rows, empty)
+    return assemble(
+        account,
+        context,
+        holdings,
+        entries,
+        lambda holding, own: transactions_section(holding, own, members, zone),
+        lambda s: s["entries"],
+        CSV_HEADER,
+    )
 
 
 def transactions_section(

@@ -39,6 +39,7 @@ from balancewatch.reports.contents.common import (
     Member,
     Options,
     Span,
+    assemble,
     bar_percent,
     base_context,
     day_label,
@@ -119,20 +120,15 @@ def account_report(
     previous = previous_span(period)
     context = base_context(report, account, period, now, locale)
     context["previous_period"] = previous_context(period.kind, previous, locale)
-    by_currency: dict[str, list[Group]] = defaultdict(list)
-    for g in groups:
-        by_currency[g.currency].append(g)
-    sections, rows = [], []
-    for holding in holdings:
-        section, section_rows = usage_section(
-            holding, by_currency[holding.currency], days, members, options, locale
-        )
-        sections.append(section)
-        rows.extend(section_rows)
-    empty = not any(s["entry_count"] for s in sections)
-    context["currencies"] = sections
-    context["empty"] = empty
-    return Built(account, context, CSV_HEADER, rows, empty)
+    return assemble(
+        account,
+        context,
+        holdings,
+        groups,
+        lambda holding, own: usage_section(holding, own, days, members, options, locale),
+        lambda s: s["entry_count"],
+        CSV_HEADER,
+    )
 
 
 def previous_context(kind: str, previous: Span, locale: str) -> dict[str, Any]:
