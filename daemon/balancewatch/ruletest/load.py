@@ -343,19 +343,27 @@ class _Checker:
             return None
         return Entry(spec.account, currency, amount, kind, spec.service, spec.quantity, spec.reference)
 
-    def _write(self, spec: BalanceSpec, here: Loc, known: dict[str, Opening]) -> Write | None:
-        account = known.get(spec.account)
+    def _main_currency(
+        self, account_id: str, currency: str | None, here: Loc, known: dict[str, Opening], why: str
+    ) -> str | None:
+        """The currency of a step that writes a main account's balance or preferences; None,
+        with the problem reported, for an unknown account, a subaccount (``why`` says what it
+        lacks and what to set instead) or a currency that cannot be told."""
+        account = known.get(account_id)
         if account is None:
-            self._unknown_account(spec.account, (*here, "account"), known)
+            self._unknown_account(account_id, (*here, "account"), known)
             return None
         if account.spec.parent is not None:
+            parent = account.spec.parent
             self._problem(
-                (*here, "account"),
-                f"{spec.account!r} is a subaccount and has no balance of its own; "
-                f"set the balance of {account.spec.parent!r}",
+                (*here, "account"), f"{account_id!r} is a subaccount and {why.format(parent=parent)}"
             )
             return None
-        currency = spec.currency or self._only_currency(account, spec.account, here)
+        return currency or self._only_currency(account, account_id, here)
+
+    def _write(self, spec: BalanceSpec, here: Loc, known: dict[str, Opening]) -> Write | None:
+        why = "has no balance of its own; set the balance of {parent!r}"
+        currency = self._main_currency(spec.account, spec.currency, here, known, why)
         if currency is None:
             return None
         amount = self._minor(spec.amount, currency, (*here, "amount"))
@@ -364,18 +372,8 @@ class _Checker:
     def _preferences(
         self, spec: PreferenceWriteSpec, here: Loc, known: dict[str, Opening]
     ) -> PreferenceWrite | None:
-        account = known.get(spec.account)
-        if account is None:
-            self._unknown_account(spec.account, (*here, "account"), known)
-            return None
-        if account.spec.parent is not None:
-            self._problem(
-                (*here, "account"),
-                f"{spec.account!r} is a subaccount and draws on {account.spec.parent!r}'s balance; "
-                f"set the preferences of {account.spec.parent!r}",
-            )
-            return None
-        currency = spec.currency or self._only_currency(account, spec.account, here)
+        why = "draws on {parent!r}'s balance; set the preferences of {parent!r}"
+        currency = self._main_currency(spec.account, spec.currency, here, known, why)
         if currency is None:
             return None
         change = self._change(spec, currency, here, opening=False)
