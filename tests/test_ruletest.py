@@ -624,3 +624,30 @@ def test_bad_preferences_and_usage_are_problems_at_their_line(cli: Cli, tmp_path
         f"{path}:{line_of(path, 'cfo; ap')}: tests[0].timeline[0].set_preferences.email: 'cfo; ap': "
         "separate addresses with commas, not ';'",
     ]
+
+
+def test_a_subaccounts_balance_or_preferences_are_refused_naming_the_main_account(
+    cli: Cli, tmp_path: Path
+) -> None:
+    path = write_test(
+        tmp_path,
+        """
+        - name: a subaccount holds nothing of its own
+          accounts:
+            - {id: acme, email: o@acme.example, balances: {USD: 300}}
+            - {id: acme-eu, email: eu@acme.example, parent: acme}
+          timeline:
+            - at: 1h
+              set_balance: {account: acme-eu, amount: 10}
+            - at: 2h
+              set_preferences: {account: acme-eu, below: [100]}
+        """,
+    )
+    result = cli("test", str(path))
+    assert result.code == 1
+    assert result.err.splitlines() == [
+        f"{path}:{line_of(path, 'set_balance')}: tests[0].timeline[0].set_balance.account: 'acme-eu' is a "
+        "subaccount and has no balance of its own; set the balance of 'acme'",
+        f"{path}:{line_of(path, 'set_preferences')}: tests[0].timeline[1].set_preferences.account: 'acme-eu' "
+        "is a subaccount and draws on 'acme''s balance; set the preferences of 'acme'",
+    ]
