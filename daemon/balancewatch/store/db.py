@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, select
+from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateColumn
@@ -15,6 +16,15 @@ from sqlmodel import Session, SQLModel
 from balancewatch.store.tables import SCHEMA_VERSION, Meta, utcnow
 
 META = Meta.__table__  # type: ignore[attr-defined]
+
+# The PostgreSQL advisory lock that serialises schema upgrades. Its key is the
+# first 8 bytes of SHA-256 of this name, as a signed 64-bit integer
+# (-6869452749315585844; pg_locks shows it as classid 2695548190, objid
+# 3551971532, objsubid 1). Never change the name: every balancewatch version
+# sharing a database must take the same lock. Advisory locks are per
+# database, so instances in different schemas of one database also take turns.
+SCHEMA_LOCK_NAME = "balancewatch.schema-upgrade"
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(SCHEMA_LOCK_NAME.encode()).digest()[:8], "big", signed=True)
 
 
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
@@ -64,16 +74,46 @@ def is_postgres(engine: Engine) -> bool:
 
 
 def upgrade(engine: Engine) -> int:
-    """Create every missing table, column and index; return the schema version now in place.
+    """Create every missing table (with its indexes) and every missing column; return the schema version.
 
-    Changes are additive only (balancewatch never drops or rewrites a column),
-    so a database written by an older version keeps its data.
+    ``engine`` comes from :func:`make_engine`. The return value is the version
+    now in place (``SCHEMA_VERSION``), also recorded as ``schema_version`` in
+    ``balancewatch_meta``. Changes are additive only (balancewatch never drops
+    or rewrites a column), so a database written by an older version keeps its
+    data. On a database already up to date nothing is written.
+
+    Safe to run concurrently, from any number of processes: the whole upgrade
+    is one transaction that first takes a lock (PostgreSQL: an advisory lock on
+    ``SCHEMA_LOCK_KEY``; SQLite: the database's write lock, which ``BEGIN
+    IMMEDIATE`` takes). Others wait for it, then find the work done and return
+    the same version.
+
+    Raises ``RuntimeError`` if a missing column is NOT NULL without a server
+    default, and SQLAlchemy's ``OperationalError`` if the database cannot be
+    reached or (SQLite) the write lock is not free within the busy timeout;
+    either way nothing is changed.
     """
-    SQLModel.metadata.create_all(engine)
-    with engine.begin() as conn:
-        for table, column in missing_columns(conn):
-            _add_column(conn, table, column)
-        set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+    postgres = is_postgres(engine)
+    with engine.connect() as conn:
+        if postgres:
+            # Under READ COMMITTED each statement after the lock sees what the
+            # previous holder committed; a snapshot taken before the wait
+            # (REPEATABLE READ) would miss its tables and create them again.
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        with conn.begin():
+            if postgres:
+                # Transaction-scoped: released by the commit or rollback, even if
+                # this process dies. Taken before anything is inspected, so
+                # create_all's "does it exist, then create" cannot race.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            # On SQLite the begin above was BEGIN IMMEDIATE (see _sqlite_engine),
+            # which took the write lock: a second process waits on busy_timeout
+            # and then sees the finished schema.
+            SQLModel.metadata.create_all(conn)
+            for table, column in missing_columns(conn):
+                _add_column(conn, table, column)
+            if get_meta(conn, "schema_version") != str(SCHEMA_VERSION):
+                set_meta(conn, "schema_version", str(SCHEMA_VERSION))
     return SCHEMA_VERSION
 
 
