@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -259,7 +260,7 @@ def test_a_restart_between_deciding_and_delivering_sends_every_email_exactly_onc
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_sigterm_while_a_message_is_in_flight_finishes_the_batch_and_exits_0(
+def test_sigterm_while_a_message_is_in_flight_finishes_it_hands_back_the_rest_and_exits_0(
     cli: Cli, smtp_server: SmtpServer, engine: Engine
 ) -> None:
     add_funded_account(engine, "acme", "Acme Ltd", "owner@acme.example", 90)
@@ -273,12 +274,42 @@ def test_sigterm_while_a_message_is_in_flight_finishes_the_batch_and_exits_0(
     assert daemon.process.poll() is None  # still busy with the message the server holds
     smtp_server.release()
     assert daemon.wait_exit() == 0
+    [first] = smtp_server.wait_for(1)
+    rows = outbox_rows(engine)
+    assert sorted((r.status, r.claimed_by) for r in rows.values())[1] == ("sent", daemon_name(rows))
+    waiting = [r for r in rows.values() if r.status == "pending"]
+    assert [(r.attempts, r.claimed_by) for r in waiting] == [(0, None)]  # handed back, never tried
 
-    assert sorted(m.rcpt_tos for m in smtp_server.wait_for(2)) == [
-        ("owner@acme.example",),
-        ("owner@globex.example",),
-    ]
-    assert [r.status for r in outbox_rows(engine).values()] == ["sent", "sent"]
+    cli.start()  # the next instance sends it at once
+    second = smtp_server.wait_for(2)[1]
+    assert {first.rcpt_tos, second.rcpt_tos} == {("owner@acme.example",), ("owner@globex.example",)}
+    wait_until(lambda: {r.status for r in outbox_rows(engine).values()} == {"sent"}, "both rows sent")
+
+
+def daemon_name(rows: dict[str, Any]) -> str:
+    return next(r.claimed_by for r in rows.values() if r.status == "sent")
+
+
+def test_sigterm_with_a_server_that_never_answers_stops_within_ten_seconds_and_the_next_instance_sends(
+    cli: Cli, smtp_server: SmtpServer, engine: Engine
+) -> None:
+    add_funded_account(engine, "acme", "Acme Ltd", "owner@acme.example", 90)
+    smtp_server.hold()  # DATA never answered (until the test lets it)
+    daemon = cli.start(smtp__timeout="5m")
+    smtp_server.wait_holding(timeout=DEADLINE)
+
+    asked = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    assert time.monotonic() - asked < 10.0
+    assert "breaking off the send in flight" in daemon.log
+    [row] = outbox_rows(engine).values()
+    assert (row.status, row.claimed_by) == ("pending", None)
+
+    smtp_server.release()
+    cli.start()
+    wait_until(lambda: [r.status for r in outbox_rows(engine).values()] == ["sent"], "the row sent")
+    assert [m.rcpt_tos for m in smtp_server.received][-1] == ("owner@acme.example",)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

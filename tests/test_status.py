@@ -214,11 +214,14 @@ def test_a_daemon_that_could_not_write_its_status_at_start_writes_the_whole_row_
     daemon = Daemon(build_pipeline(engine, make_settings(db_url, instance="alpha"), live))
     table = InstanceStatus.__table__  # type: ignore[attr-defined]
     table.drop(engine)  # the status table is out of reach for a while
-    daemon.heartbeat_job()
-    assert "could not write this instance's status" in caplog.text
+    heartbeat = daemon.job("heartbeat", daemon.heartbeat_job)
+    heartbeat()
+    assert "heartbeat" in caplog.text
+    assert daemon.pipeline.beating_since is None
 
     table.create(engine)
-    daemon.heartbeat_job()
+    heartbeat()
+    assert daemon.pipeline.beating_since is not None
     row = _row(engine)
     assert (row.instance, row.started_at, row.live_digest) == ("alpha", daemon.started_at, live.digest)
     assert row.rule_files == {"rules.yaml": live.rule_sources[0].text}

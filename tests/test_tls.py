@@ -147,7 +147,9 @@ def test_a_wrong_password_is_retried_with_the_server_reply_recorded(
     pipeline = pipeline_for(starttls_server, smtp__ca_file=str(loopback_cert[0]), smtp__password="wrong")
     assert pipeline.deliver(clock()).outcomes == {"retry": 1}
     row = outbox_rows(engine)[key]
-    assert row.last_error.startswith(f"log in to 127.0.0.1:{starttls_server.port} as 'alerts': 535")
+    assert row.last_error.startswith(
+        f"owner@acme.example: log in to 127.0.0.1:{starttls_server.port} as 'alerts': 535"
+    )
     assert starttls_server.received == []
 
 

@@ -7,15 +7,22 @@ lease (compare-and-set; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so any
 instance may die at any time: an expired lease makes the row claimable again.
 
 Statuses: ``pending`` (waiting, maybe after failed attempts), ``sending``
-(claimed under a lease), ``sent``, ``parked`` (a permanent failure, with the
-reason in ``last_error``; never retried, never dropped).
+(claimed under a lease), ``sent`` (every recipient has it), ``parked`` (done,
+and at least one recipient refused for good: the reason is in ``last_error``
+and in that recipient's entry of ``deliveries``; never retried, never dropped).
+
+Outcomes are kept per recipient in ``deliveries``, because an SMTP server
+answers per recipient: one may be greylisted (tried again later, alone), one
+refused for good (parked), the others delivered; a message is done when every
+recipient is. A claim is also taken over at once from an instance known to
+have died or stopped (``dead``), not only once its lease has run out.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +34,7 @@ T = Outbox.__table__  # type: ignore[attr-defined]
 C = T.c
 
 PENDING, SENDING, SENT, PARKED = "pending", "sending", "sent", "parked"
+# A recipient's own status in ``deliveries``: PENDING (tried, to be tried again), SENT or PARKED.
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,40 @@ class Claimed:
     attempts: int
     created_at: datetime
     attachments: tuple[Attachment, ...] = ()
+    deliveries: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def due_recipients(self) -> tuple[str, ...]:
+        """The recipients still to be sent to: neither delivered nor parked."""
+        return tuple(
+            r for r in self.recipients if self.deliveries.get(r, {}).get("status") not in (SENT, PARKED)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RowUpdate:
+    """What one delivery attempt leaves in a claimed row (``deliver.outcome.settle`` makes it)."""
+
+    status: str
+    deliveries: Mapping[str, Mapping[str, Any]]
+    next_attempt_at: datetime | None = None  # for PENDING: when to try the due recipients again
+    last_error: str | None = None
+    sent_at: datetime | None = None  # set when some recipient got it in this attempt
+
+
+def unique_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """``addresses`` stripped, without blanks or repeats; ``A@X.example`` repeats ``a@x.example``.
+
+    Mail systems treat addresses without regard to case in practice, so the
+    owner's address written in other capitals (in preferences, or a rule)
+    would otherwise get the same email twice. The first spelling is kept.
+    """
+    seen: dict[str, str] = {}
+    for address in addresses:
+        text = address.strip()
+        if text and text.casefold() not in seen:
+            seen[text.casefold()] = text
+    return tuple(seen.values())
 
 
 def message_id(idem_key: str, domain: str) -> str:
@@ -86,7 +128,8 @@ def add(conn: Connection, messages: Sequence[NewMessage], now: datetime, domain:
     rows = []
     for m in messages:
         row: dict[str, Any] = asdict(m)
-        row["recipients"] = list(m.recipients)
+        row["recipients"] = list(unique_addresses(m.recipients))
+        row["deliveries"] = {}
         row["attachments"] = [asdict(a) for a in m.attachments]
         row.update(
             message_id=message_id(m.idem_key, domain),
@@ -99,25 +142,34 @@ def add(conn: Connection, messages: Sequence[NewMessage], now: datetime, domain:
     conn.execute(insert(T), rows)
 
 
-def _due(now: datetime) -> Any:
-    return or_(
-        and_(C.status == PENDING, C.next_attempt_at <= now),
-        and_(C.status == SENDING, C.lease_until < now),
-    )
+def _due(now: datetime, dead: Collection[str] = ()) -> Any:
+    taken_over = C.lease_until < now
+    if dead:
+        taken_over = or_(taken_over, C.claimed_by.in_(list(dead)))
+    return or_(and_(C.status == PENDING, C.next_attempt_at <= now), and_(C.status == SENDING, taken_over))
 
 
 def claim(
-    conn: Connection, worker: str, now: datetime, limit: int, lease: timedelta, key: str | None = None
+    conn: Connection,
+    worker: str,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    key: str | None = None,
+    dead: Collection[str] = (),
 ) -> list[Claimed]:
     """Claim up to ``limit`` due rows (or just the row of ``key``) for ``worker`` until ``now + lease``.
 
-    The ids are picked first (locking them with ``SKIP LOCKED`` on PostgreSQL,
-    so concurrent workers take different rows without waiting), then updated
-    only where still due: a row claimed meanwhile is not handed out twice.
-    Picking in a statement of its own keeps ``limit`` exact; as a subquery
-    of the UPDATE, PostgreSQL may scan it again and claim far more rows.
+    Due: pending rows whose next attempt has come, and rows still claimed by
+    another worker whose lease has run out or which is in ``dead`` (known to
+    have died or stopped). The ids are picked first (locking them with ``SKIP
+    LOCKED`` on PostgreSQL, so concurrent workers take different rows without
+    waiting), then updated only where still due: a row claimed meanwhile is
+    not handed out twice. Picking in a statement of its own keeps ``limit``
+    exact; as a subquery of the UPDATE, PostgreSQL may scan it again and claim
+    far more rows.
     """
-    ids = select(C.id).where(_due(now)).order_by(C.id).limit(limit)
+    ids = select(C.id).where(_due(now, dead)).order_by(C.id).limit(limit)
     if key is not None:
         ids = ids.where(C.idem_key == key)
     if conn.dialect.name == "postgresql":
@@ -127,7 +179,7 @@ def claim(
         return []
     stmt = (
         update(T)
-        .where(C.id.in_(picked), _due(now))
+        .where(C.id.in_(picked), _due(now, dead))
         .values(status=SENDING, claimed_by=worker, lease_until=now + lease, attempts=C.attempts + 1)
         .returning(
             C.id,
@@ -141,6 +193,7 @@ def claim(
             C.attempts,
             C.created_at,
             C.attachments,
+            C.deliveries,
         )
     )
     rows = [
@@ -156,10 +209,17 @@ def claim(
             r.attempts,
             r.created_at,
             tuple(Attachment(**a) for a in r.attachments or ()),
+            dict(r.deliveries or {}),
         )
         for r in conn.execute(stmt)
     ]
     return sorted(rows, key=lambda c: c.id)
+
+
+def claimers(conn: Connection, worker: str) -> list[str]:
+    """The other workers that hold claimed rows now."""
+    query = select(C.claimed_by).distinct().where(C.status == SENDING, C.claimed_by != worker)
+    return [name for name in conn.execute(query).scalars() if name]
 
 
 def select_by_key(key: str) -> Any:
@@ -183,32 +243,36 @@ def renew(conn: Connection, row_ids: Sequence[int], worker: str, until: datetime
     return set(result.scalars())
 
 
-def mark_sent(conn: Connection, row_id: int, worker: str, now: datetime, note: str | None = None) -> bool:
-    """Record a delivery; False if the lease was lost to another worker meanwhile."""
-    result = conn.execute(
-        update(T)
-        .where(_mine(row_id, worker))
-        .values(status=SENT, sent_at=now, lease_until=None, last_error=note)
-    )
-    return result.rowcount == 1
+def record(conn: Connection, row_id: int, worker: str, outcome: RowUpdate) -> bool:
+    """Write what an attempt left in the row; False if ``worker`` lost its claim meanwhile."""
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "deliveries": {address: dict(entry) for address, entry in outcome.deliveries.items()},
+        "lease_until": None,
+        "last_error": outcome.last_error,
+    }
+    if outcome.next_attempt_at is not None:
+        values["next_attempt_at"] = outcome.next_attempt_at
+    if outcome.sent_at is not None:
+        values["sent_at"] = outcome.sent_at
+    return conn.execute(update(T).where(_mine(row_id, worker)).values(**values)).rowcount == 1
 
 
-def mark_retry(conn: Connection, row_id: int, worker: str, error: str, next_attempt: datetime) -> bool:
-    """Put a row back to pending with its error, to be tried at ``next_attempt``."""
-    result = conn.execute(
-        update(T)
-        .where(_mine(row_id, worker))
-        .values(status=PENDING, next_attempt_at=next_attempt, lease_until=None, last_error=error)
-    )
-    return result.rowcount == 1
+def release(conn: Connection, worker: str, row_ids: Sequence[int] | None = None, *, attempted: bool) -> int:
+    """Hand ``worker``'s claimed rows (``row_ids``, or all it holds) back as pending, due at once.
 
-
-def mark_parked(conn: Connection, row_id: int, worker: str, reason: str) -> bool:
-    """Park a row for good with ``reason``: it is shown, never retried."""
-    result = conn.execute(
-        update(T).where(_mine(row_id, worker)).values(status=PARKED, lease_until=None, last_error=reason)
-    )
-    return result.rowcount == 1
+    ``attempted`` False: they were never sent, so the claim does not count
+    as an attempt. Returns how many rows were released.
+    """
+    where = and_(C.status == SENDING, C.claimed_by == worker)
+    if row_ids is not None:
+        if not row_ids:
+            return 0
+        where = and_(where, C.id.in_(list(row_ids)))
+    values: dict[str, Any] = {"status": PENDING, "lease_until": None, "claimed_by": None}
+    if not attempted:
+        values["attempts"] = C.attempts - 1
+    return conn.execute(update(T).where(where).values(**values)).rowcount
 
 
 def backoff(attempts: int, initial: timedelta, ceiling: timedelta, row_id: int = 0) -> timedelta:

@@ -27,11 +27,14 @@ nothing and loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,20 +42,23 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from balancewatch import sdnotify
+from balancewatch import outbox, procinfo, sdnotify
 from balancewatch.config import Settings
 from balancewatch.cycle import CycleStats, poll
-from balancewatch.deliver.worker import DeliveryStats, Transport, deliver_batch, make_transport
+from balancewatch.deliver.worker import Courier, DeliveryStats, Transport, make_transport
 from balancewatch.liveset import LiveSet
+from balancewatch.outage import FailureLog
 from balancewatch.problems import ProblemsError
 from balancewatch.reload import Reloader, ReloadStatus
 from balancewatch.reports.accounts import ZoneCache
 from balancewatch.reports.runner import ReportStats, run_due
 from balancewatch.store import status as instance_status
+from balancewatch.store.status import HEARTBEAT, STALE_AFTER
 from balancewatch.topup.hook import Hook, make_hook
 from balancewatch.topup.worker import TopupStats, run_topups
 
@@ -85,10 +91,15 @@ class Pipeline:
     hook: Hook | None = None
     _unhooked_logged: datetime | None = field(default=None, repr=False)
     report_zones: ZoneCache = field(default_factory=ZoneCache, repr=False)
+    # Since when this instance's heartbeat has been written without a break (None: it is not,
+    # or not yet): only then may it judge another instance dead by a stale heartbeat.
+    beating_since: datetime | None = None
+    courier: Courier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.hook is None:
             self.hook = make_hook(self.settings)
+        self.courier = Courier(self.engine, self.transport, self.settings, self.worker, self.stopping)
 
     def evaluate(self, now: datetime) -> CycleStats:
         """A poll, or a full sweep when one is due (and the first time, and after a swap).
@@ -108,14 +119,17 @@ class Pipeline:
 
     def deliver(self, now: datetime, clock: Clock | None = None) -> DeliveryStats:
         """Deliver due rows, batch after batch, until none is due, a batch made no
-        progress, or ``stopping`` is set (the batch in flight is always finished).
+        progress, or ``stopping`` is set (the message in flight is finished; the rest of
+        its batch is handed back).
 
         ``now`` claims the first batch; each later one reads ``clock`` again, so
         its lease starts when it is claimed, not when the first batch was.
+        Raises SQLAlchemyError when the database fails; what was sent is kept
+        and recorded by the next call that reaches it.
         """
         total = DeliveryStats()
         while not self.stopping.is_set():
-            stats = deliver_batch(self.engine, self.transport, self.settings, now, self.worker, clock)
+            stats = self.courier.deliver_batch(now, clock, stale_after=self.stale_after(now))
             total.claimed += stats.claimed
             total.outcomes.update(stats.outcomes)
             done = stats.outcomes["sent"] + stats.outcomes["parked"]
@@ -157,6 +171,12 @@ class Pipeline:
             zones=self.report_zones,
         )
 
+    def stale_after(self, now: datetime) -> timedelta | None:
+        """How long a silent heartbeat means a dead instance, once this one has itself beaten
+        for that long (after a database outage every heartbeat is old: none is judged then)."""
+        since = self.beating_since
+        return STALE_AFTER if since is not None and now - since >= STALE_AFTER else None
+
     def swap(self, live: LiveSet) -> None:
         """Make ``live`` the set evaluations use from now on; the next one sweeps every balance."""
         with self.lock:
@@ -184,6 +204,9 @@ class Daemon:
         self.stopping = pipeline.stopping
         self.started_at = clock()
         self._row_written = False  # until a whole row is in: partial updates need one
+        self.failures = FailureLog()
+        self._busy = 0  # jobs running now
+        self._idle = threading.Condition()
         s = self.settings
         self.reloader = Reloader(
             s.rules_dir,
@@ -203,13 +226,29 @@ class Daemon:
             timezone=UTC,
         )
 
+    def job(self, name: str, work: Callable[[], None]) -> Callable[[], None]:
+        """``work`` as a scheduler job: counted while it runs (for a bounded shutdown), its
+        failures logged through ``failures`` (an outage is a warning a minute, not a traceback)."""
+
+        def run() -> None:
+            with self._idle:
+                self._busy += 1
+            try:
+                work()
+            except Exception as exc:
+                # It runs again at its next interval; the database holds all progress.
+                self.failures.failed(name, exc)
+            else:
+                self.failures.succeeded(name)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+        return run
+
     def evaluate_job(self) -> None:
-        try:
-            stats = self.pipeline.evaluate(self.clock())
-        except Exception:
-            # The job runs again next interval; the database holds all progress.
-            log.exception("evaluation failed; retrying at the next poll")
-            return
+        stats = self.pipeline.evaluate(self.clock())
         if stats.notifications:
             log.info(
                 "%s: %d balances looked at, %d notifications decided (%s)",
@@ -218,42 +257,40 @@ class Daemon:
                 stats.notifications,
                 ", ".join(f"{k}={v}" for k, v in sorted(stats.decided.items())),
             )
-            if not self.stopping.is_set():
-                self.scheduler.modify_job("deliver", next_run_time=self.clock())
-        if stats.topups and not self.stopping.is_set():
-            self.scheduler.modify_job("topup", next_run_time=self.clock())
+            self._run_soon("deliver")
+        if stats.topups:
+            self._run_soon("topup")
 
     def topup_job(self) -> None:
-        try:
-            stats = self.pipeline.topups(self.clock(), self.clock)
-        except Exception:
-            log.exception("top-up processing failed; retrying at the next interval")
-            return
-        if stats.emails and not self.stopping.is_set():
-            self.scheduler.modify_job("deliver", next_run_time=self.clock())
+        stats = self.pipeline.topups(self.clock(), self.clock)
+        if stats.emails:
+            self._run_soon("deliver")
 
     def reports_job(self) -> None:
-        try:
-            stats = self.pipeline.reports(self.clock())
-        except Exception:
-            log.exception("reports failed; retrying in a minute")
-            return
+        stats = self.pipeline.reports(self.clock())
         if stats.messages:
             log.info("reports: %s", ", ".join(f"{k} {v} sent" for k, v in sorted(stats.sent.items())))
-            if not self.stopping.is_set():
-                self.scheduler.modify_job("deliver", next_run_time=self.clock())
+            self._run_soon("deliver")
 
     def deliver_job(self) -> None:
-        try:
-            self.pipeline.deliver(self.clock(), self.clock)
-        except Exception:
-            log.exception("delivery failed; retrying at the next interval")
+        self.pipeline.deliver(self.clock(), self.clock)
 
     def heartbeat_job(self) -> None:
-        if self._row_written:
-            self.publish_status({"heartbeat_at": self.clock()})
-        else:
-            self.publish_status(self._whole_row())  # the database was down at start
+        try:
+            if self._row_written:
+                self.write_status({"heartbeat_at": self.clock()})
+            else:
+                self.write_status(self._whole_row())  # the database was down at start
+        except SQLAlchemyError:
+            self.pipeline.beating_since = None
+            raise
+        if self.pipeline.beating_since is None:
+            self.pipeline.beating_since = self.clock()
+
+    def _run_soon(self, job_id: str) -> None:
+        if not self.stopping.is_set():
+            with contextlib.suppress(JobLookupError):  # the scheduler is shutting down
+                self.scheduler.modify_job(job_id, next_run_time=self.clock())
 
     def _whole_row(self) -> dict[str, Any]:
         """Every column of this instance's row, as it stands now."""
@@ -268,6 +305,8 @@ class Daemon:
             "reload_reason": status.reason[:REASON_MAX],
             "reload_error": status.error or None,
             "reloads": status.reloads,
+            "stopped_at": None,
+            "process": procinfo.identity() or None,
         }
 
     def sighup(self) -> ReloadStatus:
@@ -291,17 +330,21 @@ class Daemon:
             log.warning("%s changed: needs a restart to take effect", key)
         return changed
 
+    def write_status(self, values: Mapping[str, Any]) -> None:
+        """Write ``values`` to this instance's status row; raises SQLAlchemyError."""
+        with self.pipeline.engine.begin() as conn:
+            instance_status.publish(conn, self.pipeline.worker, values)
+        if "started_at" in values:
+            self._row_written = True
+
     def publish_status(self, values: Mapping[str, Any]) -> bool:
         """Write ``values`` to this instance's status row; a failure is logged and returns False."""
         try:
-            with self.pipeline.engine.begin() as conn:
-                instance_status.publish(conn, self.pipeline.worker, values)
+            self.write_status(values)
         except SQLAlchemyError as exc:
             # Status is for people looking in; alerting goes on without it.
-            log.warning("could not write this instance's status: %s", str(exc).splitlines()[0])
+            self.failures.failed("status", exc)
             return False
-        if "started_at" in values:
-            self._row_written = True
         return True
 
     def _record_reload(self, status: ReloadStatus, live: LiveSet) -> None:
@@ -326,36 +369,12 @@ class Daemon:
         self._install_signals()
         start = self.clock()
         self.started_at = start
-        self.publish_status(self._whole_row())
+        if self.publish_status(self._whole_row()):
+            self.pipeline.beating_since = start
+        self._take_back_previous_claims()
         if s.reload.watch:
             self.reloader.start()
-        self.scheduler.add_job(
-            self.evaluate_job,
-            "interval",
-            id="evaluate",
-            seconds=s.poll_interval.total_seconds(),
-            next_run_time=start,
-        )
-        self.scheduler.add_job(
-            self.deliver_job,
-            "interval",
-            id="deliver",
-            seconds=s.delivery.interval.total_seconds(),
-            next_run_time=start + timedelta(milliseconds=100),
-        )
-        self.scheduler.add_job(
-            self.topup_job,
-            "interval",
-            id="topup",
-            seconds=s.delivery.interval.total_seconds(),
-            next_run_time=start + timedelta(milliseconds=50),
-        )
-        self.scheduler.add_job(
-            self.reports_job, "interval", id="reports", minutes=1, next_run_time=start + timedelta(seconds=1)
-        )
-        self.scheduler.add_job(
-            self.heartbeat_job, "interval", id="heartbeat", seconds=s.poll_interval.total_seconds()
-        )
+        self._schedule(start)
         self.scheduler.start()
         sdnotify.notify("READY=1\nSTATUS=watching balances")
         log.info(
@@ -369,12 +388,97 @@ class Daemon:
             else "reloading rules and templates on SIGHUP only",
         )
         self.stopping.wait()
+        return self.shut_down()
+
+    def _schedule(self, start: datetime) -> None:
+        s = self.settings
+        jobs: list[tuple[str, Callable[[], None], float, datetime | None]] = [
+            ("evaluate", self.evaluate_job, s.poll_interval.total_seconds(), start),
+            (
+                "deliver",
+                self.deliver_job,
+                s.delivery.interval.total_seconds(),
+                start + timedelta(milliseconds=100),
+            ),
+            (
+                "topup",
+                self.topup_job,
+                s.delivery.interval.total_seconds(),
+                start + timedelta(milliseconds=50),
+            ),
+            ("reports", self.reports_job, 60.0, start + timedelta(seconds=1)),
+            ("heartbeat", self.heartbeat_job, HEARTBEAT.total_seconds(), None),
+        ]
+        for job_id, work, seconds, first in jobs:
+            extra: dict[str, Any] = {"next_run_time": first} if first is not None else {}
+            self.scheduler.add_job(self.job(job_id, work), "interval", id=job_id, seconds=seconds, **extra)
+
+    def _take_back_previous_claims(self) -> None:
+        """Rows still claimed under this instance's name come from an earlier run of it (a
+        fixed ``instance`` name, killed): nothing of this run holds any yet, so take them back."""
+        try:
+            with self.pipeline.engine.begin() as conn:
+                taken = outbox.release(conn, self.pipeline.worker, attempted=True)
+        except SQLAlchemyError as exc:
+            self.failures.failed("start", exc)
+            return
+        if taken:
+            log.warning(
+                "%d messages an earlier run of %s was sending are due again", taken, self.pipeline.worker
+            )
+
+    def shut_down(self) -> int:
+        """Stop within SHUTDOWN_GRACE + ABORT_GRACE seconds whatever the servers' speed: the jobs
+        finish what is in flight (delivery hands back what it has not started); a send still
+        hanging then is broken off; what this instance held is handed back and the instance
+        marked stopped, so another takes over at once. Returns the exit status."""
         sdnotify.notify("STOPPING=1")
-        log.info("stopping: finishing the work in flight")
-        self.reloader.stop()
-        self.scheduler.shutdown(wait=True)
+        log.info("stopping: finishing the work in flight (at most %gs)", SHUTDOWN_GRACE + ABORT_GRACE)
+        threading.Thread(target=self.reloader.stop, name="reload-stop", daemon=True).start()
+        self.scheduler.shutdown(wait=False)
+        if not self._wait_idle(SHUTDOWN_GRACE):
+            log.warning("a job is still running after %gs: breaking off the send in flight", SHUTDOWN_GRACE)
+            self.pipeline.courier.abort()
+            self._wait_idle(ABORT_GRACE)
+        self._hand_back()
+        with self._idle:
+            busy = self._busy
+        if busy:
+            log.warning("stopped with %d job(s) still running; what they held is handed back", busy)
+            _exit_now()
         log.info("stopped")
         return 0
+
+    def _wait_idle(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        with self._idle:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _hand_back(self) -> None:
+        courier = self.pipeline.courier
+        try:
+            with self.pipeline.engine.begin() as conn:
+                released = outbox.release(conn, self.pipeline.worker, attempted=False)
+                instance_status.publish(conn, self.pipeline.worker, {"stopped_at": self.clock()})
+        except SQLAlchemyError as exc:
+            log.warning(
+                "could not mark this instance stopped (%s): another instance takes over what it "
+                "held once its heartbeat is %ds old%s",
+                str(exc).splitlines()[0],
+                STALE_AFTER.total_seconds(),
+                f"; {len(courier.unrecorded.outcomes)} delivered messages are not recorded and may "
+                "be sent again"
+                if courier.unrecorded.outcomes
+                else "",
+            )
+            return
+        if released:
+            log.info("handed back %d messages not sent yet", released)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -395,6 +499,17 @@ class Daemon:
             log.exception("reload on SIGHUP failed; the previous rules keep running")
 
 
+def _exit_now() -> None:
+    """End the process although threads are still blocked (a hook or server that does not
+    answer): their work is handed back already, and waiting would outlast systemd's stop timeout."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+SHUTDOWN_GRACE = 6.0  # seconds the jobs get to finish what is in flight after SIGTERM
+ABORT_GRACE = 2.0  # then, seconds after breaking off a hanging send
 REASON_MAX = 400  # instance_status.reload_reason
 UNHOOKED_LOG_EVERY = timedelta(hours=1)
 
@@ -443,10 +558,14 @@ def stop_on_signals(stopping: threading.Event) -> None:
 def build_pipeline(
     engine: Engine, settings: Settings, live: LiveSet, stopping: threading.Event | None = None
 ) -> Pipeline:
-    pipeline = Pipeline(engine, settings, live, make_transport(settings), instance_name(settings))
-    if stopping is not None:
-        pipeline.stopping = stopping
-    return pipeline
+    return Pipeline(
+        engine,
+        settings,
+        live,
+        make_transport(settings),
+        instance_name(settings),
+        stopping=stopping or threading.Event(),
+    )
 
 
 def describe_transport(settings: Settings) -> str:

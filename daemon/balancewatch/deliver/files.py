@@ -35,7 +35,7 @@ class FileTransport:
             raise TransportError(f"create {self.directory}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: Envelope) -> dict[str, str]:
+    def send(self, envelope: Envelope) -> dict[str, TransportError]:
         """Write the message; return no refusals. Raises TransportError if the disk fails."""
         final = self.directory / eml_name(envelope)
         temp = final.with_suffix(".eml.tmp")
@@ -45,6 +45,9 @@ class FileTransport:
         except OSError as exc:
             raise TransportError(f"write {final}: {exc}", connection=True) from exc
         return {}
+
+    def abort(self) -> None:
+        """Nothing to break off: a file is written in one step."""
 
     def __exit__(self, *exc: object) -> None:
         return None

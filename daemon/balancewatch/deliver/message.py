@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import email.policy
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -19,11 +20,15 @@ POLICY = email.policy.SMTP
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A message ready for a transport, and the addresses it goes to."""
+    """A message ready for a transport and the addresses it goes to this time (``recipients``,
+    normalized). ``due`` maps each due address of the row, as the row spells it, to the
+    normalized address it goes out as; ``rejected`` holds the due ones that are not addresses
+    at all, with the reason."""
 
     message: EmailMessage
     recipients: tuple[str, ...]
-    rejected: tuple[str, ...]  # addresses dropped as invalid, with the reason
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    due: Mapping[str, str] = field(default_factory=dict)
 
     def as_bytes(self) -> bytes:
         """The message as a file holds it; UTF-8 headers only when an address needs them."""
@@ -31,30 +36,36 @@ class Envelope:
         return self.message.as_bytes(policy=POLICY if ascii_only else POLICY.clone(utf8=True))
 
 
-def split_valid(addresses: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Valid addresses and a reason for each invalid one.
-
-    Addresses are normalized, with an internationalized domain in its ASCII
+def normalize(address: str) -> str:
+    """``address`` as it goes to the server, with an internationalized domain in its ASCII
     (IDNA) form, so only a non-ASCII mailbox name needs a server with SMTPUTF8.
+
+    Raises ValueError saying what is wrong with it.
     """
-    good, bad = [], []
-    for address in addresses:
-        if "\r" in address or "\n" in address:
-            bad.append(f"{address!r}: line breaks in an address")
-            continue
-        try:
-            valid = validate_email(address, check_deliverability=False)
-            good.append(valid.ascii_email or valid.normalized)
-        except EmailNotValidError as exc:
-            bad.append(f"{address!r}: {exc}")
-    return list(dict.fromkeys(good)), bad
+    if "\r" in address or "\n" in address:
+        raise ValueError("line breaks in an address")
+    try:
+        valid = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return str(valid.ascii_email or valid.normalized)
 
 
 def build(row: Claimed, now: datetime, reply_to: str = "") -> Envelope:
-    """The message for ``row``; raises a permanent TransportError if no recipient is valid."""
-    good, bad = split_valid(row.recipients)
-    if not good:
-        raise TransportError("invalid address: " + "; ".join(bad or ["no recipients"]), permanent=True)
+    """The message for ``row``, addressed (in the To header) to every valid recipient of the
+    row and sent (in the envelope) to those still due.
+
+    Raises a permanent TransportError if the sender cannot be a From header.
+    """
+    due = set(row.due_recipients)
+    normalized: dict[str, str] = {}
+    rejected: dict[str, str] = {}
+    for address in row.recipients:
+        try:
+            normalized[address] = normalize(address)
+        except ValueError as exc:
+            if address in due:
+                rejected[address] = f"invalid address: {exc}"
     msg = EmailMessage(policy=POLICY)
     try:
         msg["From"] = row.sender
@@ -64,7 +75,8 @@ def build(row: Claimed, now: datetime, reply_to: str = "") -> Envelope:
         raise TransportError(
             f"sender {row.sender!r} cannot be a From header: {exc}", permanent=True
         ) from None
-    msg["To"] = ", ".join(good)
+    if normalized:
+        msg["To"] = ", ".join(dict.fromkeys(normalized.values()))
     msg["Subject"] = one_line(row.subject)
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = row.message_id
@@ -81,4 +93,5 @@ def build(row: Claimed, now: datetime, reply_to: str = "") -> Envelope:
             subtype=subtype or "octet-stream",
             filename=a.filename,
         )
-    return Envelope(msg, tuple(good), tuple(bad))
+    sending = {address: norm for address, norm in normalized.items() if address in due}
+    return Envelope(msg, tuple(dict.fromkeys(sending.values())), rejected, sending)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
+import socket
 import ssl
+from collections.abc import Mapping
 
 from balancewatch.config import Security, SmtpSettings
 from balancewatch.deliver.errors import TransportError
@@ -18,6 +20,20 @@ def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
 
 def _permanent(code: int) -> bool:
     return 500 <= code < 600
+
+
+CLOSING = 421  # "service not available, closing transmission channel": the session is over
+
+
+def _refusals(refused: Mapping[str, tuple[int, bytes]]) -> str:
+    return "; ".join(f"{addr}: {_text(code, reply)}" for addr, (code, reply) in refused.items())
+
+
+def _per_recipient(refused: Mapping[str, tuple[int, bytes]]) -> dict[str, TransportError]:
+    return {
+        addr: TransportError(_text(code, reply), permanent=_permanent(code))
+        for addr, (code, reply) in refused.items()
+    }
 
 
 def _text(code: int, reply: bytes | str) -> str:
@@ -76,24 +92,30 @@ class SmtpTransport:
             raise TransportError(f"connect to {self.where}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: Envelope) -> dict[str, str]:
-        """Send one message; return the recipients the server refused (others got it).
+    def send(self, envelope: Envelope) -> dict[str, TransportError]:
+        """Send one message; return the recipients the server refused, each with its reply
+        (``permanent`` for a 5xx). The others have the message.
 
-        Raises TransportError: permanent on a 5xx reply for the whole message,
-        with ``connection`` set when the session broke.
+        Raises TransportError when the whole message failed: ``permanent`` on a 5xx reply to
+        MAIL FROM or DATA, with ``connection`` set when the session broke (a 421 included).
         """
         if self._smtp is None:
             raise TransportError("send without a connection", connection=True)
         try:
             refused = self._smtp.send_message(envelope.message, to_addrs=list(envelope.recipients))
         except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            detail = "; ".join(f"{addr}: {_text(c, m)}" for addr, (c, m) in exc.recipients.items())
-            raise TransportError(f"RCPT refused: {detail}", permanent=all(map(_permanent, codes))) from exc
+            if any(code == CLOSING for code, _ in exc.recipients.values()):
+                self._close()  # smtplib has closed it already on a 421
+                raise TransportError(
+                    f"RCPT: server closing: {_refusals(exc.recipients)}", connection=True
+                ) from exc
+            return _per_recipient(exc.recipients)
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             step = "MAIL FROM" if isinstance(exc, smtplib.SMTPSenderRefused) else "DATA"
             raise TransportError(
-                f"{step} refused: {_text(exc.smtp_code, exc.smtp_error)}", permanent=_permanent(exc.smtp_code)
+                f"{step} refused: {_text(exc.smtp_code, exc.smtp_error)}",
+                permanent=_permanent(exc.smtp_code),
+                connection=exc.smtp_code == CLOSING,
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             # Raised before MAIL FROM: the session is intact, only this message cannot go.
@@ -103,12 +125,23 @@ class SmtpTransport:
             ) from exc
         except smtplib.SMTPResponseException as exc:
             raise TransportError(
-                f"server replied {_text(exc.smtp_code, exc.smtp_error)}", permanent=_permanent(exc.smtp_code)
+                f"server replied {_text(exc.smtp_code, exc.smtp_error)}",
+                permanent=_permanent(exc.smtp_code),
+                connection=exc.smtp_code == CLOSING,
             ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             self._close()
             raise TransportError(f"send to {self.where}: {exc}", connection=True) from exc
-        return {addr: _text(code, msg) for addr, (code, msg) in refused.items()}
+        return _per_recipient(refused)
+
+    def abort(self) -> None:
+        """Break off the session from another thread (a shutdown that cannot wait): a send in
+        progress fails at once as a connection failure."""
+        smtp = self._smtp
+        sock = getattr(smtp, "sock", None) if smtp is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __exit__(self, *exc: object) -> None:
         if self._smtp is not None:

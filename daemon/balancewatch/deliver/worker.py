@@ -1,29 +1,42 @@
-"""Claim due outbox rows, send them through a transport, record each outcome.
+"""Claim due outbox rows, send them through a transport, record each outcome per recipient.
 
 Each outcome commits on its own, right after its message is handed over: a
 crash loses at most the record of the message in flight, which is then sent
 again (at-least-once; the Message-ID makes the duplicate detectable).
+
+When the database fails while a batch is out, what the server already
+accepted is not sent again by this process: the outcome is kept in memory
+(``Unrecorded``) and written first thing once the database answers, with
+the rows of the batch not yet sent handed back; nothing new is claimed
+until then. A stop (``stopping``) ends a batch between messages and hands
+back the rows not yet sent, so another instance can take them at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.files import FileTransport
-from balancewatch.deliver.message import build
+from balancewatch.deliver.message import Envelope, build
+from balancewatch.deliver.outcome import DELIVERED, Attempt, settle, shown
 from balancewatch.deliver.smtp import SmtpTransport
+from balancewatch.store import status as instance_status
 
 log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
 
 
 class Transport(Protocol):
@@ -31,20 +44,234 @@ class Transport(Protocol):
 
     def __enter__(self) -> Transport: ...
     def __exit__(self, *exc: object) -> None: ...
-    def send(self, envelope: object) -> dict[str, str]: ...
+    def send(self, envelope: Envelope) -> dict[str, TransportError]: ...
+    def abort(self) -> None: ...
 
 
 @dataclass
 class DeliveryStats:
     claimed: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)  # sent | retry | parked | lost
+    # Rows by what became of them: sent | retry | parked | released (handed back unsent) |
+    # lost (the claim went to another worker) | unrecorded (kept until the database answers).
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+OUTCOME_OF = {outbox.SENT: "sent", outbox.PENDING: "retry", outbox.PARKED: "parked"}
+
+
+@dataclass
+class Unrecorded:
+    """Delivery outcomes the database has not taken yet, and claimed rows to hand back."""
+
+    outcomes: dict[int, tuple[str, outbox.RowUpdate]] = field(default_factory=dict)
+    releases: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.releases)
 
 
 def make_transport(settings: Settings) -> Transport:
     """The configured transport: SMTP when a host is set (or asked for), else files."""
     if settings.transport == "smtp":
-        return SmtpTransport(settings.smtp, settings.smtp_password())  # type: ignore[return-value]
-    return FileTransport(settings.mail_dir)  # type: ignore[return-value]
+        return SmtpTransport(settings.smtp, settings.smtp_password())
+    return FileTransport(settings.mail_dir)
+
+
+class Courier:
+    """Delivers the outbox as ``worker``: batch after batch, keeping what the database has not
+    taken yet across batches (so one Courier per process, shared by its delivery runs)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        transport: Transport,
+        settings: Settings,
+        worker: str,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.engine, self.transport, self.settings, self.worker = engine, transport, settings, worker
+        self.stopping = stopping or threading.Event()
+        self.unrecorded = Unrecorded()
+        self._taken_over: set[str] = set()
+
+    def deliver_batch(
+        self,
+        now: datetime,
+        clock: Clock | None = None,
+        key: str | None = None,
+        stale_after: timedelta | None = None,
+    ) -> DeliveryStats:
+        """Record what is still unrecorded, then claim one batch of due rows (or only the row of
+        ``key``) and deliver it.
+
+        ``now`` decides what is due and starts the lease; ``clock`` (default: ``now``) stamps
+        outcomes. Rows held by an instance that stopped or died are due at once; with
+        ``stale_after``, so are those of an instance whose heartbeat is older than that. Once
+        half the lease has passed, the lease on the rows not yet sent is renewed, so a slow
+        server cannot let another instance claim them meanwhile; a row whose lease was lost is
+        skipped. Raises SQLAlchemyError when the database fails (nothing is lost: see the module).
+        """
+        clock = clock or (lambda: now)
+        stats = DeliveryStats()
+        if self.unrecorded:
+            self._flush(stats)
+        d = self.settings.delivery
+        with self.engine.begin() as conn:
+            others = outbox.claimers(conn, self.worker)
+            dead = instance_status.dead(conn, others, now, stale_after) if others else set()
+            self._log_takeover(dead)
+            batch = outbox.claim(conn, self.worker, now, d.batch_size, d.lease, key, dead)
+        stats.claimed = len(batch)
+        if batch:
+            self._send_batch(batch, now, clock, stats)
+        return stats
+
+    def abort(self) -> None:
+        """Break off a send in progress (a shutdown that cannot wait for a slow server)."""
+        self.transport.abort()
+
+    def _send_batch(
+        self, batch: list[outbox.Claimed], now: datetime, clock: Clock, stats: DeliveryStats
+    ) -> None:
+        lease = self.settings.delivery.lease
+        held = {row.id for row in batch}
+        lease_end = now + lease
+        try:
+            with self.transport:
+                for i, row in enumerate(batch):
+                    if self.stopping.is_set():
+                        self._release(batch[i:], stats)
+                        return
+                    stamp = clock()
+                    if stamp >= lease_end - lease / 2:
+                        lease_end = stamp + lease
+                        held = self._renew(batch[i:], lease_end)
+                    if row.id not in held:
+                        stats.outcomes["lost"] += 1
+                        log.warning("lease on %s lost to another worker; not sending it", row.idem_key)
+                        continue
+                    try:
+                        attempts = self._attempt(row, stamp)
+                    except TransportError as exc:  # only connection failures get here
+                        self._connection_failed(batch[i:], exc, clock(), stats)
+                        return
+                    self._log_attempt(row, attempts)
+                    try:
+                        self._record(
+                            [(row, settle(row, attempts, stamp, self.settings.delivery.retry))], stats
+                        )
+                    except SQLAlchemyError:
+                        # Its outcome is kept; the rows not sent yet go back once the database answers.
+                        self.unrecorded.releases.update(r.id for r in batch[i + 1 :])
+                        raise
+        except TransportError as exc:  # could not connect at all
+            self._connection_failed(batch, exc, clock(), stats)
+
+    def _attempt(self, row: outbox.Claimed, now: datetime) -> dict[str, Attempt]:
+        """Send ``row`` to its due recipients; how each fared. Raises TransportError only for a
+        connection failure, which says nothing about the message."""
+        try:
+            envelope = build(row, now, self.settings.delivery.reply_to)
+            refused = self.transport.send(envelope) if envelope.recipients else {}
+        except TransportError as exc:
+            if exc.connection:
+                raise
+            return {a: Attempt(False, str(exc), exc.permanent) for a in row.due_recipients}
+        attempts: dict[str, Attempt] = {}
+        for address in row.due_recipients:
+            if address in envelope.rejected:
+                attempts[address] = Attempt(False, envelope.rejected[address], permanent=True)
+                continue
+            error = refused.get(envelope.due[address])
+            attempts[address] = DELIVERED if error is None else Attempt(False, str(error), error.permanent)
+        return attempts
+
+    def _connection_failed(
+        self, rows: list[outbox.Claimed], exc: TransportError, now: datetime, stats: DeliveryStats
+    ) -> None:
+        if self.stopping.is_set():
+            # Broken off by a shutdown: the rows go back as they were, for the next instance.
+            self._release(rows, stats)
+            return
+        # The transport is down, not the messages: each one waits for the next try.
+        retry = self.settings.delivery.retry
+        settled = [
+            (row, settle(row, {a: Attempt(False, str(exc)) for a in row.due_recipients}, now, retry))
+            for row in rows
+        ]
+        self._record(settled, stats)
+        log.warning("cannot deliver %d messages now: %s", len(rows), exc)
+
+    def _record(self, settled: list[tuple[outbox.Claimed, outbox.RowUpdate]], stats: DeliveryStats) -> None:
+        try:
+            with self.engine.begin() as conn:
+                kept = [outbox.record(conn, row.id, self.worker, update) for row, update in settled]
+        except SQLAlchemyError:
+            for row, update in settled:
+                self.unrecorded.outcomes[row.id] = (row.idem_key, update)
+            stats.outcomes["unrecorded"] += len(settled)
+            raise
+        for (_row, update), ok in zip(settled, kept, strict=True):
+            stats.outcomes[OUTCOME_OF[update.status] if ok else "lost"] += 1
+
+    def _release(self, rows: list[outbox.Claimed], stats: DeliveryStats) -> None:
+        ids = [row.id for row in rows]
+        try:
+            with self.engine.begin() as conn:
+                released = outbox.release(conn, self.worker, ids, attempted=False)
+        except SQLAlchemyError:
+            self.unrecorded.releases.update(ids)
+            raise
+        stats.outcomes["released"] += released
+
+    def _renew(self, rows: list[outbox.Claimed], until: datetime) -> set[int]:
+        try:
+            with self.engine.begin() as conn:
+                return outbox.renew(conn, [r.id for r in rows], self.worker, until)
+        except SQLAlchemyError:
+            self.unrecorded.releases.update(r.id for r in rows)
+            raise
+
+    def _flush(self, stats: DeliveryStats) -> None:
+        """Write the outcomes kept while the database was unreachable and hand back the rows
+        not sent; raises SQLAlchemyError (keeping them all) if it still fails."""
+        pending = self.unrecorded
+        with self.engine.begin() as conn:
+            kept = {
+                row_id: outbox.record(conn, row_id, self.worker, update)
+                for row_id, (_key, update) in pending.outcomes.items()
+            }
+            released = outbox.release(conn, self.worker, sorted(pending.releases), attempted=False)
+        for row_id, ok in kept.items():
+            stats.outcomes[OUTCOME_OF[pending.outcomes[row_id][1].status] if ok else "lost"] += 1
+        stats.outcomes["released"] += released
+        log.warning(
+            "recorded %d delivery outcomes kept while the database was unreachable; %d unsent "
+            "messages handed back",
+            len(kept),
+            released,
+        )
+        self.unrecorded = Unrecorded()
+
+    def _log_takeover(self, dead: Collection[str]) -> None:
+        for name in sorted(set(dead) - self._taken_over):
+            log.warning("instance %s has stopped or died: taking over the messages it held", name)
+        self._taken_over |= set(dead)
+
+    def _log_attempt(self, row: outbox.Claimed, attempts: Mapping[str, Attempt]) -> None:
+        sent = [a for a, at in attempts.items() if at.delivered]
+        if sent:
+            log.info("sent %s to %s via %s", row.idem_key, ", ".join(map(shown, sent)), self.transport.name)
+        for address, attempt in attempts.items():
+            if not attempt.delivered:
+                log.log(
+                    logging.ERROR if attempt.permanent else logging.WARNING,
+                    "%s %s for %s: %s",
+                    "parked" if attempt.permanent else "will retry",
+                    row.idem_key,
+                    shown(address),
+                    attempt.error,
+                )
 
 
 def deliver_batch(
@@ -53,111 +280,9 @@ def deliver_batch(
     settings: Settings,
     now: datetime,
     worker: str,
-    clock: Callable[[], datetime] | None = None,
+    clock: Clock | None = None,
     key: str | None = None,
 ) -> DeliveryStats:
-    """Claim one batch of due rows (or only the row of ``key``) and deliver it.
-
-    ``now`` decides what is due and starts the lease; ``clock`` (default:
-    ``now``) stamps outcomes. Once half the lease has passed, the lease on
-    the rows not yet sent is renewed, so a slow server cannot let another
-    instance claim them meanwhile; a row whose lease was lost is skipped.
-    """
-    clock = clock or (lambda: now)
-    d = settings.delivery
-    with engine.begin() as conn:
-        batch = outbox.claim(conn, worker, now, d.batch_size, d.lease, key)
-    stats = DeliveryStats(claimed=len(batch))
-    if not batch:
-        return stats
-    held = {row.id for row in batch}
-    lease_end = now + d.lease
-    try:
-        with transport:
-            for i, row in enumerate(batch):
-                stamp = clock()
-                if stamp >= lease_end - d.lease / 2:
-                    lease_end = stamp + d.lease
-                    with engine.begin() as conn:
-                        held = outbox.renew(conn, [r.id for r in batch[i:]], worker, lease_end)
-                if row.id not in held:
-                    stats.outcomes["lost"] += 1
-                    log.warning("lease on %s lost to another worker; not sending it", row.idem_key)
-                    continue
-                try:
-                    _deliver_one(engine, transport, settings, row, worker, stamp, stats)
-                except TransportError as exc:  # only connection failures get here
-                    _fail_all(engine, settings, batch[i:], worker, clock(), exc, stats)
-                    return stats
-    except TransportError as exc:  # could not connect at all
-        _fail_all(engine, settings, batch, worker, clock(), exc, stats)
-    return stats
-
-
-def _deliver_one(
-    engine: Engine,
-    transport: Transport,
-    settings: Settings,
-    row: outbox.Claimed,
-    worker: str,
-    now: datetime,
-    stats: DeliveryStats,
-) -> None:
-    try:
-        envelope = build(row, now, settings.delivery.reply_to)
-        refused = transport.send(envelope)
-    except TransportError as exc:
-        if exc.connection:
-            raise
-        _fail(engine, settings, row, worker, now, exc, stats)
-        return
-    notes = [*envelope.rejected, *(f"{a}: {r}" for a, r in refused.items())]
-    with engine.begin() as conn:
-        kept = outbox.mark_sent(conn, row.id, worker, now, "; ".join(notes) or None)
-    stats.outcomes["sent" if kept else "lost"] += 1
-    log.info(
-        "sent %s to %s via %s%s",
-        row.idem_key,
-        ", ".join(envelope.recipients),
-        transport.name,
-        f" (refused: {'; '.join(notes)})" if notes else "",
-    )
-
-
-def _fail(
-    engine: Engine,
-    settings: Settings,
-    row: outbox.Claimed,
-    worker: str,
-    now: datetime,
-    exc: TransportError,
-    stats: DeliveryStats,
-) -> None:
-    retry = settings.delivery.retry
-    gave_up = now - row.created_at >= retry.give_up_after
-    with engine.begin() as conn:
-        if exc.permanent or gave_up:
-            reason = str(exc) if exc.permanent else f"gave up after {row.attempts} attempts: {exc}"
-            kept = outbox.mark_parked(conn, row.id, worker, reason)
-            outcome = "parked"
-            log.error("parked %s: %s", row.idem_key, reason)
-        else:
-            delay = outbox.backoff(row.attempts, retry.initial, retry.max, row.id)
-            kept = outbox.mark_retry(conn, row.id, worker, str(exc), now + delay)
-            outcome = "retry"
-            log.warning("will retry %s in %ds: %s", row.idem_key, delay.total_seconds(), exc)
-    stats.outcomes[outcome if kept else "lost"] += 1
-
-
-def _fail_all(
-    engine: Engine,
-    settings: Settings,
-    rows: list[outbox.Claimed],
-    worker: str,
-    now: datetime,
-    exc: TransportError,
-    stats: DeliveryStats,
-) -> None:
-    # The transport is down, not the messages: each one waits for the next try.
-    for row in rows:
-        _fail(engine, settings, row, worker, now, TransportError(str(exc)), stats)
+    """One batch (or only the row of ``key``) by a Courier of its own: for commands that
+    deliver once and exit (``send-test``, ``report run``)."""
+    return Courier(engine, transport, settings, worker).deliver_batch(now, clock, key)

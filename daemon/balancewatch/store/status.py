@@ -1,8 +1,13 @@
 """Instance status in the database: what each daemon runs, and how its last reload went.
 
 A daemon publishes a row at start, after every reload attempt and on a
-heartbeat; ``balancewatch status`` and ``balancewatch plan`` read them from
-any machine that reaches the database.
+heartbeat (every ``HEARTBEAT``); ``balancewatch status`` and ``balancewatch
+plan`` read them from any machine that reaches the database.
+
+The rows also say which instances are alive, so work one of them claimed is
+taken over at once when it is not (``dead``): it shut down (``stopped_at``),
+its process is gone from this machine, or its heartbeat is older than
+``STALE_AFTER``.
 """
 
 from __future__ import annotations
@@ -15,10 +20,16 @@ from typing import Any
 from sqlalchemy import Connection, desc, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from balancewatch import procinfo
 from balancewatch.store.tables import InstanceStatus
 
 T = InstanceStatus.__table__  # type: ignore[attr-defined]
 C = T.c
+
+HEARTBEAT = timedelta(seconds=5)
+# Six missed heartbeats: an instance busy with a long sweep still beats in time (its
+# heartbeat has a thread of its own), one that is gone is noticed within half a minute.
+STALE_AFTER = timedelta(seconds=30)
 
 
 def publish(conn: Connection, instance: str, values: Mapping[str, Any]) -> None:
@@ -67,3 +78,23 @@ def rules_in_effect(
         return None
     row = rows[0]
     return RulesInEffect(row.instance, row.live_digest, dict(row.rule_files or {}), row.live_loaded_at)
+
+
+def dead(conn: Connection, names: Sequence[str], now: datetime, stale_after: timedelta | None) -> set[str]:
+    """The instances among ``names`` known not to be running: stopped, gone from this machine,
+    or (with ``stale_after``) silent longer than that before ``now``.
+
+    An instance with no row is not judged (its claims run out with their lease).
+    """
+    if not names:
+        return set()
+    rows = conn.execute(
+        select(C.instance, C.heartbeat_at, C.stopped_at, C.process).where(C.instance.in_(list(names)))
+    )
+    return {
+        row.instance
+        for row in rows
+        if row.stopped_at is not None
+        or procinfo.gone(row.process)
+        or (stale_after is not None and row.heartbeat_at < now - stale_after)
+    }

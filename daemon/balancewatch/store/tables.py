@@ -241,6 +241,11 @@ class Outbox(SQLModel, table=True):
         default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
     )
     status: str = Field(default="pending", max_length=8)  # pending | sending | sent | parked
+    # How each recipient fared, by address as in ``recipients``: {"status": "sent" | "parked" |
+    # "pending", "at", "error", "attempts"}. A recipient missing here has not been tried yet.
+    deliveries: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -278,6 +283,11 @@ class InstanceStatus(SQLModel, table=True):
     reload_reason: str = Field(default="", max_length=400)
     reload_error: str | None = Field(default=None, sa_type=Text)
     reloads: int = 0
+    # Set when the instance shut down: whatever it still holds may be taken over at once.
+    stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Which process this is, so another one on the same machine can tell that it died
+    # (procinfo.identity(); empty where that cannot be known).
+    process: str | None = Field(default=None, max_length=200)
 
 
 class ReportRun(SQLModel, table=True):
@@ -331,4 +341,4 @@ class ReportCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
