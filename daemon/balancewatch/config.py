@@ -47,6 +47,7 @@ from pydantic_settings import (
 )
 
 from balancewatch import shipped, yamlfile
+from balancewatch.budget import RenderBudget, Size, check_timeout
 from balancewatch.durations import Duration, format_duration
 from balancewatch.money import MoneyError, check_currency, check_locale
 from balancewatch.problems import Problem, ProblemsError, explain
@@ -213,6 +214,17 @@ class ReloadSettings(_Section):
     backstop: Duration = timedelta(seconds=30)
 
 
+class RenderSettings(_Section):
+    """Limits on rendering one email, so no template can wedge the daemon (docs/templates.md)."""
+
+    timeout: Annotated[Duration, AfterValidator(check_timeout)] = timedelta(seconds=2)
+    max_size: Size = 1_000_000  # bytes: subject, text and HTML together
+
+    def budget(self) -> RenderBudget:
+        """What ``load_set`` and every render take."""
+        return RenderBudget(timeout=self.timeout.total_seconds(), max_size=self.max_size)
+
+
 class ReportSettings(_Section):
     """Scheduled reports: how late a missed send still goes out, how the work is split and reserved."""
 
@@ -368,6 +380,7 @@ class Settings(BaseSettings):
     prices: dict[PriceCurrency, dict[Service, Price]] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
     reload: ReloadSettings = ReloadSettings()
+    render: RenderSettings = RenderSettings()
     reports: ReportSettings = ReportSettings()
     topup: TopupSettings = TopupSettings()
 

@@ -152,7 +152,7 @@ def run_demo(directory: Path, days: int = 10, seed: int = 7) -> Summary:
     upgrade(engine)
     rng = random.Random(seed)
     sims = _populate(engine, rng)
-    live = load_set(settings.rules_dir, settings.templates_dir)
+    live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
     pipeline = build_pipeline(engine, settings, replace(live, reports=_every_report_on(live.reports)))
     summary = Summary(directory, accounts=_count_accounts(engine), days=days, entries=0)
     summary.reports = dict.fromkeys((r.id for r in live.reports), 0)

@@ -3,19 +3,32 @@
 ``load_set`` does every fallible step (read, parse, validate, compile,
 cross-check, test-render) before it returns; the result is immutable, so an
 evaluation holding one never sees a half-loaded set.
+
+Test renders run within the render budget like every other render, and a
+template that overruns it is not rendered again with its other samples, so a
+load takes at most about (templates × ``render.timeout``): ``check``, a reload
+and start-up always finish.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from balancewatch.budget import DEFAULT_BUDGET, RenderBudget
 from balancewatch.messages import sample_contexts
 from balancewatch.problems import Problem, ProblemsError
-from balancewatch.render import TEMPLATE_NAMES_HINT, RenderError, TemplateSet, read_template_files
+from balancewatch.render import (
+    TEMPLATE_NAMES_HINT,
+    OverBudgetError,
+    RenderError,
+    TemplateSet,
+    read_template_files,
+)
 from balancewatch.reports.samples import sample_contexts as report_sample_contexts
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile, check_files, digest, read_files, rule_files
@@ -41,9 +54,18 @@ class LiveSet:
         return next((r for r in self.rules if r.id == rule_id), None)
 
 
-def load_set(rules_dir: Path, templates_dir: Path, paths: Sequence[Path] | None = None) -> LiveSet:
+def load_set(
+    rules_dir: Path,
+    templates_dir: Path,
+    paths: Sequence[Path] | None = None,
+    *,
+    budget: RenderBudget = DEFAULT_BUDGET,
+) -> LiveSet:
     """Load and cross-check the rule files of ``rules_dir`` (or exactly ``paths``) with the
-    templates of ``templates_dir``; raises ProblemsError listing every problem."""
+    templates of ``templates_dir``; raises ProblemsError listing every problem.
+
+    The set's templates render within ``budget`` (``render:`` in config.yaml), its test
+    renders included."""
     problems: list[Problem] = []
     rules: list[CompiledRule] = []
     files = []
@@ -58,7 +80,7 @@ def load_set(rules_dir: Path, templates_dir: Path, paths: Sequence[Path] | None 
         template_files = read_template_files(templates_dir)
     except ProblemsError as exc:
         raise ProblemsError([*problems, *exc.problems]) from None
-    templates = TemplateSet(template_files, templates_dir)
+    templates = TemplateSet(template_files, templates_dir, budget)
     compile_problems = templates.compile_problems()
     problems.extend(compile_problems)
     problems.extend(_missing_templates(rules, templates))
@@ -137,19 +159,28 @@ def _missing_templates(rules: list[CompiledRule], templates: TemplateSet) -> lis
 
 
 def sample_render_problems(templates: TemplateSet, uses: Mapping[str, set[str]]) -> list[Problem]:
-    """Render each used template with every sample context of its uses; report what fails."""
+    """Render each used template with every sample context of its uses; report what fails.
+
+    A template stopped by the render budget is reported once and not rendered again."""
     out: dict[Problem, None] = {}
     for name in sorted(set(uses) & templates.names):
-        for kind in sorted(uses[name]):
-            if kind.startswith("report-"):
-                contexts = report_sample_contexts(kind.removeprefix("report-"))
-            elif kind == "topup-failed":
-                contexts = topup_sample_contexts()
-            else:
-                contexts = sample_contexts(kind)
-            for context in contexts:
-                try:
-                    templates.render(name, context)
-                except RenderError as exc:
-                    out[exc.problem] = None
+        for context in _samples(uses[name]):
+            try:
+                templates.render(name, context)
+            except OverBudgetError as exc:
+                out[exc.problem] = None
+                break  # each further sample could take the whole budget again
+            except RenderError as exc:
+                out[exc.problem] = None
     return list(out)
+
+
+def _samples(kinds: set[str]) -> Iterator[dict[str, Any]]:
+    """The sample contexts of every use in ``kinds``, in a stable order."""
+    for kind in sorted(kinds):
+        if kind.startswith("report-"):
+            yield from report_sample_contexts(kind.removeprefix("report-"))
+        elif kind == "topup-failed":
+            yield from topup_sample_contexts()
+        else:
+            yield from sample_contexts(kind)

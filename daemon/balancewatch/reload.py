@@ -12,6 +12,12 @@ calls ``reload_now``.
 What counts as a reload *attempt* (and is published): a fingerprint that
 differs from the live set's, a directory that cannot be read, and every
 ``reload_now``. A check that finds the files unchanged is not an attempt.
+
+A load renders every template used with sample data, within the live set's
+render budget (``render:`` in config.yaml), so a template that never finishes
+is refused like any other problem and cannot hold up later reloads or SIGHUP.
+A reload that drops rules or reports (a file removed, or cut short and still
+valid YAML) names them in a warning: silence would look like success.
 """
 
 from __future__ import annotations
@@ -276,7 +282,7 @@ class Reloader:
             if digest == self._refused and not force:
                 return self.status
             try:
-                live = load_set(self.rules_dir, self.templates_dir)
+                live = load_set(self.rules_dir, self.templates_dir, budget=self.live.templates.budget)
             except ProblemsError as exc:
                 return self._refuse(reason, exc, digest, force)
             except Exception as exc:  # a bug in a check must not take the running rules down
@@ -286,6 +292,7 @@ class Reloader:
             if live.digest == self.status.live_digest:
                 # The files changed back between the fingerprint and the load.
                 return self._unchanged(reason, force)
+            warn_removed(self.live, live, reason)
             self.swap(live)
             self.live = live
             self._refused = ""
@@ -356,3 +363,23 @@ class Reloader:
                 # Recording the status (in the database) failed; the reload itself stands.
                 log.exception("could not record the reload status")
         return status
+
+
+def warn_removed(old: LiveSet, new: LiveSet, reason: str) -> list[str]:
+    """Log at warning level each rule and report ``old`` has and ``new`` lacks, by the file they
+    were in; return the lines logged. A rule file cut short can still be valid YAML: without
+    this, the rules it lost would stop alerting without a word."""
+    lines = []
+    for kind, before, after in (("rules", old.rules, new.rules), ("reports", old.reports, new.reports)):
+        kept = {item.id for item in after}
+        gone: dict[str, list[str]] = {}
+        for item in before:
+            if item.id not in kept:
+                gone.setdefault(item.source, []).append(item.id)
+        files = {str(f.path) for f in new.rule_sources}
+        for source, ids in sorted(gone.items()):
+            still = "which no longer defines them" if source in files else "now gone"
+            lines.append(f"reload ({reason}) removes {kind}: {', '.join(ids)} (in {source}, {still})")
+    for line in lines:
+        log.warning("%s", line)
+    return lines

@@ -8,6 +8,12 @@ and read only the files loaded here: no filesystem, no network.
 
 The files are read once when the set is loaded; the set in use is exactly the
 set that was validated, whatever happens on disk afterwards.
+
+Every email renders within the set's ``RenderBudget`` (``balancewatch.budget``):
+stopped past ``render.timeout``, stopped once its parts together pass
+``render.max_size``, and single steps that would make a value larger than that
+(``"x" * 10**9``, a huge format width) refused before they run. Each is a
+RenderError naming the template file and line.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import re
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, update_wrapper
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from babel.dates import format_date, format_datetime, format_skeleton, format_time
@@ -30,16 +37,44 @@ from jinja2 import (
     BytecodeCache,
     Environment,
     StrictUndefined,
+    Template,
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
     Undefined,
+    nodes,
     pass_context,
+    pass_environment,
+    pass_eval_context,
 )
+from jinja2 import filters as jinja_filters
 from jinja2.bccache import Bucket
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+    SecurityError,
+)
+from jinja2.utils import generate_lorem_ipsum
+from markupsafe import Markup, soft_str
 
+from balancewatch.budget import (
+    DEFAULT_BUDGET,
+    WATCHDOG,
+    RenderBudget,
+    RenderTimeoutError,
+    ValueTooLargeError,
+    check_binop,
+    check_format_spec,
+    check_method_call,
+    check_printf,
+    format_size,
+    joined_size,
+    replaced_size,
+)
 from balancewatch.durations import every, format_duration
 from balancewatch.money import Money, format_money
 from balancewatch.problems import Problem, ProblemsError
@@ -65,6 +100,31 @@ class RenderError(Exception):
     def __init__(self, problem: Problem) -> None:
         super().__init__(str(problem))
         self.problem = problem
+
+
+class OverBudgetError(RenderError):
+    """A render was stopped: it took longer than ``render.timeout`` or produced more than
+    ``render.max_size``."""
+
+
+class _OutputTooLargeError(Exception):
+    """Raised while streaming, once the parts together pass the size limit; ``where`` is the
+    template file and line the render had reached."""
+
+    def __init__(self, where: tuple[str, int]) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+class _Output:
+    """What one message's render has produced so far, against its size limit."""
+
+    __slots__ = ("file", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.file = ""  # the part being rendered: where a stop is reported when nothing better is known
 
 
 def read_template_files(directory: Path) -> dict[str, str]:
@@ -101,12 +161,15 @@ def read_template_files(directory: Path) -> dict[str, str]:
 
 
 class TemplateSet:
-    """The compiled templates of one directory snapshot."""
+    """The compiled templates of one directory snapshot, rendered within ``budget``."""
 
-    def __init__(self, files: Mapping[str, str], directory: Path) -> None:
+    def __init__(
+        self, files: Mapping[str, str], directory: Path, budget: RenderBudget = DEFAULT_BUDGET
+    ) -> None:
         self.directory = directory
         self.files = dict(files)
-        self.env = _environment(self.files)
+        self.budget = budget
+        self.env = _environment(self.files, budget.max_size)
         self.names = frozenset(name.rsplit("/", 1)[0] for name in self.files if name.endswith("/" + SUBJECT))
 
     def compile_problems(self) -> list[Problem]:
@@ -127,31 +190,79 @@ class TemplateSet:
         return problems
 
     def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
-        """Render template ``name``; raises RenderError naming the file and line."""
+        """Render template ``name`` within the budget; raises RenderError naming the file and line
+        (OverBudgetError when the render was stopped for its time or size)."""
         if name not in self.names:
             raise RenderError(self._problem(f"{name}/{SUBJECT}", 0, "template not found"))
-        subject = self._part(name, SUBJECT, context)
-        text = self._part(name, TEXT, context)
-        html = self._part(name, HTML, context) if f"{name}/{HTML}" in self.files else None
+        parts = self._compiled(name)  # outside the guarded region: no compiling on the clock
+        output = _Output(self.budget.max_size)
+        try:
+            rendered = WATCHDOG.run(
+                lambda: [self._stream(file, template, context, output) for file, template in parts],
+                self.budget.timeout,
+            )
+        except RenderTimeoutError as exc:
+            where, line = _template_frame(exc.__cause__, self.files) or (output.file, 0)
+            message = (
+                f"rendering took longer than {self.budget.timeout_text()} (render.timeout); "
+                "a loop may never end"
+            )
+            raise OverBudgetError(self._problem(where, line, message)) from None
+        except _OutputTooLargeError as exc:
+            message = (
+                f"the email (subject, text and HTML together) produced more than "
+                f"{self.budget.size_text()} (render.max_size)"
+            )
+            raise OverBudgetError(self._problem(*exc.where, message)) from None
+        except Exception as exc:  # a template can raise anything its expressions do
+            raise RenderError(self._render_problem(exc, output.file)) from None
+        subject, text, html = (*rendered, None)[:3]
         return Rendered(subject=one_line(subject), text=text.strip() + "\n", html=html)
 
-    def _part(self, name: str, part: str, context: Mapping[str, Any]) -> str:
-        file = f"{name}/{part}"
-        try:
-            return self.env.get_template(file).render(context)
-        except TemplateSyntaxError as exc:
-            raise RenderError(self._problem(exc.name or file, exc.lineno, exc.message or str(exc))) from None
-        except Exception as exc:  # a template can raise anything its expressions do
-            where, line = _template_frame(exc, self.files) or (file, 0)
-            raise RenderError(self._problem(where, line, _describe(exc, self.files))) from None
+    def _compiled(self, name: str) -> list[tuple[str, Template]]:
+        """The subject, text and (when there is one) HTML templates of ``name``."""
+        out: list[tuple[str, Template]] = []
+        for part in (SUBJECT, TEXT, HTML):
+            file = f"{name}/{part}"
+            if part == HTML and file not in self.files:
+                continue
+            try:
+                out.append((file, self.env.get_template(file)))
+            except Exception as exc:
+                raise RenderError(self._render_problem(exc, file)) from None
+        return out
+
+    def _stream(self, file: str, template: Template, context: Mapping[str, Any], output: _Output) -> str:
+        """One part as text, streamed and counted against ``output``'s limit.
+
+        Raises _OutputTooLargeError, naming where the template was, once past the limit."""
+        output.file = file
+        chunks = template.generate(context)
+        parts: list[str] = []
+        size, limit = output.size, output.limit
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                where = _suspended_at(chunks, self.files) or (file, 0)
+                chunks.close()
+                raise _OutputTooLargeError(where)
+            parts.append(chunk)
+        output.size = size
+        return "".join(parts)
+
+    def _render_problem(self, exc: Exception, file: str) -> Problem:
+        if isinstance(exc, TemplateSyntaxError):  # an included or extended file that does not compile
+            return self._problem(exc.name or file, exc.lineno, exc.message or str(exc))
+        where, line = _template_frame(exc, self.files) or (file, 0)
+        return self._problem(where, line, _describe(exc, self.files))
 
     def _problem(self, name: str, line: int, message: str) -> Problem:
         return Problem(str(self.directory / name), line, "", message)
 
 
-def load_templates(directory: Path) -> TemplateSet:
+def load_templates(directory: Path, budget: RenderBudget = DEFAULT_BUDGET) -> TemplateSet:
     """Read and compile ``directory``; raises ProblemsError listing every syntax error."""
-    templates = TemplateSet(read_template_files(directory), directory)
+    templates = TemplateSet(read_template_files(directory), directory, budget)
     problems = templates.compile_problems()
     if problems:
         raise ProblemsError(problems)
@@ -176,17 +287,43 @@ def _describe(exc: Exception, files: Mapping[str, str]) -> str:
         return f"{what}; templates run in a sandbox: no private attributes, no changing data"
     if isinstance(exc, TemplateError):
         return exc.message or type(exc).__name__
+    if isinstance(exc, ValueTooLargeError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
-def _template_frame(exc: BaseException, files: Mapping[str, str]) -> tuple[str, int] | None:
-    # Jinja rewrites tracebacks so template lines appear as frames of the template file.
+def _template_frame(exc: BaseException | None, files: Mapping[str, str]) -> tuple[str, int] | None:
+    # Jinja rewrites the tracebacks of exceptions it handles so template lines appear as
+    # frames of the template file; the watchdog's interrupt passes Jinja by, so its frames
+    # are the compiled code's, mapped back to template lines here.
     # walk_tb, not extract_tb: no source lookup, so nothing on disk is read for a name.
+    if exc is None:
+        return None
     frames = list(traceback.walk_tb(exc.__traceback__))
     for frame, line in reversed(frames):
         if frame.f_code.co_filename in files:
-            return frame.f_code.co_filename, line or 0
+            return frame.f_code.co_filename, _template_line(frame, line)
     return None
+
+
+def _suspended_at(generator: Iterator[str], files: Mapping[str, str]) -> tuple[str, int] | None:
+    """The template file and line a suspended render generator stopped at (the innermost one,
+    through ``yield from`` of blocks and includes)."""
+    found = None
+    current: Any = generator
+    while current is not None:
+        frame = getattr(current, "gi_frame", None)
+        if frame is not None and frame.f_code.co_filename in files:
+            found = frame.f_code.co_filename, _template_line(frame, frame.f_lineno)
+        current = getattr(current, "gi_yieldfrom", None)
+    return found
+
+
+def _template_line(frame: FrameType, line: int | None) -> int:
+    template = frame.f_globals.get("__jinja_template__")
+    if template is not None and line:
+        return int(template.get_corresponding_lineno(line))
+    return line or 0
 
 
 class _MemoryLoader(BaseLoader):
@@ -241,11 +378,87 @@ class _CompiledCache(BytecodeCache):
                 self._store.popitem(last=False)
 
 
+# Every environment here is a _BoundedSandbox: compiled code calls its checks, so it is
+# the same for all of them and can be shared.
 _COMPILED = _CompiledCache()
 
 
-def _environment(files: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+class _CheckedConcat(CodeGenerator):
+    """Compiles ``a ~ b`` to a concatenation whose result is checked against the size limit:
+    doubling a string in a loop must stop at the limit, not at the memory's end."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:  # noqa: N802  (Jinja's name)
+        self.write("environment.checked_concat(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    """``str.format`` in the sandbox, refusing field widths past the size limit."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        check_format_spec(format_spec, self._env.max_size)  # type: ignore[attr-defined]
+        return super().format_field(value, format_spec)
+
+
+class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
+    """``Markup.format``: escaping, and the same width check."""
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with every step that could make a huge value in one C call
+    (which the watchdog cannot interrupt) checked against ``max_size`` before it runs:
+    ``*``, ``**``, ``%`` and ``+``, ``~``, str/bytes/list method calls and ``str.format``."""
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _CheckedConcat
+
+    def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_size = max_size
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        check_binop(operator, left, right, self.max_size)
+        return self.binop_table[operator](left, right)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        args = check_method_call(obj, args, kwargs, self.max_size)
+        return super().call(context, obj, *args, **kwargs)
+
+    def checked_concat(self, value: str) -> str:
+        if len(value) > self.max_size:
+            raise ValueTooLargeError(
+                f"joining text with ~ made {len(value):,} characters; stopped: a template value may be at most "
+                f"{format_size(self.max_size)} (render.max_size)"
+            )
+        return value
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        # Jinja's own, with the formatters above: its formatter classes cannot be swapped in.
+        if getattr(value, "__name__", None) not in ("format", "format_map"):
+            return None
+        owner = getattr(value, "__self__", None)
+        if not isinstance(owner, str):
+            return None
+        formatter: _BoundedFormatter
+        if isinstance(owner, Markup):
+            formatter = _BoundedEscapeFormatter(self, escape=owner.escape)
+        else:
+            formatter = _BoundedFormatter(self)
+        is_map, str_type = value.__name__ == "format_map", type(owner)
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument and no keywords")
+                args, kwargs = (), args[0]
+            return str_type(formatter.vformat(owner, args, kwargs))
+
+        return update_wrapper(wrapper, value)
+
+
+def _environment(files: Mapping[str, str], max_size: int) -> _BoundedSandbox:
+    env = _BoundedSandbox(
         loader=_MemoryLoader(files),
         bytecode_cache=_COMPILED,
         autoescape=lambda name: bool(name and name.endswith((".html", ".htm"))),
@@ -254,9 +467,113 @@ def _environment(files: Mapping[str, str]) -> ImmutableSandboxedEnvironment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,
+        max_size=max_size,
     )
     env.filters.update(FILTERS)
+    env.filters.update(BOUNDED_FILTERS)
+    env.globals["lipsum"] = _lipsum
     return env
+
+
+# --- Jinja's filters that can make a large value in one step, checked first ---------------------------
+
+
+def _limit(env: Environment) -> int:
+    return int(getattr(env, "max_size", DEFAULT_BUDGET.max_size))
+
+
+def _refuse(what: str, size: int, limit: int) -> ValueTooLargeError:
+    return ValueTooLargeError(
+        f"{what} would make {size:,} characters; refused before it ran: a template value may be "
+        f"at most {format_size(limit)} (render.max_size)"
+    )
+
+
+@pass_environment
+def _center(env: Environment, value: Any, width: int = 80) -> str:
+    if isinstance(width, int) and width > _limit(env):
+        raise _refuse(f"center({width:,})", width, _limit(env))
+    return jinja_filters.do_center(value, width)
+
+
+@pass_environment
+def _indent(env: Environment, s: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    text = soft_str(s)
+    prefix = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+    size = len(text) + (text.count("\n") + 1) * max(prefix, 0)
+    if size > _limit(env):
+        raise _refuse(f"indent({width if isinstance(width, int) else '...'})", size, _limit(env))
+    return jinja_filters.do_indent(s, width, first, blank)
+
+
+@pass_environment
+def _format(env: Environment, value: Any, *args: Any, **kwargs: Any) -> str:
+    check_printf(soft_str(value), kwargs or args, _limit(env))
+    return jinja_filters.do_format(value, *args, **kwargs)
+
+
+@pass_eval_context
+def _replace(eval_ctx: EvalContext, s: Any, old: Any, new: Any, count: int | None = None) -> str:
+    limit = _limit(eval_ctx.environment)
+    size = replaced_size(soft_str(s), soft_str(old), soft_str(new), -1 if count is None else count)
+    if size > limit:
+        raise _refuse("replace(...)", size, limit)
+    return jinja_filters.do_replace(eval_ctx, s, old, new, count)
+
+
+@pass_eval_context
+def _join(eval_ctx: EvalContext, value: Any, d: str = "", attribute: str | int | None = None) -> str:
+    limit = _limit(eval_ctx.environment)
+    items: Any = value
+    if attribute is not None:
+        items = map(jinja_filters.make_attrgetter(eval_ctx.environment, attribute), items)
+    items = list(items)
+    size = joined_size(soft_str(d), items, limit)
+    if size > limit:
+        raise _refuse(f"joining {len(items):,} items", size, limit)
+    return jinja_filters.sync_do_join(eval_ctx, items, d)
+
+
+@pass_environment
+def _wordwrap(
+    env: Environment,
+    s: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    # Wrapped with a newline first (its lines are then known), joined with wrapstring after.
+    wrapped = jinja_filters.do_wordwrap(env, s, width, break_long_words, "\n", break_on_hyphens)
+    joint = env.newline_sequence if wrapstring is None else soft_str(wrapstring)
+    size = replaced_size(wrapped, "\n", joint)
+    if size > _limit(env):
+        raise _refuse("wordwrap(...)", size, _limit(env))
+    return wrapped if joint == "\n" else wrapped.replace("\n", joint)
+
+
+@pass_environment
+def _batch(env: Environment, value: Any, linecount: int, fill_with: Any = None) -> Iterator[list[Any]]:
+    if isinstance(linecount, int) and linecount > _limit(env):
+        raise _refuse(f"batch({linecount:,})", linecount, _limit(env))
+    return jinja_filters.do_batch(value, linecount, fill_with)
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    if n > 100 or max > 1000:
+        raise ValueTooLargeError("lipsum: at most 100 paragraphs of at most 1000 words")
+    return str(generate_lorem_ipsum(n, html, min, max))
+
+
+BOUNDED_FILTERS: dict[str, Callable[..., Any]] = {
+    "center": _center,
+    "indent": _indent,
+    "format": _format,
+    "replace": _replace,
+    "join": _join,
+    "wordwrap": _wordwrap,
+    "batch": _batch,
+}
 
 
 def _locale(ctx: Context) -> str:

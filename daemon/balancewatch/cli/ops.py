@@ -79,7 +79,7 @@ def cmd_check(ctx: Ctx) -> int:
     except ProblemsError as exc:
         return report_problems(ctx, exc, "config")
     try:
-        live = load_set(settings.rules_dir, settings.templates_dir)
+        live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
         check_topup_hook(settings, live.rules)
     except ProblemsError as exc:
         return report_problems(ctx, exc, "check failed")
@@ -98,7 +98,7 @@ def cmd_run(ctx: Ctx) -> int:
     stop_on_signals(stopping)
     settings = ctx.settings
     try:
-        live = load_set(settings.rules_dir, settings.templates_dir)
+        live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
         check_topup_hook(settings, live.rules)
     except ProblemsError as exc:
         return report_problems(ctx, exc, "cannot start: the rules or templates have problems")

@@ -117,7 +117,7 @@ def cmd_plan(ctx: Ctx) -> int:
     args, settings = ctx.args, ctx.settings
     new_dir: Path = args.rules or settings.rules_dir
     try:
-        live = load_set(new_dir, settings.templates_dir)
+        live = load_set(new_dir, settings.templates_dir, budget=settings.render.budget())
     except ProblemsError as exc:
         return report_problems(ctx, exc, f"plan: the rules in {new_dir} have problems")
     against: Baseline | None = None

@@ -54,7 +54,8 @@ def register(commands: Any) -> None:
 
 def _live(ctx: Ctx) -> LiveSet:
     """The rules and templates as ``check`` loads them; ProblemsError lists what is wrong."""
-    return load_set(ctx.settings.rules_dir, ctx.settings.templates_dir)
+    settings = ctx.settings
+    return load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
 
 
 def _report(live: LiveSet, report_id: str) -> CompiledReport:
