@@ -1,0 +1,150 @@
+"""A database that goes away in the middle of a delivery: nothing accepted is sent again by
+this process, nothing waits out a lease, and the log says so once, not once a second.
+
+The database is a private PostgreSQL cluster the test stops and starts (never the shared
+server); the SMTP server is real, on loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+from balancewatch.config import Settings
+from balancewatch.liveset import LiveSet
+from balancewatch.outage import FailureLog
+from balancewatch.service import build_pipeline
+from balancewatch.store.db import make_engine, upgrade
+from tests.conftest import IN_CI, Clock
+from tests.pgcluster import PgCluster
+from tests.smtpserver import SmtpServer
+from tests.test_delivery import NO_RULES, add_messages, outbox_rows
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PgCluster]:
+    try:
+        server = PgCluster()
+    except (RuntimeError, OSError) as exc:
+        if IN_CI:
+            pytest.fail(f"cannot start a private PostgreSQL cluster: {exc}")
+        pytest.skip(f"cannot start a private PostgreSQL cluster: {exc}")
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def private_db(cluster: PgCluster) -> Iterator[Engine]:
+    """A fresh database in the private cluster, with the schema in place."""
+    cluster.start_if_stopped()
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = make_engine(cluster.url, pool_size=1)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    engine = make_engine(cluster.url.rsplit("/", 1)[0] + f"/{name}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def deliver_in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def test_a_database_outage_after_the_server_accepted_a_message_neither_resends_it_nor_holds_back_the_rest(
+    cluster: PgCluster,
+    private_db: Engine,
+    clock: Clock,
+    make_settings: Callable[..., Settings],
+    live_from: Callable[[str], LiveSet],
+    smtp_server: SmtpServer,
+) -> None:
+    engine = private_db
+    settings = make_settings(str(engine.url.render_as_string(hide_password=False)), **smtp_server.env())
+    pipeline = build_pipeline(engine, settings, live_from(NO_RULES))
+    keys = add_messages(engine, clock(), *([f"owner{i}@acme.example"] for i in range(4)))
+
+    smtp_server.hold()
+    thread, errors = deliver_in_thread(lambda: pipeline.deliver(clock(), clock))
+    smtp_server.wait_holding(1)
+    cluster.stop()  # the database goes while the server is taking the first message
+    smtp_server.release()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert [type(e) for e in errors] == [OperationalError]
+    [accepted] = smtp_server.wait_for(1)
+    assert pipeline.courier.unrecorded
+
+    with pytest.raises(OperationalError):  # still down: nothing is claimed, nothing re-sent
+        pipeline.deliver(clock.advance(seconds=5), clock)
+    assert len(smtp_server.received) == 1
+
+    cluster.start()
+    stats = pipeline.deliver(clock.advance(seconds=5), clock)  # at once, not a lease later
+    assert stats.outcomes == {"sent": 4, "released": 3}
+    mails = smtp_server.wait_for(4)
+    assert sorted(m.rcpt_tos for m in mails) == [(f"owner{i}@acme.example",) for i in range(4)]
+    assert mails[0] is accepted
+    rows = outbox_rows(engine)
+    assert [(rows[k].status, rows[k].attempts) for k in keys] == [("sent", 1)] * 4
+    assert not pipeline.courier.unrecorded
+
+
+def test_a_database_outage_is_one_warning_then_one_a_minute_and_its_end_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seconds = [0.0]
+    failures = FailureLog(clock=lambda: seconds[0])
+    down = OperationalError("SELECT 1", {}, Exception("connection refused\nDETAIL: more"))
+    caplog.set_level(logging.INFO)
+    for _ in range(150):  # five jobs failing every second for 30 s, then 120 s more
+        for job in ("evaluate", "deliver", "topup", "reports", "heartbeat"):
+            failures.failed(job, down)
+        seconds[0] += 1
+    failures.succeeded("deliver")
+    failures.succeeded("evaluate")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "database unreachable (evaluate: Exception: connection refused); every job waits and retries, "
+        "nothing is lost",
+        "database still unreachable after 1m (Exception: connection refused)",
+        "database still unreachable after 2m (Exception: connection refused)",
+        "database reachable again after 2m30s; carrying on where the jobs left off",
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_a_failing_job_logs_its_traceback_once_then_a_line_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    seconds = [0.0]
+    failures = FailureLog(clock=lambda: seconds[0])
+    caplog.set_level(logging.INFO)
+    for _ in range(90):
+        failures.failed("reports", ValueError("bad data"))
+        seconds[0] += 1
+    failures.succeeded("reports")
+    assert [r.exc_info is not None for r in caplog.records] == [True, False, False]
+    assert [r.getMessage() for r in caplog.records[1:]] == [
+        "reports still failing (61 times so far): ValueError: bad data",
+        "reports works again after 90 failures",
+    ]
