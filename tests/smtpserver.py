@@ -4,7 +4,8 @@ Tests wait for mail with bounded waits on a condition, never fixed sleeps.
 ``refuse`` makes the server answer RCPT for an address with a given reply,
 e.g. ``{"gone@example.com": "550 5.1.1 no such user"}``. ``hold()`` keeps
 every DATA command waiting (the message in flight) until ``release()``
-lets one, several or all of them through.
+lets one, several or all of them through; ``delay`` slows every DATA reply
+by that many seconds, as a busy server does.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.server.delay:
+            await asyncio.sleep(self.server.delay)
         if self.server.held:
             await asyncio.get_running_loop().run_in_executor(None, self.server.pass_gate)
         peer = tuple(session.peer[:2]) if session.peer else None
@@ -104,6 +107,7 @@ class SmtpServer:
         self.auth = auth
         self.smtputf8 = smtputf8
         self.held = False
+        self.delay = 0.0
         self._gate = threading.Condition()
         self._passes = 0  # held messages allowed through
         self._arrived = 0  # messages that reached DATA while held

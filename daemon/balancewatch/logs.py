@@ -35,6 +35,14 @@ def stderr_is_journal(environ: dict[str, str]) -> bool:
     return (str(stat.st_dev), str(stat.st_ino)) == (device, inode)
 
 
+class _SkippedRuns(logging.Filter):
+    """Drop APScheduler's "skipped: maximum number of running instances reached": a job still
+    running at its next interval (a long delivery) is meant to be coalesced, not reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
 def setup(level: str = "info", environ: dict[str, str] | None = None) -> None:
     """Send balancewatch's logs to stderr at ``level``; quiet the chatty libraries."""
     environ = dict(os.environ) if environ is None else environ
@@ -52,3 +60,6 @@ def setup(level: str = "info", environ: dict[str, str] | None = None) -> None:
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "sqlalchemy", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    scheduler = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, _SkippedRuns) for f in scheduler.filters):
+        scheduler.addFilter(_SkippedRuns())

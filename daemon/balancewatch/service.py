@@ -411,7 +411,9 @@ class Daemon:
         ]
         for job_id, work, seconds, first in jobs:
             extra: dict[str, Any] = {"next_run_time": first} if first is not None else {}
-            self.scheduler.add_job(self.job(job_id, work), "interval", id=job_id, seconds=seconds, **extra)
+            self.scheduler.add_job(
+                self.job(job_id, work), "interval", id=job_id, name=job_id, seconds=seconds, **extra
+            )
 
     def _take_back_previous_claims(self) -> None:
         """Rows still claimed under this instance's name come from an earlier run of it (a
