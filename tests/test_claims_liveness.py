@@ -13,14 +13,15 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, select
 
 from balancewatch import outbox, procinfo
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.service import Daemon, Pipeline, build_pipeline
 from balancewatch.store import status as instance_status
 from balancewatch.store.status import STALE_AFTER
+from balancewatch.store.tables import ReportRun
 from tests.conftest import Clock
 from tests.smtpserver import SmtpServer
 from tests.test_daemon import DEADLINE, Cli, add_funded_account, cli, wait_until  # noqa: F401
@@ -154,3 +155,32 @@ def test_a_daemon_killed_while_sending_is_taken_over_by_the_next_one_at_once(
     mails = [m for m in smtp_server.received if m.rcpt_tos == ("owner@acme.example",)]
     assert 1 <= len(mails) <= 2  # a second copy only of the message in flight at the kill
     assert len({m.message["Message-ID"] for m in mails}) == 1
+
+
+def test_report_claims_of_a_stopped_instance_are_due_again_at_the_next_heartbeat(
+    engine: Engine, clock: Clock, pipeline: Pipeline
+) -> None:
+    with engine.begin() as conn:
+        instance_status.publish(
+            conn, "alpha", {"started_at": clock(), "heartbeat_at": clock(), "stopped_at": clock()}
+        )
+        for holder in ("alpha", "gamma"):
+            conn.execute(
+                insert(ReportRun.__table__),  # type: ignore[attr-defined]
+                {
+                    "report_id": "monthly-usage",
+                    "account_id": f"acme-{holder}",
+                    "period_key": "2026-02",
+                    "timezone": "UTC",
+                    "fire_at": clock(),
+                    "status": "claimed",
+                    "claimed_by": holder,
+                    "lease_until": clock() + timedelta(minutes=10),
+                    "claimed_at": clock(),
+                },
+            )
+    daemon = Daemon(pipeline, clock=clock)
+    daemon.job("heartbeat", daemon.heartbeat_job)()
+    with engine.connect() as conn:
+        leases = dict(conn.execute(select(ReportRun.claimed_by, ReportRun.lease_until)).all())  # type: ignore[call-overload]
+    assert leases == {"alpha": clock(), "gamma": clock() + timedelta(minutes=10)}  # gamma: no status row

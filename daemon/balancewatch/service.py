@@ -286,6 +286,22 @@ class Daemon:
             raise
         if self.pipeline.beating_since is None:
             self.pipeline.beating_since = self.clock()
+        self._end_dead_report_claims()
+
+    def _end_dead_report_claims(self) -> None:
+        """Reports claimed by an instance that stopped or died are taken over at the next report
+        run, not a report lease (10 minutes) later. (Outbox rows are taken over as they are claimed.)"""
+        now = self.clock()
+        with self.pipeline.engine.begin() as conn:
+            holders = instance_status.report_claim_holders(conn, self.pipeline.worker)
+            dead = (
+                instance_status.dead(conn, holders, now, self.pipeline.stale_after(now)) if holders else set()
+            )
+            ended = instance_status.expire_report_claims(conn, sorted(dead), now)
+        if ended:
+            log.warning(
+                "%d report claims of %s, which stopped or died, are due again", ended, ", ".join(dead)
+            )
 
     def _run_soon(self, job_id: str) -> None:
         if not self.stopping.is_set():
@@ -421,6 +437,7 @@ class Daemon:
         try:
             with self.pipeline.engine.begin() as conn:
                 taken = outbox.release(conn, self.pipeline.worker, attempted=True)
+                instance_status.expire_report_claims(conn, [self.pipeline.worker], self.clock())
         except SQLAlchemyError as exc:
             self.failures.failed("start", exc)
             return
@@ -466,6 +483,7 @@ class Daemon:
         try:
             with self.pipeline.engine.begin() as conn:
                 released = outbox.release(conn, self.pipeline.worker, attempted=False)
+                instance_status.expire_report_claims(conn, [self.pipeline.worker], self.clock())
                 instance_status.publish(conn, self.pipeline.worker, {"stopped_at": self.clock()})
         except SQLAlchemyError as exc:
             log.warning(

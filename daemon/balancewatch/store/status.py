@@ -21,10 +21,11 @@ from sqlalchemy import Connection, desc, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch import procinfo
-from balancewatch.store.tables import InstanceStatus
+from balancewatch.store.tables import InstanceStatus, ReportRun
 
 T = InstanceStatus.__table__  # type: ignore[attr-defined]
 C = T.c
+RUN = ReportRun.__table__  # type: ignore[attr-defined]
 
 HEARTBEAT = timedelta(seconds=5)
 # Six missed heartbeats: an instance busy with a long sweep still beats in time (its
@@ -98,3 +99,21 @@ def dead(conn: Connection, names: Sequence[str], now: datetime, stale_after: tim
         or procinfo.gone(row.process)
         or (stale_after is not None and row.heartbeat_at < now - stale_after)
     }
+
+
+def report_claim_holders(conn: Connection, worker: str) -> list[str]:
+    """The other instances that hold report claims now."""
+    query = select(RUN.c.claimed_by).distinct().where(RUN.c.status == "claimed", RUN.c.claimed_by != worker)
+    return [name for name in conn.execute(query).scalars() if name]
+
+
+def expire_report_claims(conn: Connection, names: Sequence[str], now: datetime) -> int:
+    """End the leases of the report claims ``names`` hold, so any instance takes them over at its
+    next report run; returns how many."""
+    if not names:
+        return 0
+    return conn.execute(
+        update(RUN)
+        .where(RUN.c.status == "claimed", RUN.c.claimed_by.in_(list(names)), RUN.c.lease_until > now)
+        .values(lease_until=now)
+    ).rowcount
