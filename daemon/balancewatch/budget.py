@@ -45,6 +45,15 @@ would break some unrelated step of the daemon. The protocol:
    filter or Babel lets it through. If something swallows it anyway and the
    render goes on, the watchdog injects again every ``GRACE`` seconds until
    the render ends.
+6. Inside the render the thread may also run code that is not the render's: a
+   finalizer or weak-reference callback that a garbage collection started
+   there. An exception raised in one is printed and dropped by Python, and the
+   clean-up it was doing is lost. So the watchdog looks at the frame the thread
+   is paused at (it holds the GIL: the thread resumes exactly there, and
+   handles the exception first) and injects only into template code, Jinja,
+   MarkupSafe, Babel or balancewatch; elsewhere it looks again every
+   ``DEFER`` seconds, and after ``GRACE`` seconds injects wherever the thread
+   is, so code of any kind that never ends is still stopped.
 
 A render started inside another render in the same thread runs under the outer
 one's deadline. A forked child starts with no watchdog and gets its own.
@@ -67,11 +76,13 @@ import ctypes
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator
@@ -79,6 +90,8 @@ from pydantic import BeforeValidator
 T = TypeVar("T")
 
 GRACE = 0.2  # seconds between injections into a render that swallowed the first
+DEFER = 0.005  # seconds before looking again at a thread paused outside the render's own code
+_RENDER_PACKAGES = frozenset({"jinja2", "markupsafe", "babel", "balancewatch"})
 MAX_TIMEOUT = 60.0  # seconds; one email rendering for longer is a mistake, not a template
 MIN_SIZE, MAX_SIZE = 1_000, 100_000_000  # bytes
 MAX_INT_DIGITS = 4300  # the longest number Python turns into text (sys.int_info.default_max_str_digits)
@@ -253,17 +266,30 @@ class Watchdog:
         """Raise in every render past its deadline (again after ``grace``, if it swallowed the
         last one); return when to look next. Called with the lock held."""
         next_at = math.inf
+        frames: dict[int, FrameType] | None = None
         for entry in self._entries.values():
             if entry.leaving:
                 continue
             due = entry.deadline if entry.fired_at is None else entry.fired_at + self.grace
             if now >= due:
-                _raise_in(entry.tid, _Interrupt)
-                entry.fired_at = now
-                self.injections += 1
-                due = now + self.grace
+                frames = sys._current_frames() if frames is None else frames
+                if now - due >= self.grace or _in_render_code(frames.get(entry.tid)):
+                    _raise_in(entry.tid, _Interrupt)
+                    entry.fired_at = now
+                    self.injections += 1
+                    due = now + self.grace
+                else:
+                    due = now + DEFER  # step 6: probably a finalizer, soon done
             next_at = min(next_at, due)
         return next_at
+
+
+def _in_render_code(frame: FrameType | None) -> bool:
+    """Whether a thread paused at ``frame`` is in a template or the code rendering it."""
+    if frame is None:
+        return True
+    names = frame.f_globals
+    return "__jinja_template__" in names or str(names.get("__name__", "")).split(".")[0] in _RENDER_PACKAGES
 
 
 WATCHDOG = Watchdog()
@@ -276,9 +302,12 @@ class ValueTooLargeError(Exception):
     """A template asked for a value larger than an email may be; refused before it was made."""
 
 
-def _too_large(what: str, size: int, limit: int) -> ValueTooLargeError:
+def too_large(what: str, size: int, limit: int, *, exact: bool = True) -> ValueTooLargeError:
+    """The error refusing ``what``, which would make ``size`` characters (or, not ``exact``,
+    more than ``limit``: the count stopped there)."""
+    amount = f"{size:,}" if exact else f"more than {limit:,}"
     return ValueTooLargeError(
-        f"{what} would make {size:,} characters; refused before it ran: a template value may be "
+        f"{what} would make {amount} characters; refused before it ran: a template value may be "
         f"at most {format_size(limit)} (render.max_size)"
     )
 
@@ -316,7 +345,7 @@ def check_binop(operator: str, left: Any, right: Any, limit: int) -> None:
     elif operator == "+" and _is_sequence(left) and _is_sequence(right):
         size = len(left) + len(right)
         if size > limit:
-            raise _too_large(f"adding a {type(right).__name__} to a {type(left).__name__}", size, limit)
+            raise too_large(f"adding a {type(right).__name__} to a {type(left).__name__}", size, limit)
 
 
 def _is_sequence(value: Any) -> bool:
@@ -338,7 +367,7 @@ def _check_repeat(left: Any, right: Any, limit: int) -> None:
         return
     size = weight(seq, limit) * times
     if size > limit:
-        raise _too_large(f"repeating a {type(seq).__name__} {times:,} times", size, limit)
+        raise too_large(f"repeating a {type(seq).__name__} {times:,} times", size, limit)
 
 
 _MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10)) + 1
@@ -379,12 +408,12 @@ def check_printf(fmt: str | bytes, args: Any, limit: int) -> None:
             if number == "*":
                 stars = True
             elif number and _above(number, limit):
-                raise _too_large(f"the format {_quote(match[0])}", _as_int(number), limit)
+                raise too_large(f"the format {_quote(match[0])}", _as_int(number), limit)
     if stars:
         values = args if isinstance(args, tuple) else (args,)
         for value in values:
             if _is_int(value) and abs(value) > limit:
-                raise _too_large("a format width taken from the arguments", abs(value), limit)
+                raise too_large("a format width taken from the arguments", abs(value), limit)
 
 
 def check_format_spec(spec: str, limit: int) -> None:
@@ -392,7 +421,7 @@ def check_format_spec(spec: str, limit: int) -> None:
     (``"{:>999999999}".format(1)``)."""
     for number in _NUMBER.findall(spec):
         if _above(number, limit):
-            raise _too_large(f"the format {_quote('{:' + spec + '}')}", _as_int(number), limit)
+            raise too_large(f"the format {_quote('{:' + spec + '}')}", _as_int(number), limit)
 
 
 def _above(digits: str, limit: int) -> bool:
@@ -462,18 +491,18 @@ def check_method_call(
     name = getattr(method, "__name__", "")
     for value in (*args, *kwargs.values()):
         if _is_int(value) and value > limit:
-            raise _too_large(f"{type(owner).__name__}.{name}({value:,})", value, limit)
+            raise too_large(f"{type(owner).__name__}.{name}({value:,})", value, limit)
     if name == "join" and len(args) == 1 and isinstance(owner, str | bytes):
         items = tuple(args[0])
         size = joined_size(owner, items, limit)
         if size > limit:
-            raise _too_large(f"joining {len(items):,} items", size, limit)
+            raise too_large(f"joining {len(items):,} items", size, limit, exact=False)
         return (items,)
     estimate = _SIZED_METHODS.get(name)
     if estimate is not None and isinstance(owner, str | bytes):
         size = estimate(owner, args, kwargs)
         if size > limit:
-            raise _too_large(f"{type(owner).__name__}.{name}(...)", size, limit)
+            raise too_large(f"{type(owner).__name__}.{name}(...)", size, limit)
     return args
 
 

@@ -22,7 +22,7 @@ import re
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache, update_wrapper
@@ -74,6 +74,7 @@ from balancewatch.budget import (
     format_size,
     joined_size,
     replaced_size,
+    too_large,
 )
 from balancewatch.durations import every, format_duration
 from balancewatch.money import Money, format_money
@@ -119,12 +120,18 @@ class _OutputTooLargeError(Exception):
 class _Output:
     """What one message's render has produced so far, against its size limit."""
 
-    __slots__ = ("file", "limit", "size")
+    __slots__ = ("chunks", "file", "limit", "size")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
         self.file = ""  # the part being rendered: where a stop is reported when nothing better is known
+        self.chunks: Generator[str, None, None] | None = None  # its render, while it streams
+
+    def position(self, files: Mapping[str, str]) -> tuple[str, int]:
+        """Where the render had got to when it was stopped between two pieces of output."""
+        suspended = _suspended_at(self.chunks, files) if self.chunks is not None else None
+        return suspended or (self.file, 0)
 
 
 def read_template_files(directory: Path) -> dict[str, str]:
@@ -202,7 +209,9 @@ class TemplateSet:
                 self.budget.timeout,
             )
         except RenderTimeoutError as exc:
-            where, line = _template_frame(exc.__cause__, self.files) or (output.file, 0)
+            # Stopped inside the template, or in the loop reading its output (a loop writing
+            # nothing but empty strings): the generator then knows where it was.
+            where, line = _template_frame(exc.__cause__, self.files) or output.position(self.files)
             message = (
                 f"rendering took longer than {self.budget.timeout_text()} (render.timeout); "
                 "a loop may never end"
@@ -237,15 +246,13 @@ class TemplateSet:
 
         Raises _OutputTooLargeError, naming where the template was, once past the limit."""
         output.file = file
-        chunks = template.generate(context)
+        output.chunks = chunks = template.generate(context)
         parts: list[str] = []
         size, limit = output.size, output.limit
         for chunk in chunks:
             size += len(chunk)
             if size > limit:
-                where = _suspended_at(chunks, self.files) or (file, 0)
-                chunks.close()
-                raise _OutputTooLargeError(where)
+                raise _OutputTooLargeError(output.position(self.files))
             parts.append(chunk)
         output.size = size
         return "".join(parts)
@@ -306,7 +313,7 @@ def _template_frame(exc: BaseException | None, files: Mapping[str, str]) -> tupl
     return None
 
 
-def _suspended_at(generator: Iterator[str], files: Mapping[str, str]) -> tuple[str, int] | None:
+def _suspended_at(generator: Generator[str, None, None], files: Mapping[str, str]) -> tuple[str, int] | None:
     """The template file and line a suspended render generator stopped at (the innermost one,
     through ``yield from`` of blocks and includes)."""
     found = None
@@ -428,8 +435,8 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def checked_concat(self, value: str) -> str:
         if len(value) > self.max_size:
             raise ValueTooLargeError(
-                f"joining text with ~ made {len(value):,} characters; stopped: a template value may be at most "
-                f"{format_size(self.max_size)} (render.max_size)"
+                f"joining text with ~ made {len(value):,} characters; stopped: a template value may be "
+                f"at most {format_size(self.max_size)} (render.max_size)"
             )
         return value
 
@@ -482,17 +489,10 @@ def _limit(env: Environment) -> int:
     return int(getattr(env, "max_size", DEFAULT_BUDGET.max_size))
 
 
-def _refuse(what: str, size: int, limit: int) -> ValueTooLargeError:
-    return ValueTooLargeError(
-        f"{what} would make {size:,} characters; refused before it ran: a template value may be "
-        f"at most {format_size(limit)} (render.max_size)"
-    )
-
-
 @pass_environment
 def _center(env: Environment, value: Any, width: int = 80) -> str:
     if isinstance(width, int) and width > _limit(env):
-        raise _refuse(f"center({width:,})", width, _limit(env))
+        raise too_large(f"center({width:,})", width, _limit(env))
     return jinja_filters.do_center(value, width)
 
 
@@ -502,7 +502,7 @@ def _indent(env: Environment, s: Any, width: int | str = 4, first: bool = False,
     prefix = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
     size = len(text) + (text.count("\n") + 1) * max(prefix, 0)
     if size > _limit(env):
-        raise _refuse(f"indent({width if isinstance(width, int) else '...'})", size, _limit(env))
+        raise too_large(f"indent({width if isinstance(width, int) else '...'})", size, _limit(env))
     return jinja_filters.do_indent(s, width, first, blank)
 
 
@@ -517,7 +517,7 @@ def _replace(eval_ctx: EvalContext, s: Any, old: Any, new: Any, count: int | Non
     limit = _limit(eval_ctx.environment)
     size = replaced_size(soft_str(s), soft_str(old), soft_str(new), -1 if count is None else count)
     if size > limit:
-        raise _refuse("replace(...)", size, limit)
+        raise too_large("replace(...)", size, limit)
     return jinja_filters.do_replace(eval_ctx, s, old, new, count)
 
 
@@ -530,7 +530,7 @@ def _join(eval_ctx: EvalContext, value: Any, d: str = "", attribute: str | int |
     items = list(items)
     size = joined_size(soft_str(d), items, limit)
     if size > limit:
-        raise _refuse(f"joining {len(items):,} items", size, limit)
+        raise too_large(f"joining {len(items):,} items", size, limit, exact=False)
     return jinja_filters.sync_do_join(eval_ctx, items, d)
 
 
@@ -548,14 +548,14 @@ def _wordwrap(
     joint = env.newline_sequence if wrapstring is None else soft_str(wrapstring)
     size = replaced_size(wrapped, "\n", joint)
     if size > _limit(env):
-        raise _refuse("wordwrap(...)", size, _limit(env))
+        raise too_large("wordwrap(...)", size, _limit(env))
     return wrapped if joint == "\n" else wrapped.replace("\n", joint)
 
 
 @pass_environment
 def _batch(env: Environment, value: Any, linecount: int, fill_with: Any = None) -> Iterator[list[Any]]:
     if isinstance(linecount, int) and linecount > _limit(env):
-        raise _refuse(f"batch({linecount:,})", linecount, _limit(env))
+        raise too_large(f"batch({linecount:,})", linecount, _limit(env))
     return jinja_filters.do_batch(value, linecount, fill_with)
 
 
