@@ -23,8 +23,11 @@ The drills:
 The SMTP server (aiosmtpd on loopback) takes ``--smtp-delay`` seconds for each message, so messages
 are in flight when the faults strike. PostgreSQL is a private cluster this script starts (initdb as
 the postgres user), never a shared server. Goal, in every drill: 0 lost, 0 decided twice, a
-duplicate only for a message in flight at a fault (at most one per fault), and every alert delivered
-within one poll plus ``GRACE`` seconds of the last fault.
+duplicate only for a message in flight at a fault (at most one per fault), and delivery taken up
+again within one poll plus ``GRACE`` seconds of the recovery (not a lease later): after a kill,
+every message the killed daemon had claimed is sent once the next instance serves (the restarted
+one, or the other instance); after the database restart, mail flows again. The time until every
+alert had arrived is printed too; it also counts the backlog, sent at the server's pace.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import argparse
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,6 +90,7 @@ class Figures:
     duplicated: int = 0  # received - distinct
     lost: int = 0  # alerts - distinct
     seconds_to_all: float = float("nan")  # from the last fault to the last alert arriving
+    takeover_s: float = float("nan")  # the slowest recovery: see the module's docstring
     sent_by: dict[str, int] = field(default_factory=dict)  # rows sent, per instance
     database_warnings: int = 0  # log lines saying the database is (still) unreachable or back
     tracebacks: int = 0
@@ -97,7 +102,7 @@ class Figures:
             and self.decided_twice == 0
             and self.duplicated <= self.faults
             and self.tracebacks == 0
-            and self.seconds_to_all <= POLL + GRACE
+            and self.takeover_s <= POLL + GRACE
         )
 
 
@@ -246,6 +251,33 @@ def tally(figures: Figures, engine: Engine, smtp: SmtpServer, logs: str) -> Figu
     return figures
 
 
+def instance_of(process: subprocess.Popen[bytes]) -> str:
+    """The instance name a daemon started without one goes by."""
+    return f"{socket.gethostname()}:{process.pid}"
+
+
+def stranded(engine: Engine, instance: str) -> list[int]:
+    """The outbox rows ``instance`` holds claimed (after its death: what it left in flight)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(OUTBOX.c.id).where(OUTBOX.c.status == "sending", OUTBOX.c.claimed_by == instance)
+        )
+        return list(rows.scalars())
+
+
+def until_sent(engine: Engine, ids: Sequence[int], since: float) -> float:
+    """Seconds from ``since`` until the rows ``ids`` are sent (NaN if they never are)."""
+
+    def done() -> bool:
+        with engine.connect() as conn:
+            query = select(func.count()).where(OUTBOX.c.id.in_(list(ids)), OUTBOX.c.status != "sent")
+            return conn.execute(query).scalar_one() == 0
+
+    if not ids:
+        return 0.0
+    return time.monotonic() - since if wait_for(done, f"rows {list(ids)} to be sent") else float("nan")
+
+
 def until_all(smtp: SmtpServer, alerts: int, since: float) -> float:
     """Seconds from ``since`` until every alert has arrived (NaN if they never do)."""
     if not wait_for(lambda: len(arrived(smtp)) >= alerts, f"{alerts} alerts"):
@@ -284,13 +316,17 @@ def storm(args: argparse.Namespace, backend: str, work: Path, cluster: Callable[
         fleet = Fleet(work, engine.url.render_as_string(hide_password=False), smtp)
         daemon = fleet.start()
         waves = [list(range(args.alerts))[w :: args.kills] for w in range(args.kills)]
+        takeovers: list[float] = []
         last_fault = time.monotonic()
         for wave in waves:
             lower(engine, wave)
             time.sleep(rng.uniform(0.3, 1.0))  # pacing: the kill lands at a random point of the work
             kill(daemon)
             last_fault = time.monotonic()
+            held = stranded(engine, instance_of(daemon))
             daemon = fleet.start()
+            takeovers.append(until_sent(engine, held, time.monotonic()))
+        figures.takeover_s = max(takeovers)
         figures.seconds_to_all = until_all(smtp, args.alerts, last_fault)
         fleet.stop_all()
         return tally(figures, engine, smtp, fleet.logs())
@@ -306,8 +342,13 @@ def db_restart(args: argparse.Namespace, work: Path, cluster: Callable[[], PgClu
         wait_for(lambda: len(arrived(smtp)) >= args.alerts // 3, "a third of the alerts")
         cluster().stop()
         time.sleep(args.outage)  # the outage itself
+        with smtp.cond:
+            before = len(smtp.received)
         cluster().start()
-        figures.seconds_to_all = until_all(smtp, args.alerts, time.monotonic())
+        back = time.monotonic()
+        if wait_for(lambda: len(smtp.received) > before or len(arrived(smtp)) >= args.alerts, "mail again"):
+            figures.takeover_s = time.monotonic() - back
+        figures.seconds_to_all = until_all(smtp, args.alerts, back)
         fleet.stop_all()
         return tally(figures, engine, smtp, fleet.logs())
 
@@ -322,7 +363,9 @@ def two_instances(args: argparse.Namespace, work: Path, cluster: Callable[[], Pg
         lower(engine, range(args.alerts))
         wait_for(lambda: len(arrived(smtp)) >= args.alerts // 2, "half the alerts")
         kill(first)
-        figures.seconds_to_all = until_all(smtp, args.alerts, time.monotonic())
+        killed = time.monotonic()
+        figures.takeover_s = until_sent(engine, stranded(engine, "drill-a"), killed)
+        figures.seconds_to_all = until_all(smtp, args.alerts, killed)
         fleet.stop_all()
         return tally(figures, engine, smtp, fleet.logs())
 
@@ -343,16 +386,20 @@ def smtp_server(args: argparse.Namespace, delay: float | None = None) -> Iterato
 
 def describe(f: Figures) -> str:
     shares = ", ".join(f"{name} {n}" for name, n in sorted(f.sent_by.items()))
+    if len(f.sent_by) > 3:
+        shares = f"{len(f.sent_by)} daemon processes, {max(f.sent_by.values())} at most by one"
     lines = [
         f"{f.drill} ({f.backend}): {f.alerts:,} alerts, {f.faults} fault{'s' if f.faults != 1 else ''}",
         f"  decided {f.decided:,} (twice: {f.decided_twice}); received {f.received:,}, distinct "
         f"{f.distinct:,}, duplicated {f.duplicated}, lost {f.lost}",
-        f"  every alert arrived {f.seconds_to_all:.1f} s after the last fault; sent by: {shares}",
+        f"  delivery taken up again {f.takeover_s:.1f} s after recovery (slowest); every alert "
+        f"arrived {f.seconds_to_all:.1f} s after the last fault",
+        f"  sent by: {shares}",
     ]
     if f.drill == "db-restart":
         lines.append(f"  daemon log: {f.database_warnings} database warnings, {f.tracebacks} tracebacks")
     lines.append(
-        f"  0 lost, 0 decided twice, duplicated <= {f.faults}, no traceback, all within "
+        f"  0 lost, 0 decided twice, duplicated <= {f.faults}, no traceback, taken up within "
         f"{POLL + GRACE:g} s: {common.verdict(f.meets)}"
     )
     return "\n".join(lines)
