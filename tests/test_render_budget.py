@@ -20,6 +20,7 @@ import pytest
 
 from balancewatch import shipped
 from balancewatch.budget import WATCHDOG, RenderBudget
+from balancewatch.config import load_settings
 from balancewatch.liveset import load_set
 from balancewatch.messages import sample_alert_context
 from balancewatch.problems import ProblemsError
@@ -385,3 +386,39 @@ def test_a_load_reports_each_template_that_overruns_once_and_takes_about_a_budge
     ]
     assert took < 2 * TIMEOUT + 2 * SLACK  # two templates, one budget each, however many samples
     assert WATCHDOG.injections > 0
+
+
+# --- configuration ------------------------------------------------------------------------------------
+
+
+def test_the_budget_is_two_seconds_and_one_megabyte_unless_configured(tmp_path: Path) -> None:
+    assert load_settings(None, {}, ()).render.budget() == RenderBudget(timeout=2.0, max_size=1_000_000)
+    config = tmp_path / "config.yaml"
+    config.write_text("render:\n  timeout: 500ms\n  max_size: 512kB\n")
+    assert load_settings(config, {}).render.budget() == RenderBudget(timeout=0.5, max_size=512_000)
+    environ = {"BALANCEWATCH_RENDER__TIMEOUT": "1s", "BALANCEWATCH_RENDER__MAX_SIZE": "2097152"}
+    assert load_settings(None, environ, ()).render.budget() == RenderBudget(timeout=1.0, max_size=2**21)
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("timeout: 0s", "render.timeout: '0s' must be longer than zero"),
+        ("timeout: 2h", "render.timeout: 2h is too long for one email to render; at most 1m"),
+        ("max_size: 0", "render.max_size: 0 must be larger than zero"),
+        (
+            "max_size: lots",
+            "render.max_size: 'lots' is not a size; write e.g. 1MB, 512kB or a number of bytes",
+        ),
+        ("max_size: 1GB", "render.max_size: '1GB' is out of range; write 1 kB to 100 MB"),
+        ("max_size: 100", "render.max_size: 100 is out of range; write 1 kB to 100 MB"),
+    ],
+)
+def test_a_bad_budget_is_one_line_naming_the_file_line_and_key(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"render:\n  {line}\n")
+    with pytest.raises(ProblemsError) as caught:
+        load_settings(config, {})
+    assert str(caught.value) == f"{config}:2: {problem}"

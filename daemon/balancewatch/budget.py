@@ -87,6 +87,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator
 
+from balancewatch.durations import format_duration
+
 T = TypeVar("T")
 
 GRACE = 0.2  # seconds between injections into a render that swallowed the first
@@ -154,7 +156,7 @@ def format_size(size: int) -> str:
 def check_timeout(value: timedelta) -> timedelta:
     """A render timeout: positive (the Duration type sees to that) and at most a minute."""
     if value.total_seconds() > MAX_TIMEOUT:
-        raise ValueError(f"{value.total_seconds():g}s is too long for one email to render; at most 1m")
+        raise ValueError(f"{format_duration(value)} is too long for one email to render; at most 1m")
     return value
 
 
