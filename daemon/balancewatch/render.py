@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache, update_wrapper
 from pathlib import Path
-from types import FrameType
+from types import BuiltinMethodType, FrameType, MethodType
 from typing import Any
 
 from babel.dates import format_date, format_datetime, format_skeleton, format_time
@@ -246,14 +246,21 @@ class TemplateSet:
 
         Raises _OutputTooLargeError, naming where the template was, once past the limit."""
         output.file = file
-        output.chunks = chunks = template.generate(context)
+        # The template's own generator, not Template.generate(), which wraps it in another one
+        # that every piece of output would pass through.
+        output.chunks = chunks = template.root_render_func(template.new_context(dict(context)))
         parts: list[str] = []
         size, limit = output.size, output.limit
-        for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise _OutputTooLargeError(output.position(self.files))
-            parts.append(chunk)
+        try:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise _OutputTooLargeError(output.position(self.files))
+                parts.append(chunk)
+        except _OutputTooLargeError:
+            raise
+        except Exception:
+            self.env.handle_exception()  # raises it again with template lines, as generate() does
         output.size = size
         return "".join(parts)
 
@@ -412,6 +419,9 @@ class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
     """``Markup.format``: escaping, and the same width check."""
 
 
+_METHOD_TYPES = frozenset({BuiltinMethodType, MethodType})  # "x".ljust, and Markup's methods
+
+
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with every step that could make a huge value in one C call
     (which the watchdog cannot interrupt) checked against ``max_size`` before it runs:
@@ -429,8 +439,12 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return self.binop_table[operator](left, right)
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        args = check_method_call(obj, args, kwargs, self.max_size)
-        return super().call(context, obj, *args, **kwargs)
+        # Most calls are of macros, which need no check: the type test keeps them cheap.
+        if (args or kwargs) and type(obj) in _METHOD_TYPES:
+            args = check_method_call(obj, args, kwargs, self.max_size)
+        if not self.is_safe_callable(obj):
+            raise SecurityError(f"{obj!r} is not safely callable")  # as Jinja's own call() does
+        return context.call(obj, *args, **kwargs)
 
     def checked_concat(self, value: str) -> str:
         if len(value) > self.max_size:

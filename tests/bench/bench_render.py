@@ -77,13 +77,14 @@ def plain_renderer(templates: TemplateSet) -> Callable[[dict[str, Any]], Rendere
         auto_reload=False,
     )
     env.filters.update(FILTERS)
-    subject, text, html = (env.get_template(f"{TEMPLATE}/{part}") for part in PARTS)
+    subject, text, html = (f"{TEMPLATE}/{part}" for part in PARTS)
 
     def render(context: dict[str, Any]) -> Rendered:
+        # As TemplateSet.render did: each part fetched from the environment's cache, then rendered.
         return Rendered(
-            subject=one_line(subject.render(context)),
-            text=text.render(context).strip() + "\n",
-            html=html.render(context),
+            subject=one_line(env.get_template(subject).render(context)),
+            text=env.get_template(text).render(context).strip() + "\n",
+            html=env.get_template(html).render(context),
         )
 
     return render
