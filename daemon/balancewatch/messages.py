@@ -211,18 +211,24 @@ def alert_context(
     default_timezone: str,
     extras: Extras | None = None,
 ) -> dict[str, Any]:
-    """Everything an alert, reminder or restored template may use; see docs/templates.md."""
+    """Everything an alert, reminder or restored template may use; see docs/templates.md.
+
+    ``locale`` and ``timezone`` are the account's when Babel and zoneinfo know
+    them, else the defaults (with a warning once per account): a value the
+    billing platform wrote never keeps the email from rendering.
+    """
     extras = extras or Extras()
-    currency = subject.currency
+    currency = subject.checked_currency()
 
     def money(minor: int) -> Money:
         return Money(minor, currency)
 
     next_reminder = now + rule.remind if rule.remind else None
-    locale = subject.locale or default_locale
+    # The platform's values made safe here, once: every filter of the template formats with these.
+    locale = subject.locale_or(default_locale)
     return {
         "locale": locale,
-        "timezone": subject.timezone or default_timezone,
+        "timezone": subject.timezone_or(default_timezone),
         "now": now,
         "account": {
             "id": subject.account_id,

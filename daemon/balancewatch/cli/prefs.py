@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.money import MoneyError, check_currency, format_money, to_major
+from balancewatch.platform_data import account_locale
 from balancewatch.store.preferences import (
     Change,
     PreferenceError,
@@ -116,7 +117,7 @@ def cmd_prefs(ctx: Ctx) -> int:
         raise CommandError(f"{option or exc.field}: {exc.message}") from None
     if a.currency:
         rows = [r for r in rows if r.currency == a.currency]
-    locale = account.locale or ctx.settings.defaults.locale
+    locale = account_locale(account.locale, ctx.settings.defaults.locale, account.id)
     if a.json:
         ctx.emit_json(_as_json(account, rows))
         return 0

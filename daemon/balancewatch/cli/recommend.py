@@ -24,6 +24,7 @@ from balancewatch.config import Settings
 from balancewatch.evaluate import usage
 from balancewatch.messages import usage_context
 from balancewatch.money import Money, format_money
+from balancewatch.platform_data import account_locale
 from balancewatch.store.tables import Account, Balance
 from balancewatch.times import parse_instant
 
@@ -96,7 +97,7 @@ def cmd_recommend(ctx: Ctx) -> int:
             _recommend(session, settings, payer.id, b.currency, b.amount, now)
             for b in sorted(balances, key=lambda b: b.currency)
         ]
-    locale = account.locale or settings.defaults.locale
+    locale = account_locale(account.locale, settings.defaults.locale, account.id)
     if a.json:
         ctx.emit_json(_as_json(account, payer, recommendations, settings, now))
     else:

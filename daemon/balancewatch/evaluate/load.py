@@ -22,12 +22,18 @@ from balancewatch.evaluate.candidates import (
     owner_configured,
 )
 from balancewatch.evaluate.decide import StepState
+from balancewatch.platform_data import account_currency, account_locale, account_timezone
 from balancewatch.rules.compiled import CompiledRule, StepSet
 
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """One balance under evaluation, with the account facts a message needs."""
+    """One balance under evaluation, with the account facts a message needs.
+
+    ``locale``, ``timezone`` and ``currency`` are as the billing platform wrote
+    them; format with :meth:`locale_or`, :meth:`timezone_or` and
+    :meth:`checked_currency`, which never raise.
+    """
 
     account_id: str
     currency: str
@@ -43,6 +49,18 @@ class Subject:
     @property
     def key(self) -> Key:
         return (self.account_id, self.currency)
+
+    def locale_or(self, default: str) -> str:
+        """The account's locale as Babel names it, else ``default`` (see platform_data)."""
+        return account_locale(self.locale, default, self.account_id)
+
+    def timezone_or(self, default: str) -> str:
+        """The account's IANA zone, else ``default`` (see platform_data)."""
+        return account_timezone(self.timezone, default, self.account_id)
+
+    def checked_currency(self) -> str:
+        """The currency, warned about once when it is not ISO 4217 (it is formatted all the same)."""
+        return account_currency(self.currency, self.account_id)
 
 
 def key_filter(account_id: Any, currency: Any, keys: Sequence[Key]) -> list[Any]:

@@ -2,25 +2,29 @@
 
 A report goes to paying accounts only (a subaccount's usage is in its main
 account's report), enabled, matched by the report's selector. An account's
-zone is its own timezone, else ``defaults.timezone``; an account whose
-timezone is not a zone (the billing system wrote something else) gets its
-reports in the default zone, and a warning says so.
+zone is its own timezone, else ``defaults.timezone``. The billing platform
+writes the column, so its values are taken as ``platform_data`` reads them: a
+zone spelled with other letter case or stray spaces is that zone, and an
+account whose timezone is not a zone at all (or whose locale Babel does not
+know) gets its reports in the default zone (locale), with a warning once per
+account: never dropped, never failing the batch it is in.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
 from balancewatch.config import Settings
 from balancewatch.evaluate.candidates import A, account_filter
+from balancewatch.platform_data import WARNED, account_locale, account_timezone, canonical_zone
 from balancewatch.reports.base import AccountInfo
 from balancewatch.rules.reports import CompiledReport
 
@@ -31,18 +35,21 @@ ZONES_REFRESH = timedelta(minutes=5)
 
 @dataclass(frozen=True)
 class Zones:
-    """The zones a report is sent in, and the account timezones that are not zones."""
+    """The zones a report is sent in; the account timezones that are not zones (their accounts
+    are in the default zone); and other spellings of a zone found in the column, by zone."""
 
     zones: tuple[str, ...]
     invalid: tuple[str, ...] = ()
+    spellings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def written(self, zone: str) -> list[str]:
+        """Every ``account.timezone`` value that means ``zone``: its name and its other spellings."""
+        return [zone, *self.spellings.get(zone, ())]
 
 
 def is_zone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    """True when ``name`` is an IANA zone as ``platform_data`` reads the column."""
+    return canonical_zone(name) is not None
 
 
 def snapshot_zone(report: CompiledReport, settings: Settings) -> str:
@@ -66,27 +73,43 @@ def report_zones(conn: Connection, report: CompiledReport, settings: Settings) -
     if report.timezone != "account":
         return Zones((report.timezone,))
     names = conn.execute(select(account_zone(settings)).where(*chosen(report)).distinct()).scalars()
-    valid, invalid = [], []
+    default = settings.defaults.timezone
+    valid: set[str] = set()
+    invalid: list[str] = []
+    spellings: dict[str, list[str]] = defaultdict(list)
     for name in names:
-        (valid if is_zone(name) else invalid).append(name)
-    if invalid:
+        zone = canonical_zone(name)
+        if zone is None:
+            invalid.append(name)
+            valid.add(default)
+            continue
+        valid.add(zone)
+        if zone != name:
+            spellings[zone].append(name)
+    # Looked up again every few minutes: said once per process for the same values.
+    if invalid and WARNED.first(("report", report.id, tuple(sorted(invalid)))):
         log.warning(
             "report %s: accounts with timezone %s (not an IANA zone) get it in the default zone %s",
             report.id,
             ", ".join(repr(n) for n in sorted(invalid)),
-            settings.defaults.timezone,
+            default,
         )
-        valid.append(settings.defaults.timezone)
-    return Zones(tuple(sorted(set(valid))), tuple(sorted(invalid)))
+    return Zones(
+        tuple(sorted(valid)),
+        tuple(sorted(invalid)),
+        {zone: tuple(sorted(names)) for zone, names in spellings.items()},
+    )
 
 
 def in_zone(report: CompiledReport, zone: str, zones: Zones, settings: Settings) -> list[ColumnElement[bool]]:
-    """The condition selecting the accounts of ``zone`` (none for a report with a zone of its own)."""
+    """The condition selecting the accounts of ``zone`` (none for a report with a zone of its own):
+    those whose timezone is written as ``zone`` or another spelling of it, and in the default
+    zone also those without one or with one that is not a zone."""
     if report.timezone != "account" or report.contents == "low-balance":
         return []
     if zone == settings.defaults.timezone:
-        return [account_zone(settings).in_([zone, *zones.invalid])]
-    return [A.timezone == zone]
+        return [account_zone(settings).in_([*zones.written(zone), *zones.invalid])]
+    return [A.timezone.in_(zones.written(zone))]
 
 
 def batches(
@@ -121,13 +144,14 @@ def batches(
 
 
 def _info(row: Any, settings: Settings) -> AccountInfo:
-    zone = row.timezone if row.timezone and is_zone(row.timezone) else settings.defaults.timezone
+    """The account as a report formats for it: its locale and zone made trusted (platform_data)."""
+    defaults = settings.defaults
     return AccountInfo(
         id=row.id,
         name=row.name,
         owner_email=row.owner_email,
-        locale=row.locale or settings.defaults.locale,
-        timezone=zone,
+        locale=account_locale(row.locale, defaults.locale, row.id),
+        timezone=account_timezone(row.timezone, defaults.timezone, row.id),
         labels=dict(row.labels or {}),
     )
 

@@ -36,6 +36,7 @@ from balancewatch.cycle import message_domain
 from balancewatch.durations import format_duration
 from balancewatch.evaluate.candidates import A
 from balancewatch.liveset import LiveSet
+from balancewatch.platform_data import account_timezone
 from balancewatch.reports import accounts as accts
 from balancewatch.reports import claims, compose, contents, schedule
 from balancewatch.reports.base import AccountInfo, Period
@@ -468,7 +469,7 @@ def _targets(env: Env, report: CompiledReport, account_id: str | None) -> list[t
                 f"account {account_id!r} does not get report {report.id}: no such account, or not an enabled "
                 "paying account its 'accounts' selector matches"
             )
-        own = row.timezone if row.timezone and accts.is_zone(row.timezone) else settings.defaults.timezone
+        own = account_timezone(row.timezone, settings.defaults.timezone, account_id)
         zone = own if report.timezone == "account" else report.timezone
         return [(zone, [A.id == account_id])]
     with env.engine.connect().execution_options(readonly=True) as conn:

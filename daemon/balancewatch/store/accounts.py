@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, select
 
 from balancewatch.money import MoneyError, check_locale
+from balancewatch.platform_data import canonical_zone
 from balancewatch.store.tables import Account, utcnow
 
 BILLING_MODES = ("prepaid", "postpaid")
@@ -26,7 +26,10 @@ def validate_account(
     timezone: str | None = None,
     locale: str | None = None,
 ) -> str:
-    """Check the fields a user types; return the normalized owner email."""
+    """Check the fields a user types; return the normalized owner email.
+
+    A locale or zone is accepted in any spelling ``platform_data`` reads (``en-IN``, ``asia/kolkata``).
+    """
     if not account_id or len(account_id) > 64 or any(c.isspace() for c in account_id):
         raise AccountError(f"id {account_id!r}: 1 to 64 characters without spaces")
     if not name or len(name) > 200:
@@ -37,11 +40,8 @@ def validate_account(
         email = validate_email(owner_email, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise AccountError(f"owner email {owner_email!r}: {exc}") from None
-    if timezone is not None:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise AccountError(f"timezone {timezone!r}: not an IANA zone such as Europe/Berlin") from None
+    if timezone is not None and canonical_zone(timezone) is None:
+        raise AccountError(f"timezone {timezone!r}: not an IANA zone such as Europe/Berlin")
     if locale is not None:
         try:
             check_locale(locale)
@@ -77,7 +77,8 @@ def add_account(
         name=name,
         owner_email=email,
         billing=billing,
-        timezone=timezone,
+        # Stored as Babel and zoneinfo name them, so reports group accounts of one zone together.
+        timezone=canonical_zone(timezone) if timezone else None,
         locale=check_locale(locale) if locale else None,
         labels=dict(labels or {}),
         parent_id=parent_id,
