@@ -266,13 +266,16 @@ def test_a_bad_ledger_entry_is_refused_with_what_to_write(cli: Cli, argv: list[s
     assert json.loads(ok(cli("balance", "show", "acme", "--json")))["entries"] == []
 
 
-def test_a_reference_can_be_posted_once(cli: Cli) -> None:
+def test_a_reference_is_posted_once_and_posting_it_again_says_so(cli: Cli) -> None:
     add_acme(cli)
     ok(cli("ledger", "post", "acme", "100", "--reference", "pay-1"))
-    result = cli("ledger", "post", "acme", "100", "--reference", "pay-1")
+    again = ok(cli("ledger", "post", "acme", "100", "--reference", "pay-1"))
+    assert again == "already posted #1 (reference 'pay-1'): top-up $100.00; acme balance $100.00\n"
+    result = cli("ledger", "post", "acme", "90", "--reference", "pay-1")
     assert (result.code, result.err) == (
         1,
-        "balancewatch ledger post: reference: 'pay-1' is already in the ledger of 'acme' (entry #1)\n",
+        "balancewatch ledger post: reference: 'pay-1' is already used by entry #1 of acme "
+        "(top-up $100.00); nothing posted\n",
     )
     assert json.loads(ok(cli("balance", "show", "acme", "--json")))["balances"][0]["amount"] == "100.00"
 

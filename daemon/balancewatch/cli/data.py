@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
 from balancewatch.money import MoneyError, check_currency, format_money, to_major, to_minor
+from balancewatch.platform_data import account_locale
 from balancewatch.problems import ProblemsError
 from balancewatch.store import importcsv, ledger
 from balancewatch.store.accounts import AccountError, add_account, list_accounts
@@ -77,7 +78,11 @@ def _register_ledger(commands: Any) -> None:
     post.add_argument("--service", help="sms, voice, ...")
     post.add_argument("--quantity", type=int, help="units used, e.g. messages")
     post.add_argument("--at", help="ISO 8601 time of the entry (default: now)")
-    post.add_argument("--reference", help="unique per account; posting it again is refused")
+    post.add_argument(
+        "--reference",
+        help="unique per account: posting it again with the same amount, currency and kind "
+        "posts nothing and exits 0; with others it is refused",
+    )
     post.set_defaults(handler=cmd_ledger_post)
     imp = lcmds.add_parser(
         "import",
@@ -158,6 +163,7 @@ def cmd_ledger_post(ctx: Ctx) -> int:
     except MoneyError as exc:
         raise CommandError(f"amount: {exc}") from None
     kind = a.kind or ("usage" if amount < 0 else "top-up")
+    occurred_at = _parse_time(a.at, now)
     with Session(ctx.engine) as session:
         try:
             posted = ledger.post(
@@ -166,19 +172,45 @@ def cmd_ledger_post(ctx: Ctx) -> int:
                 a.currency,
                 amount,
                 kind,
-                occurred_at=_parse_time(a.at, now),
+                occurred_at=occurred_at,
                 now=now,
                 service=a.service,
                 quantity=a.quantity,
                 reference=a.reference,
             )
-            session.commit()
+        except ledger.AlreadyPostedError as exc:
+            return _already_posted(ctx, session, exc, a.currency, amount, kind)
         except (ledger.LedgerError, MoneyError) as exc:
             raise CommandError(str(exc)) from None
+        # Said before the commit: once the money is in, nothing may fail, or a caller that
+        # retries on failure would post it twice.
         locale = _locale(session, posted.payer_id, ctx)
+        line = (
+            f"posted #{posted.entry_id}: {kind} {format_money(amount, a.currency, locale)}; "
+            f"{posted.payer_id} balance {format_money(posted.balance_after, a.currency, locale)}"
+        )
+        session.commit()
+    ctx.say(line)
+    return 0
+
+
+def _already_posted(
+    ctx: Ctx, session: Session, exc: ledger.AlreadyPostedError, currency: str, amount: int, kind: str
+) -> int:
+    """A reference posted before: the same entry again is done (0), other details are refused (1)."""
+    known = exc.entry
+    payer = ledger.payer_of(session, known.account_id)
+    locale = _locale(session, payer, ctx)
+    entry = f"{known.kind} {format_money(known.amount, known.currency, locale)}"
+    if not known.same(currency, amount, kind):
+        raise CommandError(
+            f"reference: {exc.reference!r} is already used by entry #{known.entry_id} of "
+            f"{known.account_id} ({entry}); nothing posted"
+        )
+    balance = session.get(Balance, (payer, known.currency))
+    shown = format_money(balance.amount if balance else 0, known.currency, locale)
     ctx.say(
-        f"posted #{posted.entry_id}: {kind} {format_money(amount, a.currency, locale)}; "
-        f"{posted.payer_id} balance {format_money(posted.balance_after, a.currency, locale)}"
+        f"already posted #{known.entry_id} (reference {exc.reference!r}): {entry}; {payer} balance {shown}"
     )
     return 0
 
@@ -199,8 +231,10 @@ def cmd_ledger_import(ctx: Ctx) -> int:
 
 
 def _locale(session: Session, account_id: str, ctx: Ctx) -> str:
+    """The account's locale as Babel names it, else the configured one (see platform_data)."""
     account = session.get(Account, account_id)
-    return (account.locale if account else None) or ctx.settings.defaults.locale
+    default = ctx.settings.defaults.locale
+    return account_locale(account.locale, default, account.id) if account else default
 
 
 def cmd_balance_show(ctx: Ctx) -> int:
@@ -219,7 +253,7 @@ def cmd_balance_show(ctx: Ctx) -> int:
                 .limit(a.entries)
             ).scalars()
         )
-    locale = account.locale or ctx.settings.defaults.locale
+    locale = account_locale(account.locale, ctx.settings.defaults.locale, account.id)
     if a.json:
         ctx.emit_json(
             {

@@ -194,7 +194,8 @@ def _time(text: str | None, now: datetime) -> datetime:
 
 
 def import_rows(session: Session, rows: list[Row], now: datetime, source: str = "") -> ImportResult:
-    """Post ``rows``, skipping references already in the ledger; commits every BATCH rows.
+    """Post ``rows``, skipping references already in the ledger (also those another writer posts
+    while this runs); commits every BATCH rows.
 
     Raises ProblemsError, before posting anything, for rows naming unknown accounts.
     """
@@ -204,9 +205,22 @@ def import_rows(session: Session, rows: list[Row], now: datetime, source: str = 
     seen = _existing_references(session, rows)
     posted = skipped = 0
     for i, row in enumerate(rows, 1):
-        if row.reference and (row.account, row.reference) in seen:
+        known = bool(row.reference) and (row.account, row.reference) in seen
+        if known or not _post_row(session, row, now):
             skipped += 1
-            continue
+        else:
+            posted += 1
+        if row.reference:
+            seen.add((row.account, row.reference))
+        if i % BATCH == 0:
+            session.commit()
+    session.commit()
+    return ImportResult(posted, skipped)
+
+
+def _post_row(session: Session, row: Row, now: datetime) -> bool:
+    """Post one row; False when its reference is taken (by another writer since the file was checked)."""
+    try:
         ledger.post(
             session,
             row.account,
@@ -218,15 +232,11 @@ def import_rows(session: Session, rows: list[Row], now: datetime, source: str = 
             service=row.service,
             quantity=row.quantity,
             reference=row.reference,
-            check_reference=False,  # checked for the whole file above
+            check_reference=False,  # looked up for the whole file at once
         )
-        if row.reference:
-            seen.add((row.account, row.reference))
-        posted += 1
-        if i % BATCH == 0:
-            session.commit()
-    session.commit()
-    return ImportResult(posted, skipped)
+    except ledger.AlreadyPostedError:
+        return False
+    return True
 
 
 def _existing_references(session: Session, rows: list[Row]) -> set[tuple[str, str]]:

@@ -2,22 +2,34 @@
 
 A subaccount draws on its main account's balance: its entries are recorded
 under the subaccount (usage per subaccount) and move the main account's balance.
+
+A reference names one entry of an account (unique ``(account_id, reference)``).
+Posting a reference the ledger holds raises :class:`AlreadyPostedError`, carrying
+the entry that holds it, and changes nothing, also when another transaction
+posts the same reference at the same moment: every writer moves the balance
+first (so writers of one balance take turns on its row), then inserts the
+entry unless the reference is taken; when it is, the balance change is rolled
+back to a savepoint.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from balancewatch.money import MoneyError, check_currency
 from balancewatch.store.tables import Account, Balance, LedgerEntry
 
 KINDS = ("usage", "top-up", "refund", "adjustment")
-B = Balance.__table__.c  # type: ignore[attr-defined]
-L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
+BALANCE = Balance.__table__  # type: ignore[attr-defined]
+LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
+B = BALANCE.c
+L = LEDGER.c
 
 
 class LedgerError(ValueError):
@@ -34,6 +46,34 @@ class Posted:
     entry_id: int
     payer_id: str
     balance_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """An entry the ledger holds under a reference: what it recorded."""
+
+    entry_id: int
+    account_id: str
+    currency: str
+    amount: int
+    kind: str
+    balance_after: int | None
+
+    def same(self, currency: str, amount: int, kind: str) -> bool:
+        """True when posting ``amount`` ``currency`` as ``kind`` would record this very entry."""
+        return (self.currency, self.amount, self.kind) == (currency, amount, kind)
+
+
+class AlreadyPostedError(LedgerError):
+    """The account's ledger holds the reference already (``entry``); nothing was changed."""
+
+    def __init__(self, reference: str, entry: Known) -> None:
+        super().__init__(
+            "reference",
+            f"{reference!r} is already in the ledger of {entry.account_id!r} (entry #{entry.entry_id})",
+        )
+        self.reference = reference
+        self.entry = entry
 
 
 def check_kind(kind: str) -> None:
@@ -83,62 +123,96 @@ def post(
 ) -> Posted:
     """Record one entry and move the paying balance (not committed; caller commits).
 
-    Raises LedgerError, before changing anything, on a wrong field, an unknown
-    account or a reference the account's ledger already holds (unless the
-    caller checked references itself: ``check_reference=False``).
+    Raises LedgerError, before changing anything, on a wrong field or an
+    unknown account; and AlreadyPostedError (a LedgerError) when the account's
+    ledger holds ``reference`` already, committed before or by a concurrent
+    transaction this one waited for. ``check_reference=False`` skips the first
+    look (the caller looked for many references at once); the database's
+    unique constraint still decides, and AlreadyPostedError is still raised.
     """
     check_entry(amount, kind, currency, quantity)
     payer = payer_of(session, account_id)
     if reference is not None and check_reference:
-        _refuse_known_reference(session, account_id, reference)
-    after = _move_balance(session, payer, currency, amount, now)
-    entry = LedgerEntry(
-        account_id=account_id,
-        currency=currency,
-        amount=amount,
-        kind=kind,
-        service=service,
-        quantity=quantity,
-        occurred_at=occurred_at,
-        reference=reference,
-        balance_after=after,
-    )
-    session.add(entry)
-    session.flush()
-    assert entry.id is not None
-    return Posted(entry.id, payer, after)
+        known = find_reference(session.connection(), account_id, reference)
+        if known is not None:
+            raise AlreadyPostedError(reference, known)
+    entry = {
+        "account_id": account_id,
+        "currency": currency,
+        "amount": amount,
+        "kind": kind,
+        "service": service,
+        "quantity": quantity,
+        "occurred_at": occurred_at,
+        "reference": reference,
+    }
+    if reference is None:
+        after = _move_balance(session.connection(), payer, currency, amount, now)
+        entry_id = _insert_entry(session.connection(), {**entry, "balance_after": after})
+        assert entry_id is not None  # without a reference nothing can conflict
+        return Posted(entry_id, payer, after)
+    return _post_referenced(session, payer, entry, now)
 
 
-def _refuse_known_reference(session: Session, account_id: str, reference: str) -> None:
-    found = (
-        session.connection()
-        .execute(select(L.id).where(L.account_id == account_id, L.reference == reference).limit(1))
-        .first()
-    )
-    if found is not None:
-        raise LedgerError(
-            "reference", f"{reference!r} is already in the ledger of {account_id!r} (entry #{found[0]})"
+def _post_referenced(session: Session, payer: str, entry: dict[str, Any], now: datetime) -> Posted:
+    # The balance first: two posts of one reference queue on the balance row, and the
+    # second finds the first's entry. Under a savepoint, so a taken reference undoes it.
+    savepoint = session.begin_nested()
+    try:
+        conn = session.connection()
+        after = _move_balance(conn, payer, entry["currency"], entry["amount"], now)
+        entry_id = _insert_entry(conn, {**entry, "balance_after": after})
+    except BaseException:
+        savepoint.rollback()
+        raise
+    if entry_id is None:
+        savepoint.rollback()
+        known = find_reference(session.connection(), entry["account_id"], entry["reference"])
+        assert known is not None  # the insert met it, and entries are never deleted
+        raise AlreadyPostedError(entry["reference"], known)
+    savepoint.commit()
+    return Posted(entry_id, payer, after)
+
+
+def find_reference(conn: Connection, account_id: str, reference: str) -> Known | None:
+    """The entry of ``account_id`` holding ``reference``, or None."""
+    row = conn.execute(
+        select(L.id, L.account_id, L.currency, L.amount, L.kind, L.balance_after).where(
+            L.account_id == account_id, L.reference == reference
         )
+    ).first()
+    if row is None:
+        return None
+    return Known(row.id, row.account_id, row.currency, row.amount, row.kind, row.balance_after)
 
 
-def _move_balance(session: Session, account_id: str, currency: str, amount: int, now: datetime) -> int:
-    result = (
-        session.connection()
-        .execute(
-            update(Balance.__table__)  # type: ignore[arg-type]
-            .where(B.account_id == account_id, B.currency == currency)
-            .values(amount=B.amount + amount, updated_at=now)
-            .returning(B.amount)
-        )
-        .first()
+def _insert_entry(conn: Connection, values: dict[str, Any]) -> int | None:
+    """Insert one entry; its id, or None when the account's ledger holds its reference already."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(LEDGER)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[L.account_id, L.reference])
+        .returning(L.id)
     )
-    if result is not None:
-        return int(result[0])
-    session.connection().execute(
-        insert(Balance.__table__),  # type: ignore[arg-type]
-        {"account_id": account_id, "currency": currency, "amount": amount, "updated_at": now},
+    found = conn.execute(stmt).first()
+    return None if found is None else int(found[0])
+
+
+def _move_balance(conn: Connection, account_id: str, currency: str, amount: int, now: datetime) -> int:
+    """Add ``amount`` to the balance (created at ``amount`` when missing); the amount after it.
+
+    One upsert: two first posts in a new currency cannot both create the row.
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(BALANCE).values(
+        account_id=account_id, currency=currency, amount=amount, updated_at=now
     )
-    return amount
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[B.account_id, B.currency],
+        set_={"amount": B.amount + stmt.excluded.amount, "updated_at": stmt.excluded.updated_at},
+    ).returning(B.amount)
+    return int(conn.execute(stmt).scalar_one())
 
 
 def set_balance(session: Session, account_id: str, currency: str, amount: int, now: datetime) -> None:
