@@ -559,7 +559,9 @@ def test_a_batch_is_built_with_the_same_few_queries_whatever_its_size(
                 builts = built(engine, report(contents), [info(n, zone) for n in batch], march, settings)
                 assert [b.account.id for b in builts if b.account] == batch
                 queries.append(len(statements))
-            assert queries[0] == queries[1] <= 6, (contents, queries, statements)
+            # Usage: one more here, as nothing refreshed the usage summary and the figures are computed.
+            most = 7 if contents == "usage" else 6
+            assert queries[0] == queries[1] <= most, (contents, queries, statements)
         spent = [
             one(engine, report("usage"), info(n, zone), march, settings)["spent"].minor for n in names[:3]
         ]

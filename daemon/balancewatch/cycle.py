@@ -265,14 +265,16 @@ def _load_chunk(
 ) -> _Chunk:
     window = env.settings.usage.window_days
     windows = {window, *(u.window_days for u in step_set.usage)}
-    adu = usage.stored(conn, keys, windows)
+    # The stored summary, and for balances it has no row for yet (new since the last refresh)
+    # the figures computed now as a refresh would: the email and the usage steps agree with it.
+    by_window = usage.current(conn, keys, windows, env.now, env.settings.usage.min_history)
     needs_prefs = step_set.owner or rule.notify_preferences
     return _Chunk(
         states=load_states(conn, rule.id, keys),
         silenced=inhibited(conn, rule.inhibited_by, keys),
-        adu=adu,
+        adu=usage.adu_of(by_window),
         prefs=load_preferences(conn, keys) if needs_prefs else {},
-        figures=usage.stored_figures(conn, keys, window),
+        figures=by_window[window],
         subaccount_owners=subaccount_owners(conn, [k[0] for k in keys])
         if rule.notify_subaccount_owners
         else {},

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, case, exists, literal, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Select, and_, case, exists, func, literal, or_, select, true
 
-from balancewatch.rules.compiled import CompiledRule, Selector, StepSet
+from balancewatch.money import MAX_MINOR
+from balancewatch.rules.compiled import CompiledRule, Selector, StepSet, UsageSpec
 from balancewatch.store.tables import Account, AlertState, Balance, OwnerPreference, UsageSummary
 
 A = Account.__table__.c  # type: ignore[attr-defined]
@@ -207,22 +208,24 @@ def _fired_at(rule: CompiledRule, key: Any) -> Any:
     )
 
 
-def _usage_amount(window_days: int) -> Any:
-    return (
-        select(U.adu)
-        .where(U.account_id == B.account_id, U.currency == B.currency, U.window_days == window_days)
+def _usage_bound(spec: UsageSpec) -> Any:
+    """The highest balance a usage step may fire at, from the stored ADU (+1: the amount is rounded
+    in Python). One index probe per balance: a summary row without an ADU gives a bound nothing is
+    below; no row at all (the balance is new since the last refresh) gives one every balance is
+    below, so the balance is evaluated and its figures computed on the spot."""
+    stored = (
+        select(func.coalesce(U.adu * float(spec.times) + 1, -MAX_MINOR))
+        .where(U.account_id == B.account_id, U.currency == B.currency, U.window_days == spec.window_days)
         .scalar_subquery()
     )
+    return func.coalesce(stored, MAX_MINOR)
 
 
 def dynamic_fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
     """Balances at or below any step of a rule whose steps follow usage or the owner, that step
     not fired. A superset for usage steps (the amount is rounded in Python)."""
     crossing = [and_(B.amount <= s.amount, ~_fired_at(rule, s.amount)) for s in step_set.steps]
-    crossing += [
-        and_(B.amount <= _usage_amount(u.window_days) * float(u.times) + 1, ~_fired_at(rule, u.key))
-        for u in step_set.usage
-    ]
+    crossing += [and_(B.amount <= _usage_bound(u), ~_fired_at(rule, u.key)) for u in step_set.usage]
     query = select(B.account_id, B.currency).where(*currency_filter(step_set, rule.selector))
     if step_set.owner:
         query = query.select_from(

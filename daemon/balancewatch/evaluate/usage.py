@@ -11,12 +11,15 @@ never a guess.
 ``refresh`` computes every account at once with one grouped query and writes
 the summary; evaluation reads the summary (set-based, indexed). ``figures``
 computes one account on demand, with the arithmetic, for emails and
-``balancewatch recommend``.
+``balancewatch recommend``. ``current`` reads the summary of a chunk of
+balances and computes, with one grouped query and the same arithmetic, the
+ones it has no row for yet (an account or a currency new since the last
+refresh): an email never says "no usage" only because the summary is behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -82,14 +85,14 @@ def figures_of(
     return Figures(account_id, currency, window_days, max(used, 0), days, first_at, adu, status)
 
 
-def _grouped(now: datetime, window_days: int, payer: str | None = None) -> Select[Any]:
+def _grouped(now: datetime, window_days: int, payers: Collection[str] | None = None) -> Select[Any]:
     """Usage in the window and first entry per paying account and currency.
 
     One row per balance and per paying account and currency with usage in the
     window ``[now - window_days, now]``: ``used`` (null without usage in the
     window), summed over the account and its subaccounts, and ``first_at``, the
     earliest entry of any of them in that currency up to ``now`` (null without
-    one).
+    one). With ``payers``, only those paying accounts (and their subaccounts' entries).
 
     The window's usage is one grouped scan, the scan a hand-written ``GROUP BY``
     does. Each first entry is one seek per family member into the (account_id,
@@ -105,10 +108,11 @@ def _grouped(now: datetime, window_days: int, payer: str | None = None) -> Selec
     balances = select(paying.label("payer"), BAL.c.currency).select_from(
         BAL.join(ACCOUNT, A.id == BAL.c.account_id)
     )
-    if payer is not None:
-        family = select(A.id).where(or_(A.id == payer, A.parent_id == payer)).scalar_subquery()
+    if payers is not None:
+        chosen = sorted(set(payers))
+        family = select(A.id).where(or_(A.id.in_(chosen), A.parent_id.in_(chosen))).scalar_subquery()
         used = used.where(L.account_id.in_(family))
-        balances = balances.where(BAL.c.account_id == payer)
+        balances = balances.where(BAL.c.account_id.in_(chosen))
     # Materialized: both the pairs and the final join read it; the scan runs once.
     u = used.group_by(paying, L.currency).cte("window_usage").prefix_with("MATERIALIZED")
     pairs = union(balances, select(u.c.payer, u.c.currency)).subquery("pairs")
@@ -179,7 +183,7 @@ def figures(
     conn: Connection, payer: str, currency: str, now: datetime, window_days: int, min_history: timedelta
 ) -> Figures:
     """The ADU of one paying account, computed now from the ledger (not the summary)."""
-    for r in conn.execute(_grouped(now, window_days, payer)):
+    for r in conn.execute(_grouped(now, window_days, [payer])):
         if r.currency == currency:
             return figures_of(payer, currency, window_days, int(r.used or 0), r.first_at, now, min_history)
     return figures_of(payer, currency, window_days, 0, None, now, min_history)
@@ -214,16 +218,81 @@ def stored_figures(
     )
     keyset = set(keys)
     return {
-        (r.account_id, r.currency): Figures(
-            r.account_id,
-            r.currency,
-            r.window_days,
-            r.usage_total,
-            Decimal(str(r.days_counted)).quantize(Decimal("0.01")),
-            r.first_at,
-            r.adu,
-            r.status,
-        )
+        (r.account_id, r.currency): _stored(r)
         for r in conn.execute(query)
         if (r.account_id, r.currency) in keyset
+    }
+
+
+def _stored(r: Any) -> Figures:
+    return Figures(
+        r.account_id,
+        r.currency,
+        r.window_days,
+        r.usage_total,
+        Decimal(str(r.days_counted)).quantize(Decimal("0.01")),
+        r.first_at,
+        r.adu,
+        r.status,
+    )
+
+
+def computed(
+    conn: Connection, keys: Sequence[tuple[str, str]], now: datetime, window_days: int, min_history: timedelta
+) -> dict[tuple[str, str], Figures]:
+    """The figures of ``keys`` (paying account, currency) computed now from the ledger, as
+    ``refresh`` would store them: one grouped query for all of them."""
+    if not keys:
+        return {}
+    wanted = set(keys)
+    out = {
+        (r.payer, r.currency): figures_of(
+            r.payer, r.currency, window_days, int(r.used or 0), r.first_at, now, min_history
+        )
+        for r in conn.execute(_grouped(now, window_days, {k[0] for k in wanted}))
+        if (r.payer, r.currency) in wanted
+    }
+    # A key with neither a balance nor an entry: what refresh would say if it wrote a row.
+    for account_id, currency in wanted - out.keys():
+        out[(account_id, currency)] = figures_of(account_id, currency, window_days, 0, None, now, min_history)
+    return out
+
+
+def current(
+    conn: Connection,
+    keys: Sequence[tuple[str, str]],
+    windows: Iterable[int],
+    now: datetime,
+    min_history: timedelta,
+) -> dict[int, dict[tuple[str, str], Figures]]:
+    """The figures of every one of ``keys`` for each of ``windows``: window -> key -> Figures.
+
+    The stored summary where it has a row (one query for every window); for
+    the keys it has none for yet, computed now from the ledger (``computed``,
+    one grouped query per window that misses any), so the summary being behind
+    never reads as "no usage". Keys with a row cost nothing more.
+    """
+    wanted = sorted(set(windows))
+    out: dict[int, dict[tuple[str, str], Figures]] = {w: {} for w in wanted}
+    if not keys or not wanted:
+        return out
+    keyset = set(keys)
+    query = select(SUMMARY).where(U.account_id.in_(sorted({k[0] for k in keys})), U.window_days.in_(wanted))
+    for r in conn.execute(query):
+        if (r.account_id, r.currency) in keyset:
+            out[r.window_days][(r.account_id, r.currency)] = _stored(r)
+    for window in wanted:
+        missing = sorted(keyset - out[window].keys())
+        if missing:
+            out[window].update(computed(conn, missing, now, window, min_history))
+    return out
+
+
+def adu_of(by_window: Mapping[int, Mapping[tuple[str, str], Figures]]) -> dict[tuple[str, str, int], int]:
+    """The ADU of ``current``'s figures keyed as ``stored`` keys it: (account, currency, window)."""
+    return {
+        (key[0], key[1], window): f.adu
+        for window, figures in by_window.items()
+        for key, f in figures.items()
+        if f.adu is not None
     }

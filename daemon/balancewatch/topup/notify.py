@@ -66,10 +66,10 @@ def failure_context(
     min_history: timedelta = timedelta(days=3),
 ) -> dict[str, Any]:
     """Everything a ``topup-failed`` template may use; see the module docstring."""
-    currency = request.currency
+    currency = subject.checked_currency()
     return {
-        "locale": subject.locale or default_locale,
-        "timezone": subject.timezone or default_timezone,
+        "locale": subject.locale_or(default_locale),
+        "timezone": subject.timezone_or(default_timezone),
         "now": now,
         "account": {
             "id": subject.account_id,
@@ -155,11 +155,9 @@ def failure_message(
         return None
     u = settings.usage
     key = (request.account_id, request.currency)
-    # The summary the alert emails quote, so the owner reads one average; computed only
-    # when the daemon has none for this balance yet.
-    figures = usage.stored_figures(conn, [key], u.window_days).get(key) or usage.figures(
-        conn, request.account_id, request.currency, now, u.window_days, u.min_history
-    )
+    # The summary the alert emails quote, so the owner reads one average; computed now
+    # as a refresh would when the daemon has none for this balance yet.
+    figures = usage.current(conn, [key], [u.window_days], now, u.min_history)[u.window_days].get(key)
     context = failure_context(
         request,
         subject,

@@ -28,7 +28,8 @@ from babel.dates import format_datetime, format_interval, format_skeleton
 from sqlalchemy import ColumnElement, Connection, Integer, case, func, literal_column, select
 
 from balancewatch.config import Settings
-from balancewatch.evaluate.usage import Figures, stored_figures
+from balancewatch.evaluate import usage
+from balancewatch.evaluate.usage import Figures
 from balancewatch.money import to_major
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.rules.reports import CompiledReport
@@ -361,9 +362,13 @@ def _later_sums(
     }
 
 
-def figures_of(conn: Connection, batch: Batch, options: Options) -> dict[tuple[str, str], Figures]:
-    """The stored average daily usage of every balance of the batch (over ``options.window_days``)."""
-    return stored_figures(conn, batch.keys(), options.window_days)
+def figures_of(
+    conn: Connection, batch: Batch, options: Options, now: datetime
+) -> dict[tuple[str, str], Figures]:
+    """The average daily usage of every balance of the batch (over ``options.window_days``): the
+    stored summary, computed as of ``now`` for the balances it has no row for yet."""
+    window = options.window_days
+    return usage.current(conn, batch.keys(), [window], now, options.min_history)[window]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ Per currency the account holds a balance in, with its subaccounts rolled in:
 - ``balance_end``: the balance when the period ended (``balance_end_source``:
   ``ledger`` or ``derived``, see ``common.balances_at``);
 - ``usage``: average daily usage and runway as alert emails show them, from
-  the stored usage summary and the balance now.
+  the stored usage summary (computed now for a balance it has no row for yet)
+  and the balance now.
 
 The CSV holds the ledger grouped by local day, account, kind and service.
 """
@@ -81,7 +82,8 @@ def build(
 ) -> Iterator[Built]:
     """One Built per account of ``accounts`` (paying accounts in ``period.timezone``), by id.
 
-    Six queries for the whole batch, whatever its size; the ledger rows are read in account order
+    Six queries for the whole batch, whatever its size (a seventh while the usage summary lacks
+    some of its balances); the ledger rows are read in account order
     while the Builts are consumed, so keep ``conn`` open and uncommitted until
     the iterator is exhausted or closed.
     """
@@ -89,7 +91,7 @@ def build(
     days = local_days(period)
     previous = previous_span(period)
     batch = load_batch(conn, report, accounts, [period.end])
-    figures = figures_of(conn, batch, options)
+    figures = figures_of(conn, batch, options, now)
     for account, groups in grouped(conn, batch, days, previous.start):
         yield account_report(
             report,
