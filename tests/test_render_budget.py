@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 
 from balancewatch import shipped
-from balancewatch.budget import WATCHDOG, RenderBudget
+from balancewatch.budget import WATCHDOG, OverrunBreaker, RenderBudget
 from balancewatch.config import load_settings
 from balancewatch.liveset import load_set
 from balancewatch.messages import sample_alert_context
 from balancewatch.problems import ProblemsError
 from balancewatch.render import OverBudgetError, RenderError, TemplateSet, load_templates
+from tests.test_daemon import wait_until
 
 TIMEOUT = 0.5  # seconds: the budget in these tests, small to keep the suite fast
 SLACK = 0.5  # how much later than the budget a stop may come on a loaded machine
@@ -210,6 +211,45 @@ def test_a_render_that_finishes_renders_exactly_what_jinja_renders(tmp_path: Pat
     assert rendered.text == plain["body.txt"].strip() + "\n"
     assert rendered.html == plain["body.html"]
     assert rendered.subject == plain["subject.txt"].strip()
+
+
+def test_a_template_that_keeps_overrunning_is_refused_at_once_until_the_set_is_reloaded(
+    tmp_path: Path,
+) -> None:
+    templates = probe(tmp_path, NESTED_LOOPS, RenderBudget(timeout=0.2))
+    for _ in range(3):
+        assert stopped(templates)[1] >= 0.2  # each takes a whole budget
+
+    problem, took = stopped(templates)
+    assert problem == (
+        "probe/body.txt:2: rendering took longer than 0.2s (render.timeout); a loop may never end; "
+        "it did so 3 times in a row, so it is not rendered again for 30s (fix it: a reload starts afresh)"
+    )
+    assert took < 0.1
+    reloaded = with_budget(templates, templates.budget)
+    assert stopped(reloaded)[1] >= 0.2  # a new set renders it again
+
+
+def test_a_few_slow_emails_among_good_ones_never_stop_a_template_from_rendering(tmp_path: Path) -> None:
+    templates = probe(tmp_path, "{% if slow %}\n" + NESTED_LOOPS + "{% endif %}ok", RenderBudget(timeout=0.2))
+    for _ in range(4):
+        assert stopped(templates, {**sample_alert_context(), "slow": True})[1] >= 0.2
+        assert templates.render("probe", {**sample_alert_context(), "slow": False}).text == "ok\n"
+
+
+def test_a_tripped_template_is_tried_again_once_the_retry_time_has_passed() -> None:
+    breaker = OverrunBreaker(trip_after=2, retry_after=0.2)
+    breaker.overran("probe", "first")
+    assert breaker.refusal("probe") is None  # once is not yet in a row
+    breaker.overran("probe", "second")
+    tripped = time.monotonic()
+    assert breaker.refusal("probe") == ("second", 2)
+
+    wait_until(lambda: breaker.refusal("probe") is None, "the retry time to pass")
+    assert time.monotonic() - tripped >= 0.2
+    assert breaker.refusal("probe") == ("second", 2)  # one caller tries; the others are still refused
+    breaker.finished("probe")
+    assert breaker.refusal("probe") is None
 
 
 # --- size ---------------------------------------------------------------------------------------------

@@ -297,6 +297,64 @@ def _in_render_code(frame: FrameType | None) -> bool:
 WATCHDOG = Watchdog()
 
 
+# --------------------------------------------------------------------------- templates that keep overrunning
+
+TRIP_AFTER = 3  # overruns in a row that make a template be refused without rendering
+RETRY_AFTER = 30.0  # seconds a tripped template is refused before one render may try again
+
+
+@dataclass(slots=True)
+class _Trips:
+    in_a_row: int = 0
+    retry_at: float = 0.0  # time.monotonic(); meaningful once in_a_row >= TRIP_AFTER
+    last: Any = None  # what the last overrun was reported as
+
+
+class OverrunBreaker:
+    """Remembers the templates of one set that overran their time budget several times in a row,
+    and refuses them without rendering for a while.
+
+    A template that never finishes with real data (its samples were fine) would otherwise cost
+    a whole budget per email: hours for a sweep of thousands, during which a fixed template
+    cannot take over (a sweep runs on the set it began with) and a stop waits. Once tripped, one
+    render every ``retry_after`` seconds tries again; one that finishes resets the template, so
+    a few slow emails among many good ones never trip it. Thread-safe.
+    """
+
+    def __init__(self, trip_after: int = TRIP_AFTER, retry_after: float = RETRY_AFTER) -> None:
+        self.trip_after, self.retry_after = trip_after, retry_after
+        self._lock = threading.Lock()
+        self._trips: dict[str, _Trips] = {}
+
+    def refusal(self, name: str) -> tuple[Any, int] | None:
+        """How ``name`` last overran and how many times in a row, to refuse it with; None to
+        render it (this caller may be the one allowed to try again)."""
+        trips = self._trips.get(name)
+        if trips is None or trips.in_a_row < self.trip_after:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            if now >= trips.retry_at:
+                trips.retry_at = now + self.retry_after  # this caller tries; others are refused meanwhile
+                return None
+            return trips.last, trips.in_a_row
+
+    def overran(self, name: str, report: Any) -> None:
+        """``name`` was stopped at its deadline; ``report`` says how (returned by ``refusal``)."""
+        with self._lock:
+            trips = self._trips.setdefault(name, _Trips())
+            trips.in_a_row += 1
+            trips.last = report
+            if trips.in_a_row >= self.trip_after:
+                trips.retry_at = time.monotonic() + self.retry_after
+
+    def finished(self, name: str) -> None:
+        """``name`` rendered within its budget."""
+        if name in self._trips:  # the common case costs one lookup
+            with self._lock:
+                self._trips.pop(name, None)
+
+
 # --------------------------------------------------------------------------- size: refused before it runs
 
 

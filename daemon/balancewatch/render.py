@@ -23,7 +23,7 @@ import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache, update_wrapper
 from pathlib import Path
@@ -64,6 +64,7 @@ from markupsafe import Markup, soft_str
 from balancewatch.budget import (
     DEFAULT_BUDGET,
     WATCHDOG,
+    OverrunBreaker,
     RenderBudget,
     RenderTimeoutError,
     ValueTooLargeError,
@@ -176,6 +177,7 @@ class TemplateSet:
         self.directory = directory
         self.files = dict(files)
         self.budget = budget
+        self.breaker = OverrunBreaker()
         self.env = _environment(self.files, budget.max_size)
         self.names = frozenset(name.rsplit("/", 1)[0] for name in self.files if name.endswith("/" + SUBJECT))
 
@@ -201,6 +203,9 @@ class TemplateSet:
         (OverBudgetError when the render was stopped for its time or size)."""
         if name not in self.names:
             raise RenderError(self._problem(f"{name}/{SUBJECT}", 0, "template not found"))
+        refusal = self.breaker.refusal(name)
+        if refusal is not None:
+            raise OverBudgetError(self._still_refused(*refusal))
         parts = self._compiled(name)  # outside the guarded region: no compiling on the clock
         output = _Output(self.budget.max_size)
         try:
@@ -216,7 +221,9 @@ class TemplateSet:
                 f"rendering took longer than {self.budget.timeout_text()} (render.timeout); "
                 "a loop may never end"
             )
-            raise OverBudgetError(self._problem(where, line, message)) from None
+            problem = self._problem(where, line, message)
+            self.breaker.overran(name, problem)
+            raise OverBudgetError(problem) from None
         except _OutputTooLargeError as exc:
             message = (
                 f"the email (subject, text and HTML together) produced more than "
@@ -225,8 +232,17 @@ class TemplateSet:
             raise OverBudgetError(self._problem(*exc.where, message)) from None
         except Exception as exc:  # a template can raise anything its expressions do
             raise RenderError(self._render_problem(exc, output.file)) from None
+        self.breaker.finished(name)
         subject, text, html = (*rendered, None)[:3]
         return Rendered(subject=one_line(subject), text=text.strip() + "\n", html=html)
+
+    def _still_refused(self, last: Problem, in_a_row: int) -> Problem:
+        retry = f"{self.breaker.retry_after:g}s"
+        return replace(
+            last,
+            message=f"{last.message}; it did so {in_a_row} times in a row, so it is not rendered "
+            f"again for {retry} (fix it: a reload starts afresh)",
+        )
 
     def _compiled(self, name: str) -> list[tuple[str, Template]]:
         """The subject, text and (when there is one) HTML templates of ``name``."""
