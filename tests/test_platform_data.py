@@ -391,6 +391,25 @@ def test_ledger_post_on_an_account_with_an_unknown_locale_posts_once_and_says_so
     assert entries(engine) == [(1, 1250, None)]
 
 
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["balance", "show", "acme"], "INR       ₹1,23,456.00"),
+        (["recommend", "acme"], "  balance:      ₹1,23,456.00"),
+        (["prefs", "acme", "--currency", "INR", "--below", "500"], "INR       enabled  ₹500.00"),
+    ],
+    ids=["balance-show", "recommend", "prefs"],
+)
+def test_commands_that_show_money_show_it_in_an_account_locale_written_en_in(
+    cli: Cli, engine: Engine, acme: str, argv: list[str], shown: str
+) -> None:
+    written_by_platform(engine, acme, locale="en-IN")
+    cli("ledger", "post", acme, "123456", "--currency", "INR")
+    code, out, err = cli(*argv)
+    assert (code, err) == (0, "")
+    assert any(line.startswith(shown) for line in out.splitlines()), out
+
+
 def test_posting_a_reference_again_with_the_same_details_posts_nothing_and_says_it_was_posted(
     cli: Cli, engine: Engine, acme: str
 ) -> None:
