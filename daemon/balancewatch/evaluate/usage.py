@@ -192,7 +192,10 @@ def figures(
 def stored(
     conn: Connection, keys: Sequence[tuple[str, str]], windows: Iterable[int]
 ) -> dict[tuple[str, str, int], int]:
-    """Stored ADU (minor units) by (account, currency, window) for ``keys``; missing: no ADU."""
+    """Stored ADU (minor units) by (account, currency, window) for ``keys``; missing: no ADU.
+
+    The summary only: a balance new since the last refresh has none here (``current`` computes it).
+    """
     wanted = sorted(set(windows))
     if not keys or not wanted:
         return {}
@@ -202,23 +205,6 @@ def stored(
     keyset = set(keys)
     return {
         (r.account_id, r.currency, r.window_days): r.adu
-        for r in conn.execute(query)
-        if (r.account_id, r.currency) in keyset
-    }
-
-
-def stored_figures(
-    conn: Connection, keys: Sequence[tuple[str, str]], window_days: int
-) -> dict[tuple[str, str], Figures]:
-    """The stored summaries of ``keys`` for one window, as Figures (for email contexts)."""
-    if not keys:
-        return {}
-    query = select(SUMMARY).where(
-        U.account_id.in_(sorted({k[0] for k in keys})), U.window_days == window_days
-    )
-    keyset = set(keys)
-    return {
-        (r.account_id, r.currency): _stored(r)
         for r in conn.execute(query)
         if (r.account_id, r.currency) in keyset
     }
