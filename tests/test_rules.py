@@ -383,9 +383,10 @@ def test_an_absolute_rearm_band_is_in_the_currency_of_each_step_set(rules_dir: P
     )
 
 
-def test_a_percentage_band_rounds_up_to_whole_minor_units(rules_dir: Path) -> None:
+def test_a_percentage_band_between_two_cents_re_arms_at_the_first_cent_above_it(rules_dir: Path) -> None:
+    # 15 cents + 10% = 16.5 cents: a balance of 17 cents is above it, 16 is not.
     rule = one_rule(rules_dir, "alerts:\n  - id: a\n    below: {USD: [0.15]}\n    rearm: 10%\n")
-    assert rule.step_sets == (StepSet("USD", (Step(15, 17),)),)
+    assert rule.step_sets == (StepSet("USD", (Step(15, 16),)),)  # re-arms when the balance is above 16
 
 
 def test_an_amount_band_needs_a_currency(rules_dir: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 from balancewatch.money import MoneyError, to_minor
 from balancewatch.rules.models import (
@@ -129,7 +129,7 @@ class CompiledRule:
     def rearm_above(self, amount: int, currency: str) -> int:
         """The re-arm point of a step at ``amount`` (minor units of ``currency``)."""
         if self.band_percent is not None:
-            return amount + int((Decimal(amount) * self.band_percent / 100).to_integral_value(ROUND_CEILING))
+            return amount + _percent_band(amount, self.band_percent)
         return amount + to_minor(self.band_major or Decimal(0), currency)
 
     def topup_amount(self, currency: str) -> int | None:
@@ -277,10 +277,16 @@ def _minor(amount: Decimal, currency: str | None, field_name: str) -> int:
         raise CompileError(field_name, str(exc)) from None
 
 
+def _percent_band(step: int, percent: Decimal) -> int:
+    """``percent`` of ``step``, rounded down to the minor unit: balances are whole minor units, so
+    "above step + 10%" (say above 1357.4 cents) is exactly "above step + the band rounded down"."""
+    return int((Decimal(step) * percent / 100).to_integral_value(ROUND_FLOOR))
+
+
 def _band(rule: AlertRule, step: int, currency: str | None) -> int:
     band = rule.rearm
     if band.percent is not None:
-        return int((Decimal(step) * band.percent / 100).to_integral_value(ROUND_CEILING))
+        return _percent_band(step, band.percent)
     if currency is None:
         raise CompileError(
             "rearm", "an amount band needs accounts.currency to know its unit; use a percentage"
