@@ -44,8 +44,15 @@ def templates(tmp_path: Path, cli: Cli) -> Path:  # noqa: F811
 def wedge(templates: Path) -> Path:
     """Make the body of ``low-balance`` (which the rules use) loop for ever at its line 2."""
     body = templates / "low-balance" / "body.txt"
-    body.write_text("Hello {{ account.name }},\n" + WEDGE)
+    save(body, "Hello {{ account.name }},\n" + WEDGE)
     return body
+
+
+def save(path: Path, text: str) -> None:
+    """Write ``path`` in one step (a hidden file renamed over it): the reloader never sees half of it."""
+    hidden = path.with_name(f".{path.name}.tmp")
+    hidden.write_text(text)
+    hidden.replace(path)
 
 
 def refusal(body: Path) -> str:
@@ -114,7 +121,7 @@ def test_a_never_ending_template_is_refused_and_later_edits_sighup_and_sigterm_s
     wait_until(lambda: status_row(engine).reload_ok is False, "the refusal recorded for `status`")
     assert refusal(body) in status_row(engine).reload_error
 
-    body.write_text(good + "\n-- sent by balancewatch\n")
+    save(body, good + "\n-- sent by balancewatch\n")
     daemon.wait_log("reloaded (file ")
     wait_until(lambda: status_row(engine).reloads == 1, "the good edit recorded for `status`")
     assert status_row(engine).reload_ok is True

@@ -472,9 +472,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         # Jinja's own, with the formatters above: its formatter classes cannot be swapped in.
-        if getattr(value, "__name__", None) not in ("format", "format_map"):
+        # Called for every attribute a template reads: the type test first keeps that cheap.
+        if type(value) not in _METHOD_TYPES or value.__name__ not in ("format", "format_map"):
             return None
-        owner = getattr(value, "__self__", None)
+        owner = value.__self__
         if not isinstance(owner, str):
             return None
         formatter: _BoundedFormatter
