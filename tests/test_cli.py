@@ -12,13 +12,16 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from balancewatch import shipped
+from balancewatch import outbox, shipped
 from balancewatch.cli import main
 from balancewatch.cli.main import build_parser
+from balancewatch.store.db import make_engine
+from tests.smtpserver import SmtpServer
 
 
 @dataclass(frozen=True)
@@ -419,6 +422,68 @@ def test_outbox_list_shows_what_was_sent_to_whom(cli: Cli) -> None:
     [row] = json.loads(ok(cli("outbox", "list", "--json", "--status", "sent")))
     assert (row["recipients"], row["status"], row["kind"]) == (["ops@example.com"], "sent", "test")
     assert json.loads(ok(cli("outbox", "list", "--json", "--status", "parked"))) == []
+
+
+def test_outbox_list_and_show_say_how_each_recipient_fared(
+    cli: Cli, db_url: str, smtp_server: SmtpServer
+) -> None:
+    smtp_server.refuse["gone@acme.example"] = "550 5.1.1 no such user"
+    smtp_server.refuse["grey@acme.example"] = "451 4.7.1 Greylisted"
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        outbox.add(
+            conn,
+            [
+                outbox.NewMessage(
+                    idem_key="alert/ladder/acme/USD/10000/1/0",
+                    kind="alert",
+                    sender="alerts@platform.example",
+                    recipients=("owner@acme.example", "gone@acme.example", "grey@acme.example"),
+                    subject="Your USD balance is below $100.00",
+                    text="Your USD balance has fallen to $90.00.\n",
+                    html=None,
+                )
+            ],
+            now,
+            "platform.example",
+        )
+    engine.dispose()
+    settings = make_settings_env(smtp_server)
+    assert cli("run", "--once", env=settings).code == 0
+
+    lines = ok(cli("outbox", "list")).splitlines()
+    assert "owner@acme.example (sent), gone@acme.example (parked), grey@acme.example (pending)" in lines[1]
+    assert lines[1].split()[3:5] == ["pending", "1"]
+
+    shown = ok(cli("outbox", "show", "alert/ladder/acme/USD/10000/1/0", "--body"))
+    assert "status        pending" in shown
+    assert "last error    grey@acme.example: 451 4.7.1 Greylisted" in shown
+    table_rows = [line.split() for line in shown.splitlines() if "@acme.example " in line]
+    recipients = {row[0]: row[1:3] for row in table_rows}
+    assert recipients == {
+        "owner@acme.example": ["sent", "1"],
+        "gone@acme.example": ["parked", "1"],
+        "grey@acme.example": ["pending", "1"],
+    }
+    assert "550 5.1.1 no such user" in shown
+    assert shown.rstrip().endswith("Your USD balance has fallen to $90.00.")
+    [row] = json.loads(ok(cli("outbox", "list", "--json")))
+    assert row["deliveries"]["gone@acme.example"]["status"] == "parked"
+    assert json.loads(ok(cli("outbox", "show", "1", "--json")))["idem_key"] == row["idem_key"]
+
+    missing = cli("outbox", "show", "nope")
+    assert (missing.code, missing.err) == (
+        1,
+        "balancewatch outbox show: no outbox row 'nope'; "
+        "`balancewatch outbox list` shows their ids and keys\n",
+    )
+
+
+def make_settings_env(smtp_server: SmtpServer) -> dict[str, str]:
+    return {f"BALANCEWATCH_{k.upper()}": v for k, v in smtp_server.env().items()} | {
+        "BALANCEWATCH_RULES_DIR": str(shipped.rules_dir()),
+    }
 
 
 # --- config show ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Data commands: accounts, ledger entries, balances, the outbox."""
+"""Data commands: accounts, ledger entries, balances."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from balancewatch.platform_data import account_locale
 from balancewatch.problems import ProblemsError
 from balancewatch.store import importcsv, ledger
 from balancewatch.store.accounts import AccountError, add_account, list_accounts
-from balancewatch.store.tables import Account, Balance, LedgerEntry, Outbox
+from balancewatch.store.tables import Account, Balance, LedgerEntry
 from balancewatch.times import parse_instant
 
 
@@ -31,15 +31,6 @@ def register(commands: Any) -> None:
     )
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_balance_show)
-
-    box = commands.add_parser("outbox", help="what was sent to whom, and how delivery went")
-    ocmds = box.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
-    lst = ocmds.add_parser("list", help="newest first")
-    lst.add_argument("--status", choices=["pending", "sending", "sent", "parked"])
-    lst.add_argument("--account")
-    lst.add_argument("--limit", type=int, default=50)
-    lst.add_argument("--json", action="store_true")
-    lst.set_defaults(handler=cmd_outbox_list)
 
 
 def _register_accounts(commands: Any) -> None:
@@ -301,36 +292,4 @@ def cmd_balance_show(ctx: Ctx) -> int:
                 ["time", "kind", "amount", "service", "quantity", "reference"],
             )
         )
-    return 0
-
-
-def cmd_outbox_list(ctx: Ctx) -> int:
-    a = ctx.args
-    query = select(Outbox).order_by(desc(Outbox.id)).limit(a.limit)
-    if a.status:
-        query = query.where(Outbox.status == a.status)
-    if a.account:
-        query = query.where(Outbox.account_id == a.account)
-    with Session(ctx.engine) as session:
-        rows = list(session.exec(query).scalars())  # type: ignore[call-overload]
-    if a.json:
-        ctx.emit_json([r.model_dump(mode="json", exclude={"text", "html"}) for r in rows])
-        return 0
-    ctx.say(
-        table(
-            [
-                [
-                    str(r.id),
-                    r.created_at.strftime("%Y-%m-%d %H:%M"),
-                    r.status,
-                    str(r.attempts),
-                    ", ".join(r.recipients),
-                    r.subject[:60],
-                    (r.last_error or "")[:60],
-                ]
-                for r in rows
-            ],
-            ["id", "decided (UTC)", "status", "tries", "to", "subject", "last error"],
-        )
-    )
     return 0

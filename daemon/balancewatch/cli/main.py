@@ -9,7 +9,19 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import OperationalError
 
 from balancewatch import __version__, logs
-from balancewatch.cli import data, ops, plan, prefs, recommend, report, ruletest, schema, status, topup
+from balancewatch.cli import (
+    data,
+    ops,
+    outbox,
+    plan,
+    prefs,
+    recommend,
+    report,
+    ruletest,
+    schema,
+    status,
+    topup,
+)
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import safe_url
 from balancewatch.problems import ProblemsError
@@ -45,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     ruletest.register(commands)
     schema.register(commands)
     data.register(commands)
+    outbox.register(commands)
     topup.register(commands)
     prefs.register(commands)
     report.register(commands)
