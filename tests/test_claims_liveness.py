@@ -184,3 +184,25 @@ def test_report_claims_of_a_stopped_instance_are_due_again_at_the_next_heartbeat
     with engine.connect() as conn:
         leases = dict(conn.execute(select(ReportRun.claimed_by, ReportRun.lease_until)).all())  # type: ignore[call-overload]
     assert leases == {"alpha": clock(), "gamma": clock() + timedelta(minutes=10)}  # gamma: no status row
+
+
+def test_a_daemon_started_under_the_name_of_a_live_instance_leaves_its_messages_to_it(
+    engine: Engine, clock: Clock, pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        process = procinfo.identity().rsplit("/", 2)[0] + f"/{other.pid}/{procinfo._start_ticks(other.pid)}"
+        add_messages(engine, clock(), ["owner@acme.example"])
+        with engine.begin() as conn:
+            instance_status.publish(
+                conn, "beta", {"started_at": clock(), "heartbeat_at": clock(), "process": process}
+            )
+            outbox.claim(conn, "beta", clock(), 10, LEASE)
+        daemon = Daemon(pipeline, clock=clock)
+        assert daemon._live_namesake(clock()) == process
+        other.kill()
+        other.wait()
+        assert daemon._live_namesake(clock()) is None  # an earlier run, now gone: its work is ours
+    finally:
+        other.kill()
+        other.wait()

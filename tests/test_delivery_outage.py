@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
 from balancewatch.outage import FailureLog
-from balancewatch.service import build_pipeline
+from balancewatch.service import Daemon, build_pipeline
 from balancewatch.store.db import make_engine, upgrade
 from tests.conftest import IN_CI, Clock
 from tests.pgcluster import PgCluster
@@ -148,3 +148,34 @@ def test_a_failing_job_logs_its_traceback_once_then_a_line_a_minute(caplog: pyte
         "reports still failing (61 times so far): ValueError: bad data",
         "reports works again after 90 failures",
     ]
+
+
+def test_a_stop_after_the_database_returns_records_what_was_accepted_instead_of_handing_it_back(
+    cluster: PgCluster,
+    private_db: Engine,
+    clock: Clock,
+    make_settings: Callable[..., Settings],
+    live_from: Callable[[str], LiveSet],
+    smtp_server: SmtpServer,
+) -> None:
+    engine = private_db
+    settings = make_settings(str(engine.url.render_as_string(hide_password=False)), **smtp_server.env())
+    pipeline = build_pipeline(engine, settings, live_from(NO_RULES))
+    keys = add_messages(engine, clock(), *([f"owner{i}@acme.example"] for i in range(3)))
+    smtp_server.hold()
+    thread, errors = deliver_in_thread(lambda: pipeline.deliver(clock(), clock))
+    smtp_server.wait_holding(1)
+    cluster.stop()
+    smtp_server.release()
+    thread.join(timeout=30)
+    assert [type(e) for e in errors] == [OperationalError]
+    cluster.start()
+
+    Daemon(pipeline, clock=clock)._hand_back()  # SIGTERM before the next delivery run
+    rows = outbox_rows(engine)
+    assert [(rows[k].status, rows[k].claimed_by) for k in keys] == [
+        ("sent", pipeline.worker),
+        ("pending", None),
+        ("pending", None),
+    ]
+    assert len(smtp_server.received) == 1

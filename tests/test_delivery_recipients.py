@@ -6,12 +6,14 @@ A real SMTP server on loopback answers RCPT per address; time is the test's cloc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
+from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
 from balancewatch.service import Pipeline, build_pipeline
@@ -174,3 +176,60 @@ def test_the_same_address_in_other_capitals_gets_the_message_once(
     assert smtp_pipeline.deliver(clock()).outcomes == {"sent": 1}
     [mail] = smtp_server.wait_for(1)
     assert len(mail.rcpt_tos) == len(kept)
+
+
+def test_a_multi_line_refusal_is_kept_on_one_line(
+    engine: Engine,
+    clock: Clock,
+    smtp_pipeline: Pipeline,  # noqa: F811
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.refuse["gone@acme.example"] = (
+        "550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+        "550 5.1.1 Please try double-checking the recipient's email address."
+    )
+    [key] = add_messages(engine, clock(), ["gone@acme.example"])
+    assert smtp_pipeline.deliver(clock()).outcomes == {"parked": 1}
+    row = outbox_rows(engine)[key]
+    assert row.last_error == (
+        "gone@acme.example: 550 5.1.1 The email account that you tried to reach does not exist. "
+        "5.1.1 Please try double-checking the recipient's email address."
+    )
+
+
+def test_a_message_without_any_recipient_is_parked_not_taken_for_sent(
+    engine: Engine,
+    clock: Clock,
+    smtp_pipeline: Pipeline,  # noqa: F811
+    smtp_server: SmtpServer,
+) -> None:
+    [key] = add_messages(engine, clock(), ["  "])  # say an owner_email the platform left blank
+    assert smtp_pipeline.deliver(clock()).outcomes == {"parked": 1}
+    row = outbox_rows(engine)[key]
+    assert (row.status, row.last_error) == ("parked", "no recipients: the message has no address to go to")
+    assert smtp_server.received == []
+
+
+def test_a_worker_that_lost_its_next_row_to_another_stops_before_sending_it(
+    engine: Engine,
+    clock: Clock,
+    smtp_pipeline: Pipeline,  # noqa: F811
+    smtp_server: SmtpServer,
+) -> None:
+    first, second = add_messages(engine, clock(), ["a@acme.example"], ["b@acme.example"])
+    smtp_server.hold()
+    worker = threading.Thread(target=smtp_pipeline.deliver, args=(clock(), clock))
+    worker.start()
+    try:
+        smtp_server.wait_holding(1)
+        with engine.begin() as conn:  # another instance took the second row over meanwhile
+            conn.execute(
+                update(outbox.T).where(outbox.C.idem_key == second).values(claimed_by="other-instance")
+            )
+    finally:
+        smtp_server.release()
+        worker.join(timeout=20)
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [("a@acme.example",)]
+    rows = outbox_rows(engine)
+    assert (rows[first].status, rows[second].claimed_by) == ("sent", "other-instance")
+    assert len(smtp_server.received) == 1

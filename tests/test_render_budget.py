@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from balancewatch import shipped
-from balancewatch.budget import WATCHDOG, OverrunBreaker, RenderBudget
+from balancewatch.budget import WATCHDOG, OverrunBreaker
 from balancewatch.config import load_settings
+from balancewatch.limits import RenderBudget
 from balancewatch.liveset import load_set
 from balancewatch.messages import sample_alert_context
 from balancewatch.problems import ProblemsError

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from balancewatch.cli import main
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
+from balancewatch.problems import Problem
 from balancewatch.reports import claims
 from balancewatch.reports.periods import period_before
 from balancewatch.reports.runner import ReportStats, run_now
@@ -461,3 +462,24 @@ def test_report_list_shows_each_zone_with_its_next_send_time_and_what_was_sent_l
         "LAST",
         "SENT",
     ]
+
+
+def test_a_template_suspended_for_overrunning_leaves_the_reports_to_a_later_run_instead_of_failing_them(
+    instances: Callable[..., Instance], rules_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = write_reports(rules_dir, DAILY + "    empty: send\n")
+    one = started_before_0800(instances(live))
+    for name in ("a", "b", "c"):
+        account(one.engine, name)
+    template = live.reports[0].template
+    problem = Problem("templates/usage-report/body.txt", 3, "", "rendering took longer than 2s")
+    for _ in range(3):  # it overran three times in a row (say on other accounts' data)
+        live.templates.breaker.overran(template, problem)
+
+    assert one.run(FIRE).sent == {}
+    assert {(r.status, r.note) for r in runs(one.engine)} == {("claimed", None)}
+    assert "report daily-usage waits for its template" in caplog.text
+
+    live.templates.breaker.finished(template)  # fixed, or its retry time came
+    assert one.run(FIRE + timedelta(minutes=1)).sent == {"daily-usage": 3}
+    assert {r.status for r in runs(one.engine)} == {"sent"}

@@ -29,3 +29,11 @@ def test_upgrade_adds_a_column_an_older_version_did_not_have_and_keeps_the_rows(
         subject, attachments = conn.execute(text("SELECT subject, attachments FROM outbox")).one()
     # SQLite hands JSON back as text to a raw query, PostgreSQL as a list.
     assert (subject, json.loads(attachments) if isinstance(attachments, str) else attachments) == ("old", [])
+
+
+def test_upgrade_adds_an_index_an_older_version_did_not_have_to_an_existing_table(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_report_run_claimed"))
+    assert "ix_report_run_claimed" not in {i["name"] for i in inspect(engine).get_indexes("report_run")}
+    upgrade(engine)
+    assert "ix_report_run_claimed" in {i["name"] for i in inspect(engine).get_indexes("report_run")}

@@ -47,8 +47,8 @@ from pydantic_settings import (
 )
 
 from balancewatch import shipped, yamlfile
-from balancewatch.budget import RenderBudget, Size, check_timeout
 from balancewatch.durations import Duration, format_duration
+from balancewatch.limits import RenderBudget, Size, check_timeout
 from balancewatch.money import MoneyError, check_currency, check_locale
 from balancewatch.problems import Problem, ProblemsError, explain
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from balancewatch.budget import DEFAULT_BUDGET, RenderBudget
+from balancewatch.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.messages import sample_contexts
 from balancewatch.problems import Problem, ProblemsError
 from balancewatch.render import (

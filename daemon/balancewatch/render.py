@@ -62,22 +62,20 @@ from jinja2.utils import generate_lorem_ipsum
 from markupsafe import Markup, soft_str
 
 from balancewatch.budget import (
-    DEFAULT_BUDGET,
     WATCHDOG,
     OverrunBreaker,
-    RenderBudget,
     RenderTimeoutError,
     ValueTooLargeError,
     check_binop,
     check_format_spec,
     check_method_call,
     check_printf,
-    format_size,
     joined_size,
     replaced_size,
     too_large,
 )
 from balancewatch.durations import every, format_duration
+from balancewatch.limits import DEFAULT_BUDGET, RenderBudget, format_size
 from balancewatch.money import Money, format_money
 from balancewatch.problems import Problem, ProblemsError
 
@@ -107,6 +105,12 @@ class RenderError(Exception):
 class OverBudgetError(RenderError):
     """A render was stopped: it took longer than ``render.timeout`` or produced more than
     ``render.max_size``."""
+
+
+class TemplateSuspendedError(OverBudgetError):
+    """Not rendered at all: the template overran its time budget several times in a row and is
+    refused for a while (``budget.OverrunBreaker``). Says nothing about this message's data, so a
+    caller that would otherwise fail the message for good should try it again later."""
 
 
 class _OutputTooLargeError(Exception):
@@ -205,7 +209,7 @@ class TemplateSet:
             raise RenderError(self._problem(f"{name}/{SUBJECT}", 0, "template not found"))
         refusal = self.breaker.refusal(name)
         if refusal is not None:
-            raise OverBudgetError(self._still_refused(*refusal))
+            raise TemplateSuspendedError(self._still_refused(*refusal))
         parts = self._compiled(name)  # outside the guarded region: no compiling on the clock
         output = _Output(self.budget.max_size)
         try:

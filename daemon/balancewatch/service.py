@@ -13,16 +13,19 @@ Four jobs run on an APScheduler 3 background scheduler, each with
 - *reports*, every minute: the scheduled reports whose send time is due
   (``reports.runner``), then delivery right away.
 
-A fifth job, *heartbeat*, every ``poll_interval``, updates this instance's
-row in ``instance_status`` (``balancewatch status``); the row is also written
-at start and after every reload attempt.
+A fifth job, *heartbeat*, every 5 seconds (``store.status.HEARTBEAT``),
+updates this instance's row in ``instance_status`` (``balancewatch status``,
+and how other instances tell that it is alive); the row is also written at
+start and after every reload attempt. Job failures are logged through
+``outage.FailureLog``: a database outage is one warning a minute.
 
 Rules and templates reload when their files change (``reload.Reloader``,
 when ``reload.watch``) and at once on SIGHUP; the old set keeps running if
 the new one fails. SIGHUP also reads the config again, only to log each
-changed setting as needing a restart. SIGTERM or SIGINT lets the jobs in
-flight finish, then exits 0. All state is in the database: a restart repeats
-nothing and loses nothing.
+changed setting as needing a restart. SIGTERM or SIGINT stops within a bound
+(``Daemon.shut_down``): the message in flight is finished or broken off, the
+rest handed back, the instance marked stopped, exit 0. All state is in the
+database: a restart repeats nothing and loses nothing.
 """
 
 from __future__ import annotations
@@ -273,6 +276,10 @@ class Daemon:
             self._run_soon("deliver")
 
     def deliver_job(self) -> None:
+        if not self._row_written:
+            # Until this run's row is in, the row of an earlier run under a fixed name may still
+            # say "stopped": another instance would take over whatever this one claims.
+            self.write_status(self._whole_row())
         self.pipeline.deliver(self.clock(), self.clock)
 
     def heartbeat_job(self) -> None:
@@ -385,9 +392,18 @@ class Daemon:
         self._install_signals()
         start = self.clock()
         self.started_at = start
+        namesake = self._live_namesake(start)
         if self.publish_status(self._whole_row()):
             self.pipeline.beating_since = start
-        self._take_back_previous_claims()
+        if namesake is None:
+            self._take_back_previous_claims()
+        else:
+            log.error(
+                "another instance is running as %s (process %s): give each instance its own `instance` "
+                "name; its messages are left to it",
+                self.pipeline.worker,
+                namesake,
+            )
         if s.reload.watch:
             self.reloader.start()
         self._schedule(start)
@@ -431,6 +447,19 @@ class Daemon:
                 self.job(job_id, work), "interval", id=job_id, name=job_id, seconds=seconds, **extra
             )
 
+    def _live_namesake(self, now: datetime) -> str | None:
+        """The process of another live instance that goes by this one's name (a copied config
+        with a fixed ``instance``), or None: an earlier run of this instance, stopped or dead."""
+        try:
+            with self.pipeline.engine.connect() as conn:
+                row = instance_status.get(conn, self.pipeline.worker)
+        except SQLAlchemyError:
+            return None
+        if row is None or row.stopped_at is not None or not row.process or row.process == procinfo.identity():
+            return None
+        alive = not procinfo.gone(row.process) and now - row.heartbeat_at < STALE_AFTER
+        return str(row.process) if alive else None
+
     def _take_back_previous_claims(self) -> None:
         """Rows still claimed under this instance's name come from an earlier run of it (a
         fixed ``instance`` name, killed): nothing of this run holds any yet, so take them back."""
@@ -447,23 +476,33 @@ class Daemon:
             )
 
     def shut_down(self) -> int:
-        """Stop within SHUTDOWN_GRACE + ABORT_GRACE seconds whatever the servers' speed: the jobs
+        """Stop within SHUTDOWN_GRACE + ABORT_GRACE + HAND_BACK_GRACE seconds whatever the servers'
+        and the database's speed: the jobs
         finish what is in flight (delivery hands back what it has not started); a send still
         hanging then is broken off; what this instance held is handed back and the instance
         marked stopped, so another takes over at once. Returns the exit status."""
         sdnotify.notify("STOPPING=1")
-        log.info("stopping: finishing the work in flight (at most %gs)", SHUTDOWN_GRACE + ABORT_GRACE)
+        log.info(
+            "stopping: finishing the work in flight (at most %gs)",
+            SHUTDOWN_GRACE + ABORT_GRACE + HAND_BACK_GRACE,
+        )
         threading.Thread(target=self.reloader.stop, name="reload-stop", daemon=True).start()
         self.scheduler.shutdown(wait=False)
         if not self._wait_idle(SHUTDOWN_GRACE):
             log.warning("a job is still running after %gs: breaking off the send in flight", SHUTDOWN_GRACE)
             self.pipeline.courier.abort()
             self._wait_idle(ABORT_GRACE)
-        self._hand_back()
+        handing_back = threading.Thread(target=self._hand_back, name="hand-back", daemon=True)
+        handing_back.start()
+        handing_back.join(HAND_BACK_GRACE)  # a database that does not answer must not hold the stop
         with self._idle:
             busy = self._busy
-        if busy:
-            log.warning("stopped with %d job(s) still running; what they held is handed back", busy)
+        if busy or handing_back.is_alive():
+            log.warning(
+                "stopped with %d job(s) still running%s",
+                busy,
+                "" if not handing_back.is_alive() else "; the database did not take the hand-back in time",
+            )
             _exit_now()
         log.info("stopped")
         return 0
@@ -479,24 +518,26 @@ class Daemon:
         return True
 
     def _hand_back(self) -> None:
+        """Record what the courier still keeps, hand back what this instance holds, mark it stopped."""
         courier = self.pipeline.courier
+        kept = len(courier.unrecorded.outcomes)
         try:
             with self.pipeline.engine.begin() as conn:
-                released = outbox.release(conn, self.pipeline.worker, attempted=False)
+                recorded, released = courier.hand_back(conn)
                 instance_status.expire_report_claims(conn, [self.pipeline.worker], self.clock())
-                instance_status.publish(conn, self.pipeline.worker, {"stopped_at": self.clock()})
+                row = {} if self._row_written else self._whole_row()
+                instance_status.publish(conn, self.pipeline.worker, {**row, "stopped_at": self.clock()})
         except SQLAlchemyError as exc:
             log.warning(
                 "could not mark this instance stopped (%s): another instance takes over what it "
                 "held once its heartbeat is %ds old%s",
                 str(exc).splitlines()[0],
                 STALE_AFTER.total_seconds(),
-                f"; {len(courier.unrecorded.outcomes)} delivered messages are not recorded and may "
-                "be sent again"
-                if courier.unrecorded.outcomes
-                else "",
+                f"; {kept} delivered messages are not recorded and may be sent again" if kept else "",
             )
             return
+        if recorded:
+            log.info("recorded %d delivery outcomes kept while the database was unreachable", recorded)
         if released:
             log.info("handed back %d messages not sent yet", released)
 
@@ -528,8 +569,9 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-SHUTDOWN_GRACE = 6.0  # seconds the jobs get to finish what is in flight after SIGTERM
+SHUTDOWN_GRACE = 5.0  # seconds the jobs get to finish what is in flight after SIGTERM
 ABORT_GRACE = 2.0  # then, seconds after breaking off a hanging send
+HAND_BACK_GRACE = 2.0  # then, seconds the database gets to take what this instance hands back
 REASON_MAX = 400  # instance_status.reload_reason
 UNHOOKED_LOG_EVERY = timedelta(hours=1)
 

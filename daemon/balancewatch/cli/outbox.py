@@ -87,7 +87,7 @@ def cmd_outbox_list(ctx: Ctx) -> int:
 
 def _find(session: Session, ref: str) -> Outbox:
     where = Outbox.idem_key == ref  # type: ignore[arg-type]
-    if ref.isdigit():
+    if ref.isdigit() and len(ref) < 19:  # a row id fits in 64 bits; a longer number is a key, if anything
         where = or_(where, Outbox.id == int(ref))  # type: ignore[arg-type]
     row = session.exec(select(Outbox).where(where)).scalars().first()  # type: ignore[call-overload]
     if row is None:

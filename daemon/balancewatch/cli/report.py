@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.deliver.worker import deliver_batch, make_transport
 from balancewatch.liveset import LiveSet, load_set
+from balancewatch.render import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
 from balancewatch.reports import claims, schedule
 from balancewatch.reports.compose import Prepared
@@ -84,6 +85,8 @@ def cmd_run(ctx: Ctx) -> int:
         )
     except RunError as exc:
         raise CommandError(str(exc)) from None
+    except TemplateSuspendedError as exc:
+        raise CommandError(f"{exc.problem}; the reports not sent yet go out at a later run") from None
     if args.dry_run:
         for run in runs:
             _print_dry(ctx, report, run)

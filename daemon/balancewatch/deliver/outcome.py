@@ -32,7 +32,12 @@ DELIVERED = Attempt(True)
 
 
 def settle(row: Claimed, attempts: Mapping[str, Attempt], now: datetime, retry: RetrySettings) -> RowUpdate:
-    """The row after ``attempts`` (by address, as in ``row.recipients``) were made at ``now``."""
+    """The row after ``attempts`` (by address, as in ``row.recipients``) were made at ``now``.
+
+    A row without any recipient is parked: it has nowhere to go, and must not pass for sent.
+    """
+    if not row.recipients:
+        return RowUpdate(PARKED, {}, last_error="no recipients: the message has no address to go to")
     deliveries: dict[str, dict[str, Any]] = {a: dict(e) for a, e in row.deliveries.items()}
     for address, attempt in attempts.items():
         entry = deliveries.setdefault(address, {})

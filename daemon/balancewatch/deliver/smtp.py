@@ -37,8 +37,10 @@ def _per_recipient(refused: Mapping[str, tuple[int, bytes]]) -> dict[str, Transp
 
 
 def _text(code: int, reply: bytes | str) -> str:
+    """``code`` and the server's words on one line: a multi-line reply (``550-5.1.1 …``) is joined,
+    so errors stay one line in the outbox, its listings and the log."""
     words = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-    return f"{code} {words}".strip()
+    return " ".join(f"{code} {words}".split())
 
 
 class SmtpTransport:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from balancewatch import outbox
@@ -139,6 +139,7 @@ class Courier:
         try:
             with self.transport:
                 for i, row in enumerate(batch):
+                    after = batch[i + 1] if i + 1 < len(batch) else None
                     if self.stopping.is_set():
                         self._release(batch[i:], stats)
                         return
@@ -156,10 +157,11 @@ class Courier:
                         self._connection_failed(batch[i:], exc, clock(), stats)
                         return
                     self._log_attempt(row, attempts)
+                    settled = [(row, settle(row, attempts, stamp, self.settings.delivery.retry))]
+                    confirm = (after.id, stamp + lease) if after else None
                     try:
-                        self._record(
-                            [(row, settle(row, attempts, stamp, self.settings.delivery.retry))], stats
-                        )
+                        if not self._record(settled, stats, confirm) and after:
+                            held.discard(after.id)
                     except SQLAlchemyError:
                         # Its outcome is kept; the rows not sent yet go back once the database answers.
                         self.unrecorded.releases.update(r.id for r in batch[i + 1 :])
@@ -202,10 +204,20 @@ class Courier:
         self._record(settled, stats)
         log.warning("cannot deliver %d messages now: %s", len(rows), exc)
 
-    def _record(self, settled: list[tuple[outbox.Claimed, outbox.RowUpdate]], stats: DeliveryStats) -> None:
+    def _record(
+        self,
+        settled: list[tuple[outbox.Claimed, outbox.RowUpdate]],
+        stats: DeliveryStats,
+        confirm: tuple[int, datetime] | None = None,
+    ) -> bool:
+        """Record ``settled``; with ``confirm`` (the row to send next, and a new end for its lease),
+        extend that row's lease in the same transaction. Returns whether this worker still holds
+        it: an instance judged dead by mistake (a stall, a skewed clock) then stops before sending
+        a row another has taken over, and only the message it had in flight can arrive twice."""
         try:
             with self.engine.begin() as conn:
                 kept = [outbox.record(conn, row.id, self.worker, update) for row, update in settled]
+                holds = confirm is None or bool(outbox.renew(conn, [confirm[0]], self.worker, confirm[1]))
         except SQLAlchemyError:
             for row, update in settled:
                 self.unrecorded.outcomes[row.id] = (row.idem_key, update)
@@ -213,6 +225,7 @@ class Courier:
             raise
         for (_row, update), ok in zip(settled, kept, strict=True):
             stats.outcomes[OUTCOME_OF[update.status] if ok else "lost"] += 1
+        return holds
 
     def _release(self, rows: list[outbox.Claimed], stats: DeliveryStats) -> None:
         ids = [row.id for row in rows]
@@ -252,6 +265,17 @@ class Courier:
             released,
         )
         self.unrecorded = Unrecorded()
+
+    def hand_back(self, conn: Connection) -> tuple[int, int]:
+        """At a stop: record the outcomes still kept in memory, then hand back every row this
+        worker holds. Returns (outcomes recorded, rows handed back)."""
+        recorded = sum(
+            outbox.record(conn, row_id, self.worker, update)
+            for row_id, (_key, update) in self.unrecorded.outcomes.items()
+        )
+        released = outbox.release(conn, self.worker, attempted=False)
+        self.unrecorded = Unrecorded()
+        return recorded, released
 
     def _log_takeover(self, dead: Collection[str]) -> None:
         for name in sorted(set(dead) - self._taken_over):

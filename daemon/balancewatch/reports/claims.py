@@ -187,6 +187,18 @@ def release(
     finish(conn, report_id, period_key, worker, [Outcome(a, FAILED, None, note) for a in account_ids], now)
 
 
+def expire(
+    conn: Connection, report_id: str, period_key: str, account_ids: Sequence[str], worker: str, now: datetime
+) -> None:
+    """End ``worker``'s leases on ``account_ids``: any instance takes them over at its next run."""
+    conn.execute(
+        update(RUN)
+        .where(R.report_id == report_id, R.period_key == period_key, R.account_id.in_(list(account_ids)))
+        .where(R.status == CLAIMED, R.claimed_by == worker)
+        .values(lease_until=now)
+    )
+
+
 def unfinished(conn: Connection, report_id: str, period_key: str, zone: str) -> int:
     """How many claims of (report, period) in ``zone`` are still being built (by anyone)."""
     return int(

@@ -26,7 +26,7 @@ from typing import Any
 
 from balancewatch import outbox
 from balancewatch.config import Settings
-from balancewatch.render import RenderError, TemplateSet
+from balancewatch.render import RenderError, TemplateSet, TemplateSuspendedError
 from balancewatch.reports.base import Built, Period
 from balancewatch.reports.claims import FAILED, OPERATORS, SENT, SKIPPED, Outcome, idem_key
 from balancewatch.reports.contents import csv
@@ -120,6 +120,8 @@ def prepare(
         return Prepared(Outcome(account_id, SKIPPED, note=NO_RECIPIENT))
     try:
         rendered = templates.render(report.template, context(report, period, built, now, settings))
+    except TemplateSuspendedError:
+        raise  # not this account's fault: the batch is tried again later, not failed
     except RenderError as exc:
         return Prepared(Outcome(account_id, FAILED, note=str(exc.problem)))
     attachments: tuple[outbox.Attachment, ...] = ()

@@ -37,6 +37,7 @@ from balancewatch.durations import format_duration
 from balancewatch.evaluate.candidates import A
 from balancewatch.liveset import LiveSet
 from balancewatch.platform_data import account_timezone
+from balancewatch.render import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
 from balancewatch.reports import claims, compose, contents, schedule
 from balancewatch.reports.base import AccountInfo, Period
@@ -119,6 +120,8 @@ def run_due(
                 _follow(env, report, zone, found, known.get(zone), stats)
                 if stats.interrupted:
                     return stats
+        except TemplateSuspendedError as exc:
+            log.warning("report %s waits for its template: %s; trying again at the next run", report.id, exc)
         except Exception:
             # The cursor has not moved past what failed: the next run tries it again.
             log.exception("report %s failed; trying again at the next run", report.id)
@@ -262,7 +265,12 @@ def _send_batch(
     if not ours:
         return
     claimed = [a for a in batch if a.id in ours]
-    prepared = _build(env, report, period, claimed)
+    try:
+        prepared = _build(env, report, period, claimed)
+    except TemplateSuspendedError:
+        with env.engine.begin() as conn:
+            claims.expire(conn, report.id, period.key, sorted(ours), env.worker, env.now)
+        raise
     _record(env, report, period, prepared, stats, done)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, inspect, select, text
+from sqlalchemy import Column, Connection, Engine, Index, Table, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateColumn
@@ -74,7 +74,7 @@ def is_postgres(engine: Engine) -> bool:
 
 
 def upgrade(engine: Engine) -> int:
-    """Create every missing table (with its indexes) and every missing column; return the schema version.
+    """Create every missing table, column and index; return the schema version.
 
     ``engine`` comes from :func:`make_engine`. The return value is the version
     now in place (``SCHEMA_VERSION``), also recorded as ``schema_version`` in
@@ -112,9 +112,25 @@ def upgrade(engine: Engine) -> int:
             SQLModel.metadata.create_all(conn)
             for table, column in missing_columns(conn):
                 _add_column(conn, table, column)
+            for index in missing_indexes(conn):
+                index.create(conn)
             if get_meta(conn, "schema_version") != str(SCHEMA_VERSION):
                 set_meta(conn, "schema_version", str(SCHEMA_VERSION))
     return SCHEMA_VERSION
+
+
+def missing_indexes(conn: Connection) -> list[Index]:
+    """Indexes the models declare that the tables in the database lack (a table created by an
+    older version gets the ones added since), by name."""
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    out = []
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        have = {i["name"] for i in inspector.get_indexes(table.name)}
+        out.extend(index for index in table.indexes if index.name not in have)
+    return out
 
 
 def missing_columns(conn: Connection) -> list[tuple[Table, Column[Any]]]:

@@ -50,6 +50,11 @@ def publish(conn: Connection, instance: str, values: Mapping[str, Any]) -> None:
     conn.execute(stmt)
 
 
+def get(conn: Connection, instance: str) -> Any | None:
+    """The row of ``instance``, or None."""
+    return conn.execute(select(T).where(C.instance == instance)).first()
+
+
 def read_all(conn: Connection) -> list[Any]:
     """Every instance's row, most recent heartbeat first."""
     return list(conn.execute(select(T).order_by(desc(C.heartbeat_at))))

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
@@ -305,6 +306,13 @@ class ReportRun(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("report_id", "account_id", "period_key", name="uq_report_run"),
         Index("ix_report_run_open", "report_id", "period_key", "status"),
+        # Who holds claims now (checked every heartbeat): only the rows being built, a few.
+        Index(
+            "ix_report_run_claimed",
+            "claimed_by",
+            postgresql_where=text("status = 'claimed'"),
+            sqlite_where=text("status = 'claimed'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=ROW_ID)
