@@ -11,7 +11,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -20,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
 from balancewatch.outage import FailureLog
-from balancewatch.service import Daemon, build_pipeline
+from balancewatch.service import Daemon, Pipeline, build_pipeline
 from balancewatch.store.db import make_engine, upgrade
 from tests.conftest import IN_CI, Clock
 from tests.pgcluster import PgCluster
@@ -58,41 +57,47 @@ def private_db(cluster: PgCluster) -> Iterator[Engine]:
     engine.dispose()
 
 
-def deliver_in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, errors
-
-
-def test_a_database_outage_after_the_server_accepted_a_message_neither_resends_it_nor_holds_back_the_rest(
-    cluster: PgCluster,
+@pytest.fixture
+def pipeline(
     private_db: Engine,
-    clock: Clock,
     make_settings: Callable[..., Settings],
     live_from: Callable[[str], LiveSet],
     smtp_server: SmtpServer,
+) -> Pipeline:
+    url = private_db.url.render_as_string(hide_password=False)
+    return build_pipeline(private_db, make_settings(url, **smtp_server.env()), live_from(NO_RULES))
+
+
+def database_stops_while_the_server_takes_the_first_message(
+    pipeline: Pipeline, cluster: PgCluster, smtp_server: SmtpServer, clock: Clock
 ) -> None:
-    engine = private_db
-    settings = make_settings(str(engine.url.render_as_string(hide_password=False)), **smtp_server.env())
-    pipeline = build_pipeline(engine, settings, live_from(NO_RULES))
-    keys = add_messages(engine, clock(), *([f"owner{i}@acme.example"] for i in range(4)))
+    """Deliver a batch; stop the database while the server holds its first message, then let
+    the server accept it: recording that fails, and the delivery raises OperationalError."""
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            pipeline.deliver(clock(), clock)
+        except BaseException as exc:
+            errors.append(exc)
 
     smtp_server.hold()
-    thread, errors = deliver_in_thread(lambda: pipeline.deliver(clock(), clock))
+    thread = threading.Thread(target=deliver)
+    thread.start()
     smtp_server.wait_holding(1)
-    cluster.stop()  # the database goes while the server is taking the first message
+    cluster.stop()
     smtp_server.release()
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert [type(e) for e in errors] == [OperationalError]
+
+
+def test_a_database_outage_after_the_server_accepted_a_message_neither_resends_it_nor_holds_back_the_rest(
+    cluster: PgCluster, private_db: Engine, pipeline: Pipeline, clock: Clock, smtp_server: SmtpServer
+) -> None:
+    engine = private_db
+    keys = add_messages(engine, clock(), *([f"owner{i}@acme.example"] for i in range(4)))
+    database_stops_while_the_server_takes_the_first_message(pipeline, cluster, smtp_server, clock)
     [accepted] = smtp_server.wait_for(1)
     assert pipeline.courier.unrecorded
 
@@ -151,24 +156,11 @@ def test_a_failing_job_logs_its_traceback_once_then_a_line_a_minute(caplog: pyte
 
 
 def test_a_stop_after_the_database_returns_records_what_was_accepted_instead_of_handing_it_back(
-    cluster: PgCluster,
-    private_db: Engine,
-    clock: Clock,
-    make_settings: Callable[..., Settings],
-    live_from: Callable[[str], LiveSet],
-    smtp_server: SmtpServer,
+    cluster: PgCluster, private_db: Engine, pipeline: Pipeline, clock: Clock, smtp_server: SmtpServer
 ) -> None:
     engine = private_db
-    settings = make_settings(str(engine.url.render_as_string(hide_password=False)), **smtp_server.env())
-    pipeline = build_pipeline(engine, settings, live_from(NO_RULES))
     keys = add_messages(engine, clock(), *([f"owner{i}@acme.example"] for i in range(3)))
-    smtp_server.hold()
-    thread, errors = deliver_in_thread(lambda: pipeline.deliver(clock(), clock))
-    smtp_server.wait_holding(1)
-    cluster.stop()
-    smtp_server.release()
-    thread.join(timeout=30)
-    assert [type(e) for e in errors] == [OperationalError]
+    database_stops_while_the_server_takes_the_first_message(pipeline, cluster, smtp_server, clock)
     cluster.start()
 
     Daemon(pipeline, clock=clock)._hand_back()  # SIGTERM before the next delivery run
