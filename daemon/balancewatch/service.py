@@ -419,7 +419,10 @@ class Daemon:
             if s.reload.watch
             else "reloading rules and templates on SIGHUP only",
         )
-        self.stopping.wait()
+        # A timed wait: a signal the kernel hands to another thread does not interrupt an untimed
+        # lock wait in the main thread, and the handler (which sets ``stopping``) would never run.
+        while not self.stopping.wait(SIGNAL_CHECK):
+            pass
         return self.shut_down()
 
     def _schedule(self, start: datetime) -> None:
@@ -569,6 +572,7 @@ def _exit_now() -> None:
     os._exit(0)
 
 
+SIGNAL_CHECK = 0.5  # seconds between the main thread's looks at signals received
 SHUTDOWN_GRACE = 5.0  # seconds the jobs get to finish what is in flight after SIGTERM
 ABORT_GRACE = 2.0  # then, seconds after breaking off a hanging send
 HAND_BACK_GRACE = 2.0  # then, seconds the database gets to take what this instance hands back
