@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -74,14 +74,8 @@ def account_locale(raw: str | None, default: str, account_id: str) -> str:
     ``raw`` is ``account.locale`` as stored; NULL falls back silently, a value
     Babel does not know (or an empty one) with one warning per account and value.
     """
-    if raw is None:
-        return default
-    found = canonical_locale(raw)
-    if found is not None:
-        return found
-    reason = "is empty" if not raw.strip() else "is not a locale Babel knows (e.g. en_US, en_IN, de_DE)"
-    _fall_back(account_id, LOCALE, raw, reason, default)
-    return default
+    hint = "is not a locale Babel knows (e.g. en_US, en_IN, de_DE)"
+    return _trusted(raw, default, account_id, LOCALE, canonical_locale, hint)
 
 
 def account_timezone(raw: str | None, default: str, account_id: str) -> str:
@@ -90,13 +84,24 @@ def account_timezone(raw: str | None, default: str, account_id: str) -> str:
     ``raw`` is ``account.timezone`` as stored; NULL falls back silently, a name
     zoneinfo does not know (or an empty one) with one warning per account and value.
     """
+    hint = "is not an IANA time zone (e.g. UTC, Asia/Kolkata)"
+    return _trusted(raw, default, account_id, TIMEZONE, canonical_zone, hint)
+
+
+def _trusted(
+    raw: str | None,
+    default: str,
+    account_id: str,
+    field: str,
+    canonical: Callable[[str], str | None],
+    hint: str,
+) -> str:
     if raw is None:
         return default
-    found = canonical_zone(raw)
+    found = canonical(raw)
     if found is not None:
         return found
-    reason = "is empty" if not raw.strip() else "is not an IANA time zone (e.g. UTC, Asia/Kolkata)"
-    _fall_back(account_id, TIMEZONE, raw, reason, default)
+    _fall_back(account_id, field, raw, "is empty" if not raw.strip() else hint, default)
     return default
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Index, Table, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Inspector, make_url
 from sqlalchemy.schema import CreateColumn
 from sqlmodel import Session, SQLModel
 
@@ -119,15 +120,20 @@ def upgrade(engine: Engine) -> int:
     return SCHEMA_VERSION
 
 
+def _tables_in_place(conn: Connection) -> Iterator[tuple[Table, Inspector]]:
+    """Each model table the database already has, with an inspector of the database."""
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name in existing:
+            yield table, inspector
+
+
 def missing_indexes(conn: Connection) -> list[Index]:
     """Indexes the models declare that the tables in the database lack (a table created by an
     older version gets the ones added since), by name."""
-    inspector = inspect(conn)
-    existing = set(inspector.get_table_names())
     out = []
-    for table in SQLModel.metadata.sorted_tables:
-        if table.name not in existing:
-            continue
+    for table, inspector in _tables_in_place(conn):
         have = {i["name"] for i in inspector.get_indexes(table.name)}
         out.extend(index for index in table.indexes if index.name not in have)
     return out
@@ -135,12 +141,8 @@ def missing_indexes(conn: Connection) -> list[Index]:
 
 def missing_columns(conn: Connection) -> list[tuple[Table, Column[Any]]]:
     """Columns the tables in the database lack, compared with the models."""
-    inspector = inspect(conn)
-    existing = set(inspector.get_table_names())
     out = []
-    for table in SQLModel.metadata.sorted_tables:
-        if table.name not in existing:
-            continue
+    for table, inspector in _tables_in_place(conn):
         have = {c["name"] for c in inspector.get_columns(table.name)}
         out.extend((table, column) for column in table.columns if column.name not in have)
     return out
