@@ -98,6 +98,19 @@ def test_systemd_state_directory_is_used_when_the_config_names_none(tmp_path: Pa
     assert settings.state_dir == tmp_path / "a"
 
 
+def test_systemd_state_directory_wins_over_a_relative_state_dir_but_not_an_absolute_one(
+    tmp_path: Path,
+) -> None:
+    # The shipped unit makes the config's directory read-only: a relative state_dir there would crash.
+    relative = config_file(tmp_path / "etc", "state_dir: state\n")
+    environ = {"STATE_DIRECTORY": str(tmp_path / "var")}
+    assert load_settings(relative, environ).state_dir == tmp_path / "var"
+    absolute = config_file(tmp_path / "etc2", f"state_dir: {tmp_path / 'elsewhere'}\n")
+    assert load_settings(absolute, environ).state_dir == tmp_path / "elsewhere"
+    named = {**environ, "BALANCEWATCH_STATE_DIR": str(tmp_path / "env")}
+    assert load_settings(relative, named).state_dir == tmp_path / "env"
+
+
 # --- the environment -------------------------------------------------------------------------------
 
 
@@ -261,8 +274,12 @@ def test_the_example_config_loads_and_states_the_defaults(tmp_path: Path) -> Non
 
 
 def test_the_example_config_documents_every_key() -> None:
-    written = yamlfile.load(shipped.example_config().read_text(), "config.example.yaml").data
-    assert _missing_keys(Settings, written) == []
+    text = shipped.example_config().read_text()
+    written = yamlfile.load(text, "config.example.yaml").data
+    # state_dir is documented commented out: any value written there would override systemd's
+    # $STATE_DIRECTORY when absolute, or be pointless when relative.
+    assert _missing_keys(Settings, written) == ["state_dir"]
+    assert "\n#   state_dir: /var/lib/balancewatch\n" in text
 
 
 def _missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:

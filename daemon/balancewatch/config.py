@@ -204,6 +204,15 @@ class DatabaseSettings(_Section):
 
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: one readable line per event; json: one JSON object a line (for a log shipper).
+    format: Literal["text", "json"] = "text"
+
+
+class MetricsSettings(_Section):
+    """Where Prometheus metrics and the health endpoints are served; off while ``listen`` is empty."""
+
+    # host:port, e.g. 127.0.0.1:9464 (or [::1]:9464); empty: no HTTP server at all.
+    listen: str = ""
 
 
 class ReloadSettings(_Section):
@@ -379,6 +388,7 @@ class Settings(BaseSettings):
     # Unit prices per currency and service (major units), for "messages left"; see config.example.yaml.
     prices: dict[PriceCurrency, dict[Service, Price]] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     reload: ReloadSettings = ReloadSettings()
     render: RenderSettings = RenderSettings()
     reports: ReportSettings = ReportSettings()
@@ -529,13 +539,22 @@ def load_settings(
         _ENVIRON.reset(token)
     settings.source = path
     base = path.parent if path else Path.cwd()
-    if "state_dir" not in data and "STATE_DIRECTORY" in environ and f"{ENV_PREFIX}STATE_DIR" not in environ:
-        # systemd's StateDirectory= names the place when the config does not.
+    if _state_directory_wins(data, environ):
+        # systemd's StateDirectory= names the place unless the config names an absolute one:
+        # a relative state_dir would resolve next to the config file, which the unit makes
+        # read-only (ProtectSystem=strict).
         settings.state_dir = Path(environ["STATE_DIRECTORY"].split(":")[0])
     _absolutise(settings, base)
     _find_password(settings, located, environ)
     _check_header_files(settings, located, environ)
     return settings
+
+
+def _state_directory_wins(data: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+    if not environ.get("STATE_DIRECTORY") or f"{ENV_PREFIX}STATE_DIR" in environ:
+        return False
+    written = data.get("state_dir")
+    return not (isinstance(written, str | os.PathLike) and Path(written).is_absolute())
 
 
 def _find_password(settings: Settings, located: yamlfile.Located, environ: Mapping[str, str]) -> None:

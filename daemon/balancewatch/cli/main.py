@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from balancewatch import __version__, logs
 from balancewatch.cli import (
     data,
+    db,
     ops,
     outbox,
     plan,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"balancewatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     ops.register(commands)
+    db.register(commands)
     status.register(commands)
     plan.register(commands)
     ruletest.register(commands)

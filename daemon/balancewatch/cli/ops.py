@@ -1,4 +1,4 @@
-"""Operating commands: run, check, send-test, demo, db upgrade, config show."""
+"""Operating commands: run, check, send-test, demo, config show."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from balancewatch.deliver.worker import deliver_batch, make_transport
 from balancewatch.liveset import load_set
 from balancewatch.problems import ProblemsError
 from balancewatch.service import Daemon, build_pipeline, describe_transport, instance_name, stop_on_signals
-from balancewatch.store.db import upgrade
 from balancewatch.topup.hook import check_topup_hook
 
 log = logging.getLogger("balancewatch")
@@ -61,11 +60,6 @@ def register(commands: Any) -> None:
     demo.add_argument("--days", type=int, default=10, help="simulated days (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: %(default)s)")
     demo.set_defaults(handler=cmd_demo)
-
-    db = commands.add_parser("db", help="database schema")
-    db_cmds = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    up = db_cmds.add_parser("upgrade", help="create missing tables and indexes")
-    up.set_defaults(handler=cmd_db_upgrade)
 
     config = commands.add_parser("config", help="show the effective configuration")
     config_cmds = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -159,12 +153,6 @@ def cmd_send_test(ctx: Ctx) -> int:
     if outcome != "sent":
         raise CommandError(f"{outcome}: {row.last_error if row else 'unknown'}")
     ctx.say(f"sent to {ctx.args.to} via {describe_transport(settings)}")
-    return 0
-
-
-def cmd_db_upgrade(ctx: Ctx) -> int:
-    version = upgrade(ctx.engine)
-    ctx.say(f"schema at version {version} ({_safe_url(ctx.settings.database_url)})")
     return 0
 
 

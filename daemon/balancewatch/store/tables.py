@@ -289,6 +289,9 @@ class InstanceStatus(SQLModel, table=True):
     # Which process this is, so another one on the same machine can tell that it died
     # (procinfo.identity(); empty where that cannot be known).
     process: str | None = Field(default=None, max_length=200)
+    # The balancewatch version the instance runs, and when its last poll of balances ended.
+    version: str | None = Field(default=None, max_length=40)
+    last_poll_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ReportRun(SQLModel, table=True):
@@ -349,4 +352,4 @@ class ReportCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
