@@ -76,8 +76,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return exc.code if isinstance(exc.code, int) else 2
     ctx = Ctx(args, dict(os.environ if environ is None else environ))
     try:
-        level = args.log_level or _configured_level(ctx)
-        logs.setup(level, dict(ctx.environ))
+        level, log_format = _configured_logging(ctx)
+        logs.setup(args.log_level or level, dict(ctx.environ), log_format)
         return int(args.handler(ctx))
     except ProblemsError as exc:
         return report_problems(ctx, exc)
@@ -103,8 +103,9 @@ def command_name(args: argparse.Namespace) -> str:
     return f"{args.command} {action}" if action else args.command
 
 
-def _configured_level(ctx: Ctx) -> str:
+def _configured_logging(ctx: Ctx) -> tuple[str, logs.LogFormat]:
+    """log.level and log.format from the settings; info and text when the config cannot be read."""
     try:
-        return ctx.settings.log.level
+        return ctx.settings.log.level, ctx.settings.log.format
     except ProblemsError:
-        return "info"  # the command reports the config problems itself
+        return "info", "text"  # the command reports the config problems itself
