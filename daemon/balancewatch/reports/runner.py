@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -424,13 +424,16 @@ def run_now(
     account_id: str | None = None,
     period: str = LAST,
     dry_run: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[ZoneRun]:
     """Send ``report`` now for the period ``period`` names (default: the last complete one), to
     ``account_id`` or every account it goes to, through the claims and the outbox like the schedule.
 
     A report already sent or skipped for that period is not sent again; a
     failed one is tried again. ``dry_run`` claims and writes nothing: the
-    runs' ``done`` hold what would be recorded. Raises RunError.
+    runs' ``done`` hold what would be recorded. ``on_batch`` is called with the
+    number of accounts each batch went over once it is done (1 for an
+    operators' report), for a progress display. Raises RunError.
     """
     env = Env(engine, live, settings, now, worker)
     if not report.enabled and not dry_run:
@@ -448,6 +451,8 @@ def run_now(
         runs.append(run)
         if report.contents == "low-balance":
             _now_operators(env, report, run, dry_run)
+            if on_batch is not None:
+                on_batch(1)
             continue
         for batch in accts.batches(engine, report, conditions, settings, settings.reports.batch_size):
             with engine.connect().execution_options(readonly=True) as conn:
@@ -457,8 +462,10 @@ def run_now(
                 todo = [a for a in batch if a.id not in run.before]
                 if todo:
                     run.done += _build(env, report, chosen, todo)
-                continue
-            _send_batch(env, report, chosen, now, batch, ReportStats(), retry_failed=True, done=run.done)
+            else:
+                _send_batch(env, report, chosen, now, batch, ReportStats(), retry_failed=True, done=run.done)
+            if on_batch is not None:
+                on_batch(len(batch))
     return runs
 
 
