@@ -26,7 +26,7 @@ from decimal import Decimal
 from email.utils import parseaddr
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -35,8 +35,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -55,6 +57,16 @@ from balancewatch.problems import Problem, ProblemsError, explain
 DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/balancewatch/config.yaml"))
 ENV_PREFIX = "BALANCEWATCH_"
 CREDENTIAL_NAME = "smtp-password"
+# BALANCEWATCH_* variables that are not settings: every other one must name a key, so a
+# misspelt override (BALANCEWATCH_SMTP__HOTS) is refused instead of silently ignored.
+NOT_SETTINGS = frozenset(
+    {
+        "BALANCEWATCH_CONFIG",  # which config file to read
+        "BALANCEWATCH_TEST_PG",  # the test suite's PostgreSQL
+        "BALANCEWATCH_IDEMPOTENCY_KEY",  # given to a top-up hook command, which may call us back
+        "BALANCEWATCH_TOPUP_ID",  # likewise
+    }
+)
 
 
 def _locale(value: str) -> str:
@@ -201,6 +213,37 @@ class DatabaseSettings(_Section):
     url: str = Field(default="", repr=False)  # may hold a password
     pool_size: int = Field(default=5, ge=1, le=100)
 
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        return database_url(value)
+
+
+SUPPORTED_DATABASES = "use sqlite:/// or postgresql://"
+
+
+def database_url(value: str) -> str:
+    """``value`` if it names a database balancewatch runs on, ``postgres://`` written as
+    ``postgresql://``; empty stays empty (SQLite in the state directory).
+
+    Raises ValueError naming the URL with its password masked.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not value:
+        return value
+    if value.startswith("postgres://"):
+        value = "postgresql://" + value.removeprefix("postgres://")
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"unsupported database {safe_url(value)!r}; {SUPPORTED_DATABASES}") from None
+    # make_engine runs every postgresql URL on psycopg 3, whatever driver it names.
+    if url.get_backend_name() == "postgresql" or url.drivername in ("sqlite", "sqlite+pysqlite"):
+        return value
+    raise ValueError(f"unsupported database {safe_url(value)!r}; {SUPPORTED_DATABASES}")
+
 
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -208,11 +251,22 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(?P<port>[0-9]{1,5})")
+
+
+def _listen(value: str) -> str:
+    """``host:port``, ``[v6]:port`` or ``:port`` (every address), or empty."""
+    found = _LISTEN.fullmatch(value) if value else None
+    if value and not (found and 1 <= int(found["port"]) <= 65535):
+        raise ValueError(f"{value!r} is not host:port; write e.g. 127.0.0.1:9464, [::1]:9464 or :9464")
+    return value
+
+
 class MetricsSettings(_Section):
     """Where Prometheus metrics and the health endpoints are served; off while ``listen`` is empty."""
 
     # host:port, e.g. 127.0.0.1:9464 (or [::1]:9464); empty: no HTTP server at all.
-    listen: str = ""
+    listen: Annotated[str, AfterValidator(_listen)] = ""
 
 
 class ReloadSettings(_Section):
@@ -396,6 +450,9 @@ class Settings(BaseSettings):
 
     # Set by load_settings; not a key of the file.
     source: Path | None = Field(default=None, exclude=True)
+    # Where each value came from, for problems found after loading (see ``where``).
+    _located: yamlfile.Located = PrivateAttr(default_factory=lambda: yamlfile.Located("<defaults>", {}))
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -424,6 +481,19 @@ class Settings(BaseSettings):
     @property
     def mail_dir(self) -> Path:
         return self.files.dir or self.state_dir / "mail"
+
+    def where(self, loc: Sequence[Any]) -> tuple[str, int]:
+        """Where the value at ``loc`` (``("smtp", "host")``) was set: ``("environment VAR", 0)``, the
+        config file and its line, or the file (or ``<defaults>``) and 0 when it was not set at all."""
+        path, line = _where(loc, self._located, self._environ)
+        if path == self._located.path and not _written(self._located.data, loc):
+            return path, 0
+        return path, line
+
+    def problem(self, loc: Sequence[Any], message: str) -> Problem:
+        """A problem with the value at ``loc``, placed where it was set."""
+        path, line = self.where(loc)
+        return Problem(path, line, ".".join(str(p) for p in loc), message)
 
     def smtp_password(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The SMTP password from the setting, its file, or the systemd credential."""
@@ -530,14 +600,21 @@ def load_settings(
     path = find_config(explicit, environ, search)
     located = _read(path)
     data = located.data if isinstance(located.data, dict) else {}
+    unknown = unknown_variables(environ)
     token = _ENVIRON.set(environ)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ProblemsError(_problems(exc, located, environ)) from None
+        # pydantic refuses some unknown variables too (those inside a section it builds): once is enough.
+        named = {p.path for p in unknown}
+        found = [p for p in _problems(exc, located, environ) if p.path not in named]
+        raise ProblemsError([*unknown, *found]) from None
     finally:
         _ENVIRON.reset(token)
+    if unknown:
+        raise ProblemsError(unknown)
     settings.source = path
+    settings._located, settings._environ = located, environ
     base = path.parent if path else Path.cwd()
     if _state_directory_wins(data, environ):
         # systemd's StateDirectory= names the place unless the config names an absolute one:
@@ -547,7 +624,78 @@ def load_settings(
     _absolutise(settings, base)
     _find_password(settings, located, environ)
     _check_header_files(settings, located, environ)
+    _check_smtp(settings)
     return settings
+
+
+def _check_smtp(settings: Settings) -> None:
+    """What the SMTP transport and the top-up hook need, known wrong before any send."""
+    problems = []
+    if settings.delivery.transport == "smtp" and not settings.smtp.host:
+        problems.append(
+            settings.problem(
+                ("delivery", "transport"),
+                "smtp, but smtp.host is not set; set smtp.host, or transport: files to write .eml files",
+            )
+        )
+    for loc, ca_file in (
+        (("smtp", "ca_file"), settings.smtp.ca_file),
+        (("topup", "hook", "ca_file"), settings.topup.hook.ca_file),
+    ):
+        if ca_file is None:
+            continue
+        try:
+            ca_file.read_bytes()
+        except OSError as exc:
+            problems.append(settings.problem(loc, f"cannot read {ca_file}: {os_reason(exc)}"))
+    if problems:
+        raise ProblemsError(problems)
+
+
+def os_reason(exc: OSError) -> str:
+    """Why a file operation failed, in lower case words: ``permission denied``."""
+    return (exc.strerror or str(exc)).lower()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[Problem]:
+    """A problem for each ``BALANCEWATCH_*`` variable that names no setting (and is not one of
+    NOT_SETTINGS): pydantic-settings would ignore it, and the sysadmin believe it applied."""
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in NOT_SETTINGS:
+            message = _unknown_key(upper.removeprefix(ENV_PREFIX).lower().split("__"))
+            if message:
+                problems.append(Problem(f"environment {name}", 0, "", message))
+    return problems
+
+
+def _unknown_key(parts: Sequence[str]) -> str | None:
+    """Why the key path ``parts`` names no setting, or None when it does."""
+    section: type[BaseModel] = Settings
+    for i, part in enumerate(parts):
+        fields = {n: f for n, f in section.model_fields.items() if n != "source"}
+        field = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            keys = ", ".join(f.alias or n for n, f in fields.items())
+            return f"unknown key; valid keys here: {keys} (config.example.yaml documents each)"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section = annotation
+        elif get_origin(annotation) is dict:
+            return None  # its keys are the user's own (currencies, header names)
+        elif i < len(parts) - 1:
+            return f"unknown key; {'.'.join(parts[: i + 1])} takes a value, not keys"
+    return None
+
+
+def _written(data: Any, loc: Sequence[Any]) -> bool:
+    """Whether the config file's data holds a value at ``loc``."""
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
 
 
 def _state_directory_wins(data: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
@@ -614,7 +762,21 @@ def _where(loc: Sequence[Any], located: yamlfile.Located, environ: Mapping[str, 
 def _read(path: Path | None) -> yamlfile.Located:
     if path is None:
         return yamlfile.Located("<defaults>", {})
-    located = yamlfile.load(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProblemsError(
+            [Problem(str(path), 0, "", f"cannot read the config file: {os_reason(exc)}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ProblemsError(
+            [
+                Problem(
+                    str(path), 0, "", f"not UTF-8: byte {exc.start} is not UTF-8 text; save the file as UTF-8"
+                )
+            ]
+        ) from None
+    located = yamlfile.load(text, str(path))
     if located.data is not None and not isinstance(located.data, dict):
         raise ProblemsError([Problem(str(path), 1, "", "the config file must be a mapping of keys")])
     return located
@@ -628,6 +790,8 @@ def _absolutise(settings: Settings, base: Path) -> None:
         settings.files.dir = (base / settings.files.dir).resolve()
     if settings.smtp.password_file is not None:
         settings.smtp.password_file = (base / settings.smtp.password_file).resolve()
+    if settings.smtp.ca_file is not None:
+        settings.smtp.ca_file = (base / settings.smtp.ca_file).resolve()
     hook = settings.topup.hook
     hook.header_files = {name: (base / path).resolve() for name, path in hook.header_files.items()}
     if hook.ca_file is not None:
