@@ -97,12 +97,12 @@ def test_status_exits_0_and_shows_each_instance_when_one_is_fresh_with_its_last_
 
     assert (result.code, result.err) == (0, "")
     alpha, beta = result.out.split("\n\n")[:2]
-    assert alpha.splitlines()[0] == "alpha:10"
+    assert alpha.splitlines()[0] == "alpha:10  RUNNING"
     assert "  live set        3f2a9c1d0e4b, 3 rules, loaded " in alpha
     assert ": ok (file modified: /etc/balancewatch/rules/ladder.yaml)" in alpha
     assert "  reloads         2 since start" in alpha
     assert "STALE" not in alpha
-    assert beta.splitlines()[0] == "beta:20"
+    assert beta.splitlines()[0] == "beta:20  STALE"
     assert "(1h ago)  STALE" in beta
     assert "  last reload     none since start" in beta
     assert result.out.rstrip().endswith("ok: 1 instance serving: alpha:10")
@@ -179,10 +179,73 @@ def test_an_instance_with_no_reload_since_start_counts_as_ok() -> None:
         heartbeat_at: datetime = now - timedelta(seconds=5)
         reload_ok: bool | None = None
         reload_error: str | None = None
+        stopped_at: datetime | None = None
 
     assert verdict([Row()], now, timedelta(seconds=90)).ok
     assert not verdict([Row(reload_ok=False)], now, timedelta(seconds=90)).ok
     assert not verdict([Row()], now + timedelta(minutes=2), timedelta(seconds=90)).ok
+    assert not verdict([Row(stopped_at=now)], now, timedelta(seconds=90)).ok
+
+
+def test_an_instance_that_shut_down_shows_as_stopped_at_once_not_serving(
+    status: Status, engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    publish(engine, "alpha:10", timedelta(seconds=1), stopped_at=now - timedelta(seconds=1), version="0.1.0")
+
+    result = status()
+
+    assert result.code == 1
+    assert result.out.splitlines()[0] == "alpha:10  STOPPED"
+    assert "stopped 1s ago" in result.out
+    assert result.err.startswith("balancewatch status: no instance is running: the latest, alpha:10, stopped")
+    assert json.loads(status("--json").out)["instances"][0]["state"] == "stopped"
+
+
+def test_status_shows_version_uptime_last_poll_and_the_mail_pending_and_parked(
+    status: Status, engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    publish(
+        engine, "alpha:10", timedelta(seconds=2), version="9.8.7", last_poll_at=now - timedelta(seconds=12)
+    )
+    with engine.begin() as conn:
+        outbox = instance_status.OUTBOX
+        for key, state in [("a", "pending"), ("b", "sending"), ("c", "parked"), ("d", "sent")]:
+            conn.execute(
+                outbox.insert().values(
+                    idem_key=key,
+                    message_id=f"<{key}@x>",
+                    kind="alert",
+                    recipients=["o@x.example"],
+                    status=state,
+                    created_at=now - timedelta(minutes=7),
+                    next_attempt_at=now,
+                )
+            )
+
+    result = status()
+
+    assert result.code == 0, result
+    assert "  version         9.8.7" in result.out
+    assert "(up 2h)" in result.out
+    assert "  last poll       " in result.out and "(12s ago)" in result.out
+    assert "mail: 2 pending (oldest decided 7m ago), 1 parked; see `balancewatch outbox list" in result.out
+    data = json.loads(status("--json").out)
+    assert data["mail"]["pending"] == 2 and data["mail"]["parked"] == 1
+    [alpha] = data["instances"]
+    assert (alpha["version"], alpha["state"], alpha["uptime_seconds"] // 60) == ("9.8.7", "running", 120)
+    assert alpha["last_poll_at"] is not None
+
+
+def test_instances_silent_for_a_week_are_pruned_and_recent_ones_kept(engine: Engine) -> None:
+    publish(engine, "old:1", timedelta(days=8))
+    publish(
+        engine, "stopped-yesterday:2", timedelta(days=1), stopped_at=datetime.now(UTC) - timedelta(days=1)
+    )
+    with engine.begin() as conn:
+        assert instance_status.prune(conn, datetime.now(UTC)) == ["old:1"]
+        assert [row.instance for row in instance_status.read_all(conn)] == ["stopped-yesterday:2"]
 
 
 def test_publish_updates_the_columns_given_and_keeps_the_others(engine: Engine) -> None:

@@ -50,7 +50,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from balancewatch import outbox, procinfo, sdnotify
+from balancewatch import __version__, outbox, procinfo, sdnotify, watchdog
 from balancewatch.config import Settings
 from balancewatch.cycle import CycleStats, poll
 from balancewatch.deliver.worker import Courier, DeliveryStats, Transport, make_transport
@@ -210,6 +210,11 @@ class Daemon:
         self.failures = FailureLog()
         self._busy = 0  # jobs running now
         self._idle = threading.Condition()
+        # The end of the last evaluation (a poll or a sweep) and what it found; None before the first.
+        self.last_poll: tuple[datetime, CycleStats | None] | None = None
+        self.mail: instance_status.MailCounts | None = None
+        self._pruned_at: datetime | None = None
+        self.watchdog: watchdog.Watchdog | None = None
         s = self.settings
         self.reloader = Reloader(
             s.rules_dir,
@@ -251,7 +256,12 @@ class Daemon:
         return run
 
     def evaluate_job(self) -> None:
-        stats = self.pipeline.evaluate(self.clock())
+        try:
+            stats = self.pipeline.evaluate(self.clock())
+        except Exception:
+            self._poll_ended(None)
+            raise
+        self._poll_ended(stats)
         if stats.notifications:
             log.info(
                 "%s: %d balances looked at, %d notifications decided (%s)",
@@ -282,18 +292,52 @@ class Daemon:
             self.write_status(self._whole_row())
         self.pipeline.deliver(self.clock(), self.clock)
 
+    def _poll_ended(self, stats: CycleStats | None) -> None:
+        """An evaluation ended (``stats`` None: it failed): the poll loop made progress."""
+        self.last_poll = (self.clock(), stats)
+        if self.watchdog is not None:
+            self.watchdog.progressed()
+
     def heartbeat_job(self) -> None:
         try:
             if self._row_written:
-                self.write_status({"heartbeat_at": self.clock()})
+                self.write_status({"heartbeat_at": self.clock(), "last_poll_at": self._last_poll_at()})
             else:
                 self.write_status(self._whole_row())  # the database was down at start
         except SQLAlchemyError:
             self.pipeline.beating_since = None
+            self._tell_systemd()
             raise
         if self.pipeline.beating_since is None:
             self.pipeline.beating_since = self.clock()
         self._end_dead_report_claims()
+        self._count_mail()
+        self._prune_gone_instances()
+        self._tell_systemd()
+
+    def _last_poll_at(self) -> datetime | None:
+        return self.last_poll[0] if self.last_poll is not None else None
+
+    def _count_mail(self) -> None:
+        with self.pipeline.engine.connect() as conn:
+            self.mail = instance_status.mail_counts(conn)
+
+    def _prune_gone_instances(self) -> None:
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        with self.pipeline.engine.begin() as conn:
+            gone = instance_status.prune(conn, now)
+        self._pruned_at = now
+        if gone:
+            log.info("forgot %d instances silent for over a week: %s", len(gone), ", ".join(gone))
+
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: the last poll, the mail waiting, the last reload."""
+        return status_text(self.last_poll, self.mail, self.reloader.status, len(self.reloader.live.rules))
+
+    def _tell_systemd(self) -> None:
+        sdnotify.notify(f"STATUS={self.status_line()}")
 
     def _end_dead_report_claims(self) -> None:
         """Reports claimed by an instance that stopped or died are taken over at the next report
@@ -330,12 +374,21 @@ class Daemon:
             "reloads": status.reloads,
             "stopped_at": None,
             "process": procinfo.identity() or None,
+            "version": __version__,
+            "last_poll_at": self._last_poll_at(),
         }
 
     def sighup(self) -> ReloadStatus:
-        """Report config settings that changed, then reload rules and templates at once."""
-        self.report_config_changes()
-        return self.reloader.reload_now("SIGHUP")
+        """Report config settings that changed, then reload rules and templates at once.
+
+        systemd hears ``RELOADING=1`` before and ``READY=1`` after, with the outcome as STATUS=.
+        """
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            self.report_config_changes()
+            return self.reloader.reload_now("SIGHUP")
+        finally:
+            sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
 
     def report_config_changes(self) -> list[str]:
         """Read the configuration again; log each changed key as needing a restart. Returns the keys."""
@@ -408,7 +461,8 @@ class Daemon:
             self.reloader.start()
         self._schedule(start)
         self.scheduler.start()
-        sdnotify.notify("READY=1\nSTATUS=watching balances")
+        self._start_watchdog()
+        sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
         log.info(
             "running as %s: %d rules, poll every %ss, sweep every %ss; %s",
             self.pipeline.worker,
@@ -424,6 +478,15 @@ class Daemon:
         while not self.stopping.wait(SIGNAL_CHECK):
             pass
         return self.shut_down()
+
+    def _start_watchdog(self, environ: Mapping[str, str] | None = None) -> None:
+        timeout = watchdog.interval_from(os.environ if environ is None else environ)
+        if timeout is None:
+            return
+        patience = self.settings.poll_interval.total_seconds() + timeout / 2
+        self.watchdog = watchdog.Watchdog(timeout, patience)
+        self.watchdog.start(self.stopping)
+        log.info("systemd watchdog: pinging every %gs while balances are being looked at", timeout / 2)
 
     def _schedule(self, start: datetime) -> None:
         s = self.settings
@@ -484,7 +547,7 @@ class Daemon:
         finish what is in flight (delivery hands back what it has not started); a send still
         hanging then is broken off; what this instance held is handed back and the instance
         marked stopped, so another takes over at once. Returns the exit status."""
-        sdnotify.notify("STOPPING=1")
+        sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing the work in flight")
         log.info(
             "stopping: finishing the work in flight (at most %gs)",
             SHUTDOWN_GRACE + ABORT_GRACE + HAND_BACK_GRACE,
@@ -577,7 +640,35 @@ SHUTDOWN_GRACE = 5.0  # seconds the jobs get to finish what is in flight after S
 ABORT_GRACE = 2.0  # then, seconds after breaking off a hanging send
 HAND_BACK_GRACE = 2.0  # then, seconds the database gets to take what this instance hands back
 REASON_MAX = 400  # instance_status.reload_reason
+PRUNE_EVERY = timedelta(hours=1)  # how often instances long gone are forgotten
 UNHOOKED_LOG_EVERY = timedelta(hours=1)
+
+
+def status_text(
+    last_poll: tuple[datetime, CycleStats | None] | None,
+    mail: instance_status.MailCounts | None,
+    reload: ReloadStatus,
+    rules: int,
+) -> str:
+    """One line for ``STATUS=``: e.g. ``last poll 12:00:05 UTC: 40 balances, 2 decided; 3 mail
+    pending, 1 parked; 14 rules, last reload ok``. Parts not known yet are left out."""
+    parts = []
+    if last_poll is not None:
+        at, stats = last_poll
+        found = (
+            f"{stats.candidates} balances, {stats.notifications} decided" if stats is not None else "FAILED"
+        )
+        parts.append(
+            f"last {'sweep' if stats is not None and stats.full else 'poll'} "
+            f"{at.strftime('%H:%M:%S')} UTC: {found}"
+        )
+    else:
+        parts.append("first poll running")
+    if mail is not None:
+        parts.append(f"{mail.pending} mail pending, {mail.parked} parked")
+    outcome = {None: "no reload yet", True: "last reload ok", False: "LAST RELOAD REFUSED"}[reload.ok]
+    parts.append(f"{rules} rules, {outcome}")
+    return "; ".join(parts)
 
 
 def live_values(live: LiveSet) -> dict[str, Any]:

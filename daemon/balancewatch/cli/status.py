@@ -1,12 +1,14 @@
 """The `status` command: what each daemon instance runs, and how its last reload went.
 
 Reads the ``instance_status`` rows the daemons write (at start, after every
-reload attempt, and every ``poll_interval`` as a heartbeat), so it works from
-any machine that reaches the database.
+reload attempt, and every few seconds as a heartbeat), so it works from any
+machine that reaches the database, and the outbox's pending and parked mail.
+An instance that shut down shows as stopped at once; one whose heartbeat
+stopped shows as stale; one silent for a week is forgotten by the others.
 
-Exit status: 0 when at least one instance has a fresh heartbeat and its last
-reload went well (or none was attempted since it started); 1 otherwise, with
-the reason on stderr.
+Exit status: 0 when at least one instance is running (not stopped, heartbeat
+fresh) and its last reload went well (or none was attempted since it
+started); 1 otherwise, with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -54,13 +56,26 @@ def is_stale(row: Any, now: datetime, limit: timedelta) -> bool:
     return bool(now - row.heartbeat_at > limit)
 
 
+def state(row: Any, now: datetime, limit: timedelta) -> str:
+    """``running``, ``stopped`` (it shut down) or ``stale`` (it went silent: killed, or unreachable)."""
+    if row.stopped_at is not None:
+        return "stopped"
+    return "stale" if is_stale(row, now, limit) else "running"
+
+
 def verdict(rows: Sequence[Any], now: datetime, limit: timedelta) -> Verdict:
     """Judge the rows (most recent heartbeat first) as of ``now``."""
     if not rows:
         return Verdict(False, "no instance has reported to this database (is `balancewatch run` running?)")
-    fresh = [r for r in rows if not is_stale(r, now, limit)]
+    fresh = [r for r in rows if state(r, now, limit) == "running"]
     if not fresh:
         newest = rows[0]
+        if newest.stopped_at is not None:
+            return Verdict(
+                False,
+                f"no instance is running: the latest, {newest.instance}, stopped "
+                f"{ago(now - newest.stopped_at)} ago",
+            )
         return Verdict(
             False,
             f"no instance has a fresh heartbeat: the latest, {newest.instance}, "
@@ -84,6 +99,7 @@ def cmd_status(ctx: Ctx) -> int:
     limit = stale_after(ctx.settings.poll_interval)
     with ctx.engine.connect() as conn:
         rows = instance_status.read_all(conn)
+        mail = instance_status.mail_counts(conn)
     result = verdict(rows, now, limit)
     if ctx.args.json:
         ctx.emit_json(
@@ -91,11 +107,17 @@ def cmd_status(ctx: Ctx) -> int:
                 "ok": result.ok,
                 "reason": result.reason,
                 "stale_after_seconds": limit.total_seconds(),
+                "mail": {
+                    "pending": mail.pending,
+                    "parked": mail.parked,
+                    "oldest_pending_at": iso(mail.oldest_pending),
+                },
                 "instances": [as_json(r, now, limit) for r in rows],
             }
         )
     else:
         ctx.say("\n\n".join(describe(r, now, limit) for r in rows) or "no instances")
+        ctx.say(f"\n{describe_mail(mail, now)}")
         if result.ok:
             ctx.say(f"\nok: {result.reason}")
     if not result.ok:
@@ -103,15 +125,29 @@ def cmd_status(ctx: Ctx) -> int:
     return 0
 
 
+def describe_mail(mail: instance_status.MailCounts, now: datetime) -> str:
+    """The outbox in one line: what waits, since when, and what needs a person."""
+    oldest = f" (oldest decided {ago(now - mail.oldest_pending)} ago)" if mail.oldest_pending else ""
+    parked = "; see `balancewatch outbox list --status parked`" if mail.parked else ""
+    return f"mail: {mail.pending} pending{oldest}, {mail.parked} parked{parked}"
+
+
 def describe(row: Any, now: datetime, limit: timedelta) -> str:
     """One instance as an indented block of labelled lines."""
-    stale = is_stale(row, now, limit)
-    up = f"{ago(now - row.started_at)} ago" if stale else f"up {ago(now - row.started_at)}"
+    current = state(row, now, limit)
+    if current == "stopped":
+        up = f"ran {ago(row.stopped_at - row.started_at)}, stopped {ago(now - row.stopped_at)} ago"
+    elif current == "stale":
+        up = f"started {ago(now - row.started_at)} ago"
+    else:
+        up = f"up {ago(now - row.started_at)}"
     lines = [
-        row.instance,
+        f"{row.instance}  {current.upper()}",
+        f"  version         {row.version or 'unknown'}",
         f"  up since        {when(row.started_at)} ({up})",
         f"  last heartbeat  {when(row.heartbeat_at)} ({ago(now - row.heartbeat_at)} ago)"
-        + ("  STALE" if stale else ""),
+        + ("  STALE" if current == "stale" else ""),
+        f"  last poll       {_since(row.last_poll_at, now)}",
         f"  live set        {row.live_digest[:12] or '-'}, {row.live_rules} rules"
         + (f", loaded {when(row.live_loaded_at)}" if row.live_loaded_at else ""),
     ]
@@ -125,12 +161,21 @@ def describe(row: Any, now: datetime, limit: timedelta) -> str:
     return "\n".join(lines)
 
 
+def _since(at: datetime | None, now: datetime) -> str:
+    return f"{when(at)} ({ago(now - at)} ago)" if at is not None else "none yet"
+
+
 def as_json(row: Any, now: datetime, limit: timedelta) -> dict[str, Any]:
     return {
         "instance": row.instance,
+        "state": state(row, now, limit),
+        "version": row.version,
         "started_at": iso(row.started_at),
+        "uptime_seconds": None if row.stopped_at is not None else int((now - row.started_at).total_seconds()),
         "heartbeat_at": iso(row.heartbeat_at),
         "stale": is_stale(row, now, limit),
+        "stopped_at": iso(row.stopped_at),
+        "last_poll_at": iso(row.last_poll_at),
         "live_digest": row.live_digest,
         "live_rules": row.live_rules,
         "live_loaded_at": iso(row.live_loaded_at),

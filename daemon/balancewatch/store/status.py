@@ -17,20 +17,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, desc, select, update
+from sqlalchemy import Connection, delete, desc, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch import procinfo
-from balancewatch.store.tables import InstanceStatus, ReportRun
+from balancewatch.store.tables import InstanceStatus, Outbox, ReportRun
 
 T = InstanceStatus.__table__  # type: ignore[attr-defined]
 C = T.c
 RUN = ReportRun.__table__  # type: ignore[attr-defined]
+OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
 
 HEARTBEAT = timedelta(seconds=5)
 # Six missed heartbeats: an instance busy with a long sweep still beats in time (its
 # heartbeat has a thread of its own), one that is gone is noticed within half a minute.
 STALE_AFTER = timedelta(seconds=30)
+# An instance silent this long is forgotten: `status` lists what runs, not every host that ever did.
+PRUNE_AFTER = timedelta(days=7)
 
 
 def publish(conn: Connection, instance: str, values: Mapping[str, Any]) -> None:
@@ -122,3 +125,41 @@ def expire_report_claims(conn: Connection, names: Sequence[str], now: datetime) 
         .where(RUN.c.status == "claimed", RUN.c.claimed_by.in_(list(names)), RUN.c.lease_until > now)
         .values(lease_until=now)
     ).rowcount
+
+
+def prune(conn: Connection, now: datetime, older_than: timedelta = PRUNE_AFTER) -> list[str]:
+    """Delete the rows of instances whose last heartbeat is older than ``older_than``; return their names.
+
+    Anything such an instance still claims has long outlived its lease: nothing needs its row.
+    """
+    gone = [
+        name for name in conn.execute(select(C.instance).where(C.heartbeat_at < now - older_than)).scalars()
+    ]
+    if gone:
+        conn.execute(delete(T).where(C.instance.in_(gone)))
+    return gone
+
+
+@dataclass(frozen=True)
+class MailCounts:
+    """The outbox as an operator sees it: mail not yet out, mail that needs a person."""
+
+    pending: int  # waiting to be sent or being sent
+    parked: int  # refused for good or given up on: `balancewatch outbox list --status parked`
+    oldest_pending: datetime | None  # when the oldest mail still waiting was decided
+
+
+def mail_counts(conn: Connection) -> MailCounts:
+    """Count the outbox's pending and parked rows (one grouped query on ``ix_outbox_due``)."""
+    rows = conn.execute(
+        select(OUTBOX.c.status, func.count(), func.min(OUTBOX.c.created_at))
+        .where(OUTBOX.c.status.in_(("pending", "sending", "parked")))
+        .group_by(OUTBOX.c.status)
+    ).all()
+    waiting = [row for row in rows if row[0] != "parked"]
+    oldest = min((row[2] for row in waiting if row[2] is not None), default=None)
+    return MailCounts(
+        pending=sum(row[1] for row in waiting),
+        parked=sum(row[1] for row in rows if row[0] == "parked"),
+        oldest_pending=oldest,
+    )
