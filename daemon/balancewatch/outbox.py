@@ -16,17 +16,22 @@ answers per recipient: one may be greylisted (tried again later, alone), one
 refused for good (parked), the others delivered; a message is done when every
 recipient is. A claim is also taken over at once from an instance known to
 have died or stopped (``dead``), not only once its lease has run out.
+
+An operator reads the outbox through ``Filters`` and ``newest``, and puts
+parked recipients back in line with ``requeue``: only parked rows are
+touched, so a row a daemon is sending can never change under it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, desc, func, insert, or_, select, update
+from sqlmodel import Session
 
 from balancewatch.store.tables import Outbox
 
@@ -286,3 +291,177 @@ def backoff(attempts: int, initial: timedelta, ceiling: timedelta, row_id: int =
     seconds = min(initial.total_seconds() * 2.0**doublings, ceiling.total_seconds())
     spread = (hashlib.sha256(f"{row_id}:{attempts}".encode()).digest()[0] / 255) * 0.1
     return timedelta(seconds=seconds * (1 - spread))
+
+
+# --- what an operator reads and re-queues ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which rows an operator means; an empty field does not filter."""
+
+    statuses: tuple[str, ...] = ()
+    account_id: str | None = None
+    rule_id: str | None = None
+    since: datetime | None = None  # decided at or after
+
+    def where(self) -> list[Any]:
+        """The filters as SQL conditions, all to hold."""
+        conditions: list[Any] = []
+        if self.statuses:
+            conditions.append(C.status.in_(list(self.statuses)))
+        if self.account_id is not None:
+            conditions.append(C.account_id == self.account_id)
+        if self.rule_id is not None:
+            conditions.append(C.rule_id == self.rule_id)
+        if self.since is not None:
+            conditions.append(C.created_at >= self.since)
+        return conditions
+
+
+def newest(session: Session, filters: Filters, limit: int) -> tuple[list[Outbox], int]:
+    """The ``limit`` newest rows matching ``filters``, and how many more match beyond them.
+
+    The rows come by id, newest first (ids grow as rows are decided). The
+    count is asked for only when the page is full, in one COUNT query.
+    """
+    where = filters.where()
+    query = select(Outbox).where(*where).order_by(desc(Outbox.id)).limit(limit)  # type: ignore[arg-type]
+    rows: list[Outbox] = list(session.exec(query).scalars())  # type: ignore[call-overload]
+    if len(rows) < limit:
+        return rows, 0
+    total = session.exec(select(func.count()).select_from(T).where(*where)).scalar_one()  # type: ignore[call-overload]
+    return rows, max(int(total) - len(rows), 0)
+
+
+def give_up_from(
+    created_at: datetime, deliveries: Mapping[str, Mapping[str, Any]], due: Iterable[str]
+) -> datetime:
+    """When the give-up window of the ``due`` recipients began: the decision, or for a recipient
+    re-queued by hand (``requeued_at`` in its entry) that moment; the earliest of them counts."""
+    starts = []
+    for address in due:
+        requeued = deliveries.get(address, {}).get("requeued_at")
+        starts.append(datetime.fromisoformat(requeued) if requeued else created_at)
+    return min(starts, default=created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """A parked row put back in line: the recipients to send to again, and those who have it."""
+
+    id: int
+    idem_key: str
+    recipients: tuple[str, ...]
+    delivered: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NotRequeued:
+    """A row asked for that was left as it was, and why (``is sent; nothing to retry``)."""
+
+    ref: str
+    reason: str
+
+
+_LEFT_AS_IS = {
+    SENT: "is sent; nothing to retry",
+    PENDING: "is pending: its delivery is still under way; nothing to retry",
+    SENDING: "is being sent now; nothing to retry",
+}
+
+
+def requeue_refs(
+    conn: Connection, refs: Sequence[str], now: datetime
+) -> tuple[list[Requeued], list[NotRequeued]]:
+    """Re-queue the parked rows named by ``refs`` (ids or idempotency keys), in the caller's
+    transaction. The rows left as they were (not parked, not found) come back with the reason;
+    a row named twice is re-queued once."""
+    ids = [int(ref) for ref in refs if _is_id(ref)]
+    named = select(*_REQUEUE_COLUMNS).where(or_(C.id.in_(ids), C.idem_key.in_(list(refs))))
+    rows = conn.execute(_lock(conn, named)).all()
+    done: list[Requeued] = []
+    left: list[NotRequeued] = []
+    seen: set[int] = set()
+    for ref in refs:
+        row = _named(rows, ref)
+        if row is None:
+            shown = f"#{ref}" if _is_id(ref) else repr(ref)
+            left.append(NotRequeued(shown, "is not in the outbox; `balancewatch outbox list` shows the ids"))
+        elif row.id in seen:
+            continue
+        elif row.status != PARKED:
+            left.append(NotRequeued(f"#{row.id}", _LEFT_AS_IS.get(row.status, f"is {row.status}")))
+        else:
+            _requeue_one(conn, row, now, done, left)
+        if row is not None:
+            seen.add(row.id)
+    return done, left
+
+
+def requeue_parked(
+    conn: Connection, filters: Filters, now: datetime
+) -> tuple[list[Requeued], list[NotRequeued]]:
+    """Re-queue every parked row matching ``filters`` (whatever statuses it names), oldest first,
+    in the caller's transaction; the rows left as they were come back with the reason."""
+    parked = replace(filters, statuses=(PARKED,))
+    done: list[Requeued] = []
+    left: list[NotRequeued] = []
+    for row in conn.execute(_lock(conn, select(*_REQUEUE_COLUMNS).where(*parked.where()))).all():
+        _requeue_one(conn, row, now, done, left)
+    return done, left
+
+
+_REQUEUE_COLUMNS = (C.id, C.idem_key, C.status, C.recipients, C.deliveries)
+
+
+def _is_id(ref: str) -> bool:
+    return ref.isdigit() and len(ref) < 19  # a row id fits in 64 bits; a longer number is a key
+
+
+def _named(rows: Sequence[Any], ref: str) -> Any:
+    """The row ``ref`` names: by id first, as ``outbox show`` reads it, else by key."""
+    if _is_id(ref):
+        row = next((row for row in rows if row.id == int(ref)), None)
+        if row is not None:
+            return row
+    return next((row for row in rows if row.idem_key == ref), None)
+
+
+def _lock(conn: Connection, query: Any) -> Any:
+    """``query`` in id order, its rows locked on PostgreSQL: a concurrent retry of the same rows
+    waits, then finds them no longer parked. Parked rows are never claimed, so no daemon waits."""
+    query = query.order_by(C.id)
+    return query.with_for_update() if conn.dialect.name == "postgresql" else query
+
+
+def _requeue_one(
+    conn: Connection, row: Any, now: datetime, done: list[Requeued], left: list[NotRequeued]
+) -> None:
+    deliveries: dict[str, dict[str, Any]] = {a: dict(e) for a, e in (row.deliveries or {}).items()}
+    parked = [a for a in row.recipients if deliveries.get(a, {}).get("status") == PARKED]
+    if not parked:
+        left.append(NotRequeued(f"#{row.id}", "is parked with no recipient refused; nothing to retry"))
+        return
+    for address in parked:
+        # A fresh start: no tries counted and a new give-up window (see give_up_from); the last
+        # attempt's time and error stay, as history.
+        deliveries[address].update(status=PENDING, attempts=0, requeued_at=now.isoformat())
+    # Compare-and-set on ``parked``: a daemon never holds a parked row, and a concurrent retry of
+    # the same row finds it pending and leaves it. ``attempts`` restarts so backoff does too.
+    changed = conn.execute(
+        update(T)
+        .where(C.id == row.id, C.status == PARKED)
+        .values(
+            status=PENDING,
+            deliveries=deliveries,
+            attempts=0,
+            next_attempt_at=now,
+            lease_until=None,
+        )
+    ).rowcount
+    if changed != 1:
+        left.append(NotRequeued(f"#{row.id}", "changed while being re-queued; nothing to retry"))
+        return
+    delivered = tuple(a for a in row.recipients if deliveries.get(a, {}).get("status") == SENT)
+    done.append(Requeued(row.id, row.idem_key, tuple(parked), delivered))
