@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -35,6 +36,7 @@ from balancewatch.evaluate.load import (
 )
 from balancewatch.liveset import LiveSet
 from balancewatch.messages import Extras, alert_context, idem_key, recipients, topup_key
+from balancewatch.metrics import NOOP, PollKind, Recorder
 from balancewatch.render import RenderError
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store.db import get_meta, is_postgres, set_meta
@@ -55,6 +57,7 @@ class CycleStats:
     full: bool = False
     candidates: int = 0
     decided: Counter[str] = field(default_factory=Counter)  # rule id -> notifications
+    kinds: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule id, kind) -> notifications
     render_errors: list[str] = field(default_factory=list)
     skipped: int = 0  # balances left undecided after repeated conflicts
     inhibited: Counter[str] = field(default_factory=Counter)  # rule id -> notifications silenced
@@ -68,11 +71,12 @@ class CycleStats:
 
 @dataclass(frozen=True)
 class Env:
-    """What deciding needs besides the data: the live set, settings and the clock."""
+    """What deciding needs besides the data: the live set, settings, the clock, where to count."""
 
     live: LiveSet
     settings: Settings
     now: datetime
+    metrics: Recorder = NOOP
 
     @property
     def domain(self) -> str:
@@ -96,13 +100,37 @@ def poll(
     *,
     full: bool = False,
     stopping: threading.Event | None = None,
+    metrics: Recorder = NOOP,
 ) -> CycleStats:
     """Evaluate balances changed since the last poll (minus the overlap), or all of them.
 
     The first poll ever is a full sweep. The watermark moves to ``now`` only
     after every chunk has committed; a cycle interrupted by ``stopping`` leaves
     it where it was, so the next cycle looks at the same changes again.
+    ``metrics`` gets what was looked at and decided as each chunk commits, and the
+    cycle's duration (``poll_finished``: not ok when it raised or was interrupted).
     """
+    started = time.monotonic()
+    kind: PollKind = "sweep" if full else "poll"
+    ok = False
+    try:
+        since = _start(engine, live, settings, now, full)
+        kind = "poll" if since is not None else "sweep"
+        stats = evaluate(engine, Env(live, settings, now, metrics), since, stopping)
+        if stats.interrupted:
+            return stats
+        with engine.begin() as conn:
+            # An upsert: instances starting together on a fresh database may both find no watermark.
+            set_meta(conn, WATERMARK, now.isoformat(), now)
+        ok = True
+        return stats
+    finally:
+        metrics.poll_finished(kind, time.monotonic() - started, ok)
+
+
+def _start(engine: Engine, live: LiveSet, settings: Settings, now: datetime, full: bool) -> datetime | None:
+    """Where a cycle starts: the watermark minus the overlap, or None for a full sweep (asked for,
+    the first poll ever, or the usage summary refreshed now)."""
     with Session(engine) as session:
         stored = get_meta(session, WATERMARK)
         refreshed = get_meta(session, USAGE_REFRESHED)
@@ -116,14 +144,7 @@ def poll(
                 conn, USAGE_REFRESHED, json.dumps({"at": now.isoformat(), "windows": sorted(windows)}), now
             )
         full = True
-    since = None if full or stored is None else datetime.fromisoformat(stored) - settings.poll_overlap
-    stats = evaluate(engine, Env(live, settings, now), since, stopping)
-    if stats.interrupted:
-        return stats
-    with engine.begin() as conn:
-        # An upsert: instances starting together on a fresh database may both find no watermark.
-        set_meta(conn, WATERMARK, now.isoformat(), now)
-    return stats
+    return None if full or stored is None else datetime.fromisoformat(stored) - settings.poll_overlap
 
 
 def usage_windows(live: LiveSet, settings: Settings) -> set[int]:
@@ -159,6 +180,7 @@ def evaluate(
             with engine.connect().execution_options(readonly=True) as conn:
                 keys = candidates.find(conn, rule, step_set, env.now, since)
             stats.candidates += len(keys)
+            env.metrics.balances_evaluated(len(keys))
             for chunk in candidates.chunks(keys, CHUNK):
                 if stopping is not None and stopping.is_set():
                     stats.interrupted = True
@@ -184,18 +206,39 @@ def _decide_chunk(
             if attempt == ATTEMPTS:
                 _isolate(engine, env, rule, step_set, keys, stats, exc)
                 return
-            log.info("rule %s: chunk decided elsewhere (%s); deciding again", rule.id, type(exc).__name__)
+            log.info(
+                "rule %s: chunk decided elsewhere (%s); deciding again",
+                rule.id,
+                type(exc).__name__,
+                extra={"rule": rule.id},
+            )
             continue
         except OperationalError as exc:
             if attempt == ATTEMPTS:
                 raise
-            log.info("rule %s: database busy (%s); deciding the chunk again", rule.id, type(exc).__name__)
+            log.info(
+                "rule %s: database busy (%s); deciding the chunk again",
+                rule.id,
+                type(exc).__name__,
+                extra={"rule": rule.id},
+            )
             continue
         stats.decided.update(local.decided)
+        stats.kinds.update(local.kinds)
         stats.inhibited.update(local.inhibited)
         stats.topups.update(local.topups)
         stats.render_errors.extend(local.render_errors)
+        _count(env.metrics, local)
         return
+
+
+def _count(metrics: Recorder, committed: CycleStats) -> None:
+    """Count what a chunk committed (a chunk rolled back and decided again is counted once)."""
+    for (rule_id, kind), n in committed.kinds.items():
+        metrics.notification_decided(rule_id, kind, n)
+    created = sum(committed.topups.values())
+    if created:
+        metrics.topup_request("created", created)
 
 
 def _isolate(
@@ -221,6 +264,7 @@ def _isolate(
         keys[0][0],
         keys[0][1],
         exc.orig,
+        extra={"rule": rule.id, "account": keys[0][0]},
     )
     stats.skipped += 1
 
@@ -325,12 +369,19 @@ def _decide_in(
         except RenderError as exc:
             # Leave this balance's state untouched so a later cycle decides it again: a
             # poll while its change is inside the overlap, else the next sweep.
-            log.error("rule %s, account %s: %s", rule.id, subject.account_id, exc.problem)
+            log.error(
+                "rule %s, account %s: %s",
+                rule.id,
+                subject.account_id,
+                exc.problem,
+                extra={"rule": rule.id, "account": subject.account_id},
+            )
             stats.render_errors.append(str(exc.problem))
             continue
         messages.extend(rendered)
         state_rows.extend((subject.key, st) for st in outcome.states)
         stats.decided[rule.id] += len(outcome.decisions)
+        stats.kinds.update((rule.id, d.kind.value) for d in outcome.decisions)
     write_states(conn, rule.id, state_rows)
     outbox.add(conn, messages, env.now, env.domain)
 

@@ -49,6 +49,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from balancewatch.liveset import LiveSet, fingerprint, load_set
+from balancewatch.metrics import NOOP, Recorder
 from balancewatch.problems import Problem, ProblemsError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ class Reloader:
     ``swap`` receives each new set, once it passed every check; ``on_status``
     receives the status and the set live after every attempt (from the
     reloader's thread or the caller of ``reload_now``, one at a time). Neither
-    may be slow: checks wait for them.
+    may be slow: checks wait for them. ``metrics`` learns the set live at start
+    and every attempt (``reload_attempted``), before ``on_status`` is called.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class Reloader:
         backstop: float = 30.0,
         on_status: StatusCallback | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        metrics: Recorder = NOOP,
     ) -> None:
         if debounce < 0 or backstop <= 0:
             raise ValueError("debounce must be >= 0 and backstop > 0 seconds")
@@ -133,6 +136,8 @@ class Reloader:
         self.clock = clock
         self.live = live
         self.status = ReloadStatus(live_digest=live.digest, rules=len(live.rules))
+        self.metrics = metrics
+        metrics.rule_set_loaded(live.digest, len(live.rules), at=live.loaded_at.timestamp())
         self._refused = ""  # what was last refused (a digest, or the read error): not logged again
         self._lock = threading.Lock()  # one check at a time
         self._wake = threading.Condition()
@@ -356,6 +361,8 @@ class Reloader:
 
     def _publish(self, status: ReloadStatus) -> ReloadStatus:
         self.status = status
+        at = status.attempted_at.timestamp() if status.attempted_at else None
+        self.metrics.reload_attempted(status.ok is True, status.live_digest, status.rules, at=at)
         if self.on_status is not None:
             try:
                 self.on_status(status, self.live)

@@ -32,6 +32,7 @@ from balancewatch.deliver.files import FileTransport
 from balancewatch.deliver.message import Envelope, build
 from balancewatch.deliver.outcome import DELIVERED, Attempt, settle, shown
 from balancewatch.deliver.smtp import SmtpTransport
+from balancewatch.metrics import NOOP, FailureClass, Recorder
 from balancewatch.store import status as instance_status
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ def make_transport(settings: Settings) -> Transport:
 
 class Courier:
     """Delivers the outbox as ``worker``: batch after batch, keeping what the database has not
-    taken yet across batches (so one Courier per process, shared by its delivery runs)."""
+    taken yet across batches (so one Courier per process, shared by its delivery runs).
+
+    ``metrics`` counts each message attempt and each that failed, by class (``failure_class``).
+    """
 
     def __init__(
         self,
@@ -88,9 +92,11 @@ class Courier:
         settings: Settings,
         worker: str,
         stopping: threading.Event | None = None,
+        metrics: Recorder = NOOP,
     ) -> None:
         self.engine, self.transport, self.settings, self.worker = engine, transport, settings, worker
         self.stopping = stopping or threading.Event()
+        self.metrics = metrics
         self.unrecorded = Unrecorded()
         self._taken_over: set[str] = set()
 
@@ -149,13 +155,18 @@ class Courier:
                         held = self._renew(batch[i:], lease_end)
                     if row.id not in held:
                         stats.outcomes["lost"] += 1
-                        log.warning("lease on %s lost to another worker; not sending it", row.idem_key)
+                        log.warning(
+                            "lease on %s lost to another worker; not sending it",
+                            row.idem_key,
+                            extra={"message_id": row.message_id},
+                        )
                         continue
                     try:
                         attempts = self._attempt(row, stamp)
                     except TransportError as exc:  # only connection failures get here
                         self._connection_failed(batch[i:], exc, clock(), stats)
                         return
+                    self._count(attempts)
                     self._log_attempt(row, attempts)
                     settled = [(row, settle(row, attempts, stamp, self.settings.delivery.retry))]
                     confirm = (after.id, stamp + lease) if after else None
@@ -196,6 +207,9 @@ class Courier:
             self._release(rows, stats)
             return
         # The transport is down, not the messages: each one waits for the next try.
+        for _row in rows:
+            self.metrics.delivery_attempted(self.transport.name)
+            self.metrics.delivery_failed(self.transport.name, "connection")
         retry = self.settings.delivery.retry
         settled = [
             (row, settle(row, {a: Attempt(False, str(exc)) for a in row.due_recipients}, now, retry))
@@ -282,10 +296,23 @@ class Courier:
             log.warning("instance %s has stopped or died: taking over the messages it held", name)
         self._taken_over |= set(dead)
 
+    def _count(self, attempts: Mapping[str, Attempt]) -> None:
+        self.metrics.delivery_attempted(self.transport.name)
+        failure = failure_class(attempts)
+        if failure is not None:
+            self.metrics.delivery_failed(self.transport.name, failure)
+
     def _log_attempt(self, row: outbox.Claimed, attempts: Mapping[str, Attempt]) -> None:
+        about = {"message_id": row.message_id}
         sent = [a for a, at in attempts.items() if at.delivered]
         if sent:
-            log.info("sent %s to %s via %s", row.idem_key, ", ".join(map(shown, sent)), self.transport.name)
+            log.info(
+                "sent %s to %s via %s",
+                row.idem_key,
+                ", ".join(map(shown, sent)),
+                self.transport.name,
+                extra=about,
+            )
         for address, attempt in attempts.items():
             if not attempt.delivered:
                 log.log(
@@ -295,7 +322,18 @@ class Courier:
                     row.idem_key,
                     shown(address),
                     attempt.error,
+                    extra=about,
                 )
+
+
+def failure_class(attempts: Mapping[str, Attempt]) -> FailureClass | None:
+    """How a message attempt failed, counted once per message: ``permanent`` when a recipient
+    refused for good (the row is parked), else ``temporary`` when one is to be tried again;
+    None when every due recipient has it."""
+    failed = [a for a in attempts.values() if not a.delivered]
+    if not failed:
+        return None
+    return "permanent" if any(a.permanent for a in failed) else "temporary"
 
 
 def deliver_batch(
@@ -306,7 +344,8 @@ def deliver_batch(
     worker: str,
     clock: Clock | None = None,
     key: str | None = None,
+    metrics: Recorder = NOOP,
 ) -> DeliveryStats:
     """One batch (or only the row of ``key``) by a Courier of its own: for commands that
     deliver once and exit (``send-test``, ``report run``)."""
-    return Courier(engine, transport, settings, worker).deliver_batch(now, clock, key)
+    return Courier(engine, transport, settings, worker, metrics=metrics).deliver_batch(now, clock, key)

@@ -36,6 +36,7 @@ from balancewatch.cycle import message_domain
 from balancewatch.durations import format_duration
 from balancewatch.evaluate.candidates import A
 from balancewatch.liveset import LiveSet
+from balancewatch.metrics import NOOP, Recorder
 from balancewatch.platform_data import account_timezone
 from balancewatch.render import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
@@ -69,7 +70,8 @@ class ReportStats:
 
 @dataclass(frozen=True)
 class Env:
-    """What sending needs besides the report: the database, the live set, settings, the clock."""
+    """What sending needs besides the report: the database, the live set, settings, the clock,
+    where to count claims won and messages written."""
 
     engine: Engine
     live: LiveSet
@@ -77,6 +79,7 @@ class Env:
     now: datetime
     worker: str
     stopping: threading.Event | None = None
+    metrics: Recorder = NOOP
 
     @property
     def stop_requested(self) -> bool:
@@ -95,13 +98,15 @@ def run_due(
     *,
     stopping: threading.Event | None = None,
     zones: accts.ZoneCache | None = None,
+    metrics: Recorder = NOOP,
 ) -> ReportStats:
     """Send every report of ``live`` whose fire time is due at ``now``, in every zone it is sent in.
 
     A (report, zone) that fails is logged and left for the next run; the
     others go on. Returns early, with ``interrupted``, once ``stopping`` is set.
+    ``metrics`` counts the claims won and the messages written, per report.
     """
-    env = Env(engine, live, settings, now, worker, stopping)
+    env = Env(engine, live, settings, now, worker, stopping, metrics)
     zones = zones if zones is not None else accts.ZoneCache()
     stats = ReportStats()
     for report in live.reports:
@@ -264,6 +269,7 @@ def _send_batch(
         )
     if not ours:
         return
+    env.metrics.report_claimed(report.id, len(ours))
     claimed = [a for a in batch if a.id in ours]
     try:
         prepared = _build(env, report, period, claimed)
@@ -298,6 +304,7 @@ def _send_operators(
             retry_failed=retry_failed,
         )
     if ours:
+        env.metrics.report_claimed(report.id, len(ours))
         # The operators' report covers every balance the selector matches; contents reads them itself.
         prepared = _build(env, report, period, [], operators=True)
         _record(env, report, period, prepared, stats, done)
@@ -335,7 +342,12 @@ def _build(
     for p in prepared:
         if p.outcome.status == claims.FAILED:
             log.error(
-                "report %s, account %s, %s: %s", report.id, p.outcome.account_id, period.key, p.outcome.note
+                "report %s, account %s, %s: %s",
+                report.id,
+                p.outcome.account_id,
+                period.key,
+                p.outcome.note,
+                extra={"account": p.outcome.account_id},
             )
     return prepared
 
@@ -374,6 +386,7 @@ def _record(
     for p in kept:
         if p.outcome.status == claims.SENT and p.message is not None:
             stats.sent[report.id] += 1
+            env.metrics.report_sent(report.id)
         elif p.outcome.status == claims.SKIPPED:
             stats.skipped[report.id] += 1
         elif p.outcome.status == claims.FAILED:
@@ -425,6 +438,7 @@ def run_now(
     period: str = LAST,
     dry_run: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    metrics: Recorder = NOOP,
 ) -> list[ZoneRun]:
     """Send ``report`` now for the period ``period`` names (default: the last complete one), to
     ``account_id`` or every account it goes to, through the claims and the outbox like the schedule.
@@ -433,9 +447,10 @@ def run_now(
     failed one is tried again. ``dry_run`` claims and writes nothing: the
     runs' ``done`` hold what would be recorded. ``on_batch`` is called with the
     number of accounts each batch went over once it is done (1 for an
-    operators' report), for a progress display. Raises RunError.
+    operators' report), for a progress display. ``metrics`` counts as ``run_due`` does.
+    Raises RunError.
     """
-    env = Env(engine, live, settings, now, worker)
+    env = Env(engine, live, settings, now, worker, metrics=metrics)
     if not report.enabled and not dry_run:
         raise RunError(
             f"report {report.id} is disabled (enabled: false); enable it to send it (or use --dry-run)"

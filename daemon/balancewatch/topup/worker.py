@@ -29,6 +29,7 @@ from balancewatch.config import Settings
 from balancewatch.cycle import message_domain
 from balancewatch.durations import format_duration
 from balancewatch.liveset import LiveSet
+from balancewatch.metrics import NOOP, Recorder
 from balancewatch.money import Money
 from balancewatch.topup import notify
 from balancewatch.topup import requests as topups
@@ -41,12 +42,18 @@ MAX_CALLS = 100  # per run, so one run stays bounded; the next run goes on
 
 @dataclass
 class TopupStats:
-    """What a run did: top-ups found in the ledger, outcomes of calls, failure emails recorded."""
+    """What a run did: top-ups found in the ledger, outcomes of calls, failure emails recorded.
+    Each is told to ``metrics`` as it is counted."""
 
     arrived: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # requested | succeeded | retry | failed | lost
     emails: int = 0
     waiting_for_hook: bool = False  # open requests, and no hook configured to call
+    metrics: Recorder = field(default=NOOP, repr=False, compare=False)
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+        self.metrics.topup_request(outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,23 +73,32 @@ def run_topups(
     *,
     clock: Callable[[], datetime] | None = None,
     stopping: threading.Event | None = None,
+    metrics: Recorder = NOOP,
 ) -> TopupStats:
     """Mark arrived top-ups, then hand due pending requests to ``hook`` until none is due,
     ``stopping`` is set (the call in flight is finished and recorded) or MAX_CALLS were made.
 
     ``now`` marks arrivals and claims the first request; ``clock`` (default: ``now``)
     stamps each later claim and each outcome. Without a hook, requests wait (pending).
+    ``metrics`` counts each outcome (``topup_request``), arrivals as ``arrived``.
     """
     clock = clock or (lambda: now)
-    stats = TopupStats()
+    stats = TopupStats(metrics=metrics)
     with engine.connect().execution_options(readonly=True) as conn:
         if not topups.any_open(conn):
             return stats
     with engine.begin() as conn:
         arrived = topups.mark_arrived(conn, now)
     stats.arrived = len(arrived)
+    if arrived:
+        metrics.topup_request("arrived", len(arrived))
     for request in arrived:
-        log.info("top-up request %d: %s arrived in the ledger", request.id, _describe(request))
+        log.info(
+            "top-up request %d: %s arrived in the ledger",
+            request.id,
+            _describe(request),
+            extra=_about(request),
+        )
     _fail_overdue(engine, live, settings, now, stats)
     if hook is None:
         with engine.connect().execution_options(readonly=True) as conn:
@@ -116,7 +132,13 @@ def _fail_overdue(
         failed = fail(engine, live, settings, request_id, reason, "no-credit", now)
         _count_failure(stats, failed)
         if failed is not None:
-            log.warning("top-up request %d (%s): %s", request_id, _describe(failed.request), reason)
+            log.warning(
+                "top-up request %d (%s): %s",
+                request_id,
+                _describe(failed.request),
+                reason,
+                extra=_about(failed.request),
+            )
 
 
 def _hook_request(request: topups.Request) -> HookRequest:
@@ -130,6 +152,11 @@ def _hook_request(request: topups.Request) -> HookRequest:
         request.created_at,
         request.attempts,
     )
+
+
+def _about(request: topups.Request) -> dict[str, str]:
+    """The log record's fields for one request."""
+    return {"rule": request.rule_id, "account": request.account_id}
 
 
 def _describe(request: topups.Request) -> str:
@@ -150,8 +177,13 @@ def _record(
         status = topups.REQUESTED if answer.outcome is Outcome.accepted else topups.SUCCEEDED
         with engine.begin() as conn:
             kept = topups.mark_answered(conn, request, status, now, answer.response)
-        stats.outcomes[status if kept else "lost"] += 1
-        log.info("%s: %s", what, "accepted; waiting for the top-up in the ledger" if kept else "taken over")
+        stats.count(status if kept else "lost")
+        log.info(
+            "%s: %s",
+            what,
+            "accepted; waiting for the top-up in the ledger" if kept else "taken over",
+            extra=_about(request),
+        )
         return
     if answer.outcome is Outcome.declined:
         failed = fail(
@@ -166,7 +198,7 @@ def _record(
             response=answer.response,
         )
         _count_failure(stats, failed)
-        log.warning("%s: refused by the platform: %s", what, answer.reason)
+        log.warning("%s: refused by the platform: %s", what, answer.reason, extra=_about(request))
         return
     retry = settings.topup.retry
     if now - request.created_at >= retry.give_up_after:
@@ -186,20 +218,22 @@ def _record(
             response=answer.response,
         )
         _count_failure(stats, failed)
-        log.error("%s: gave up: %s", what, answer.reason)
+        log.error("%s: gave up: %s", what, answer.reason, extra=_about(request))
         return
     delay = outbox.backoff(request.attempts, retry.initial, retry.max, request.id)
     if answer.retry_after is not None:
         delay = max(delay, min(answer.retry_after, retry.max))
     with engine.begin() as conn:
         kept = topups.mark_retry(conn, request, now, now + delay, answer.reason)
-    stats.outcomes["retry" if kept else "lost"] += 1
+    stats.count("retry" if kept else "lost")
     level = logging.ERROR if answer.misconfigured else logging.WARNING
-    log.log(level, "%s: will retry in %ds: %s", what, delay.total_seconds(), answer.reason)
+    log.log(
+        level, "%s: will retry in %ds: %s", what, delay.total_seconds(), answer.reason, extra=_about(request)
+    )
 
 
 def _count_failure(stats: TopupStats, failed: Failed | None) -> None:
-    stats.outcomes["failed" if failed else "lost"] += 1
+    stats.count("failed" if failed else "lost")
     if failed is not None and failed.email is not None:
         stats.emails += 1
 
