@@ -22,6 +22,7 @@ from balancewatch.cli import (
     schema,
     status,
     topup,
+    unit,
 )
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import safe_url
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     prefs.register(commands)
     report.register(commands)
     recommend.register(commands)
+    unit.register(commands)
     return parser
 
 
