@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import desc, select
 from sqlmodel import Session
 
+from balancewatch import progress
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
 from balancewatch.money import MoneyError, check_currency, format_money, to_major, to_minor
 from balancewatch.platform_data import account_locale
 from balancewatch.problems import ProblemsError
+from balancewatch.progress import Progress
 from balancewatch.store import importcsv, ledger
 from balancewatch.store.accounts import AccountError, add_account, list_accounts
 from balancewatch.store.tables import Account, Balance, LedgerEntry
@@ -84,6 +86,9 @@ def _register_ledger(commands: Any) -> None:
     )
     imp.add_argument("file", type=Path)
     imp.add_argument("--currency", default="USD", help="for rows without a currency column")
+    imp.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress line on a terminal (there is none elsewhere)"
+    )
     imp.set_defaults(handler=cmd_ledger_import)
 
 
@@ -212,13 +217,50 @@ def cmd_ledger_import(ctx: Ctx) -> int:
         check_currency(ctx.args.currency)
     except MoneyError as exc:
         raise CommandError(f"--currency: {exc}") from None
-    with Session(ctx.engine) as session:
+    with Session(ctx.engine) as session, ImportProgress(ctx.err, ctx.args.file.name, ctx.args.quiet) as shown:
         try:
-            result = importcsv.import_file(session, ctx.args.file, ctx.args.currency, now)
+            result = importcsv.import_file(session, ctx.args.file, ctx.args.currency, now, shown)
         except ProblemsError as exc:
+            shown.close(finished=False)
             return report_problems(ctx, exc, "ledger import: nothing imported")
     ctx.say(f"imported {result.posted} entries; skipped {result.skipped} already in the ledger")
     return 0
+
+
+class ImportProgress:
+    """The import's progress on a terminal: bytes of the file checked, then rows posted, each on a
+    line of its own (see ``balancewatch.progress``); nothing when ``stream`` is not a terminal."""
+
+    def __init__(self, stream: TextIO, name: str, quiet: bool) -> None:
+        self.stream, self.name, self.quiet = stream, name, quiet
+        self.phase = ""
+        self.current: Progress | None = None
+
+    def __enter__(self) -> ImportProgress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.close(finished=kind is None)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self.phase:
+            self.close(finished=True)
+            self.phase, self.current = phase, self._start(phase, total)
+        if self.current is not None:
+            self.current.update(done)
+
+    def close(self, finished: bool) -> None:
+        """End the current line: with its summary when ``finished``, else erased."""
+        if self.current is not None:
+            self.current.finish() if finished else self.current.abandon()
+        self.current = None
+
+    def _start(self, phase: str, total: int) -> Progress:
+        if phase == importcsv.CHECKING:
+            return Progress(
+                f"checking {self.name}", total, stream=self.stream, quiet=self.quiet, fmt=progress.size
+            )
+        return Progress("importing", total, stream=self.stream, quiet=self.quiet, noun="rows")
 
 
 def _locale(session: Session, account_id: str, ctx: Ctx) -> str:

@@ -6,9 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import func, select
+
 from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.deliver.worker import deliver_batch, make_transport
+from balancewatch.evaluate.candidates import A
 from balancewatch.liveset import LiveSet, load_set
+from balancewatch.progress import Progress
 from balancewatch.render import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
 from balancewatch.reports import claims, schedule
@@ -45,6 +49,9 @@ def register(commands: Any) -> None:
     run.add_argument(
         "--dry-run", action="store_true", help="print the subject, recipients and text of each; write nothing"
     )
+    run.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress line on a terminal (there is none elsewhere)"
+    )
     run.set_defaults(handler=cmd_run)
     listing = actions.add_parser(
         "list", help="the reports defined, their next send time per timezone, and what was sent last"
@@ -71,18 +78,22 @@ def cmd_run(ctx: Ctx) -> int:
     args, settings = ctx.args, ctx.settings
     live = _live(ctx)
     report = _report(live, args.id)
+    total = _accounts_to_do(ctx, report, args.account)
     try:
-        runs = run_now(
-            ctx.engine,
-            live,
-            settings,
-            report,
-            ctx.now(),
-            instance_name(settings),
-            account_id=args.account,
-            period=args.period,
-            dry_run=args.dry_run,
-        )
+        shown = Progress(f"report {report.id}", total, stream=ctx.err, quiet=args.quiet, noun="accounts")
+        with shown:
+            runs = run_now(
+                ctx.engine,
+                live,
+                settings,
+                report,
+                ctx.now(),
+                instance_name(settings),
+                account_id=args.account,
+                period=args.period,
+                dry_run=args.dry_run,
+                on_batch=shown.advance,
+            )
     except RunError as exc:
         raise CommandError(str(exc)) from None
     except TemplateSuspendedError as exc:
@@ -95,6 +106,16 @@ def cmd_run(ctx: Ctx) -> int:
         return 1 if failed else 0
     delivered = _deliver(ctx, [p.outcome.idem_key for r in runs for p in r.done if p.message is not None])
     return 1 if failed or not delivered else 0
+
+
+def _accounts_to_do(ctx: Ctx, report: CompiledReport, account_id: str | None) -> int:
+    """How many accounts a run goes over: one for a single account or an operators' report, else
+    every account the report goes to (its zones split them, each into one run)."""
+    if account_id is not None or report.contents == "low-balance":
+        return 1
+    query = select(func.count(A.id)).where(*accts.chosen(report))
+    with ctx.engine.connect().execution_options(readonly=True) as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def _print_dry(ctx: Ctx, report: CompiledReport, run: ZoneRun) -> None:

@@ -11,6 +11,8 @@ same reference twice in one file is an error).
 from __future__ import annotations
 
 import csv
+import io
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +32,14 @@ REQUIRED = ("account", "amount")
 KNOWN = (*REQUIRED, "currency", "kind", "service", "quantity", "time", "reference")
 BATCH = 1000
 T = TypeVar("T")
+
+# The phases an import tells its progress callback about, with (done, total): while checking,
+# bytes of the file read (rows are not counted ahead: that would read the file twice); while
+# posting, rows posted of the rows checked.
+CHECKING = "checking"
+POSTING = "posting"
+OnProgress = Callable[[str, int, int], None]
+TELL_EVERY = 256  # rows read between two reports of the position while checking
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +61,20 @@ class ImportResult:
     skipped: int
 
 
-def import_file(session: Session, path: Path, default_currency: str, now: datetime) -> ImportResult:
+def import_file(
+    session: Session, path: Path, default_currency: str, now: datetime, on_progress: OnProgress | None = None
+) -> ImportResult:
     """Check every row of ``path`` (cells, repeated references, unknown accounts), then post.
 
     Raises ProblemsError listing every problem, before anything is posted.
+    ``on_progress`` hears ``(CHECKING, bytes read, file size)`` and then
+    ``(POSTING, rows posted, rows)``.
     """
-    rows, problems = check_rows(path, default_currency, now)
+    rows, problems = check_rows(path, default_currency, now, on_progress)
     problems.extend(unknown_accounts(session, rows, str(path)))
     if problems:
         raise ProblemsError(problems)
-    return import_rows(session, rows, now, str(path))
+    return import_rows(session, rows, now, str(path), on_progress)
 
 
 def read_rows(path: Path, default_currency: str, now: datetime) -> list[Row]:
@@ -71,14 +85,22 @@ def read_rows(path: Path, default_currency: str, now: datetime) -> list[Row]:
     return rows
 
 
-def check_rows(path: Path, default_currency: str, now: datetime) -> tuple[list[Row], list[Problem]]:
-    """The rows that are fine, and a problem for every bad cell of the others."""
+def check_rows(
+    path: Path, default_currency: str, now: datetime, on_progress: OnProgress | None = None
+) -> tuple[list[Row], list[Problem]]:
+    """The rows that are fine, and a problem for every bad cell of the others.
+
+    ``on_progress`` hears ``(CHECKING, bytes read, file size)`` every few hundred rows and at the end.
+    """
     source = str(path)
     problems: list[Problem] = []
     rows: list[Row] = []
     first_line: dict[tuple[str, str], int] = {}
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        # Text over a binary file, whose position counts bytes read: a text file's cannot be
+        # asked while the csv reader iterates it.
+        with path.open("rb") as binary, io.TextIOWrapper(binary, encoding="utf-8-sig", newline="") as handle:
+            file_size = os.fstat(binary.fileno()).st_size
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
             missing = [c for c in REQUIRED if c not in header]
@@ -86,7 +108,9 @@ def check_rows(path: Path, default_currency: str, now: datetime) -> tuple[list[R
             if missing or unknown:
                 what = [f"missing column {c!r}" for c in missing] + [f"unknown column {c!r}" for c in unknown]
                 return [], [Problem(source, 1, "", "; ".join(what) + f" (columns: {', '.join(KNOWN)})")]
-            for line, raw in _records(reader):
+            for n, (line, raw) in enumerate(_records(reader), 1):
+                if on_progress is not None and n % TELL_EVERY == 0:
+                    on_progress(CHECKING, binary.tell(), file_size)
                 row, errors = _row(raw, line, default_currency, now)
                 problems.extend(Problem(source, line, column, message) for column, message in errors)
                 if row is None:
@@ -105,6 +129,8 @@ def check_rows(path: Path, default_currency: str, now: datetime) -> tuple[list[R
                     continue
                 first_line.setdefault(key, line)
                 rows.append(row)
+            if on_progress is not None:
+                on_progress(CHECKING, file_size, file_size)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return [], [Problem(source, 0, "", f"cannot read: {reason}")]
@@ -193,9 +219,16 @@ def _time(text: str | None, now: datetime) -> datetime:
     return parse_instant(text) if text else now
 
 
-def import_rows(session: Session, rows: list[Row], now: datetime, source: str = "") -> ImportResult:
+def import_rows(
+    session: Session,
+    rows: list[Row],
+    now: datetime,
+    source: str = "",
+    on_progress: OnProgress | None = None,
+) -> ImportResult:
     """Post ``rows``, skipping references already in the ledger (also those another writer posts
-    while this runs); commits every BATCH rows.
+    while this runs); commits every BATCH rows. ``on_progress`` hears ``(POSTING, rows done, rows)``
+    after every row.
 
     Raises ProblemsError, before posting anything, for rows naming unknown accounts.
     """
@@ -214,6 +247,8 @@ def import_rows(session: Session, rows: list[Row], now: datetime, source: str = 
             seen.add((row.account, row.reference))
         if i % BATCH == 0:
             session.commit()
+        if on_progress is not None:
+            on_progress(POSTING, i, len(rows))
     session.commit()
     return ImportResult(posted, skipped)
 
