@@ -23,7 +23,8 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
-from balancewatch.store.db import get_meta, make_engine, missing_columns, upgrade
+from balancewatch.store.db import HEAD, get_meta, make_engine, upgrade
+from balancewatch.store.drift import differences
 from balancewatch.store.tables import SCHEMA_VERSION
 from tests.conftest import _schema_url, postgres_engine, require_postgres
 
@@ -117,42 +118,46 @@ def _wait_for_bytes(fd: int, count: int, deadline: float) -> None:
 
 
 def assert_all_succeeded(finished: list[Finished]) -> None:
-    """Every process exited 0 and reported the current schema version."""
+    """Every process exited 0 and reported the head revision; exactly one created the schema."""
     failures = [f"exit {f.code}:\n{f.err}" for f in finished if f.code != 0]
     assert failures == [], "\n\n".join(failures)
-    assert {f.out.split(" (")[0] for f in finished} == {f"schema at version {SCHEMA_VERSION}"}
+    assert {f.out.splitlines()[-1].split(" in ")[0] for f in finished} == {f"schema at {HEAD} (head)"}
+    creators = [f for f in finished if f.out.startswith("creating the schema")]
+    assert len(creators) == 1, [f.out for f in finished]
 
 
 def assert_schema_complete(engine: Engine) -> None:
-    """Every table, column and named index of the models is there, and the version is recorded."""
+    """Every table, column and named index of the models is there, and the version is recorded both ways."""
     inspector = inspect(engine)
-    assert set(inspector.get_table_names()) == set(SQLModel.metadata.tables)
+    assert set(inspector.get_table_names()) == {*SQLModel.metadata.tables, "alembic_version"}
     for table in SQLModel.metadata.sorted_tables:
         have = {index["name"] for index in inspector.get_indexes(table.name)}
         assert {index.name for index in table.indexes} <= have, table.name
     with engine.connect() as conn:
-        assert missing_columns(conn) == []
+        assert differences(conn) == []
         assert get_meta(conn, "schema_version") == str(SCHEMA_VERSION)
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
 
 
 def assert_one_transaction_did_all_the_work(engine: Engine) -> None:
     """PostgreSQL: one transaction created the schema and recorded its version; the rest had nothing to do.
 
     xmin names the transaction that last wrote a row: here the catalogue rows
-    of every table, index and sequence in the schema, and the version's row.
+    of every table, index and sequence in the schema, the version's row and the revision's.
     """
     with engine.connect() as conn:
         writers = conn.execute(
             text(
                 "SELECT xmin::text FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
-                "UNION SELECT xmin::text FROM balancewatch_meta WHERE name = 'schema_version'"
+                "UNION SELECT xmin::text FROM balancewatch_meta WHERE name = 'schema_version' "
+                "UNION SELECT xmin::text FROM alembic_version"
             )
         ).scalars()
         assert len(set(writers)) == 1
 
 
 def schema_snapshot(engine: Engine) -> dict[str, Any]:
-    """Everything an upgrade could change: tables, columns, indexes, and the meta rows as stored."""
+    """Everything an upgrade could change: tables, columns, indexes, meta rows and revision, as stored."""
     inspector = inspect(engine)
     tables = {
         name: (
@@ -165,7 +170,8 @@ def schema_snapshot(engine: Engine) -> dict[str, Any]:
     }
     with engine.connect() as conn:
         meta = conn.execute(text("SELECT name, value, updated_at FROM balancewatch_meta ORDER BY name")).all()
-    return {"tables": tables, "meta": [tuple(row) for row in meta]}
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    return {"tables": tables, "meta": [tuple(row) for row in meta], "revision": [tuple(r) for r in revision]}
 
 
 @pytest.fixture

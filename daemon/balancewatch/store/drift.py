@@ -1,0 +1,155 @@
+"""What the models declare that a database lacks: found, repaired where that is safe, reported otherwise.
+
+The migrations build the schema; this module is the safety net after them. A
+database made by the hand-written upgrade of older versions may lack an index
+that was added without a version change, or one dropped by hand; the repair
+puts back what is purely additive (tables, nullable or defaulted columns,
+indexes). Whatever else differs is reported, and nothing here ever drops or
+rewrites: extra tables, columns and indexes (a billing system's own) are left
+alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Column, Connection, Index, Table, UniqueConstraint, inspect
+from sqlalchemy.engine import Inspector
+from sqlalchemy.schema import CreateColumn
+from sqlmodel import SQLModel
+
+
+class SchemaError(RuntimeError):
+    """The schema cannot be brought to this version's: made by a newer balancewatch, or not repairable.
+
+    The message is one line, fit to show as it is.
+    """
+
+
+def _tables_in_place(inspector: Inspector) -> Iterator[Table]:
+    """Each model table the database already has."""
+    existing = set(inspector.get_table_names())
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name in existing:
+            yield table
+
+
+def missing_tables(conn: Connection) -> list[Table]:
+    """Model tables the database does not have."""
+    existing = set(inspect(conn).get_table_names())
+    return [table for table in SQLModel.metadata.sorted_tables if table.name not in existing]
+
+
+def missing_columns(conn: Connection) -> list[tuple[Table, Column[Any]]]:
+    """Columns the tables in the database lack, compared with the models."""
+    inspector = inspect(conn)
+    out = []
+    for table in _tables_in_place(inspector):
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        out.extend((table, column) for column in table.columns if column.name not in have)
+    return out
+
+
+def missing_indexes(conn: Connection) -> list[Index]:
+    """Indexes the models declare that the tables in the database lack, by name."""
+    inspector = inspect(conn)
+    out = []
+    for table in _tables_in_place(inspector):
+        have = {i["name"] for i in inspector.get_indexes(table.name)}
+        out.extend(index for index in table.indexes if index.name not in have)
+    return out
+
+
+def repair(conn: Connection) -> list[str]:
+    """Create the model tables, columns and indexes the database lacks; return what was done, one line each.
+
+    Raises :class:`SchemaError` for a missing column that is NOT NULL without a
+    server default: the rows already there would have no value for it.
+    """
+    done = []
+    for table in missing_tables(conn):
+        table.create(conn)
+        done.append(f"created table {table.name}")
+    for table, column in missing_columns(conn):
+        _add_column(conn, table, column)
+        done.append(f"added column {table.name}.{column.name}")
+    for index in missing_indexes(conn):
+        index.create(conn)
+        done.append(f"created index {index.name} on {index.table.name}")  # type: ignore[union-attr]
+    return done
+
+
+def _add_column(conn: Connection, table: Table, column: Column[Any]) -> None:
+    if not column.nullable and column.server_default is None:
+        # A NOT NULL column needs a value for the rows already there.
+        raise SchemaError(f"cannot add {table.name}.{column.name}: NOT NULL without a server default")
+    ddl = CreateColumn(column).compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {conn.dialect.identifier_preparer.quote(table.name)} ADD COLUMN {ddl}")
+
+
+def differences(conn: Connection) -> list[str]:
+    """How the database falls short of the models, one line each; empty when it has all they declare.
+
+    Checked: every table, column (and its nullability), index (name, columns,
+    uniqueness) and unique constraint (by columns). Types are left to the
+    migration tests: each backend spells them its own way.
+    """
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    out = []
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in existing:
+            out.append(f"table {table.name} is missing")
+            continue
+        out.extend(_column_differences(inspector, table))
+        out.extend(_index_differences(inspector, table))
+        out.extend(_unique_differences(inspector, table))
+    return out
+
+
+def _column_differences(inspector: Inspector, table: Table) -> list[str]:
+    have = {c["name"]: c for c in inspector.get_columns(table.name)}
+    out = []
+    for column in table.columns:
+        found = have.get(column.name)
+        if found is None:
+            out.append(f"column {table.name}.{column.name} is missing")
+        elif bool(found["nullable"]) != bool(column.nullable) and not column.primary_key:
+            want = "nullable" if column.nullable else "NOT NULL"
+            out.append(f"column {table.name}.{column.name} should be {want}")
+    return out
+
+
+def _index_differences(inspector: Inspector, table: Table) -> list[str]:
+    have = {i["name"]: i for i in inspector.get_indexes(table.name)}
+    out = []
+    for index in table.indexes:
+        found = have.get(index.name)
+        columns = [c.name for c in index.columns]
+        if found is None:
+            out.append(f"index {index.name} on {table.name} is missing")
+        elif list(found["column_names"]) != columns or bool(found["unique"]) != bool(index.unique):
+            out.append(f"index {index.name} on {table.name} should be on ({', '.join(columns)})")
+    return out
+
+
+def _unique_differences(inspector: Inspector, table: Table) -> list[str]:
+    """Unique constraints by their columns: SQLite leaves a column's ``unique=True`` unnamed."""
+    have = {tuple(sorted(u["column_names"])) for u in inspector.get_unique_constraints(table.name)}
+    have |= {tuple(sorted(i["column_names"])) for i in inspector.get_indexes(table.name) if i["unique"]}
+    out = []
+    for columns in _declared_uniques(table):
+        if columns not in have:
+            out.append(f"unique constraint on {table.name} ({', '.join(columns)}) is missing")
+    return out
+
+
+def _declared_uniques(table: Table) -> list[tuple[str, ...]]:
+    out = [
+        tuple(sorted(c.name for c in constraint.columns))
+        for constraint in table.constraints
+        if isinstance(constraint, UniqueConstraint)
+    ]
+    out.extend((c.name,) for c in table.columns if c.unique)
+    return sorted(set(out))
