@@ -50,11 +50,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from balancewatch import __version__, outbox, procinfo, sdnotify, watchdog
+from balancewatch import __version__, httpserve, outbox, outboxgauges, procinfo, sdnotify, watchdog
 from balancewatch.config import Settings
 from balancewatch.cycle import CycleStats, poll
 from balancewatch.deliver.worker import Courier, DeliveryStats, Transport, make_transport
 from balancewatch.liveset import LiveSet
+from balancewatch.metrics import NOOP, Metrics, Readiness, Recorder
 from balancewatch.outage import FailureLog
 from balancewatch.problems import ProblemsError
 from balancewatch.reload import Reloader, ReloadStatus
@@ -97,12 +98,16 @@ class Pipeline:
     # Since when this instance's heartbeat has been written without a break (None: it is not,
     # or not yet): only then may it judge another instance dead by a stale heartbeat.
     beating_since: datetime | None = None
+    # Where every stage records what it did (the daemon's Prometheus registry; NOOP elsewhere).
+    metrics: Recorder = NOOP
     courier: Courier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.hook is None:
             self.hook = make_hook(self.settings)
-        self.courier = Courier(self.engine, self.transport, self.settings, self.worker, self.stopping)
+        self.courier = Courier(
+            self.engine, self.transport, self.settings, self.worker, self.stopping, metrics=self.metrics
+        )
 
     def evaluate(self, now: datetime) -> CycleStats:
         """A poll, or a full sweep when one is due (and the first time, and after a swap).
@@ -112,7 +117,9 @@ class Pipeline:
         with self.lock:
             live = self.live
             full = self.last_sweep is None or now - self.last_sweep >= self.settings.sweep_interval
-        stats = poll(self.engine, live, self.settings, now, full=full, stopping=self.stopping)
+        stats = poll(
+            self.engine, live, self.settings, now, full=full, stopping=self.stopping, metrics=self.metrics
+        )
         if full and not stats.interrupted:
             with self.lock:
                 # A set swapped in during this sweep has not been swept yet: keep the sweep due.
@@ -148,7 +155,14 @@ class Pipeline:
         with self.lock:
             live = self.live
         stats = run_topups(
-            self.engine, live, self.settings, self.hook, now, clock=clock, stopping=self.stopping
+            self.engine,
+            live,
+            self.settings,
+            self.hook,
+            now,
+            clock=clock,
+            stopping=self.stopping,
+            metrics=self.metrics,
         )
         if stats.waiting_for_hook and (
             self._unhooked_logged is None or now - self._unhooked_logged >= UNHOOKED_LOG_EVERY
@@ -172,6 +186,7 @@ class Pipeline:
             self.worker,
             stopping=self.stopping,
             zones=self.report_zones,
+            metrics=self.metrics,
         )
 
     def stale_after(self, now: datetime) -> timedelta | None:
@@ -225,7 +240,9 @@ class Daemon:
             backstop=s.reload.backstop.total_seconds(),
             on_status=self._record_reload,
             clock=clock,
+            metrics=pipeline.metrics,
         )
+        self.http: httpserve.MetricsServer | None = None
         self.scheduler = BackgroundScheduler(
             # A worker per job: a long sweep, a slow delivery or a slow top-up hook must not
             # hold up the others or the heartbeat.
@@ -462,6 +479,7 @@ class Daemon:
         self._schedule(start)
         self.scheduler.start()
         self._start_watchdog()
+        self._serve_http()
         sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
         log.info(
             "running as %s: %d rules, poll every %ss, sweep every %ss; %s",
@@ -478,6 +496,36 @@ class Daemon:
         while not self.stopping.wait(SIGNAL_CHECK):
             pass
         return self.shut_down()
+
+    def _serve_http(self) -> None:
+        """Metrics and health over HTTP when ``metrics.listen`` is set (checked at load: a port
+        already taken is logged and the daemon goes on without it, alerting matters more)."""
+        listen = self.settings.metrics.listen
+        if not listen or not isinstance(self.pipeline.metrics, Metrics):
+            return
+        try:
+            self.http = httpserve.serve(listen, self.pipeline.metrics, self.readiness)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s; going on without them", listen, exc.strerror or exc)
+            return
+        log.info("serving /metrics, /-/healthy and /-/ready on %s", self.http.url)
+
+    def readiness(self) -> Readiness:
+        """Ready while the database answers and polls end in time (a rule set is always loaded:
+        the daemon does not start without one, and a refused reload keeps the previous one)."""
+        now = self.clock()
+        if self.pipeline.beating_since is None:
+            return Readiness(False, "the database is unreachable (the last heartbeat failed)")
+        if self.last_poll is None:
+            waited = int((now - self.started_at).total_seconds())
+            return Readiness(False, f"the first poll has not ended yet (started {waited}s ago)")
+        at, stats = self.last_poll
+        overdue = self.settings.poll_interval * STALLED_POLLS
+        if now - at > overdue:
+            return Readiness(False, f"no poll has ended for {int((now - at).total_seconds())}s")
+        if stats is None:
+            return Readiness(False, "the last poll failed (see the log)")
+        return Readiness(True)
 
     def _start_watchdog(self, environ: Mapping[str, str] | None = None) -> None:
         timeout = watchdog.interval_from(os.environ if environ is None else environ)
@@ -553,6 +601,8 @@ class Daemon:
             SHUTDOWN_GRACE + ABORT_GRACE + HAND_BACK_GRACE,
         )
         threading.Thread(target=self.reloader.stop, name="reload-stop", daemon=True).start()
+        if self.http is not None:
+            threading.Thread(target=self.http.close, name="http-stop", daemon=True).start()
         self.scheduler.shutdown(wait=False)
         if not self._wait_idle(SHUTDOWN_GRACE):
             log.warning("a job is still running after %gs: breaking off the send in flight", SHUTDOWN_GRACE)
@@ -641,6 +691,7 @@ ABORT_GRACE = 2.0  # then, seconds after breaking off a hanging send
 HAND_BACK_GRACE = 2.0  # then, seconds the database gets to take what this instance hands back
 REASON_MAX = 400  # instance_status.reload_reason
 PRUNE_EVERY = timedelta(hours=1)  # how often instances long gone are forgotten
+STALLED_POLLS = 3  # poll intervals without a poll ending before /-/ready says no
 UNHOOKED_LOG_EVERY = timedelta(hours=1)
 
 
@@ -715,13 +766,22 @@ def stop_on_signals(stopping: threading.Event) -> None:
 def build_pipeline(
     engine: Engine, settings: Settings, live: LiveSet, stopping: threading.Event | None = None
 ) -> Pipeline:
+    """The pipeline for ``settings``; with ``metrics.listen`` set it records into a registry of its
+    own, with the outbox gauges read from ``engine`` at each scrape."""
+    transport = make_transport(settings)
+    metrics: Recorder = NOOP
+    if settings.metrics.listen:
+        registry = Metrics()
+        outboxgauges.register(registry, engine, settings.transport)
+        metrics = registry
     return Pipeline(
         engine,
         settings,
         live,
-        make_transport(settings),
+        transport,
         instance_name(settings),
         stopping=stopping or threading.Event(),
+        metrics=metrics,
     )
 
 
