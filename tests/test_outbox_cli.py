@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from balancewatch import outbox, shipped
+from balancewatch import outbox
 from balancewatch.cli import main
 from balancewatch.config import RetrySettings
 from balancewatch.deliver.outcome import DELIVERED, Attempt, settle
@@ -36,15 +36,20 @@ Cli = Callable[..., Result]
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], tmp_path: Path, db_url: str) -> Iterator[Cli]:
-    """Run ``balancewatch ARGV`` against the parametrized database and capture its output."""
+def run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Iterator[Cli]:
+    """Run ``balancewatch ARGV`` in-process (plus ``env``) and capture its output.
+
+    No rules and no templates: ``run --once`` then only delivers, and starts in a blink.
+    """
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "templates").mkdir()
     base = {
         "BALANCEWATCH_STATE_DIR": str(tmp_path / "state"),
         "BALANCEWATCH_LOG__LEVEL": "warning",
-        "BALANCEWATCH_DATABASE__URL": db_url,
-        "BALANCEWATCH_RULES_DIR": str(shipped.rules_dir()),
+        "BALANCEWATCH_RULES_DIR": str(tmp_path / "rules"),
+        "BALANCEWATCH_TEMPLATES_DIR": str(tmp_path / "templates"),
     }
 
     def invoke(*argv: str, env: dict[str, str] | None = None) -> Result:
@@ -55,6 +60,16 @@ def cli(capsys: pytest.CaptureFixture[str], tmp_path: Path, db_url: str) -> Iter
 
     yield invoke
     root.handlers[:], root.level = handlers, level  # the CLI sets up logging for a whole process
+
+
+@pytest.fixture
+def cli(run: Cli, db_url: str) -> Cli:
+    """Like ``run``, against the parametrized database (SQLite and PostgreSQL)."""
+
+    def invoke(*argv: str, env: dict[str, str] | None = None) -> Result:
+        return run(*argv, env={"BALANCEWATCH_DATABASE__URL": db_url, **(env or {})})
+
+    return invoke
 
 
 def ok(result: Result) -> str:
@@ -146,14 +161,18 @@ def test_retry_of_a_message_that_is_not_parked_says_so_and_exits_1(cli: Cli, eng
     decide(engine, "k/sent", now)
     attempt(engine, "k/sent", now, {})
     decide(engine, "k/pending", now)
-    result = cli("outbox", "retry", "1", "k/pending", "99")
+    decide(engine, "k/sending", now)
+    with engine.begin() as conn:  # a daemon holds it, mid-send
+        assert len(outbox.claim(conn, "host-b:7", now, 1, timedelta(minutes=5), "k/sending")) == 1
+    result = cli("outbox", "retry", "1", "k/pending", "3", "99")
     assert (result.code, result.out) == (1, "")
     assert result.err.splitlines() == [
         "#1 is sent; nothing to retry",
         "#2 is pending: its delivery is still under way; nothing to retry",
+        "#3 is being sent now; nothing to retry",
         "#99 is not in the outbox; `balancewatch outbox list` shows the ids",
     ]
-    assert statuses(engine) == {"k/sent": "sent", "k/pending": "pending"}
+    assert statuses(engine) == {"k/sent": "sent", "k/pending": "pending", "k/sending": "sending"}
 
 
 def test_retry_is_idempotent_and_succeeds_if_any_message_could_be_retried(cli: Cli, engine: Engine) -> None:
@@ -228,8 +247,8 @@ def test_retry_parked_with_filters_requeues_only_the_matching_parked_messages(
         (["--parked", "--since", "soon"], "argument --since: 'soon' is neither a duration such as 2h or 1d"),
     ],
 )
-def test_retry_without_a_clear_target_is_a_usage_error(cli: Cli, argv: list[str], complaint: str) -> None:
-    result = cli("outbox", "retry", *argv)
+def test_retry_without_a_clear_target_is_a_usage_error(run: Cli, argv: list[str], complaint: str) -> None:
+    result = run("outbox", "retry", *argv)
     assert (result.code, result.out) == (2, "")
     assert result.err.startswith("usage: balancewatch outbox retry")
     assert complaint in result.err
@@ -274,18 +293,18 @@ def test_list_says_how_many_more_match_beyond_the_limit(cli: Cli, engine: Engine
     now = datetime.now(UTC)
     messages = [
         outbox.NewMessage(f"k/{i}", "alert", "a@platform.example", (OWNER,), f"s{i}", "t", None)
-        for i in range(1, 1006)
+        for i in range(1, 1004)
     ]
     with engine.begin() as conn:
         outbox.add(conn, messages, now, "platform.example")
 
     lines = ok(cli("outbox", "list", "--limit", "2")).splitlines()
-    assert [line.split()[0] for line in lines[1:3]] == ["1005", "1004"]
-    assert lines[3:] == ["… and 1,003 more; use --limit or a filter"]
-    listed = cli("outbox", "list", "--limit", "1000", "--json")
-    assert (listed.code, len(json.loads(listed.out))) == (0, 1000)
-    assert listed.err == "… and 5 more; use --limit or a filter\n"
-    assert "more" not in ok(cli("outbox", "list", "--limit", "1005"))
+    assert [line.split()[0] for line in lines[1:3]] == ["1003", "1002"]
+    assert lines[3:] == ["… and 1,001 more; use --limit or a filter"]
+    listed = cli("outbox", "list", "--limit", "1", "--json", "--status", "pending")
+    assert [row["id"] for row in json.loads(listed.out)] == [1003]
+    assert (listed.code, listed.err) == (0, "… and 1,002 more; use --limit or a filter\n")
+    assert "more" not in ok(cli("outbox", "list", "--limit", "1003"))
     assert "more" not in ok(cli("outbox", "list", "--status", "sent"))
 
 
@@ -300,8 +319,8 @@ def test_list_says_how_many_more_match_beyond_the_limit(cli: Cli, engine: Engine
         (["--since", "yesterday"], "argument --since: 'yesterday' is neither a duration such as 2h or 1d"),
     ],
 )
-def test_list_refuses_bad_filters_as_usage_errors(cli: Cli, argv: list[str], complaint: str) -> None:
-    result = cli("outbox", "list", *argv)
+def test_list_refuses_bad_filters_as_usage_errors(run: Cli, argv: list[str], complaint: str) -> None:
+    result = run("outbox", "list", *argv)
     assert (result.code, result.out) == (2, "")
     assert complaint in result.err
 

@@ -18,8 +18,9 @@ recipient is. A claim is also taken over at once from an instance known to
 have died or stopped (``dead``), not only once its lease has run out.
 
 An operator reads the outbox through ``Filters`` and ``newest``, and puts
-parked recipients back in line with ``requeue``: only parked rows are
-touched, so a row a daemon is sending can never change under it.
+parked recipients back in line with ``requeue_refs`` and ``requeue_parked``:
+only parked rows are touched, so a row a daemon is sending never changes
+under it.
 """
 
 from __future__ import annotations
