@@ -56,7 +56,10 @@ class MetricsServer:
         self._httpd = httpd
         host, port = httpd.server_address[:2]
         self.address: tuple[str, int] = (str(host), int(port))
-        self._thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+        # A short poll interval: close() waits for the serving loop to look up.
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, args=(0.1,), name="metrics-http", daemon=True
+        )
         self._thread.start()
 
     @property
