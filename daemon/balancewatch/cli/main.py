@@ -12,6 +12,7 @@ from balancewatch import __version__, logs
 from balancewatch.cli import (
     data,
     db,
+    init,
     ops,
     outbox,
     plan,
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"balancewatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    init.register(commands)
     ops.register(commands)
     db.register(commands)
     status.register(commands)
