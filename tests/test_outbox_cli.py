@@ -317,6 +317,7 @@ def test_list_says_how_many_more_match_beyond_the_limit(cli: Cli, engine: Engine
         ),
         (["--limit", "0"], "argument --limit: '0': write a whole number of rows, 1 or more"),
         (["--since", "yesterday"], "argument --since: 'yesterday' is neither a duration such as 2h or 1d"),
+        (["--since", "3600"], "argument --since: '3600' is neither a duration such as 2h or 1d"),
     ],
 )
 def test_list_refuses_bad_filters_as_usage_errors(run: Cli, argv: list[str], complaint: str) -> None:

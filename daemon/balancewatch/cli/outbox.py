@@ -112,11 +112,15 @@ def _positive(text: str) -> int:
 
 
 def _since(text: str) -> timedelta | datetime:
-    """``--since`` value: a duration back from the command's ``now``, or a point in time."""
-    try:
-        return parse_duration(text)
-    except ValueError:
-        pass
+    """``--since`` value: a duration back from the command's ``now``, or a point in time.
+
+    A bare number is not taken for seconds here: 20260301 is more likely a date.
+    """
+    if not text.strip().isdigit():
+        try:
+            return parse_duration(text)
+        except ValueError:
+            pass
     try:
         return parse_instant(text)
     except ValueError:
