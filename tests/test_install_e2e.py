@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -178,6 +179,40 @@ def unit_values(unit: str, key: str) -> list[str]:
     return [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(key + "=")]
 
 
+def assert_installed_unit(unit: str, venv: Path) -> None:
+    """The wheel's unit names the installed script and the docs page installed with it."""
+    assert shlex.split(unit_values(unit, "ExecStart")[0]) == [str(venv / "bin" / "balancewatch"), "run"]
+    [doc] = unit_values(unit, "Documentation")
+    assert Path(unquote(urlparse(doc).path)) == venv / "share" / "doc" / "balancewatch" / "systemd.md"
+    assert (venv / "share" / "doc" / "balancewatch" / "systemd.md").is_file()
+    if shutil.which("systemd-analyze"):
+        path = venv.parent / "balancewatch.service"
+        path.write_text(unit)
+        run(["systemd-analyze", "verify", str(path)])
+
+
+def state_directory(path: Path) -> Path:
+    """What StateDirectory= and StateDirectoryMode=0750 make: the service user's own directory."""
+    path.mkdir(parents=True)
+    os.chown(path, SERVICE_IDS.pw_uid, SERVICE_IDS.pw_gid)
+    path.chmod(0o750)
+    return path
+
+
+def unit_environment(unit: str, state: Path, notify_socket: str) -> dict[str, str]:
+    """The environment systemd gives ExecStart=: the unit's Environment= and what its settings imply."""
+    watchdog_usec = int(unit_values(unit, "WatchdogSec")[0].removesuffix("s")) * 1_000_000
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/",  # a dynamic user's home: not writable by it
+        "LANG": "C.UTF-8",
+        **dict(value.split("=", 1) for value in unit_values(unit, "Environment")),
+        "STATE_DIRECTORY": str(state),
+        "NOTIFY_SOCKET": notify_socket,
+        "WATCHDOG_USEC": str(watchdog_usec),
+    }
+
+
 class NotifySocket:
     """systemd's side of sd_notify: an abstract datagram socket any user may send to."""
 
@@ -247,21 +282,9 @@ def test_installed_from_the_wheel_the_unit_runs_the_daemon_that_emails_a_low_bal
         etc = root / "etc" / "balancewatch"
         configure(etc, shipped(opt), smtp)
         unit = run([str(opt / "bin" / "balancewatch"), "systemd-unit", "--config", str(etc / "config.yaml")])
-        state = root / "var" / "lib" / "balancewatch"
-        state.mkdir(parents=True)
-        os.chown(state, SERVICE_IDS.pw_uid, SERVICE_IDS.pw_gid)
-        state.chmod(0o750)
-        [environment] = unit_values(unit, "Environment")
-        watchdog_usec = int(unit_values(unit, "WatchdogSec")[0].removesuffix("s")) * 1_000_000
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": "/",
-            "LANG": "C.UTF-8",
-            **dict([environment.split("=", 1)]),
-            "STATE_DIRECTORY": str(state),
-            "NOTIFY_SOCKET": notify.name,
-            "WATCHDOG_USEC": str(watchdog_usec),
-        }
+        assert_installed_unit(unit, opt)
+        state = state_directory(root / "var" / "lib" / "balancewatch")
+        env = unit_environment(unit, state, notify.name)
         as_service = [sys.executable, "-c", LAUNCHER, *SETPRIV]
 
         def bw(line: str) -> str:
