@@ -131,6 +131,7 @@ def test_under_the_journal_each_json_line_carries_its_syslog_priority(
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # logging, not storage
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback only
 def test_the_daemon_started_with_a_config_file_logs_json_and_never_the_smtp_password(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:

@@ -110,6 +110,27 @@ def test_an_error_erases_the_line_so_the_message_after_it_starts_clean() -> None
     assert "\n" not in term.getvalue()
 
 
+def test_a_log_line_written_meanwhile_starts_on_a_clean_line_and_the_progress_is_drawn_again_below(
+    keep_logging: None,
+) -> None:
+    term = Terminal()
+    handler = logging.StreamHandler(term)
+    logging.getLogger().handlers[:] = [handler]
+    shown, clock = progress_on(term, 10)
+    with shown:
+        shown.advance(5, now=START + 1)
+        logging.getLogger("balancewatch.reports").warning("report r: account a failed")
+        shown.advance(1, now=START + 1.01)
+        clock.now = START + 2
+    assert term.getvalue().split("\r")[1:] == [
+        f"importing: 5/10 (50%), 5/s, 1s left{CLEAR_TO_END}",
+        f"{CLEAR_TO_END}report r: account a failed\n",
+        f"importing: 6/10 (60%), 6/s, 1s left{CLEAR_TO_END}",
+        f"importing: 6 rows in 2s (3/s){CLEAR_TO_END}\n",
+    ]
+    assert handler.filters == []
+
+
 @pytest.mark.parametrize(
     ("stream", "quiet"), [(io.StringIO(), False), (Terminal(), True)], ids=["pipe", "quiet"]
 )
@@ -195,9 +216,16 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def in_process(capsys: pytest.CaptureFixture[str]) -> Iterator[Invoke]:
+def keep_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def in_process(capsys: pytest.CaptureFixture[str], keep_logging: None) -> Invoke:
+    """``balancewatch ARGV`` in-process (stderr captured: not a terminal)."""
 
     def invoke(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
@@ -205,8 +233,7 @@ def in_process(capsys: pytest.CaptureFixture[str]) -> Iterator[Invoke]:
         out, err = capsys.readouterr()
         return code, out, err
 
-    yield invoke
-    root.handlers[:], root.level = handlers, level
+    return invoke
 
 
 def ledger_csv(path: Path, rows: int) -> Path:

@@ -7,12 +7,17 @@ and ends the line with a summary. When the stream is not a terminal (a pipe,
 a log file, systemd) or the command was given ``--quiet``, it writes nothing
 at all, so scripts and logs never see carriage returns.
 
+A log record written to the same stream while the line is shown (a
+warning about one account of a report) first erases the line, so it starts
+on a clean line; the next update draws the line again below it.
+
 Time is read from ``clock`` (seconds, monotonic) unless ``now`` is passed in,
 so a test drives it without sleeping.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -88,13 +93,22 @@ class Progress:
         self.started = clock()
         self._drawn_at: float | None = None
         self._finished = False
+        self._handlers: list[logging.Handler] = []
 
     def __enter__(self) -> Progress:
+        if self.enabled:
+            self._handlers = [
+                h for h in logging.getLogger().handlers if getattr(h, "stream", None) is self.stream
+            ]
+            for handler in self._handlers:
+                handler.addFilter(self._clear_for_log)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self._clear_for_log)
         if kind is None:
             self.finish()
         else:
@@ -133,6 +147,13 @@ class Progress:
         self._finished = True
         if self.enabled and self._drawn_at is not None:
             self._write("\r" + CLEAR_TO_END)
+
+    def _clear_for_log(self, record: logging.LogRecord) -> bool:
+        """A handler filter: erase the drawn line before the record is written; keep every record."""
+        if self._drawn_at is not None and not self._finished:
+            self._write("\r" + CLEAR_TO_END)
+            self._drawn_at = -float("inf")  # the next update draws again at once
+        return True
 
     def line(self, now: float) -> str:
         """The in-place line: ``label: done/total (pct%), rate/s, time left``."""
