@@ -386,11 +386,6 @@ def test_show_counts_a_requeued_recipients_give_up_window_from_the_retry(cli: Cl
     assert before <= datetime.fromisoformat(gone[5]) <= datetime.now(UTC)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deliver/outcome.settle still measures give_up_after from the decision; it should start "
-    "the window at outbox.give_up_from(row.created_at, deliveries, due)",
-)
 def test_a_requeued_recipient_refused_for_now_is_tried_again_not_parked_at_once(
     cli: Cli, engine: Engine
 ) -> None:

@@ -8,11 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection
 
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
-from balancewatch.config import Settings
 from balancewatch.liveset import load_set
 from balancewatch.money import format_money, to_major
 from balancewatch.plan import (
@@ -31,7 +29,6 @@ from balancewatch.problems import ProblemsError
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile, parse_rules, read_files, rule_files
 from balancewatch.store import status
-from balancewatch.store.db import make_engine
 
 DESCRIPTION = """\
 Compares the rules on disk (validated exactly as `check` does) with the rules
@@ -48,7 +45,6 @@ Exit status: 0 the plan was computed (whatever it says); 1 the rules have
 problems, there is no baseline, or the database cannot be read; 2 bad usage.
 """
 
-REQUIRED_TABLES = ("account", "balance", "alert_state", "instance_status")
 
 REASONS = {
     Reason.rule_removed: "rule removed",
@@ -129,10 +125,9 @@ def cmd_plan(ctx: Ctx) -> int:
     elif args.against_empty:
         against = Baseline((), "no rules (--against-empty)", {"source": "empty"})
     now = ctx.now()
-    engine = _engine(settings)
+    engine = ctx.read_engine  # plan never writes, nor creates a database
     try:
         with read_only(engine) as conn:
-            _require_schema(conn)
             try:
                 baseline = against or _in_effect(conn, now)
             except ProblemsError as exc:
@@ -141,7 +136,7 @@ def cmd_plan(ctx: Ctx) -> int:
                 )
             result = compare(conn, baseline.rules, live.rules, now, args.limit)
     finally:
-        engine.dispose()
+        ctx.close()
     new_label = f"the rules in {new_dir} (set {live.digest[:12]})"
     if args.json:
         ctx.emit_json(
@@ -156,25 +151,6 @@ def cmd_plan(ctx: Ctx) -> int:
 def _directory(path: Path) -> Baseline:
     rules = parse_rules(read_files(rule_files(path)))
     return Baseline(tuple(rules), f"the rules in {path}", {"source": "directory", "path": str(path)})
-
-
-def _engine(settings: Settings) -> Engine:
-    # Not ctx.engine: that one upgrades the schema, and plan never writes.
-    url = make_url(settings.database_url)
-    file = url.database if url.get_backend_name() == "sqlite" and url.database != ":memory:" else None
-    if file and not Path(file).is_file():
-        raise CommandError(f"no database at {file}; start the daemon or run `balancewatch db upgrade` first")
-    return make_engine(settings.database_url, pool_size=1)
-
-
-def _require_schema(conn: Connection) -> None:
-    have = inspect(conn)
-    missing = [t for t in REQUIRED_TABLES if not have.has_table(t)]
-    if missing:
-        raise CommandError(
-            f"the database has no {', '.join(missing)} table{'s' if len(missing) != 1 else ''}; "
-            "run `balancewatch db upgrade` (or start the daemon once) first"
-        )
 
 
 def _in_effect(conn: Connection, now: datetime) -> Baseline:

@@ -85,7 +85,7 @@ def cmd_recommend(ctx: Ctx) -> int:
     except ValueError as exc:
         raise CommandError(f"--at: {exc}") from None
     settings = ctx.settings
-    with Session(ctx.engine) as session:
+    with Session(ctx.read_engine) as session:
         account = session.get(Account, a.account)
         if account is None:
             raise CommandError(f"no account {a.account!r}")

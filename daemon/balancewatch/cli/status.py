@@ -97,7 +97,7 @@ def verdict(rows: Sequence[Any], now: datetime, limit: timedelta) -> Verdict:
 def cmd_status(ctx: Ctx) -> int:
     now = ctx.now()
     limit = stale_after(ctx.settings.poll_interval)
-    with ctx.engine.connect() as conn:
+    with ctx.read_engine.connect() as conn:
         rows = instance_status.read_all(conn)
         mail = instance_status.mail_counts(conn)
     result = verdict(rows, now, limit)

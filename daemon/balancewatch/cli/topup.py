@@ -79,7 +79,7 @@ def _row(r: topups.Request) -> dict[str, Any]:
 
 def cmd_list(ctx: Ctx) -> int:
     a = ctx.args
-    with ctx.engine.connect() as conn:
+    with ctx.read_engine.connect() as conn:
         rows = topups.listing(conn, status=a.status, account_id=a.account, limit=a.limit)
     if a.json:
         ctx.emit_json([_row(r) for r in rows])

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from balancewatch.config import RetrySettings
-from balancewatch.outbox import PARKED, PENDING, SENT, Claimed, RowUpdate, backoff
+from balancewatch.outbox import PARKED, PENDING, SENT, Claimed, RowUpdate, backoff, give_up_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,8 @@ def settle(row: Claimed, attempts: Mapping[str, Attempt], now: datetime, retry: 
             entry.update(status=PARKED if attempt.permanent else PENDING, error=attempt.error)
     sent_at = now if any(a.delivered for a in attempts.values()) else None
     due = [a for a in row.recipients if deliveries.get(a, {}).get("status") not in (SENT, PARKED)]
-    if due and now - row.created_at >= retry.give_up_after:
+    # A recipient re-queued by hand (`outbox retry`) gets a whole window again from that moment.
+    if due and now - give_up_from(row.created_at, deliveries, due) >= retry.give_up_after:
         gave_up = f"gave up after {row.attempts} attempts: "
         summary = gave_up + errors(due, deliveries)
         for address in due:
