@@ -50,14 +50,17 @@ def export(commit: str, version: int) -> None:
     try:
         for dialect in ("sqlite", "postgresql"):
             ddl = subprocess.run(
-                [sys.executable, "-c", COMPILE, str(module), dialect], check=True, capture_output=True, text=True
+                [sys.executable, "-c", COMPILE, str(module), dialect],
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             now = "CURRENT_TIMESTAMP"
             record = (
                 "INSERT INTO balancewatch_meta (name, value, updated_at) "
                 f"VALUES ('schema_version', '{version}', {now});\n"
             )
-            header = f"-- The schema balancewatch {commit[:7]} created (SCHEMA_VERSION = {version}), {dialect}.\n\n"
+            header = f"-- What balancewatch {commit[:7]} created (SCHEMA_VERSION {version}), {dialect}.\n\n"
             (HERE / f"v{version}.{dialect}.sql").write_text(header + ddl + record, encoding="utf-8")
     finally:
         module.unlink()

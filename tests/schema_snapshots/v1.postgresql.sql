@@ -1,4 +1,4 @@
--- The schema balancewatch ca87c6c created (SCHEMA_VERSION = 1), postgresql.
+-- What balancewatch ca87c6c created (SCHEMA_VERSION 1), postgresql.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

@@ -1,4 +1,4 @@
--- The schema balancewatch ca87c6c created (SCHEMA_VERSION = 1), sqlite.
+-- What balancewatch ca87c6c created (SCHEMA_VERSION 1), sqlite.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

@@ -1,4 +1,4 @@
--- The schema balancewatch 6ed5cb9 created (SCHEMA_VERSION = 2), postgresql.
+-- What balancewatch 6ed5cb9 created (SCHEMA_VERSION 2), postgresql.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

@@ -1,4 +1,4 @@
--- The schema balancewatch 6ed5cb9 created (SCHEMA_VERSION = 2), sqlite.
+-- What balancewatch 6ed5cb9 created (SCHEMA_VERSION 2), sqlite.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

@@ -1,4 +1,4 @@
--- The schema balancewatch bead691 created (SCHEMA_VERSION = 3), postgresql.
+-- What balancewatch bead691 created (SCHEMA_VERSION 3), postgresql.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

@@ -1,4 +1,4 @@
--- The schema balancewatch bead691 created (SCHEMA_VERSION = 3), sqlite.
+-- What balancewatch bead691 created (SCHEMA_VERSION 3), sqlite.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

@@ -1,4 +1,4 @@
--- The schema balancewatch 1624791 created (SCHEMA_VERSION = 4), postgresql.
+-- What balancewatch 1624791 created (SCHEMA_VERSION 4), postgresql.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

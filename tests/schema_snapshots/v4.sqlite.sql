@@ -1,4 +1,4 @@
--- The schema balancewatch 1624791 created (SCHEMA_VERSION = 4), sqlite.
+-- What balancewatch 1624791 created (SCHEMA_VERSION 4), sqlite.
 
 CREATE TABLE account (
 	id VARCHAR(64) NOT NULL, 

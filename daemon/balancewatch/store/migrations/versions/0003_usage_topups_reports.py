@@ -118,9 +118,7 @@ def _owner_thresholds_in_columns() -> None:
     with op.batch_alter_table("owner_preference") as batch:
         batch.drop_column("thresholds")
         batch.drop_column("remind")
-        batch.alter_column(
-            "remind_on", new_column_name="remind", existing_type=sa.Boolean(), nullable=False
-        )
+        batch.alter_column("remind_on", new_column_name="remind", existing_type=sa.Boolean(), nullable=False)
 
 
 def _carry_over_owner_settings() -> None:
