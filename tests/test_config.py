@@ -234,7 +234,7 @@ def test_a_password_and_a_password_file_together_are_an_error(tmp_path: Path) ->
 def test_a_password_file_that_cannot_be_read_is_an_error_at_load(tmp_path: Path) -> None:
     path = config_file(tmp_path, "smtp:\n  host: mail.example.com\n  password_file: missing\n")
     assert problems(path, {}) == [
-        f"{path}:3: smtp.password_file: cannot read {tmp_path / 'missing'}: No such file or directory"
+        f"{path}:3: smtp.password_file: cannot read {tmp_path / 'missing'}: no such file or directory"
     ]
 
 

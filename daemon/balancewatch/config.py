@@ -490,6 +490,11 @@ class Settings(BaseSettings):
             return path, 0
         return path, line
 
+    def is_set(self, loc: Sequence[Any]) -> bool:
+        """Whether the config file or a variable set the value at ``loc`` (else it is a default)."""
+        path, _line = _where(loc, self._located, self._environ)
+        return path != self._located.path or _written(self._located.data, loc)
+
     def problem(self, loc: Sequence[Any], message: str) -> Problem:
         """A problem with the value at ``loc``, placed where it was set."""
         path, line = self.where(loc)
@@ -532,8 +537,17 @@ def safe_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(not a valid URL)" if "@" in url else url
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return _masked_userinfo(url)
+
+
+def _masked_userinfo(url: str) -> str:
+    """``url``, which SQLAlchemy cannot read, with whatever follows the user name masked."""
+    scheme, slashes, rest = url.partition("//")
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    return f"{scheme}{slashes}{userinfo.split(':')[0]}:***@{host}"
 
 
 def _plain(value: Any) -> Any:
@@ -729,7 +743,7 @@ def _find_password(settings: Settings, located: yamlfile.Located, environ: Mappi
             smtp.password_file.read_bytes()
         except OSError as exc:
             path, line = _where(("smtp", "password_file"), located, environ)
-            reason = exc.strerror or str(exc)
+            reason = os_reason(exc)
             raise ProblemsError(
                 [Problem(path, line, "smtp.password_file", f"cannot read {smtp.password_file}: {reason}")]
             ) from None
@@ -743,7 +757,7 @@ def _check_header_files(settings: Settings, located: yamlfile.Located, environ: 
             path.read_bytes()
         except OSError as exc:
             where, line = _where(("topup", "hook", "header_files", name), located, environ)
-            reason = exc.strerror or str(exc)
+            reason = os_reason(exc)
             problems.append(
                 Problem(where, line, f"topup.hook.header_files.{name}", f"cannot read {path}: {reason}")
             )
@@ -763,18 +777,18 @@ def _read(path: Path | None) -> yamlfile.Located:
     if path is None:
         return yamlfile.Located("<defaults>", {})
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ProblemsError(
             [Problem(str(path), 0, "", f"cannot read the config file: {os_reason(exc)}")]
         ) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = f"byte 0x{data[exc.start]:02x} is not UTF-8 text"
         raise ProblemsError(
-            [
-                Problem(
-                    str(path), 0, "", f"not UTF-8: byte {exc.start} is not UTF-8 text; save the file as UTF-8"
-                )
-            ]
+            [Problem(str(path), line, "", f"not UTF-8: {bad}; save the file as UTF-8")]
         ) from None
     located = yamlfile.load(text, str(path))
     if located.data is not None and not isinstance(located.data, dict):

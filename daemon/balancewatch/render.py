@@ -18,6 +18,7 @@ RenderError naming the template file and line.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import traceback
@@ -147,7 +148,7 @@ def read_template_files(directory: Path) -> dict[str, str]:
     if not directory.is_dir():
         raise ProblemsError([Problem(str(directory), 0, "", "templates directory not found")])
     files: dict[str, str] = {}
-    problems: list[Problem] = []
+    problems = _unreadable_directories(directory)
     root = directory.resolve()
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory)
@@ -165,11 +166,28 @@ def read_template_files(directory: Path) -> dict[str, str]:
             files[rel.as_posix()] = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             continue
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
+            problems.append(Problem(str(path), 0, "", f"cannot read: {(exc.strerror or str(exc)).lower()}"))
+        except UnicodeDecodeError as exc:
             problems.append(Problem(str(path), 0, "", f"cannot read: {exc}"))
     if problems:
         raise ProblemsError(problems)
     return files
+
+
+def _unreadable_directories(directory: Path) -> list[Problem]:
+    """A problem for each directory under ``directory`` that cannot be listed: ``rglob`` skips
+    those silently, and their templates would then read as "not found"."""
+    problems: list[Problem] = []
+
+    def refused(exc: OSError) -> None:
+        where = exc.filename or directory
+        reason = (exc.strerror or str(exc)).lower()
+        problems.append(Problem(str(where), 0, "", f"cannot read the templates directory: {reason}"))
+
+    for _root, subdirectories, _files in os.walk(directory, onerror=refused):
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]  # hidden: skipped anyway
+    return problems
 
 
 class TemplateSet:

@@ -8,15 +8,21 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, report_problems
-from balancewatch.config import load_settings, safe_url
+from balancewatch.config import Settings, load_settings, safe_url
 from balancewatch.cycle import message_domain
-from balancewatch.deliver.worker import deliver_batch, make_transport
-from balancewatch.liveset import load_set
+from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.message import Envelope, build
+from balancewatch.deliver.outcome import DELIVERED, settle
+from balancewatch.deliver.smtp import probe as probe_smtp
+from balancewatch.deliver.worker import Transport, make_transport
+from balancewatch.preflight import Ready, SettingsProblemsError, preflight
 from balancewatch.problems import ProblemsError
 from balancewatch.service import Daemon, build_pipeline, describe_transport, instance_name, stop_on_signals
-from balancewatch.topup.hook import check_topup_hook
+from balancewatch.store.probe import DatabaseCheckError, probe_database
 
 log = logging.getLogger("balancewatch")
 
@@ -39,8 +45,13 @@ def register(commands: Any) -> None:
     check = commands.add_parser(
         "check",
         help="validate config, rules and templates (exit 1 on any error)",
-        description="Runs exactly the validation a reload runs. Every problem is "
-        "listed as path:line: field: message.",
+        description="Runs exactly the validation a reload runs, and every check `run` makes "
+        "before it starts. Every problem is listed as path:line: field: message.",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="then also reach the database (creating nothing) and the SMTP server (sending nothing)",
     )
     check.set_defaults(handler=cmd_check)
 
@@ -69,14 +80,14 @@ def register(commands: Any) -> None:
 
 def cmd_check(ctx: Ctx) -> int:
     try:
-        settings = ctx.settings
-    except ProblemsError as exc:
+        settings, ready = _ready(ctx)
+    except SettingsProblemsError as exc:
         return report_problems(ctx, exc, "config")
-    try:
-        live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
-        check_topup_hook(settings, live.rules)
     except ProblemsError as exc:
         return report_problems(ctx, exc, "check failed")
+    for warning in ready.warnings:
+        ctx.warn(f"warning: {warning}")
+    live = ready.live
     files = len({r.source for r in live.rules} | {r.source for r in live.reports})
     reports = f" and {len(live.reports)} reports" if live.reports else ""
     ctx.say(
@@ -84,19 +95,52 @@ def cmd_check(ctx: Ctx) -> int:
         f"in {files} file{'s' if files != 1 else ''} in {settings.rules_dir}; "
         f"{len(live.templates.names)} templates in {settings.templates_dir}; set {live.digest[:12]}"
     )
-    return 0
+    return connect(ctx, settings) if ctx.args.connect else 0
+
+
+def _ready(ctx: Ctx) -> tuple[Settings, Ready]:
+    """The settings and the set both ``check`` and ``run`` start from.
+
+    Raises SettingsProblemsError for the config (its file, variables and what they name),
+    ProblemsError for the rules and templates.
+    """
+    try:
+        settings = ctx.settings
+    except ProblemsError as exc:
+        raise SettingsProblemsError(exc.problems) from None
+    return settings, preflight(settings)
+
+
+def connect(ctx: Ctx, settings: Settings) -> int:
+    """``check --connect``: reach the database and the SMTP server; 1 if either fails."""
+    failed = False
+    try:
+        ctx.say(probe_database(settings.database_url, settings.smtp.timeout.total_seconds()))
+    except DatabaseCheckError as exc:
+        ctx.warn(str(exc))
+        failed = True
+    if settings.transport == "smtp":
+        try:
+            ctx.say(probe_smtp(settings.smtp, settings.smtp_password(ctx.environ)))
+        except TransportError as exc:
+            ctx.warn(str(exc))
+            failed = True
+    return 1 if failed else 0
 
 
 def cmd_run(ctx: Ctx) -> int:
     stopping = threading.Event()
     stop_on_signals(stopping)
-    settings = ctx.settings
+    # Everything check refuses is refused here, before a database is opened or a thread started.
     try:
-        live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
-        check_topup_hook(settings, live.rules)
+        settings, ready = _ready(ctx)
+    except SettingsProblemsError as exc:
+        return report_problems(ctx, exc, "cannot start: the config has problems")
     except ProblemsError as exc:
         return report_problems(ctx, exc, "cannot start: the rules or templates have problems")
-    pipeline = build_pipeline(ctx.engine, settings, live, stopping)
+    for warning in ready.warnings:
+        log.warning("%s", warning)
+    pipeline = build_pipeline(ctx.engine, settings, ready.live, stopping)
     if stopping.is_set():
         return 0
     log.info(
@@ -130,11 +174,13 @@ def _safe_url(url: str) -> str:
 
 
 def cmd_send_test(ctx: Ctx) -> int:
+    """Send straight through the transport, then record the message as sent: one that fails
+    leaves nothing in the outbox for the daemon to retry later."""
     settings = ctx.settings
+    engine = ctx.engine  # before sending: a database that fails now has not cost an email
     now = ctx.now()
-    key = f"test/{ctx.args.to}/{now.isoformat()}"
     message = outbox.NewMessage(
-        idem_key=key,
+        idem_key=f"test/{ctx.args.to}/{now.isoformat()}",
         kind="test",
         sender=settings.delivery.sender,
         recipients=(ctx.args.to,),
@@ -143,17 +189,43 @@ def cmd_send_test(ctx: Ctx) -> int:
         f"Transport: {describe_transport(settings)}\n",
         html=None,
     )
-    engine = ctx.engine
+    domain = message_domain(settings)
+    row = outbox.Claimed(
+        id=0,
+        idem_key=message.idem_key,
+        message_id=outbox.message_id(message.idem_key, domain),
+        sender=message.sender,
+        recipients=message.recipients,
+        subject=message.subject,
+        text=message.text,
+        html=None,
+        attempts=0,
+        created_at=now,
+    )
+    _send_now(make_transport(settings), build(row, now, settings.delivery.reply_to))
+    deliveries = settle(row, {ctx.args.to: DELIVERED}, now, settings.delivery.retry).deliveries
     with engine.begin() as conn:
-        outbox.add(conn, [message], now, message_domain(settings))
-    stats = deliver_batch(engine, make_transport(settings), settings, now, instance_name(settings), key=key)
-    outcome = next(iter(stats.outcomes), "not claimed")
-    with engine.connect() as conn:
-        row = conn.execute(outbox.select_by_key(key)).first()
-    if outcome != "sent":
-        raise CommandError(f"{outcome}: {row.last_error if row else 'unknown'}")
+        outbox.add(conn, [message], now, domain)
+        conn.execute(
+            update(outbox.T)
+            .where(outbox.C.idem_key == message.idem_key)
+            .values(status=outbox.SENT, attempts=1, sent_at=now, deliveries=deliveries)
+        )
     ctx.say(f"sent to {ctx.args.to} via {describe_transport(settings)}")
     return 0
+
+
+def _send_now(transport: Transport, envelope: Envelope) -> None:
+    """Hand ``envelope`` to ``transport``; raises CommandError with the reason in one line."""
+    if envelope.rejected:
+        raise CommandError("; ".join(f"{a}: {why}" for a, why in envelope.rejected.items()))
+    try:
+        with transport:
+            refused = transport.send(envelope)
+    except TransportError as exc:
+        raise CommandError(f"not sent: {exc}") from None
+    if refused:
+        raise CommandError("not sent: " + "; ".join(f"{a}: {err}" for a, err in refused.items()))
 
 
 def cmd_config_show(ctx: Ctx) -> int:

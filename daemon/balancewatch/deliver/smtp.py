@@ -158,3 +158,49 @@ class SmtpTransport:
                 self._smtp.close()
             finally:
                 self._smtp = None
+
+
+def probe(settings: SmtpSettings, password: str | None, local_hostname: str | None = None) -> str:
+    """Open a session as delivery does (connect, EHLO, STARTTLS or TLS with the certificate
+    verified, LOGIN when ``username`` is set), then QUIT, sending nothing.
+
+    Returns what was proved, e.g. ``smtp mail.example.com:587: connected (starttls, logged in
+    as 'alerts')``. Raises TransportError with one line, e.g. ``smtp mail.example.com:587:
+    connection refused``.
+    """
+    transport = SmtpTransport(settings, password, local_hostname)
+    try:
+        with transport:
+            pass
+    except TransportError as exc:
+        raise TransportError(
+            f"smtp {transport.where}: {_why(exc.__cause__, settings)}", connection=True
+        ) from exc
+    login = f", logged in as {settings.username!r}" if settings.username else ""
+    return f"smtp {transport.where}: connected ({settings.security.value}{login})"
+
+
+def _why(cause: BaseException | None, settings: SmtpSettings) -> str:
+    """A failure to open a session in a sysadmin's words; the step is in the words."""
+    if isinstance(cause, smtplib.SMTPAuthenticationError):
+        return f"login refused: {_text(cause.smtp_code, cause.smtp_error)}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        hint = "set smtp.ca_file if the server's CA is private"
+        return f"certificate verify failed: {cause.verify_message}; {hint}"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, TimeoutError):
+        return f"no answer within {settings.timeout.total_seconds():g}s"
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve {settings.host}: {cause.strerror}"
+    if isinstance(cause, smtplib.SMTPNotSupportedError) and "STARTTLS" in str(cause):
+        return "the server does not offer STARTTLS; set smtp.security: tls (port 465) or none"
+    if isinstance(cause, smtplib.SMTPNotSupportedError):
+        return f"the server does not offer login (AUTH): {cause}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed: {cause.reason or cause}"
+    if isinstance(cause, smtplib.SMTPResponseException):
+        return f"server replied {_text(cause.smtp_code, cause.smtp_error)}"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return " ".join(str(cause).split()) or type(cause).__name__

@@ -38,10 +38,15 @@ def rule_files(directory: Path) -> list[Path]:
     """
     if not directory.is_dir():
         raise ProblemsError([Problem(str(directory), 0, "", "rules directory not found")])
+    try:
+        entries = list(directory.iterdir())
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ProblemsError(
+            [Problem(str(directory), 0, "", f"cannot read the rules directory: {reason}")]
+        ) from None
     return sorted(
-        p
-        for p in directory.iterdir()
-        if p.suffix in RULE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        p for p in entries if p.suffix in RULE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
 
 
@@ -58,7 +63,7 @@ def read_files(paths: Iterable[Path]) -> list[SourceFile]:
         except FileNotFoundError:
             continue  # removed between listing and reading: it is simply gone
         except OSError as exc:
-            problems.append(Problem(str(path), 0, "", f"cannot read: {exc.strerror or exc}"))
+            problems.append(Problem(str(path), 0, "", f"cannot read: {(exc.strerror or str(exc)).lower()}"))
             continue
         try:
             out.append(SourceFile(path, data.decode("utf-8")))
