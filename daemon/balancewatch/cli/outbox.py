@@ -154,7 +154,7 @@ def _to(row: Outbox) -> str:
 
 def cmd_outbox_list(ctx: Ctx) -> int:
     a = ctx.args
-    with Session(ctx.engine) as session:
+    with Session(ctx.read_engine) as session:
         rows, more = outbox.newest(session, _filters(ctx, a.status), a.limit)
     footer = f"… and {more:,} more; use --limit or a filter" if more else ""
     if a.json:
@@ -199,7 +199,7 @@ def _when(value: Any) -> str:
 
 
 def cmd_outbox_show(ctx: Ctx) -> int:
-    with Session(ctx.engine) as session:
+    with Session(ctx.read_engine) as session:
         row = _find(session, ctx.args.message)
     if ctx.args.json:
         ctx.emit_json(row.model_dump(mode="json", exclude=set() if ctx.args.body else {"text", "html"}))
