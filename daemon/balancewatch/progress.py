@@ -96,7 +96,12 @@ class Progress:
         self._handlers: list[logging.Handler] = []
 
     def __enter__(self) -> Progress:
-        if self.enabled:
+        return self.start()
+
+    def start(self) -> Progress:
+        """Watch for log records written to the same stream (see the module's docstring); ``finish``
+        and ``abandon`` stop watching. The context manager calls it; returns self."""
+        if self.enabled and not self._handlers:
             self._handlers = [
                 h for h in logging.getLogger().handlers if getattr(h, "stream", None) is self.stream
             ]
@@ -104,11 +109,14 @@ class Progress:
                 handler.addFilter(self._clear_for_log)
         return self
 
+    def _stop_watching(self) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self._clear_for_log)
+        self._handlers = []
+
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for handler in self._handlers:
-            handler.removeFilter(self._clear_for_log)
         if kind is None:
             self.finish()
         else:
@@ -133,6 +141,7 @@ class Progress:
 
     def finish(self, now: float | None = None) -> None:
         """Replace the line with the summary and end it; later calls do nothing."""
+        self._stop_watching()
         if self._finished:
             return
         self._finished = True
@@ -142,6 +151,7 @@ class Progress:
 
     def abandon(self) -> None:
         """Erase the line (if one was drawn) without a summary; later calls do nothing."""
+        self._stop_watching()
         if self._finished:
             return
         self._finished = True

@@ -251,16 +251,22 @@ class ImportProgress:
 
     def close(self, finished: bool) -> None:
         """End the current line: with its summary when ``finished``, else erased."""
-        if self.current is not None:
-            self.current.finish() if finished else self.current.abandon()
+        if self.current is None:
+            return
+        if finished:
+            self.current.finish()
+        else:
+            self.current.abandon()
         self.current = None
 
     def _start(self, phase: str, total: int) -> Progress:
         if phase == importcsv.CHECKING:
-            return Progress(
+            shown = Progress(
                 f"checking {self.name}", total, stream=self.stream, quiet=self.quiet, fmt=progress.size
             )
-        return Progress("importing", total, stream=self.stream, quiet=self.quiet, noun="rows")
+        else:
+            shown = Progress("importing", total, stream=self.stream, quiet=self.quiet, noun="rows")
+        return shown.start()
 
 
 def _locale(session: Session, account_id: str, ctx: Ctx) -> str:
