@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
-from balancewatch.store.db import HEAD, get_meta, make_engine, upgrade
+from balancewatch.store.db import HEAD, alembic_config, get_meta, make_engine, upgrade
 from balancewatch.store.drift import differences
 from balancewatch.store.tables import SCHEMA_VERSION
 from tests.conftest import _schema_url, postgres_engine, require_postgres
@@ -117,13 +118,13 @@ def _wait_for_bytes(fd: int, count: int, deadline: float) -> None:
             got += len(chunk)
 
 
-def assert_all_succeeded(finished: list[Finished]) -> None:
-    """Every process exited 0 and reported the head revision; exactly one created the schema."""
+def assert_all_succeeded(finished: list[Finished], first_step: str = "creating the schema") -> None:
+    """Every process exited 0 and reported the head revision; exactly one did the work (``first_step``)."""
     failures = [f"exit {f.code}:\n{f.err}" for f in finished if f.code != 0]
     assert failures == [], "\n\n".join(failures)
     assert {f.out.splitlines()[-1].split(" in ")[0] for f in finished} == {f"schema at {HEAD} (head)"}
-    creators = [f for f in finished if f.out.startswith("creating the schema")]
-    assert len(creators) == 1, [f.out for f in finished]
+    workers = [f for f in finished if f.out.startswith(first_step)]
+    assert len(workers) == 1, [f.out for f in finished]
 
 
 def assert_schema_complete(engine: Engine) -> None:
@@ -193,6 +194,19 @@ def test_six_processes_upgrading_an_empty_postgres_database_at_once_all_succeed(
 
     assert_schema_complete(engine)
     assert_one_transaction_did_all_the_work(engine)
+
+
+@pytest.mark.postgres
+def test_six_processes_upgrading_a_postgres_database_at_an_older_revision_at_once_apply_each_revision_once(
+    empty_postgres: tuple[str, Engine], tmp_path: Path
+) -> None:
+    url, engine = empty_postgres
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+
+    assert_all_succeeded(upgrade_at_once(url, tmp_path), first_step="applying 0004: ")
+
+    assert_schema_complete(engine)
 
 
 def test_six_processes_upgrading_an_empty_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
