@@ -300,3 +300,67 @@ def test_an_absurdly_long_interval_is_refused_not_a_crash(tmp_path: Path) -> Non
     assert problems(path, {}) == [
         f"{path}:1: poll_interval: '99999999999999999999d' is too long an interval; at most 3650d"
     ]
+
+
+# --- refused at load: what no later step could put right --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["BALANCEWATCH_CONFIG", "BALANCEWATCH_TEST_PG", "BALANCEWATCH_IDEMPOTENCY_KEY", "BALANCEWATCH_TOPUP_ID"],
+)
+def test_balancewatch_variables_that_are_not_settings_are_allowed(tmp_path: Path, name: str) -> None:
+    config = config_file(tmp_path, "instance: here\n")
+    assert load_settings(
+        None, {name: str(config)} if name == "BALANCEWATCH_CONFIG" else {name: "x"}, (config,)
+    )
+
+
+def test_variables_below_a_mapping_of_the_users_own_keys_are_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        {
+            "BALANCEWATCH_PRICES__EUR__SMS": "0.05",
+            "BALANCEWATCH_TOPUP__HOOK__HEADERS__AUTHORIZATION": "Bearer t",
+        },
+        (),
+    )
+    assert str(settings.prices["EUR"]["sms"]) == "0.05"
+    assert {k.lower(): v.get_secret_value() for k, v in settings.topup.hook.headers.items()} == {
+        "authorization": "Bearer t"
+    }
+
+
+def test_every_misspelt_variable_is_reported_once_with_the_valid_keys(tmp_path: Path) -> None:
+    assert problems(None, {"balancewatch_smtp__hots": "x", "BALANCEWATCH_LOG__LEVL": "debug"}) == [
+        "environment BALANCEWATCH_LOG__LEVL: unknown key; valid keys here: level, format "
+        "(config.example.yaml documents each)",
+        "environment balancewatch_smtp__hots: unknown key; valid keys here: host, port, security, username, "
+        "password, password_file, timeout, ca_file (config.example.yaml documents each)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        ("postgres://bw@db.example/bw", "postgresql://bw@db.example/bw"),
+        ("postgresql://bw@db.example/bw", "postgresql://bw@db.example/bw"),
+        ("postgresql+psycopg://bw@db.example/bw", "postgresql+psycopg://bw@db.example/bw"),
+        ("sqlite:////var/lib/balancewatch/bw.db", "sqlite:////var/lib/balancewatch/bw.db"),
+    ],
+)
+def test_supported_database_urls_are_kept_and_postgres_is_read_as_postgresql(written: str, kept: str) -> None:
+    assert load_settings(None, {"BALANCEWATCH_DATABASE__URL": written}, ()).database.url == kept
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "[::1]:9464", ":9464", "metrics.internal:80", ""])
+def test_metrics_listen_takes_host_and_port(listen: str) -> None:
+    assert load_settings(None, {"BALANCEWATCH_METRICS__LISTEN": listen}, ()).metrics.listen == listen
+
+
+@pytest.mark.parametrize("listen", ["9464", "127.0.0.1", "127.0.0.1:0", "[::1]", "host:port", "a b:1"])
+def test_metrics_listen_that_is_not_host_and_port_is_refused(listen: str) -> None:
+    assert problems(None, {"BALANCEWATCH_METRICS__LISTEN": listen}) == [
+        f"environment BALANCEWATCH_METRICS__LISTEN: metrics.listen: {listen!r} is not host:port; "
+        "write e.g. 127.0.0.1:9464, [::1]:9464 or :9464"
+    ]

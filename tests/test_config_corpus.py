@@ -14,6 +14,7 @@ as the user nobody.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
 import re
@@ -102,9 +103,13 @@ def argv(copy: Path, command: str) -> list[str]:
 
 @pytest.fixture
 def signals_kept() -> Iterator[None]:
-    """``run`` installs SIGTERM and SIGINT handlers in this process: put pytest's back afterwards."""
+    """The CLI sets logging, and ``run`` SIGTERM and SIGINT handlers, for the whole process: put
+    pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     kept = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     yield
+    root.handlers[:], root.level = handlers, level
     for number, handler in kept.items():
         signal.signal(number, handler)
 

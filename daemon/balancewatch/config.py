@@ -620,8 +620,8 @@ def load_settings(
         settings = Settings(**data)
     except ValidationError as exc:
         # pydantic refuses some unknown variables too (those inside a section it builds): once is enough.
-        named = {p.path for p in unknown}
-        found = [p for p in _problems(exc, located, environ) if p.path not in named]
+        named = {p.path.upper() for p in unknown}
+        found = [p for p in _problems(exc, located, environ) if p.path.upper() not in named]
         raise ProblemsError([*unknown, *found]) from None
     finally:
         _ENVIRON.reset(token)
