@@ -10,14 +10,18 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, text
 
+from balancewatch import cycle
+from balancewatch.config import Settings
+from balancewatch.liveset import LiveSet
 from balancewatch.watchdog import Watchdog, interval_from
-from tests.test_daemon import Cli, cli  # noqa: F401  (cli is a fixture)
+from tests.test_daemon import Cli, add_funded_account, cli  # noqa: F401  (cli is a fixture)
 
 WATCHDOG_USEC = "2000000"  # a 2 s WatchdogSec: a ping every second
 
@@ -130,3 +134,33 @@ def test_the_ping_thread_ends_when_stopping() -> None:
     stopping.set()
     thread.join(2.0)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_long_sweep_reports_progress_after_each_query_and_chunk(
+    engine: Engine,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    live_from: Callable[[str], LiveSet],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    live = live_from(
+        "alerts:\n  - id: ladder\n    accounts: {currency: USD}\n    below: [100]\n"
+        "  - id: second\n    accounts: {currency: USD}\n    below: [50]\n"
+    )
+    for n in range(5):
+        add_funded_account(engine, f"acct{n}", f"Account {n}", f"o{n}@acme.example", 40)
+    monkeypatch.setattr(cycle, "CHUNK", 2)  # 5 balances: three chunks per rule
+    calls: list[None] = []
+
+    stats = cycle.poll(
+        engine,
+        live,
+        make_settings(db_url),
+        datetime.now(UTC),
+        full=True,
+        progressed=lambda: calls.append(None),
+    )
+
+    assert stats.candidates == 10
+    assert len(calls) == 2 * (1 + 3)  # per rule: the query for candidates, then each chunk

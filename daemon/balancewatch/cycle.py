@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
@@ -101,6 +102,7 @@ def poll(
     full: bool = False,
     stopping: threading.Event | None = None,
     metrics: Recorder = NOOP,
+    progressed: Callable[[], None] | None = None,
 ) -> CycleStats:
     """Evaluate balances changed since the last poll (minus the overlap), or all of them.
 
@@ -109,6 +111,8 @@ def poll(
     it where it was, so the next cycle looks at the same changes again.
     ``metrics`` gets what was looked at and decided as each chunk commits, and the
     cycle's duration (``poll_finished``: not ok when it raised or was interrupted).
+    ``progressed`` is called as each query and chunk ends: a long sweep that moves on is
+    not stuck (the systemd watchdog).
     """
     started = time.monotonic()
     kind: PollKind = "sweep" if full else "poll"
@@ -116,7 +120,7 @@ def poll(
     try:
         since = _start(engine, live, settings, now, full)
         kind = "poll" if since is not None else "sweep"
-        stats = evaluate(engine, Env(live, settings, now, metrics), since, stopping)
+        stats = evaluate(engine, Env(live, settings, now, metrics), since, stopping, progressed)
         if stats.interrupted:
             return stats
         with engine.begin() as conn:
@@ -166,12 +170,18 @@ def _usage_due(stored: str | None, windows: set[int], now: datetime, settings: S
 
 
 def evaluate(
-    engine: Engine, env: Env, since: datetime | None, stopping: threading.Event | None = None
+    engine: Engine,
+    env: Env,
+    since: datetime | None,
+    stopping: threading.Event | None = None,
+    progressed: Callable[[], None] | None = None,
 ) -> CycleStats:
     """Run every enabled rule of ``env.live`` over the balances changed after ``since``.
 
-    Stops between chunks (each one committed) once ``stopping`` is set.
+    Stops between chunks (each one committed) once ``stopping`` is set; calls ``progressed``
+    after each query for candidates and each chunk decided.
     """
+    moved_on = progressed or (lambda: None)
     stats = CycleStats(full=since is None)
     for rule in env.live.rules:
         if not rule.enabled:
@@ -181,11 +191,13 @@ def evaluate(
                 keys = candidates.find(conn, rule, step_set, env.now, since)
             stats.candidates += len(keys)
             env.metrics.balances_evaluated(len(keys))
+            moved_on()
             for chunk in candidates.chunks(keys, CHUNK):
                 if stopping is not None and stopping.is_set():
                     stats.interrupted = True
                     return stats
                 _decide_chunk(engine, env, rule, step_set, chunk, stats)
+                moved_on()
     return stats
 
 

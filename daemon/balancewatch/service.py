@@ -100,6 +100,8 @@ class Pipeline:
     beating_since: datetime | None = None
     # Where every stage records what it did (the daemon's Prometheus registry; NOOP elsewhere).
     metrics: Recorder = NOOP
+    # Called as an evaluation moves on (each query and chunk): the systemd watchdog's proof of life.
+    progressed: Callable[[], None] | None = None
     courier: Courier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +120,14 @@ class Pipeline:
             live = self.live
             full = self.last_sweep is None or now - self.last_sweep >= self.settings.sweep_interval
         stats = poll(
-            self.engine, live, self.settings, now, full=full, stopping=self.stopping, metrics=self.metrics
+            self.engine,
+            live,
+            self.settings,
+            now,
+            full=full,
+            stopping=self.stopping,
+            metrics=self.metrics,
+            progressed=self.progressed,
         )
         if full and not stats.interrupted:
             with self.lock:
@@ -533,6 +542,7 @@ class Daemon:
             return
         patience = self.settings.poll_interval.total_seconds() + timeout / 2
         self.watchdog = watchdog.Watchdog(timeout, patience)
+        self.pipeline.progressed = self.watchdog.progressed
         self.watchdog.start(self.stopping)
         log.info("systemd watchdog: pinging every %gs while balances are being looked at", timeout / 2)
 
