@@ -8,6 +8,7 @@ import socket
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
@@ -98,3 +99,15 @@ def test_ready_says_no_while_polls_cannot_end_and_healthy_stays_yes(
 
     wait_until(lambda: get(f"{base}/-/ready")[0] == 200, "ready again")
     assert daemon.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_metrics_port_already_taken_is_logged_and_alerting_goes_on(cli: Cli) -> None:  # noqa: F811
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = cli.start(metrics__listen=f"127.0.0.1:{port}")
+        assert "going on without metrics" in daemon.log
+        assert daemon.process.poll() is None
+        assert daemon.stop(signal.SIGTERM) == 0

@@ -514,8 +514,8 @@ class Daemon:
             return
         try:
             self.http = httpserve.serve(listen, self.pipeline.metrics, self.readiness)
-        except OSError as exc:
-            log.error("cannot serve metrics on %s: %s; going on without them", listen, exc.strerror or exc)
+        except httpserve.ListenError as exc:
+            log.error("%s; going on without metrics", exc)
             return
         log.info("serving /metrics, /-/healthy and /-/ready on %s", self.http.url)
 
