@@ -6,6 +6,8 @@ defaults apply (SQLite in the state directory, mail written to files).
 
 Every key can be set from the environment: ``BALANCEWATCH_POLL_INTERVAL=10s``,
 ``BALANCEWATCH_SMTP__HOST=mail.example.com`` (``__`` descends into a section).
+A ``BALANCEWATCH_*`` variable that names no key is refused, not ignored (NOT_SETTINGS
+lists the few that are not settings).
 The SMTP password comes from ``smtp.password`` (best from the environment) or
 ``smtp.password_file`` (not both), else ``$CREDENTIALS_DIRECTORY/smtp-password``
 (systemd ``LoadCredential=``), which then becomes ``smtp.password_file``; a

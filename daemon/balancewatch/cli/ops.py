@@ -115,7 +115,7 @@ def connect(ctx: Ctx, settings: Settings) -> int:
     """``check --connect``: reach the database and the SMTP server; 1 if either fails."""
     failed = False
     try:
-        ctx.say(probe_database(settings.database_url, settings.smtp.timeout.total_seconds()))
+        ctx.say(probe_database(settings.database_url))
     except DatabaseCheckError as exc:
         ctx.warn(str(exc))
         failed = True
