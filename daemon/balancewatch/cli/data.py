@@ -125,7 +125,7 @@ def cmd_accounts_add(ctx: Ctx) -> int:
 
 
 def cmd_accounts_list(ctx: Ctx) -> int:
-    with Session(ctx.engine) as session:
+    with Session(ctx.read_engine) as session:
         accounts = list_accounts(session, ctx.args.limit)
     if ctx.args.json:
         ctx.emit_json([a.model_dump(mode="json") for a in accounts])
@@ -278,7 +278,7 @@ def _locale(session: Session, account_id: str, ctx: Ctx) -> str:
 
 def cmd_balance_show(ctx: Ctx) -> int:
     a = ctx.args
-    with Session(ctx.engine) as session:
+    with Session(ctx.read_engine) as session:
         account = session.get(Account, a.account)
         if account is None:
             raise CommandError(f"no account {a.account!r}")

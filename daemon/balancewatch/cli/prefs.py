@@ -98,7 +98,7 @@ def cmd_prefs(ctx: Ctx) -> int:
     changing = any(v is not None for v in (a.below, a.email, a.remind, a.enabled))
     currency = a.currency
     try:
-        with Session(ctx.engine) as session:
+        with Session(ctx.engine if changing else ctx.read_engine) as session:
             if changing:
                 currency = currency or default_currency(session, a.account)
                 change = Change(

@@ -182,7 +182,7 @@ def cmd_list(ctx: Ctx) -> int:
     live = _live(ctx)
     now = ctx.now()
     rows: list[dict[str, Any]] = []
-    with ctx.engine.connect().execution_options(readonly=True) as conn:
+    with ctx.read_engine.connect().execution_options(readonly=True) as conn:
         for report in live.reports:
             zones = set(accts.report_zones(conn, report, settings).zones)
             zones |= {c.zone for c in schedule.cursors(conn, report.id)}
