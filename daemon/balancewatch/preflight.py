@@ -15,6 +15,7 @@ It opens no database and starts nothing, so ``run`` refuses before doing either.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,13 +104,22 @@ def directory_problems(settings: Settings) -> list[Problem]:
 
 
 def unwritable(directory: Path) -> str | None:
-    """Why ``directory`` cannot be created or written (``permission denied``), or None."""
+    """Why ``directory`` cannot be created or written (``permission denied``), or None.
+
+    Leaves nothing behind: directories made to find out are removed again (``run`` makes
+    them when it writes there), so a ``check`` as another user leaves no stray directory.
+    """
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory, prefix=".balancewatch-check-"):
             pass
     except OSError as exc:
         return os_reason(exc)
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
     return None
 
 
@@ -128,7 +138,9 @@ def login_problems(settings: Settings) -> list[Problem]:
         ]
     if not smtp.username:
         # A password from the systemd credential is offered to whoever configures a user: not a mistake.
-        given = [loc for loc in (("smtp", "password"), ("smtp", "password_file")) if settings.is_set(loc)]
+        # Keys written but left empty (as the example config has them) give no password.
+        sources = {("smtp", "password"): smtp.password, ("smtp", "password_file"): smtp.password_file}
+        given = [loc for loc, value in sources.items() if value is not None and settings.is_set(loc)]
         return [
             settings.problem(
                 loc, "a password but no smtp.username; set smtp.username, or remove the password"
