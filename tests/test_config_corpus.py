@@ -87,9 +87,10 @@ def relative(text: str, copy: Path) -> str:
 
 
 def assert_refused(command: str, code: int, out: str, err: str, case: Path, copy: Path) -> None:
-    """Exit 1, nothing on stdout, exactly the expected problems then their count, no traceback."""
+    """Exit 1 (`run`: 78, EX_CONFIG, so systemd does not restart it), nothing on stdout, exactly the
+    expected problems then their count, no traceback."""
     assert "Traceback" not in err
-    assert (code, out) == (1, "")
+    assert (code, out) == (78 if command == "run" else 1, "")
     *problems, summary = relative(err, copy).splitlines()
     assert problems == expected(case)
     counted = SUMMARY[command].match(summary)

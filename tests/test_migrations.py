@@ -495,3 +495,19 @@ def test_the_first_command_that_writes_creates_the_schema_of_an_empty_database(
         assert schema_status(engine).state == "current"
     finally:
         engine.dispose()
+
+
+def test_run_refuses_an_out_of_date_database_with_ex_config_so_systemd_stops_restarting_it(
+    blank: Blank, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, engine = blank()
+    load_snapshot(engine, 3)
+
+    code, out, err = run_cli(capsys, url, "run", "--once")
+
+    assert (code, out) == (78, "")  # the unit's RestartPreventExitStatus=78
+    assert err == (
+        f"balancewatch run: the database schema is at 0003, this balancewatch needs {HEAD}: "
+        "run `balancewatch db upgrade`\n"
+    )
+    assert run_cli(capsys, url, "db", "current")[0] == 1  # nothing was upgraded behind the operator's back

@@ -97,7 +97,7 @@ def test_a_daemon_started_with_a_never_ending_template_refuses_to_start_with_one
     body = wedge(templates)
     done = run_balancewatch(cli, "run")
 
-    assert done.returncode == 1
+    assert done.returncode == 78  # EX_CONFIG
     assert done.stderr.splitlines() == [
         refusal(body),
         "cannot start: the rules or templates have problems: 1 problem",

@@ -157,6 +157,13 @@ def test_the_unit_waits_for_readiness_pings_the_watchdog_and_lets_a_batch_finish
     assert values(unit, "StateDirectory") == ["balancewatch"]
 
 
+def test_a_refusal_is_not_restarted_in_a_loop_but_any_other_failure_is(unit: str) -> None:
+    from balancewatch.cli.ops import EX_CONFIG
+
+    assert values(unit, "Restart") == ["on-failure"]
+    assert values(unit, "RestartPreventExitStatus") == [str(EX_CONFIG)]
+
+
 def test_the_unit_lets_the_metrics_port_bind_and_says_how_to_restrict_addresses(unit: str) -> None:
     assert values(unit, "IPAddressDeny") == []
     assert values(unit, "PrivateNetwork") == []

@@ -135,12 +135,19 @@ def cmd_run(ctx: Ctx) -> int:
     try:
         settings, ready = _ready(ctx)
     except SettingsProblemsError as exc:
-        return report_problems(ctx, exc, "cannot start: the config has problems")
+        report_problems(ctx, exc, "cannot start: the config has problems")
+        return EX_CONFIG
     except ProblemsError as exc:
-        return report_problems(ctx, exc, "cannot start: the rules or templates have problems")
+        report_problems(ctx, exc, "cannot start: the rules or templates have problems")
+        return EX_CONFIG
     for warning in ready.warnings:
         log.warning("%s", warning)
-    pipeline = build_pipeline(ctx.engine, settings, ready.live, stopping)
+    try:
+        engine = ctx.engine
+    except CommandError as exc:  # a schema older or newer than this version's: a person must act
+        ctx.warn(f"balancewatch run: {exc}")
+        return EX_CONFIG
+    pipeline = build_pipeline(engine, settings, ready.live, stopping)
     if stopping.is_set():
         return 0
     log.info(
@@ -163,6 +170,12 @@ def cmd_run(ctx: Ctx) -> int:
         return 0
     # SIGHUP reads the config again only to report what would need a restart.
     return Daemon(pipeline, load_config=lambda: load_settings(ctx.args.config, ctx.environ)).run()
+
+
+# sysexits' EX_CONFIG: `run` refused what it was given (config, rules, templates, the schema).
+# The unit's RestartPreventExitStatus= names it, so systemd stops instead of restarting in a
+# loop; any other failure (the database down at boot, say) is restarted.
+EX_CONFIG = 78
 
 
 def args_once(ctx: Ctx) -> bool:
