@@ -516,8 +516,6 @@ class Daemon:
             self.http = httpserve.serve(listen, self.pipeline.metrics, self.readiness)
         except httpserve.ListenError as exc:
             log.error("%s; going on without metrics", exc)
-            return
-        log.info("serving /metrics, /-/healthy and /-/ready on %s", self.http.url)
 
     def readiness(self) -> Readiness:
         """Ready while the database answers and polls end in time (a rule set is always loaded:
