@@ -6,7 +6,7 @@ from pathlib import Path
 
 from balancewatch import shipped
 from balancewatch.config import load_settings
-from balancewatch.preflight import login_problems, unwritable
+from balancewatch.preflight import directory_problems, login_problems, unwritable
 
 
 def test_the_example_config_with_a_local_relay_and_no_login_has_no_login_problem(tmp_path: Path) -> None:
@@ -35,3 +35,12 @@ def test_finding_out_whether_a_directory_can_be_written_leaves_nothing_behind(tm
     assert unwritable(tmp_path / "kept") is None
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_the_default_database_directory_is_blamed_on_state_dir_even_when_url_is_written_empty(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text('state_dir: /proc/balancewatch\ndatabase:\n  url: ""\n')
+    [problem] = directory_problems(load_settings(path, {}))
+    assert str(problem).startswith(f"{path}:1: state_dir: cannot write /proc/balancewatch: ")

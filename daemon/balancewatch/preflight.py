@@ -77,7 +77,7 @@ def directory_problems(settings: Settings) -> list[Problem]:
     wanted: dict[Path, tuple[tuple[str, ...], str]] = {}
     database = sqlite_file(settings.database_url)
     if database is not None:
-        by_url = settings.is_set(("database", "url"))
+        by_url = bool(settings.database.url) and settings.is_set(("database", "url"))  # not `url: ""`
         wanted[database.parent] = (
             (("database", "url"), _DATABASE_HINT) if by_url else (("state_dir",), _STATE_HINT)
         )
