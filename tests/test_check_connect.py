@@ -44,10 +44,14 @@ def bw(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Iterator[Cli]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     kept = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    # The loopback server's own warnings (aiosmtpd deprecations) would reach the CLI's stderr.
-    server_log = logging.getLogger("mail.log")
-    server_level = server_log.level
-    server_log.setLevel(logging.ERROR)
+    # The loopback server runs in this process: its own log records (aiosmtpd's, and asyncio's
+    # about a TLS handshake the client broke off) would reach the CLI's stderr handler.
+    server_logs = [logging.getLogger(name) for name in ("mail.log", "asyncio")]
+    kept_propagate = [server_log.propagate for server_log in server_logs]
+    quiet = logging.NullHandler()
+    for server_log in server_logs:
+        server_log.propagate = False
+        server_log.addHandler(quiet)
 
     def invoke(*argv: str, **env: str) -> Result:
         environ = {"BALANCEWATCH_STATE_DIR": str(tmp_path / "state"), "BALANCEWATCH_LOG__LEVEL": "warning"}
@@ -59,7 +63,9 @@ def bw(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Iterator[Cli]:
 
     yield invoke
     root.handlers[:], root.level = handlers, level
-    server_log.setLevel(server_level)
+    for server_log, propagate in zip(server_logs, kept_propagate, strict=True):
+        server_log.propagate = propagate
+        server_log.removeHandler(quiet)
     for number, handler in kept.items():
         signal.signal(number, handler)
 
