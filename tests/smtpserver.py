@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import logging
 import socket
 import ssl
 import threading
@@ -23,6 +24,12 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+
+# The server runs inside the test process: its own log records ("SMTP session exception" when a
+# client breaks off a TLS handshake, say) must not reach the stderr handler a CLI under test set up.
+_SERVER_LOG = logging.getLogger("mail.log")
+_SERVER_LOG.propagate = False
+_SERVER_LOG.addHandler(logging.NullHandler())
 
 HOLD_LIMIT = 30.0  # seconds a held DATA waits at most, so a forgotten release cannot hang a test
 
