@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlmodel import Session
 
-from balancewatch import shipped
 from balancewatch.config import Settings, load_settings
+from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet, load_set
 from balancewatch.store.db import make_engine, upgrade
 from tests.smtpserver import SmtpServer

@@ -20,7 +20,7 @@ from balancewatch.config import Settings
 from balancewatch.deliver.worker import make_transport
 from balancewatch.liveset import LiveSet, load_set
 from balancewatch.reports.runner import ReportStats
-from balancewatch.service import Pipeline
+from balancewatch.runtime.service import Pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from balancewatch.store.db import make_engine

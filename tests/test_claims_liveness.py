@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from balancewatch import outbox, procinfo
+from balancewatch import outbox
 from balancewatch.config import Settings
+from balancewatch.core import procinfo
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Daemon, Pipeline, build_pipeline
+from balancewatch.runtime.service import Daemon, Pipeline, build_pipeline
 from balancewatch.store import status as instance_status
 from balancewatch.store.status import STALE_AFTER
 from balancewatch.store.tables import ReportRun

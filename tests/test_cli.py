@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from balancewatch import outbox, shipped
+from balancewatch import outbox
 from balancewatch.cli import main
 from balancewatch.cli.main import build_parser
+from balancewatch.core import shipped
 from balancewatch.store.db import make_engine
 from tests.smtpserver import SmtpServer
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from balancewatch import shipped, yamlfile
 from balancewatch.config import DEFAULT_PATHS, Settings, load_settings
-from balancewatch.problems import ProblemsError
+from balancewatch.core import shipped, yamlfile
+from balancewatch.core.problems import ProblemsError
 
 SHIPPED_DIRS = {
     "BALANCEWATCH_RULES_DIR": str(shipped.rules_dir()),

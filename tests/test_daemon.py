@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from balancewatch import shipped
+from balancewatch.core import shipped
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from balancewatch.store.tables import AlertState
@@ -330,4 +330,4 @@ def test_under_systemd_run_reports_ready_and_stopping_and_logs_with_journal_prio
     lines = daemon.log.splitlines()
     assert lines
     assert all(re.match(r"<[0-7]>\S", line) for line in lines), lines
-    assert "<6>balancewatch.service: stopped" in lines
+    assert "<6>balancewatch.runtime.service: stopped" in lines

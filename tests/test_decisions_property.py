@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from balancewatch import cycle
+from balancewatch.alerts import cycle
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
 from balancewatch.rules.loader import SourceFile, check_files

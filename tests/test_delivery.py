@@ -26,7 +26,7 @@ from balancewatch.deliver.message import build
 from balancewatch.deliver.smtp import SmtpTransport
 from balancewatch.deliver.worker import make_transport
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Pipeline, build_pipeline, describe_transport
+from balancewatch.runtime.service import Pipeline, build_pipeline, describe_transport
 from tests.conftest import Clock
 from tests.smtpserver import SmtpServer
 

@@ -18,8 +18,8 @@ from sqlalchemy.exc import OperationalError
 
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
-from balancewatch.outage import FailureLog
-from balancewatch.service import Daemon, Pipeline, build_pipeline
+from balancewatch.runtime.outage import FailureLog
+from balancewatch.runtime.service import Daemon, Pipeline, build_pipeline
 from balancewatch.store.db import make_engine, upgrade
 from tests.conftest import IN_CI, Clock
 from tests.pgcluster import PgCluster

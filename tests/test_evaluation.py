@@ -17,11 +17,12 @@ import pytest
 from sqlalchemy import Engine, delete, event
 from sqlmodel import Session
 
-from balancewatch import cycle, shipped
+from balancewatch.alerts import cycle
+from balancewatch.alerts.cycle import CycleStats
 from balancewatch.config import Settings
-from balancewatch.cycle import CycleStats
+from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store.db import get_meta, make_engine
 from tests.conftest import Clock, write_rules
 from tests.helpers import (

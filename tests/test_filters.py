@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from balancewatch.durations import every
-from balancewatch.render import TemplateSet
+from balancewatch.core.durations import every
+from balancewatch.render.templates import TemplateSet
 
 
 @pytest.mark.parametrize(

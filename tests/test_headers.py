@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from balancewatch.store.tables import Account

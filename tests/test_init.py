@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from balancewatch import shipped
 from balancewatch.cli import main
+from balancewatch.core import shipped
 
 Run = Callable[..., tuple[int, str, str]]
 

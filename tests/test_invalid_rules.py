@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from balancewatch import shipped
 from balancewatch.cli import main
+from balancewatch.core import shipped
+from balancewatch.core.problems import ProblemsError
 from balancewatch.liveset import load_set
-from balancewatch.problems import ProblemsError
 
 CORPUS = Path(__file__).resolve().parent / "invalid_rules"
 CASES = sorted(p for p in CORPUS.iterdir() if p.is_dir())

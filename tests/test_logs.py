@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from balancewatch import logs, shipped
 from balancewatch.cli import main
+from balancewatch.core import logs, shipped
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from tests.smtpserver import SmtpServer
@@ -121,8 +121,8 @@ def test_under_the_journal_each_json_line_carries_its_syslog_priority(
         stat = os.fstat(journal.fileno())
         monkeypatch.setattr(sys, "stderr", journal)
         logs.setup("info", {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}, "json")
-        logging.getLogger("balancewatch.cycle").warning("two\nlines", extra={"account": "acme"})
-        logging.getLogger("balancewatch.cycle").info("one")
+        logging.getLogger("balancewatch.alerts.cycle").warning("two\nlines", extra={"account": "acme"})
+        logging.getLogger("balancewatch.alerts.cycle").info("one")
         journal.seek(0)
         lines = journal.read().splitlines()
     assert [line[:3] for line in lines] == ["<4>", "<6>"]

@@ -18,11 +18,11 @@ from sqlalchemy import Engine, event, select
 from sqlmodel import Session
 
 from balancewatch.config import Settings, load_settings
+from balancewatch.core.problems import ProblemsError
 from balancewatch.evaluate import services
 from balancewatch.evaluate.services import LedgerPrice, MessagesLeft, SubaccountUsage
 from balancewatch.liveset import LiveSet
-from balancewatch.problems import ProblemsError
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from tests.conftest import Clock
 from tests.helpers import OUTBOX, account, outbox, post, set_balance

@@ -20,15 +20,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from balancewatch import cycle, outbox, shipped
+from balancewatch import outbox
+from balancewatch.alerts import cycle
 from balancewatch.config import Settings
+from balancewatch.core import shipped
+from balancewatch.core.metrics import Metrics, Readiness
 from balancewatch.deliver.worker import Courier, make_transport
-from balancewatch.httpserve import ListenError, MetricsServer, parse_listen, serve
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.metrics import Metrics, Readiness
-from balancewatch.outboxgauges import OutboxCollector, register
-from balancewatch.reload import Reloader
 from balancewatch.reports.runner import run_due
+from balancewatch.runtime.httpserve import ListenError, MetricsServer, parse_listen, serve
+from balancewatch.runtime.outboxgauges import OutboxCollector, register
+from balancewatch.runtime.reload import Reloader
 from balancewatch.store.db import make_engine
 from balancewatch.topup.hook import make_hook
 from balancewatch.topup.worker import run_topups

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from balancewatch import yamlfile
-from balancewatch.money import (
+from balancewatch.core import yamlfile
+from balancewatch.core.money import (
     MAX_MINOR,
     Money,
     MoneyError,

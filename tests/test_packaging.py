@@ -78,7 +78,7 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed: Path, el
     where = _run(
         installed / "bin" / "python",
         "-c",
-        "import balancewatch, balancewatch.shipped as s\n"
+        "import balancewatch, balancewatch.core.shipped as s\n"
         "print(balancewatch.__file__)\n"
         "print(s.example_config())",
         cwd=elsewhere,

@@ -19,15 +19,15 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
-from balancewatch import shipped
 from balancewatch.cli import main
 from balancewatch.config import Settings
+from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet
-from balancewatch.plan import NO_START, NO_STOP, Plan, Reason, RulePlan, Status, compare, read_only
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile, parse_rules
-from balancewatch.service import build_pipeline
+from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import status
+from balancewatch.tools.plan import NO_START, NO_STOP, Plan, Reason, RulePlan, Status, compare, read_only
 from tests.conftest import Clock, write_rules
 from tests.helpers import account, outbox, post
 

@@ -18,15 +18,14 @@ import pytest
 from sqlalchemy import Engine, event, insert, select, update
 from sqlmodel import Session
 
-from balancewatch import platform_data
 from balancewatch.cli import main
 from balancewatch.config import Settings
+from balancewatch.core.money import format_money, to_major
 from balancewatch.evaluate import usage
 from balancewatch.liveset import LiveSet
-from balancewatch.money import format_money, to_major
-from balancewatch.platform_data import WarnedOnce, account_locale, account_timezone
-from balancewatch.service import Pipeline, build_pipeline
-from balancewatch.store import importcsv, ledger
+from balancewatch.runtime.service import Pipeline, build_pipeline
+from balancewatch.store import importcsv, ledger, platform_data
+from balancewatch.store.platform_data import WarnedOnce, account_locale, account_timezone
 from balancewatch.store.tables import Account, Balance, LedgerEntry
 from tests.conftest import Clock
 from tests.helpers import account, outbox

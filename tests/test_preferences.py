@@ -19,7 +19,7 @@ from sqlmodel import Session
 from balancewatch.cli import main
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store.preferences import Change, set_preferences
 from balancewatch.store.tables import OwnerPreference
 from tests.conftest import Clock

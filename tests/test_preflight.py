@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from balancewatch import shipped
 from balancewatch.config import load_settings
-from balancewatch.preflight import directory_problems, login_problems, unwritable
+from balancewatch.core import shipped
+from balancewatch.runtime.preflight import directory_problems, login_problems, unwritable
 
 
 def test_the_example_config_with_a_local_relay_and_no_login_has_no_login_problem(tmp_path: Path) -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from balancewatch import progress
 from balancewatch.cli import main
-from balancewatch.progress import CLEAR_TO_END, Progress
+from balancewatch.core import progress
+from balancewatch.core.progress import CLEAR_TO_END, Progress
 from balancewatch.store.db import make_engine, upgrade
 from tests.reportkit import REPORT_TEMPLATES, account, usage
 

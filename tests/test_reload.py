@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text
 
-from balancewatch import shipped
+from balancewatch.alerts.context import sample_alert_context
 from balancewatch.config import Settings
+from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.messages import sample_alert_context
-from balancewatch.reload import Reloader, ReloadStatus
-from balancewatch.service import Pipeline, build_pipeline, changed_settings
+from balancewatch.runtime.reload import Reloader, ReloadStatus
+from balancewatch.runtime.service import Pipeline, build_pipeline, changed_settings
 from balancewatch.store import status as instance_status
 from tests.conftest import Clock
 from tests.helpers import OUTBOX, account, post, states
@@ -328,7 +328,7 @@ def test_touching_a_file_without_changing_it_does_not_reload(make_watched: MakeW
 def test_a_bad_edit_keeps_the_old_rules_firing_and_reports_file_line_and_field_then_the_fix_is_picked_up(
     make_watched: MakeWatched, engine: Engine, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="balancewatch.reload")
+    caplog.set_level(logging.INFO, logger="balancewatch.runtime.reload")
     w = make_watched()
     account(engine, "acme", name="Acme Ltd")
     post(engine, "acme", "USD", 300_00, clock())

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from balancewatch import shipped
+from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.reload import Reloader
+from balancewatch.runtime.reload import Reloader
 from balancewatch.store import status as instance_status
 from tests.test_daemon import DEADLINE, Cli, cli, wait_until  # noqa: F401  (cli is a fixture)
 
@@ -162,7 +162,7 @@ def test_a_rule_file_cut_short_at_a_line_boundary_reloads_with_a_warning_naming_
     reloader = reloader_over(rules_dir, load_set(rules_dir, shipped.templates_dir()))
     path.write_text(TWO_RULES.split("  - id: empty")[0])  # still valid YAML: one rule fewer
 
-    with caplog.at_level(logging.WARNING, logger="balancewatch.reload"):
+    with caplog.at_level(logging.WARNING, logger="balancewatch.runtime.reload"):
         status = reloader.reload_now("SIGHUP")
 
     assert (status.ok, status.rules) == (True, 1)
@@ -182,7 +182,7 @@ def test_a_removed_rule_file_reloads_with_a_warning_naming_each_rule_it_held(
     reloader = reloader_over(rules_dir, load_set(rules_dir, shipped.templates_dir()))
     extra.unlink()
 
-    with caplog.at_level(logging.WARNING, logger="balancewatch.reload"):
+    with caplog.at_level(logging.WARNING, logger="balancewatch.runtime.reload"):
         reloader.reload_now("SIGHUP")
 
     assert [r.getMessage() for r in caplog.records] == [
@@ -198,6 +198,6 @@ def test_a_reload_that_keeps_every_rule_warns_about_nothing(
     reloader = reloader_over(rules_dir, load_set(rules_dir, shipped.templates_dir()))
     path.write_text(TWO_RULES.replace("below: [100]", "below: [250, 100]"))
 
-    with caplog.at_level(logging.WARNING, logger="balancewatch.reload"):
+    with caplog.at_level(logging.WARNING, logger="balancewatch.runtime.reload"):
         assert reloader.reload_now("SIGHUP").reloads == 1
     assert caplog.records == []

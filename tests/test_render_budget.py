@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from balancewatch import shipped
-from balancewatch.budget import WATCHDOG, OverrunBreaker
+from balancewatch.alerts.context import sample_alert_context
 from balancewatch.config import load_settings
-from balancewatch.limits import RenderBudget
+from balancewatch.core import shipped
+from balancewatch.core.limits import RenderBudget
+from balancewatch.core.problems import ProblemsError
 from balancewatch.liveset import load_set
-from balancewatch.messages import sample_alert_context
-from balancewatch.problems import ProblemsError
-from balancewatch.render import OverBudgetError, RenderError, TemplateSet, load_templates
+from balancewatch.render.budget import WATCHDOG, OverrunBreaker
+from balancewatch.render.templates import OverBudgetError, RenderError, TemplateSet, load_templates
 from tests.test_daemon import wait_until
 
 TIMEOUT = 0.5  # seconds: the budget in these tests, small to keep the suite fast

@@ -24,13 +24,13 @@ import pytest
 from sqlalchemy import Engine, event, insert
 from sqlmodel import Session
 
-from balancewatch import shipped
 from balancewatch.config import Settings
+from balancewatch.core import shipped
+from balancewatch.core.money import Money
+from balancewatch.core.problems import ProblemsError
 from balancewatch.evaluate import usage
 from balancewatch.liveset import load_set
-from balancewatch.money import Money
-from balancewatch.problems import ProblemsError
-from balancewatch.render import load_templates
+from balancewatch.render.templates import load_templates
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents import build
 from balancewatch.reports.contents.common import local_days

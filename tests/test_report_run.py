@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 
 from balancewatch.cli import main
 from balancewatch.config import Settings
+from balancewatch.core.problems import Problem
 from balancewatch.liveset import LiveSet
-from balancewatch.problems import Problem
 from balancewatch.reports import claims
 from balancewatch.reports.periods import period_before
 from balancewatch.reports.runner import ReportStats, run_now

@@ -507,7 +507,7 @@ def test_a_stop_request_ends_the_run_before_the_next_report(
 def test_the_daemons_report_job_sends_what_is_due_and_wakes_delivery(
     instances: Callable[..., Instance], rules_dir: Path
 ) -> None:
-    from balancewatch.service import Daemon
+    from balancewatch.runtime.service import Daemon
     from tests.conftest import Clock
 
     daemon = instances(write_reports(rules_dir, DAILY + "    empty: send\n"))

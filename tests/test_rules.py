@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from balancewatch import shipped
+from balancewatch.core import shipped
+from balancewatch.core.problems import ProblemsError
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.problems import ProblemsError
 from balancewatch.rules.compiled import CompiledRule, Step, StepSet
 from balancewatch.rules.loader import parse_rules, read_files, rule_files
 from balancewatch.rules.models import AlertRule

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from balancewatch import shipped
 from balancewatch.cli import main
+from balancewatch.core import shipped
+from balancewatch.core.problems import ProblemsError
 from balancewatch.liveset import load_set
-from balancewatch.problems import ProblemsError
 from balancewatch.rules.loader import rule_files
-from balancewatch.ruletest.load import load_test_file
+from balancewatch.tools.ruletest.load import load_test_file
 
 SHIPPED_RULES = shipped.rules_dir() / "low-balance.yaml"
 HEADER = f"rule_files: [{SHIPPED_RULES}]\nstart: 2026-03-01T09:00:00Z\ntests:\n"

@@ -18,9 +18,9 @@ from jsonschema import Draft7Validator, Draft202012Validator
 from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 
-from balancewatch import shipped
 from balancewatch.cli import main
-from balancewatch.problems import ProblemsError
+from balancewatch.core import shipped
+from balancewatch.core.problems import ProblemsError
 from balancewatch.rules.loader import SourceFile, parse_rules
 from balancewatch.rules.schema import rule_file_schema
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from balancewatch.service import build_pipeline
+from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from tests.conftest import Clock

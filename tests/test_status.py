@@ -22,7 +22,7 @@ from balancewatch.cli import main
 from balancewatch.cli.status import stale_after, verdict
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Daemon, build_pipeline
+from balancewatch.runtime.service import Daemon, build_pipeline
 from balancewatch.store import status as instance_status
 from balancewatch.store.tables import InstanceStatus
 from tests.test_daemon import Cli, cli, wait_until  # noqa: F401  (cli is a fixture)

@@ -11,10 +11,10 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from balancewatch import shipped
 from balancewatch.cli.common import CommandError
 from balancewatch.cli.main import main
 from balancewatch.cli.unit import UnitTemplateError, render_unit
+from balancewatch.core import shipped
 
 EXECUTABLE = Path(sys.executable).with_name("balancewatch")  # this environment's console script
 MAX_EXPOSURE = 1.2

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from balancewatch import shipped
+from balancewatch.alerts.context import sample_alert_context
+from balancewatch.core import shipped
+from balancewatch.core.problems import ProblemsError
 from balancewatch.liveset import load_set
-from balancewatch.messages import sample_alert_context
-from balancewatch.problems import ProblemsError
-from balancewatch.render import RenderError, TemplateSet, load_templates
+from balancewatch.render.templates import RenderError, TemplateSet, load_templates
 
 RULE = "alerts:\n  - id: a\n    exhausted: true\n    template: probe\n"
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from tests.conftest import Clock
 from tests.smtpserver import SmtpServer
 from tests.test_delivery import NO_RULES, add_messages, outbox_rows

@@ -30,15 +30,15 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from balancewatch import shipped
 from balancewatch.cli import main
 from balancewatch.config import Settings, load_settings
+from balancewatch.core import shipped
+from balancewatch.core.problems import ProblemsError
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.problems import ProblemsError
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
+from balancewatch.store import topup_requests as topups
 from balancewatch.store.db import make_engine
-from balancewatch.topup import requests as topups
 from balancewatch.topup.hook import (
     CommandHook,
     HookRequest,

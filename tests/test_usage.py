@@ -20,7 +20,7 @@ from sqlmodel import Session
 from balancewatch.config import Settings
 from balancewatch.evaluate import usage
 from balancewatch.liveset import LiveSet
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.tables import UsageSummary
 from tests.conftest import Clock

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from balancewatch import shipped
+from balancewatch.alerts.context import SAMPLE_VARIANTS, sample_alert_context, sample_contexts
 from balancewatch.config import Settings
+from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet
-from balancewatch.messages import SAMPLE_VARIANTS, sample_alert_context, sample_contexts
-from balancewatch.render import load_templates
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.render.templates import load_templates
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store.tables import OwnerPreference
 from tests.conftest import Clock
 from tests.helpers import OUTBOX, Sent, account, outbox, post, set_balance

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, text
 
-from balancewatch import cycle
+from balancewatch.alerts import cycle
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
-from balancewatch.watchdog import Watchdog, interval_from
+from balancewatch.runtime.watchdog import Watchdog, interval_from
 from tests.test_daemon import Cli, add_funded_account, cli  # noqa: F401  (cli is a fixture)
 
 WATCHDOG_USEC = "2000000"  # a 2 s WatchdogSec: a ping every second

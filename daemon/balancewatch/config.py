@@ -50,11 +50,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from balancewatch import shipped, yamlfile
-from balancewatch.durations import Duration, format_duration
-from balancewatch.limits import RenderBudget, Size, check_timeout
-from balancewatch.money import MoneyError, check_currency, check_locale
-from balancewatch.problems import Problem, ProblemsError, explain
+from balancewatch.core import shipped, yamlfile
+from balancewatch.core.durations import Duration, format_duration
+from balancewatch.core.limits import RenderBudget, Size, check_timeout
+from balancewatch.core.money import MoneyError, check_currency, check_locale
+from balancewatch.core.problems import Problem, ProblemsError, explain
 
 DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/balancewatch/config.yaml"))
 ENV_PREFIX = "BALANCEWATCH_"

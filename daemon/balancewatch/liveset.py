@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from balancewatch.limits import DEFAULT_BUDGET, RenderBudget
-from balancewatch.messages import sample_contexts
-from balancewatch.problems import Problem, ProblemsError
-from balancewatch.render import (
+from balancewatch.alerts.context import sample_contexts
+from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
+from balancewatch.core.problems import Problem, ProblemsError
+from balancewatch.render.templates import (
     TEMPLATE_NAMES_HINT,
     OverBudgetError,
     RenderError,

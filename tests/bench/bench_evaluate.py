@@ -274,8 +274,8 @@ def run_child(params: dict[str, Any]) -> Results:
     """The daemon side: first sweep, (a), (b) and (c), in this process."""
     from sqlalchemy import bindparam, text
 
-    from balancewatch import cycle
-    from balancewatch.cycle import Env
+    from balancewatch.alerts import cycle
+    from balancewatch.alerts.cycle import Env
     from balancewatch.evaluate import candidates
     from balancewatch.liveset import load_set
     from balancewatch.store.db import make_engine

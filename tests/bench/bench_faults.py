@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: the tests package lives at the repository's top
     sys.path.insert(0, str(ROOT))
 
-from balancewatch import shipped  # noqa: E402
+from balancewatch.core import shipped  # noqa: E402
 from balancewatch.store import ledger  # noqa: E402
 from balancewatch.store.accounts import add_account  # noqa: E402
 from balancewatch.store.db import make_engine, upgrade  # noqa: E402

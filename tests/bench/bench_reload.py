@@ -36,10 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from balancewatch import shipped
-from balancewatch.durations import parse_duration
+from balancewatch.core import shipped
+from balancewatch.core.durations import parse_duration
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.reload import Reloader
+from balancewatch.runtime.reload import Reloader
 
 try:
     from tests.bench import common

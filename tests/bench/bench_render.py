@@ -41,10 +41,10 @@ from typing import Any
 from jinja2 import DictLoader, StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from balancewatch import shipped
-from balancewatch.budget import WATCHDOG
-from balancewatch.messages import sample_alert_context
-from balancewatch.render import FILTERS, Rendered, TemplateSet, load_templates, one_line
+from balancewatch.alerts.context import sample_alert_context
+from balancewatch.core import shipped
+from balancewatch.render.budget import WATCHDOG
+from balancewatch.render.templates import FILTERS, Rendered, TemplateSet, load_templates, one_line
 
 try:
     from tests.bench import common

@@ -233,7 +233,7 @@ class Database:
     def daemon_params(self, rules_file: str, rules: str) -> dict[str, str]:
         """Write ``rules`` to ``rules/<rules_file>`` in ``work``; return what ``daemon_settings`` reads:
         ``url``, ``state_dir`` and ``rules_dir`` in ``work``, ``templates_dir`` (the shipped templates)."""
-        from balancewatch import shipped
+        from balancewatch.core import shipped
 
         rules_dir = self.work / "rules"
         rules_dir.mkdir(exist_ok=True)

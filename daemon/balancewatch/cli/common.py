@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from balancewatch.config import Settings, load_settings, safe_url
-from balancewatch.problems import ProblemsError
+from balancewatch.core.problems import ProblemsError
 from balancewatch.store.db import SchemaError, SchemaStatus, make_engine, schema_status, sqlite_file, upgrade
 
 

@@ -9,16 +9,16 @@ from typing import Any, TextIO
 from sqlalchemy import desc, select
 from sqlmodel import Session
 
-from balancewatch import progress
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
-from balancewatch.money import MoneyError, check_currency, format_money, to_major, to_minor
-from balancewatch.platform_data import account_locale
-from balancewatch.problems import ProblemsError
-from balancewatch.progress import Progress
+from balancewatch.core import progress
+from balancewatch.core.money import MoneyError, check_currency, format_money, to_major, to_minor
+from balancewatch.core.problems import ProblemsError
+from balancewatch.core.progress import Progress
+from balancewatch.core.times import parse_instant
 from balancewatch.store import importcsv, ledger
 from balancewatch.store.accounts import AccountError, add_account, list_accounts
+from balancewatch.store.platform_data import account_locale
 from balancewatch.store.tables import Account, Balance, LedgerEntry
-from balancewatch.times import parse_instant
 
 
 def register(commands: Any) -> None:
@@ -229,7 +229,7 @@ def cmd_ledger_import(ctx: Ctx) -> int:
 
 class ImportProgress:
     """The import's progress on a terminal: bytes of the file checked, then rows posted, each on a
-    line of its own (see ``balancewatch.progress``); nothing when ``stream`` is not a terminal."""
+    line of its own (see ``balancewatch.core.progress``); nothing when ``stream`` is not a terminal."""
 
     def __init__(self, stream: TextIO, name: str, quiet: bool) -> None:
         self.stream, self.name, self.quiet = stream, name, quiet

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from balancewatch import shipped
 from balancewatch.cli.common import CommandError, Ctx
+from balancewatch.core import shipped
 
 CONFIG = "config.yaml"
 # The directories the copied config names, relative to it (a relative path is read from the file's own

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from sqlalchemy.exc import OperationalError
 
-from balancewatch import __version__, logs
+from balancewatch import __version__
 from balancewatch.cli import (
     data,
     db,
@@ -27,7 +27,8 @@ from balancewatch.cli import (
 )
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import safe_url
-from balancewatch.problems import ProblemsError
+from balancewatch.core import logs
+from balancewatch.core.problems import ProblemsError
 
 DESCRIPTION = """\
 Watches prepaid account balances and emails the right people at the right time.

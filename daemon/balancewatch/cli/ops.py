@@ -11,17 +11,23 @@ from typing import Any
 from sqlalchemy import update
 
 from balancewatch import outbox
+from balancewatch.alerts.cycle import message_domain
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import Settings, load_settings, safe_url
-from balancewatch.cycle import message_domain
+from balancewatch.core.problems import ProblemsError
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import Envelope, build
 from balancewatch.deliver.outcome import DELIVERED, settle
 from balancewatch.deliver.smtp import probe as probe_smtp
 from balancewatch.deliver.worker import Transport, make_transport
-from balancewatch.preflight import Ready, SettingsProblemsError, preflight
-from balancewatch.problems import ProblemsError
-from balancewatch.service import Daemon, build_pipeline, describe_transport, instance_name, stop_on_signals
+from balancewatch.runtime.preflight import Ready, SettingsProblemsError, preflight
+from balancewatch.runtime.service import (
+    Daemon,
+    build_pipeline,
+    describe_transport,
+    instance_name,
+    stop_on_signals,
+)
 from balancewatch.store.probe import DatabaseCheckError, probe_database
 
 log = logging.getLogger("balancewatch")
@@ -251,7 +257,7 @@ def cmd_config_show(ctx: Ctx) -> int:
 
 
 def cmd_demo(ctx: Ctx) -> int:
-    from balancewatch.demo import run_demo
+    from balancewatch.tools.demo import run_demo
 
     args: argparse.Namespace = ctx.args
     if not args.log_level:

@@ -13,11 +13,11 @@ from sqlmodel import Session
 
 from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, table
+from balancewatch.core.durations import parse_duration
+from balancewatch.core.times import EXAMPLE, parse_instant
 from balancewatch.deliver.outcome import shown
-from balancewatch.durations import parse_duration
 from balancewatch.outbox import PARKED, PENDING, SENDING, SENT
 from balancewatch.store.tables import Outbox
-from balancewatch.times import EXAMPLE, parse_instant
 
 STATUSES = [PENDING, SENDING, SENT, PARKED]
 

@@ -11,9 +11,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
+from balancewatch.core.money import format_money, to_major
+from balancewatch.core.problems import ProblemsError
 from balancewatch.liveset import load_set
-from balancewatch.money import format_money, to_major
-from balancewatch.plan import (
+from balancewatch.rules.compiled import CompiledRule
+from balancewatch.rules.loader import SourceFile, parse_rules, read_files, rule_files
+from balancewatch.store import status
+from balancewatch.tools.plan import (
     DEFAULT_LIMIT,
     Entry,
     Plan,
@@ -25,10 +29,6 @@ from balancewatch.plan import (
     compare,
     read_only,
 )
-from balancewatch.problems import ProblemsError
-from balancewatch.rules.compiled import CompiledRule
-from balancewatch.rules.loader import SourceFile, parse_rules, read_files, rule_files
-from balancewatch.store import status
 
 DESCRIPTION = """\
 Compares the rules on disk (validated exactly as `check` does) with the rules

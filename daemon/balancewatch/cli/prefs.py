@@ -15,8 +15,8 @@ from typing import Any
 from sqlmodel import Session
 
 from balancewatch.cli.common import CommandError, Ctx, table
-from balancewatch.money import MoneyError, check_currency, format_money, to_major
-from balancewatch.platform_data import account_locale
+from balancewatch.core.money import MoneyError, check_currency, format_money, to_major
+from balancewatch.store.platform_data import account_locale
 from balancewatch.store.preferences import (
     Change,
     PreferenceError,

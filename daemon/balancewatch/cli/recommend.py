@@ -19,14 +19,14 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from balancewatch.alerts.context import usage_context
 from balancewatch.cli.common import CommandError, Ctx
 from balancewatch.config import Settings
+from balancewatch.core.money import Money, format_money
+from balancewatch.core.times import parse_instant
 from balancewatch.evaluate import usage
-from balancewatch.messages import usage_context
-from balancewatch.money import Money, format_money
-from balancewatch.platform_data import account_locale
+from balancewatch.store.platform_data import account_locale
 from balancewatch.store.tables import Account, Balance
-from balancewatch.times import parse_instant
 
 DESCRIPTION = """\
 Print the recommended alert threshold of an account for each currency of its

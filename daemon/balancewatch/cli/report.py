@@ -9,18 +9,18 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from balancewatch.cli.common import CommandError, Ctx, table
+from balancewatch.core.progress import Progress
 from balancewatch.deliver.worker import deliver_batch, make_transport
 from balancewatch.evaluate.candidates import A
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.progress import Progress
-from balancewatch.render import TemplateSuspendedError
+from balancewatch.render.templates import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
 from balancewatch.reports import claims, schedule
 from balancewatch.reports.compose import Prepared
 from balancewatch.reports.periods import LAST
 from balancewatch.reports.runner import RunError, ZoneRun, run_now
 from balancewatch.rules.reports import CompiledReport
-from balancewatch.service import instance_name
+from balancewatch.runtime.service import instance_name
 
 
 def register(commands: Any) -> None:

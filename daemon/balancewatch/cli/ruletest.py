@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from balancewatch.cli.common import Ctx, report_problems
-from balancewatch.problems import ProblemsError
-from balancewatch.ruletest import report
-from balancewatch.ruletest.load import find_test_files
-from balancewatch.ruletest.runner import run_all
+from balancewatch.core.problems import ProblemsError
+from balancewatch.tools.ruletest import report
+from balancewatch.tools.ruletest.load import find_test_files
+from balancewatch.tools.ruletest.runner import run_all
 
 DESCRIPTION = """\
 Run rule unit tests: accounts with opening balances, a timeline of ledger

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from balancewatch import shipped
 from balancewatch.cli.common import CommandError, Ctx
+from balancewatch.core import shipped
 
 SHIPPED_EXECUTABLE = "/opt/balancewatch/bin/balancewatch"
 SHIPPED_CONFIG = "/etc/balancewatch/config.yaml"

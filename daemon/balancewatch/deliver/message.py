@@ -13,7 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from balancewatch.deliver.errors import TransportError
 from balancewatch.outbox import Claimed
-from balancewatch.render import one_line
+from balancewatch.render.templates import one_line
 
 POLICY = email.policy.SMTP
 

@@ -27,12 +27,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from balancewatch import outbox
 from balancewatch.config import Settings
+from balancewatch.core.metrics import NOOP, FailureClass, Recorder
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.files import FileTransport
 from balancewatch.deliver.message import Envelope, build
 from balancewatch.deliver.outcome import DELIVERED, Attempt, settle, shown
 from balancewatch.deliver.smtp import SmtpTransport
-from balancewatch.metrics import NOOP, FailureClass, Recorder
 from balancewatch.store import status as instance_status
 
 log = logging.getLogger(__name__)

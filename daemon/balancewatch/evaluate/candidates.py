@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, case, exists, func, literal, or_, select, true
 
-from balancewatch.money import MAX_MINOR
+from balancewatch.core.money import MAX_MINOR
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet, UsageSpec
 from balancewatch.store.tables import Account, AlertState, Balance, OwnerPreference, UsageSummary
 

@@ -22,8 +22,8 @@ from balancewatch.evaluate.candidates import (
     owner_configured,
 )
 from balancewatch.evaluate.decide import StepState
-from balancewatch.platform_data import account_currency, account_locale, account_timezone
 from balancewatch.rules.compiled import CompiledRule, StepSet
+from balancewatch.store.platform_data import account_currency, account_locale, account_timezone
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from math import floor
 
 from sqlalchemy import Connection, and_, func, or_, select
 
-from balancewatch.money import exponent
+from balancewatch.core.money import exponent
 from balancewatch.store.tables import Account, LedgerEntry
 
 Key = tuple[str, str]  # (paying account, currency)

@@ -24,9 +24,9 @@ from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
 from balancewatch.config import Settings
 from balancewatch.evaluate.candidates import A, account_filter
-from balancewatch.platform_data import WARNED, account_locale, account_timezone, canonical_zone
 from balancewatch.reports.base import AccountInfo
 from balancewatch.rules.reports import CompiledReport
+from balancewatch.store.platform_data import WARNED, account_locale, account_timezone, canonical_zone
 
 log = logging.getLogger(__name__)
 

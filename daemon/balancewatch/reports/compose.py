@@ -26,7 +26,7 @@ from typing import Any
 
 from balancewatch import outbox
 from balancewatch.config import Settings
-from balancewatch.render import RenderError, TemplateSet, TemplateSuspendedError
+from balancewatch.render.templates import RenderError, TemplateSet, TemplateSuspendedError
 from balancewatch.reports.base import Built, Period
 from balancewatch.reports.claims import FAILED, OPERATORS, SENT, SKIPPED, Outcome, idem_key
 from balancewatch.reports.contents import csv

@@ -31,19 +31,19 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from balancewatch import outbox
+from balancewatch.alerts.cycle import message_domain
 from balancewatch.config import Settings
-from balancewatch.cycle import message_domain
-from balancewatch.durations import format_duration
+from balancewatch.core.durations import format_duration
+from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.evaluate.candidates import A
 from balancewatch.liveset import LiveSet
-from balancewatch.metrics import NOOP, Recorder
-from balancewatch.platform_data import account_timezone
-from balancewatch.render import TemplateSuspendedError
+from balancewatch.render.templates import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
 from balancewatch.reports import claims, compose, contents, schedule
 from balancewatch.reports.base import AccountInfo, Period
 from balancewatch.reports.periods import LAST, PeriodError, parse_period, report_period
 from balancewatch.rules.reports import CompiledReport
+from balancewatch.store.platform_data import account_timezone
 
 log = logging.getLogger(__name__)
 

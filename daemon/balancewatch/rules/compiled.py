@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 
-from balancewatch.money import MoneyError, to_minor
+from balancewatch.core.money import MoneyError, to_minor
 from balancewatch.rules.models import (
     OWNER,
     OWNER_THRESHOLDS,

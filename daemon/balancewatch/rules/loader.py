@@ -13,8 +13,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from balancewatch import yamlfile
-from balancewatch.problems import Problem, ProblemsError, explain
+from balancewatch.core import yamlfile
+from balancewatch.core.problems import Problem, ProblemsError, explain
 from balancewatch.rules.compiled import CompiledRule, CompileError, compile_rule
 from balancewatch.rules.files import RuleFile
 from balancewatch.rules.models import AlertRule

@@ -40,8 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-from balancewatch.durations import parse_duration
-from balancewatch.money import MoneyError, check_currency
+from balancewatch.core.durations import parse_duration
+from balancewatch.core.money import MoneyError, check_currency
 
 RULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, select
 
-from balancewatch.money import MoneyError, check_locale
-from balancewatch.platform_data import canonical_zone
+from balancewatch.core.money import MoneyError, check_locale
+from balancewatch.store.platform_data import canonical_zone
 from balancewatch.store.tables import Account, utcnow
 
 BILLING_MODES = ("prepaid", "postpaid")

@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 from sqlalchemy import select, tuple_
 from sqlmodel import Session
 
-from balancewatch.money import MoneyError, check_currency, to_minor
-from balancewatch.problems import Problem, ProblemsError
+from balancewatch.core.money import MoneyError, check_currency, to_minor
+from balancewatch.core.problems import Problem, ProblemsError
+from balancewatch.core.times import parse_instant
 from balancewatch.store import ledger
 from balancewatch.store.tables import Account, LedgerEntry
-from balancewatch.times import parse_instant
 
 REQUIRED = ("account", "amount")
 KNOWN = (*REQUIRED, "currency", "kind", "service", "quantity", "time", "reference")

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from balancewatch.money import MoneyError, check_currency
+from balancewatch.core.money import MoneyError, check_currency
 from balancewatch.store.tables import Account, Balance, LedgerEntry
 
 KINDS = ("usage", "top-up", "refund", "adjustment")

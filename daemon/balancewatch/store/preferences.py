@@ -22,7 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from balancewatch.money import MoneyError, check_currency, to_minor
+from balancewatch.core.money import MoneyError, check_currency, to_minor
 from balancewatch.store.tables import Account, Balance, OwnerPreference
 
 MAX_THRESHOLDS = 3

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, desc, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from balancewatch import procinfo
+from balancewatch.core import procinfo
 from balancewatch.store.tables import InstanceStatus, Outbox, ReportRun
 
 T = InstanceStatus.__table__  # type: ignore[attr-defined]

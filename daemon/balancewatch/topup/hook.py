@@ -40,8 +40,8 @@ from urllib.parse import quote
 
 from balancewatch import __version__
 from balancewatch.config import Settings, TopupHookSettings, shown_url
-from balancewatch.money import to_major
-from balancewatch.problems import Problem, ProblemsError
+from balancewatch.core.money import to_major
+from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.rules.compiled import CompiledRule
 
 MAX_BODY = 64 * 1024  # read at most this much of an answer

@@ -25,14 +25,14 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from balancewatch import outbox
+from balancewatch.alerts.cycle import message_domain
 from balancewatch.config import Settings
-from balancewatch.cycle import message_domain
-from balancewatch.durations import format_duration
+from balancewatch.core.durations import format_duration
+from balancewatch.core.metrics import NOOP, Recorder
+from balancewatch.core.money import Money
 from balancewatch.liveset import LiveSet
-from balancewatch.metrics import NOOP, Recorder
-from balancewatch.money import Money
+from balancewatch.store import topup_requests as topups
 from balancewatch.topup import notify
-from balancewatch.topup import requests as topups
 from balancewatch.topup.hook import Answer, Hook, HookRequest, Outcome
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 ``build`` dispatches on ``report.contents``; every kind yields
 :class:`~balancewatch.reports.base.Built` objects whose ``context`` is
 documented in docs/reports.md, with money in integer minor units
-(:class:`~balancewatch.money.Money`) and dates in ``period.timezone``.
+(:class:`~balancewatch.core.money.Money`) and dates in ``period.timezone``.
 """
 
 from __future__ import annotations

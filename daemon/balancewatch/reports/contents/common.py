@@ -28,9 +28,9 @@ from babel.dates import format_datetime, format_interval, format_skeleton
 from sqlalchemy import ColumnElement, Connection, Integer, case, func, literal_column, select
 
 from balancewatch.config import Settings
+from balancewatch.core.money import to_major
 from balancewatch.evaluate import usage
 from balancewatch.evaluate.usage import Figures
-from balancewatch.money import to_major
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.rules.reports import CompiledReport
 from balancewatch.store.tables import Account, Balance, LedgerEntry

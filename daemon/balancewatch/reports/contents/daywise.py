@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from balancewatch.config import Settings
-from balancewatch.money import Money
+from balancewatch.core.money import Money
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents.common import (
     DERIVED,

@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, and_, or_, select
 
 from balancewatch.config import Settings
+from balancewatch.core.money import Money
 from balancewatch.evaluate.candidates import account_filter
 from balancewatch.evaluate.usage import OK
-from balancewatch.money import Money
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents.common import ACCOUNT, BALANCE, A, B, Options, base_context, major_text
 from balancewatch.rules.reports import CompiledReport

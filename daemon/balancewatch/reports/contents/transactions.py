@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, func, select
 
 from balancewatch.config import Settings
-from balancewatch.money import Money
+from balancewatch.core.money import Money
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents.common import (
     ACCOUNT,

@@ -26,11 +26,11 @@ from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlmodel import Session
 
 from balancewatch.config import load_settings
+from balancewatch.core.money import to_minor
 from balancewatch.deliver.mailindex import write_index
 from balancewatch.liveset import load_set
-from balancewatch.money import to_minor
 from balancewatch.rules.reports import CompiledReport
-from balancewatch.service import build_pipeline
+from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from balancewatch.store.db import make_engine, upgrade

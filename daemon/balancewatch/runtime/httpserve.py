@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from balancewatch.metrics import Metrics, Readiness
+from balancewatch.core.metrics import Metrics, Readiness
 
 log = logging.getLogger(__name__)
 

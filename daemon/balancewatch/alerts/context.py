@@ -16,11 +16,11 @@ from typing import Any
 
 from babel.numbers import format_currency
 
+from balancewatch.core.money import Money
 from balancewatch.evaluate.decide import Decision, Kind
 from balancewatch.evaluate.load import Subject
 from balancewatch.evaluate.services import Credit, LedgerPrice, SubaccountUsage, messages_left
 from balancewatch.evaluate.usage import NONE, OK, SHORT, Figures
-from balancewatch.money import Money
 from balancewatch.rules.compiled import CompiledRule, Step, UsageSpec
 
 

@@ -32,8 +32,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from balancewatch.durations import parse_duration
-from balancewatch.money import MoneyError, check_currency
+from balancewatch.core.durations import parse_duration
+from balancewatch.core.money import MoneyError, check_currency
 
 
 def _text(value: Any) -> Any:

@@ -48,9 +48,9 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from balancewatch.core.metrics import NOOP, Recorder
+from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.liveset import LiveSet, fingerprint, load_set
-from balancewatch.metrics import NOOP, Recorder
-from balancewatch.problems import Problem, ProblemsError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from balancewatch import outbox
+from balancewatch.alerts.context import Extras, alert_context, idem_key, recipients, topup_key
 from balancewatch.config import Settings
+from balancewatch.core.metrics import NOOP, PollKind, Recorder
 from balancewatch.evaluate import candidates, services, usage
 from balancewatch.evaluate.decide import Decision, Kind, Outcome, StepState, decide
 from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
@@ -36,12 +38,10 @@ from balancewatch.evaluate.load import (
     write_states,
 )
 from balancewatch.liveset import LiveSet
-from balancewatch.messages import Extras, alert_context, idem_key, recipients, topup_key
-from balancewatch.metrics import NOOP, PollKind, Recorder
-from balancewatch.render import RenderError
+from balancewatch.render.templates import RenderError
 from balancewatch.rules.compiled import CompiledRule, StepSet
+from balancewatch.store import topup_requests as topups
 from balancewatch.store.db import get_meta, is_postgres, set_meta
-from balancewatch.topup import requests as topups
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from balancewatch.ruletest.models import AccountSpec, ExpectSpec
 from balancewatch.store.preferences import Change
+from balancewatch.tools.ruletest.models import AccountSpec, ExpectSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # balancewatch/, this module being balancewatch/core/
 _IN_WHEEL = _PACKAGE / "_shipped"
 _IN_CHECKOUT = _PACKAGE.parent.parent
 _DOC_IN_PREFIX = Path("share", "doc", "balancewatch", "systemd.md")

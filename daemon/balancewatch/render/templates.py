@@ -9,7 +9,7 @@ and read only the files loaded here: no filesystem, no network.
 The files are read once when the set is loaded; the set in use is exactly the
 set that was validated, whatever happens on disk afterwards.
 
-Every email renders within the set's ``RenderBudget`` (``balancewatch.budget``):
+Every email renders within the set's ``RenderBudget`` (``balancewatch.render.budget``):
 stopped past ``render.timeout``, stopped once its parts together pass
 ``render.max_size``, and single steps that would make a value larger than that
 (``"x" * 10**9``, a huge format width) refused before they run. Each is a
@@ -62,7 +62,11 @@ from jinja2.sandbox import (
 from jinja2.utils import generate_lorem_ipsum
 from markupsafe import Markup, soft_str
 
-from balancewatch.budget import (
+from balancewatch.core.durations import every, format_duration
+from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget, format_size
+from balancewatch.core.money import Money, format_money
+from balancewatch.core.problems import Problem, ProblemsError
+from balancewatch.render.budget import (
     WATCHDOG,
     OverrunBreaker,
     RenderTimeoutError,
@@ -75,10 +79,6 @@ from balancewatch.budget import (
     replaced_size,
     too_large,
 )
-from balancewatch.durations import every, format_duration
-from balancewatch.limits import DEFAULT_BUDGET, RenderBudget, format_size
-from balancewatch.money import Money, format_money
-from balancewatch.problems import Problem, ProblemsError
 
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
 MAX_SUBJECT = 250

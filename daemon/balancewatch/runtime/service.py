@@ -50,17 +50,19 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from balancewatch import __version__, httpserve, outbox, outboxgauges, procinfo, sdnotify, watchdog
+from balancewatch import __version__, outbox
+from balancewatch.alerts.cycle import CycleStats, poll
 from balancewatch.config import Settings
-from balancewatch.cycle import CycleStats, poll
+from balancewatch.core import procinfo, sdnotify
+from balancewatch.core.metrics import NOOP, Metrics, Readiness, Recorder
+from balancewatch.core.problems import ProblemsError
 from balancewatch.deliver.worker import Courier, DeliveryStats, Transport, make_transport
 from balancewatch.liveset import LiveSet
-from balancewatch.metrics import NOOP, Metrics, Readiness, Recorder
-from balancewatch.outage import FailureLog
-from balancewatch.problems import ProblemsError
-from balancewatch.reload import Reloader, ReloadStatus
 from balancewatch.reports.accounts import ZoneCache
 from balancewatch.reports.runner import ReportStats, run_due
+from balancewatch.runtime import httpserve, outboxgauges, watchdog
+from balancewatch.runtime.outage import FailureLog
+from balancewatch.runtime.reload import Reloader, ReloadStatus
 from balancewatch.store import status as instance_status
 from balancewatch.store.status import HEARTBEAT, STALE_AFTER
 from balancewatch.topup.hook import Hook, make_hook

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from balancewatch.money import MoneyError, to_major, to_minor
-from balancewatch.ruletest.cases import Expectation
+from balancewatch.core.money import MoneyError, to_major, to_minor
+from balancewatch.tools.ruletest.cases import Expectation
 
 
 @dataclass(frozen=True, slots=True)

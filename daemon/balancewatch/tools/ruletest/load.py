@@ -16,11 +16,20 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from pydantic import ValidationError
 
-from balancewatch import yamlfile
-from balancewatch.money import MoneyError, to_minor
-from balancewatch.problems import Problem, ProblemsError
+from balancewatch.core import yamlfile
+from balancewatch.core.money import MoneyError, to_minor
+from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.rules.loader import validation_problems
-from balancewatch.ruletest.cases import (
+from balancewatch.store.accounts import AccountError, validate_account
+from balancewatch.store.ledger import LedgerError, check_entry
+from balancewatch.store.preferences import (
+    Change,
+    PreferenceError,
+    parse_recipients,
+    parse_remind,
+    parse_thresholds,
+)
+from balancewatch.tools.ruletest.cases import (
     Case,
     Entry,
     Expectation,
@@ -31,7 +40,7 @@ from balancewatch.ruletest.cases import (
     Where,
     Write,
 )
-from balancewatch.ruletest.models import (
+from balancewatch.tools.ruletest.models import (
     AccountSpec,
     BalanceSpec,
     CaseSpec,
@@ -41,15 +50,6 @@ from balancewatch.ruletest.models import (
     PreferenceSpec,
     PreferenceWriteSpec,
     StepSpec,
-)
-from balancewatch.store.accounts import AccountError, validate_account
-from balancewatch.store.ledger import LedgerError, check_entry
-from balancewatch.store.preferences import (
-    Change,
-    PreferenceError,
-    parse_recipients,
-    parse_remind,
-    parse_thresholds,
 )
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
-from balancewatch.limits import format_size
+from balancewatch.core.limits import format_size
 
 T = TypeVar("T")
 

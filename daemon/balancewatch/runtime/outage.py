@@ -20,9 +20,9 @@ from datetime import timedelta
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from balancewatch.durations import format_duration
+from balancewatch.core.durations import format_duration
 
-log = logging.getLogger("balancewatch.service")
+log = logging.getLogger("balancewatch.runtime.service")
 
 REPEAT_EVERY = 60.0  # seconds between two lines about the same ongoing failure
 

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from babel.numbers import is_currency
 
-from balancewatch.money import UNKNOWN_CURRENCY_DIGITS, canonical_locale
+from balancewatch.core.money import UNKNOWN_CURRENCY_DIGITS, canonical_locale
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def account_currency(code: str, account_id: str) -> str:
     """``code`` itself, warned about once per account when it is not ISO 4217.
 
     Money in such a code is still formatted (the code as its symbol, 2 decimals;
-    see :func:`balancewatch.money.format_money`), so its alerts still go out.
+    see :func:`balancewatch.core.money.format_money`), so its alerts still go out.
     """
     if not _is_iso(code) and WARNED.first((account_id, CURRENCY, code)):
         log.warning(

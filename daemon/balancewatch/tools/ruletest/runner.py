@@ -21,17 +21,17 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from balancewatch.config import DatabaseSettings, FilesSettings, Settings
+from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.problems import Problem, ProblemsError
-from balancewatch.ruletest.cases import Case, Expectation, Step, TestFile
-from balancewatch.ruletest.load import load_test_file
-from balancewatch.ruletest.match import Comparison, Notification, compare
-from balancewatch.service import Pipeline, build_pipeline
+from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import AccountError, add_account
 from balancewatch.store.db import make_engine, upgrade
 from balancewatch.store.preferences import PreferenceError, set_preferences
 from balancewatch.store.tables import Outbox
+from balancewatch.tools.ruletest.cases import Case, Expectation, Step, TestFile
+from balancewatch.tools.ruletest.load import load_test_file
+from balancewatch.tools.ruletest.match import Comparison, Notification, compare
 
 OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
 

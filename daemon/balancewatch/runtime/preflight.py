@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from balancewatch.config import Settings, os_reason
+from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.liveset import LiveSet, load_set
-from balancewatch.problems import Problem, ProblemsError
 from balancewatch.topup.hook import check_topup_hook
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from balancewatch.problems import Problem, ProblemsError
+from balancewatch.core.problems import Problem, ProblemsError
 
 Path = tuple[str | int, ...]
 

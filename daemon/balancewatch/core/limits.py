@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-from balancewatch.durations import format_duration
+from balancewatch.core.durations import format_duration
 
 MAX_TIMEOUT = 60.0  # seconds; one email rendering for longer is a mistake, not a template
 MIN_SIZE, MAX_SIZE = 1_000, 100_000_000  # bytes

@@ -43,7 +43,8 @@ from sqlalchemy import (
     true,
 )
 
-from balancewatch.durations import format_duration
+from balancewatch.core.durations import format_duration
+from balancewatch.core.money import to_major
 from balancewatch.evaluate import candidates, usage
 from balancewatch.evaluate.candidates import (
     ACCOUNT,
@@ -62,7 +63,6 @@ from balancewatch.evaluate.candidates import (
 from balancewatch.evaluate.decide import FIRED, Decision, Outcome, StepState, decide
 from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
 from balancewatch.evaluate.load import Subject, load_states, load_subjects
-from balancewatch.money import to_major
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet
 
 CHUNK = 500

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from balancewatch import sdnotify
+from balancewatch.core import sdnotify
 
 log = logging.getLogger(__name__)
 

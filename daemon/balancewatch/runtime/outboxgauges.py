@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 
 from balancewatch import outbox
-from balancewatch.metrics import Metrics
+from balancewatch.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

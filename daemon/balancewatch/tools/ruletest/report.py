@@ -16,10 +16,10 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from balancewatch.durations import format_duration
-from balancewatch.ruletest.cases import Expectation, Step
-from balancewatch.ruletest.match import Notification, addresses, amount, quote
-from balancewatch.ruletest.runner import CaseResult, Run, StepResult
+from balancewatch.core.durations import format_duration
+from balancewatch.tools.ruletest.cases import Expectation, Step
+from balancewatch.tools.ruletest.match import Notification, addresses, amount, quote
+from balancewatch.tools.ruletest.runner import CaseResult, Run, StepResult
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_.@/+-]+$")
 
