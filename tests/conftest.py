@@ -22,7 +22,8 @@ from sqlmodel import Session
 
 from balancewatch.config import Settings, load_settings
 from balancewatch.core import shipped
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.store.db import make_engine, upgrade
 from tests.smtpserver import SmtpServer
 

@@ -18,8 +18,9 @@ from sqlmodel import Session
 
 from balancewatch.config import Settings
 from balancewatch.deliver.worker import make_transport
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
 from balancewatch.reports.runner import ReportStats
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import Pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account

@@ -21,7 +21,8 @@ from balancewatch.alerts import cycle
 from balancewatch.alerts.cycle import CycleStats
 from balancewatch.config import Settings
 from balancewatch.core import shipped
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store.db import get_meta, make_engine
 from tests.conftest import Clock, write_rules

@@ -144,7 +144,11 @@ def opt(root: Path) -> Path:
 def shipped(venv: Path) -> Path:
     """The installed wheel's copies of the shipped files (a user copies the same from the clone)."""
     example = run(
-        [str(venv / "bin" / "python"), "-c", "import balancewatch.core.shipped as s; print(s.example_config())"]
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import balancewatch.core.shipped as s; print(s.example_config())",
+        ]
     )
     return Path(example.strip()).parent
 

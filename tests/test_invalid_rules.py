@@ -20,7 +20,7 @@ import pytest
 from balancewatch.cli import main
 from balancewatch.core import shipped
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import load_set
+from balancewatch.runtime.loadset import load_set
 
 CORPUS = Path(__file__).resolve().parent / "invalid_rules"
 CASES = sorted(p for p in CORPUS.iterdir() if p.is_dir())

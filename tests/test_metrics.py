@@ -26,9 +26,10 @@ from balancewatch.config import Settings
 from balancewatch.core import shipped
 from balancewatch.core.metrics import Metrics, Readiness
 from balancewatch.deliver.worker import Courier, make_transport
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
 from balancewatch.reports.runner import run_due
 from balancewatch.runtime.httpserve import ListenError, MetricsServer, parse_listen, serve
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.outboxgauges import OutboxCollector, register
 from balancewatch.runtime.reload import Reloader
 from balancewatch.store.db import make_engine

@@ -29,7 +29,8 @@ from sqlalchemy import Engine, select, text
 from balancewatch.alerts.context import sample_alert_context
 from balancewatch.config import Settings
 from balancewatch.core import shipped
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.reload import Reloader, ReloadStatus
 from balancewatch.runtime.service import Pipeline, build_pipeline, changed_settings
 from balancewatch.store import status as instance_status

@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import Engine
 
 from balancewatch.core import shipped
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.reload import Reloader
 from balancewatch.store import status as instance_status
 from tests.test_daemon import DEADLINE, Cli, cli, wait_until  # noqa: F401  (cli is a fixture)

@@ -23,9 +23,9 @@ from balancewatch.config import load_settings
 from balancewatch.core import shipped
 from balancewatch.core.limits import RenderBudget
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import load_set
 from balancewatch.render.budget import WATCHDOG, OverrunBreaker
 from balancewatch.render.templates import OverBudgetError, RenderError, TemplateSet, load_templates
+from balancewatch.runtime.loadset import load_set
 from tests.test_daemon import wait_until
 
 TIMEOUT = 0.5  # seconds: the budget in these tests, small to keep the suite fast

@@ -29,7 +29,6 @@ from balancewatch.core import shipped
 from balancewatch.core.money import Money
 from balancewatch.core.problems import ProblemsError
 from balancewatch.evaluate import usage
-from balancewatch.liveset import load_set
 from balancewatch.render.templates import load_templates
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents import build
@@ -37,6 +36,7 @@ from balancewatch.reports.contents.common import local_days
 from balancewatch.reports.contents.csv import csv_text
 from balancewatch.reports.samples import sample_contexts
 from balancewatch.rules.reports import CompiledReport, ReportRule, compile_report
+from balancewatch.runtime.loadset import load_set
 from balancewatch.store import ledger
 from balancewatch.store.tables import AlertState, LedgerEntry, UsageSummary
 from tests.helpers import account, set_balance

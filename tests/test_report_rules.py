@@ -13,9 +13,9 @@ import pytest
 
 from balancewatch.cli import main
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import load_set
 from balancewatch.rules.loader import SourceFile, check_files
 from balancewatch.rules.reports import CompiledReport, to_cron
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.reload import Reloader
 
 REPORT_TEMPLATES = Path(__file__).parent / "report_templates"

@@ -16,10 +16,11 @@ import pytest
 
 from balancewatch.core import shipped
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
 from balancewatch.rules.compiled import CompiledRule, Step, StepSet
 from balancewatch.rules.loader import parse_rules, read_files, rule_files
 from balancewatch.rules.models import AlertRule
+from balancewatch.runtime.loadset import load_set
 
 Live = Callable[[str], LiveSet]
 

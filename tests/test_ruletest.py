@@ -19,8 +19,8 @@ import pytest
 from balancewatch.cli import main
 from balancewatch.core import shipped
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import load_set
 from balancewatch.rules.loader import rule_files
+from balancewatch.runtime.loadset import load_set
 from balancewatch.tools.ruletest.load import load_test_file
 
 SHIPPED_RULES = shipped.rules_dir() / "low-balance.yaml"

@@ -15,8 +15,8 @@ import pytest
 from balancewatch.alerts.context import sample_alert_context
 from balancewatch.core import shipped
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import load_set
 from balancewatch.render.templates import RenderError, TemplateSet, load_templates
+from balancewatch.runtime.loadset import load_set
 
 RULE = "alerts:\n  - id: a\n    exhausted: true\n    template: probe\n"
 

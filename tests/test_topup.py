@@ -34,7 +34,8 @@ from balancewatch.cli import main
 from balancewatch.config import Settings, load_settings
 from balancewatch.core import shipped
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store import topup_requests as topups

@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, desc, func, insert, or_, select, update
 from sqlmodel import Session
 
+from balancewatch.config import Settings
 from balancewatch.store.tables import Outbox
 
 T = Outbox.__table__  # type: ignore[attr-defined]
@@ -466,3 +467,12 @@ def _requeue_one(
         return
     delivered = tuple(a for a in row.recipients if deliveries.get(a, {}).get("status") == SENT)
     done.append(Requeued(row.id, row.idem_key, tuple(parked), delivered))
+
+
+def message_domain(settings: Settings) -> str:
+    """The right-hand side of Message-IDs: configured, else the sender's domain."""
+    if settings.delivery.message_id_domain:
+        return settings.delivery.message_id_domain
+    sender = settings.delivery.sender
+    domain = sender.rsplit("@", 1)[-1].strip(" >") if "@" in sender else ""
+    return domain or "balancewatch.invalid"

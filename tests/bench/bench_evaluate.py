@@ -277,7 +277,7 @@ def run_child(params: dict[str, Any]) -> Results:
     from balancewatch.alerts import cycle
     from balancewatch.alerts.cycle import Env
     from balancewatch.evaluate import candidates
-    from balancewatch.liveset import load_set
+    from balancewatch.runtime.loadset import load_set
     from balancewatch.store.db import make_engine
     from balancewatch.store.tables import UTCDateTime
 

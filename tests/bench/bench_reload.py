@@ -38,7 +38,8 @@ from pathlib import Path
 
 from balancewatch.core import shipped
 from balancewatch.core.durations import parse_duration
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.reload import Reloader
 
 try:

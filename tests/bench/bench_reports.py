@@ -238,8 +238,8 @@ def run_child(params: dict[str, Any]) -> Results:
     """The daemon side: the floor, then every report of the month, in this process."""
     from sqlalchemy import bindparam, func, select, text
 
-    from balancewatch.liveset import load_set
     from balancewatch.reports import runner
+    from balancewatch.runtime.loadset import load_set
     from balancewatch.store.db import make_engine
     from balancewatch.store.tables import Outbox, UTCDateTime
 

@@ -1,4 +1,5 @@
-"""From a decision to what a template sees, who receives it, and its idempotency key.
+"""From an alert decision to what its template sees, and its idempotency key (the pieces every
+message shares are in ``render.context``).
 
 The template context is plain data (dicts, lists, :class:`Money`, aware
 datetimes), documented in docs/templates.md. The ``sample_*`` functions build
@@ -7,54 +8,24 @@ the same shapes from realistic invented data for ``check`` and ``preview``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from functools import lru_cache
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
-
-from babel.numbers import format_currency
 
 from balancewatch.core.money import Money
 from balancewatch.evaluate.decide import Decision, Kind
 from balancewatch.evaluate.load import Subject
-from balancewatch.evaluate.services import Credit, LedgerPrice, SubaccountUsage, messages_left
-from balancewatch.evaluate.usage import NONE, OK, SHORT, Figures
+from balancewatch.evaluate.services import Credit, LedgerPrice, SubaccountUsage
+from balancewatch.render.context import (
+    SAMPLE_NOW,
+    Extras,
+    messages_left_context,
+    sample_usage,
+    usage_context,
+)
 from balancewatch.rules.compiled import CompiledRule, Step, UsageSpec
-
-
-@dataclass(frozen=True)
-class Extras:
-    """What a chunk loaded beside the balance: usage figures and the settings they were made
-    with, unit prices (configured for this currency, and seen in the ledger), the usage of
-    each subaccount, the owner's and subaccounts' addresses.
-
-    ``subaccounts`` and ``ledger_prices`` may be given as functions returning them, called
-    only when a message is rendered.
-    """
-
-    usage: Figures | None = None
-    recommend_days: Decimal = Decimal(1)
-    preference_recipients: tuple[str, ...] = ()
-    subaccount_owners: tuple[str, ...] = ()
-    subaccounts: Sequence[SubaccountUsage] | Callable[[], Sequence[SubaccountUsage]] = ()
-    window_days: int = 30
-    min_history: timedelta = timedelta(days=3)
-    prices: Mapping[str, Decimal] = field(default_factory=dict)
-    ledger_prices: Mapping[str, LedgerPrice] | Callable[[], Mapping[str, LedgerPrice]] = field(
-        default_factory=dict
-    )
-    # For a restored notice: the credits after a moment (the step's firing), as credits_since gives.
-    credits: Callable[[datetime], tuple[list[Credit], int, int]] | None = None
-
-    def subaccount_usage(self) -> Sequence[SubaccountUsage]:
-        """The usage of each subaccount, most used first."""
-        return self.subaccounts() if callable(self.subaccounts) else self.subaccounts
-
-    def seen_prices(self) -> Mapping[str, LedgerPrice]:
-        """The unit prices seen in the ledger, by service."""
-        return self.ledger_prices() if callable(self.ledger_prices) else self.ledger_prices
 
 
 def idem_key(rule_id: str, subject: Subject, decision: Decision) -> str:
@@ -70,19 +41,6 @@ def topup_key(rule_id: str, subject: Subject, decision: Decision) -> str:
     return f"topup/{rule_id}/{balance}/{decision.step.state_key}/{decision.episode}"
 
 
-def recipients(rule: CompiledRule, subject: Subject, extras: Extras | None = None) -> tuple[str, ...]:
-    """The owner, the owner's own extra addresses and the subaccounts' owners (when the rule
-    names them), then the rule's addresses; without repeats."""
-    extras = extras or Extras()
-    out = [subject.owner_email.strip()] if rule.notify_owner else []
-    if rule.notify_preferences:
-        out.extend(extras.preference_recipients)
-    if rule.notify_subaccount_owners:
-        out.extend(extras.subaccount_owners)
-    out.extend(rule.recipients)
-    return tuple(dict.fromkeys(a for a in out if a))
-
-
 def variant(decision: Decision) -> str:
     """``restored``, ``reminder``, ``exhausted`` (balance at or below zero) or ``crossed``."""
     if decision.kind is Kind.restored:
@@ -90,85 +48,6 @@ def variant(decision: Decision) -> str:
     if decision.kind is Kind.reminder:
         return "reminder"
     return "exhausted" if decision.step.exhausted else "crossed"
-
-
-def usage_context(
-    figures: Figures | None,
-    balance: int,
-    currency: str,
-    recommend_days: Decimal,
-    *,
-    window_days: int = 30,
-    min_history: timedelta = timedelta(days=3),
-) -> dict[str, Any]:
-    """The usage block of every context: ADU with its arithmetic, runway and the recommendation.
-
-    ``available`` is false when there is no ADU; ``status`` says why
-    (``short-history``, ``no-usage``) and the numbers that exist are still given.
-    ``window_days`` is the window used when there are no figures at all.
-    """
-    history = _days(min_history)
-    if figures is None:
-        return {
-            "available": False,
-            "status": NONE,
-            "window_days": window_days,
-            "days_counted": Decimal(0),
-            "total": Money(0, currency),
-            "adu": None,
-            "first_at": None,
-            "runway_days": None,
-            "recommended": None,
-            "recommend_days": recommend_days,
-            "min_history_days": history,
-        }
-    adu = figures.adu if figures.status == OK else None
-    runway = None
-    if adu:
-        runway = (Decimal(max(balance, 0)) / adu).quantize(Decimal("0.1"), ROUND_DOWN)
-    recommended = (
-        None if adu is None else int((Decimal(adu) * recommend_days).to_integral_value(ROUND_HALF_UP))
-    )
-    return {
-        "available": adu is not None,
-        "status": figures.status,
-        "window_days": figures.window_days,
-        "days_counted": figures.days_counted,
-        "total": Money(figures.usage_total, currency),
-        "adu": None if adu is None else Money(adu, currency),
-        "first_at": figures.first_at,
-        "runway_days": runway,
-        "recommended": None if recommended is None else Money(recommended, currency),
-        "recommend_days": recommend_days,
-        "min_history_days": history,
-    }
-
-
-def _days(span: timedelta) -> Decimal:
-    return (Decimal(span.total_seconds()) / 86400).quantize(Decimal("0.01")).normalize()
-
-
-@lru_cache(maxsize=4096)
-def format_price(price: Decimal, currency: str, locale: str) -> str:
-    """A unit price in ``locale`` with every decimal it has: ``$0.0075``, ``₹0.25``."""
-    return format_currency(price, currency, locale=locale, decimal_quantization=False)
-
-
-def messages_left_context(extras: Extras, balance: int, currency: str, locale: str) -> list[dict[str, Any]]:
-    """The ``messages_left`` list of a context: one entry per service with a unit price, by service."""
-    return [
-        {
-            "service": m.service,
-            "count": m.count,
-            "unit_price": m.unit_price,
-            "unit_price_text": format_price(m.unit_price, currency, locale),
-            "currency": m.currency,
-            "source": m.source,
-            "cost": None if m.cost is None else Money(m.cost, currency),
-            "quantity": m.quantity,
-        }
-        for m in messages_left(balance, currency, extras.prices, extras.seen_prices())
-    ]
 
 
 def _step_follows(step: Step) -> dict[str, Any]:
@@ -273,7 +152,6 @@ def alert_context(
     }
 
 
-SAMPLE_NOW = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
 # Every shape a template sees: fixed, usage, runway and owner steps; usage known, too
 # short a history, no usage; messages left and subaccounts present or absent.
 SAMPLE_VARIANTS = ("crossed", "exhausted", "reminder", "runway", "usage", "owner", "no-history", "no-usage")
@@ -307,16 +185,6 @@ def _sample_rule() -> CompiledRule:
         recipients=(),
         template="low-balance",
     )
-
-
-def sample_usage(now: datetime = SAMPLE_NOW, *, history: bool = True, used: bool = True) -> Figures:
-    """Invented usage: $1,260.00 over 30 days, $42.00 a day; or three hours of history;
-    or 90 days of history without usage in the window."""
-    if not history:
-        return Figures("acme-42", "USD", 30, 1_250, Decimal("0.13"), now - timedelta(hours=3), None, SHORT)
-    if not used:
-        return Figures("acme-42", "USD", 30, 0, Decimal(30), now - timedelta(days=90), None, NONE)
-    return Figures("acme-42", "USD", 30, 126_000, Decimal(30), now - timedelta(days=90), 4_200, OK)
 
 
 SAMPLE_PRICES = {"sms": Decimal("0.0075")}

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from balancewatch import outbox
-from balancewatch.alerts.context import Extras, alert_context, idem_key, recipients, topup_key
+from balancewatch.alerts.context import alert_context, idem_key, topup_key
 from balancewatch.config import Settings
 from balancewatch.core.metrics import NOOP, PollKind, Recorder
 from balancewatch.evaluate import candidates, services, usage
@@ -38,6 +38,7 @@ from balancewatch.evaluate.load import (
     write_states,
 )
 from balancewatch.liveset import LiveSet
+from balancewatch.render.context import Extras, recipients
 from balancewatch.render.templates import RenderError
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store import topup_requests as topups
@@ -81,16 +82,7 @@ class Env:
 
     @property
     def domain(self) -> str:
-        return message_domain(self.settings)
-
-
-def message_domain(settings: Settings) -> str:
-    """The right-hand side of Message-IDs: configured, else the sender's domain."""
-    if settings.delivery.message_id_domain:
-        return settings.delivery.message_id_domain
-    sender = settings.delivery.sender
-    domain = sender.rsplit("@", 1)[-1].strip(" >") if "@" in sender else ""
-    return domain or "balancewatch.invalid"
+        return outbox.message_domain(self.settings)
 
 
 def poll(

@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import update
 
 from balancewatch import outbox
-from balancewatch.alerts.cycle import message_domain
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import Settings, load_settings, safe_url
 from balancewatch.core.problems import ProblemsError
@@ -208,7 +207,7 @@ def cmd_send_test(ctx: Ctx) -> int:
         f"Transport: {describe_transport(settings)}\n",
         html=None,
     )
-    domain = message_domain(settings)
+    domain = outbox.message_domain(settings)
     row = outbox.Claimed(
         id=0,
         idem_key=message.idem_key,

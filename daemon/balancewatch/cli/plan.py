@@ -13,9 +13,9 @@ from sqlalchemy import Connection
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
 from balancewatch.core.money import format_money, to_major
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import load_set
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile, parse_rules, read_files, rule_files
+from balancewatch.runtime.loadset import load_set
 from balancewatch.store import status
 from balancewatch.tools.plan import (
     DEFAULT_LIMIT,

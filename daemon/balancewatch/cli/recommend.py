@@ -19,12 +19,12 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from balancewatch.alerts.context import usage_context
 from balancewatch.cli.common import CommandError, Ctx
 from balancewatch.config import Settings
 from balancewatch.core.money import Money, format_money
 from balancewatch.core.times import parse_instant
 from balancewatch.evaluate import usage
+from balancewatch.render.context import usage_context
 from balancewatch.store.platform_data import account_locale
 from balancewatch.store.tables import Account, Balance
 

@@ -12,7 +12,7 @@ from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.core.progress import Progress
 from balancewatch.deliver.worker import deliver_batch, make_transport
 from balancewatch.evaluate.candidates import A
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
 from balancewatch.render.templates import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
 from balancewatch.reports import claims, schedule
@@ -20,6 +20,7 @@ from balancewatch.reports.compose import Prepared
 from balancewatch.reports.periods import LAST
 from balancewatch.reports.runner import RunError, ZoneRun, run_now
 from balancewatch.rules.reports import CompiledReport
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import instance_name
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
 from balancewatch.core.money import Money, to_major
 from balancewatch.core.problems import ProblemsError
-from balancewatch.liveset import load_set
+from balancewatch.runtime.loadset import load_set
 from balancewatch.store import topup_requests as topups
 from balancewatch.topup.hook import one_line
 from balancewatch.topup.notify import email_key

@@ -31,7 +31,6 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from balancewatch import outbox
-from balancewatch.alerts.cycle import message_domain
 from balancewatch.config import Settings
 from balancewatch.core.durations import format_duration
 from balancewatch.core.metrics import NOOP, Recorder
@@ -366,7 +365,7 @@ def _record(
     report was decided before: then each is recorded on its own, and such a
     claim is marked sent without a second outbox row.
     """
-    domain = message_domain(env.settings)
+    domain = outbox.message_domain(env.settings)
     try:
         with env.engine.begin() as conn:
             kept = _record_in(conn, env, report, period, prepared, domain)

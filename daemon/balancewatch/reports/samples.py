@@ -7,6 +7,7 @@ the ledger and entries whose balance is computed; and an empty period.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -204,12 +205,15 @@ def sample_low_balance_contexts() -> list[dict[str, Any]]:
 def sample_contexts(contents: str) -> list[dict[str, Any]]:
     """Sample contexts for a report template of ``contents`` (usage, daywise, transactions,
     low-balance), an empty period's among them; raises ValueError for another kind."""
-    makers = {
-        "usage": sample_usage_contexts,
-        "daywise": sample_daywise_contexts,
-        "transactions": sample_transactions_contexts,
-        "low-balance": sample_low_balance_contexts,
-    }
-    if contents not in makers:
-        raise ValueError(f"{contents!r} is not a report contents kind; one of {', '.join(makers)}")
-    return makers[contents]()
+    if contents not in MAKERS:
+        raise ValueError(f"{contents!r} is not a report contents kind; one of {', '.join(MAKERS)}")
+    return MAKERS[contents]()
+
+
+# The sample contexts of each report contents kind.
+MAKERS: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "usage": sample_usage_contexts,
+    "daywise": sample_daywise_contexts,
+    "transactions": sample_transactions_contexts,
+    "low-balance": sample_low_balance_contexts,
+}

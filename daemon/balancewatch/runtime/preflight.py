@@ -22,7 +22,8 @@ from pathlib import Path
 
 from balancewatch.config import Settings, os_reason
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.topup.hook import check_topup_hook
 
 

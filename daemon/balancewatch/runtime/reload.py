@@ -50,7 +50,8 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.liveset import LiveSet, fingerprint, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import fingerprint, load_set
 
 log = logging.getLogger(__name__)
 

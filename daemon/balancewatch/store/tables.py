@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -353,3 +354,24 @@ class ReportCursor(SQLModel, table=True):
 
 
 SCHEMA_VERSION = 5
+
+
+def _table(model: type[SQLModel]) -> Table:
+    """The Core table of ``model``, typed (SQLModel does not declare ``__table__``)."""
+    return SQLModel.metadata.tables[str(model.__tablename__)]
+
+
+# One typed Core table per model, used by name in SQL built with SQLAlchemy Core:
+# ``OUTBOX_TABLE.c.status``, never a letter alias.
+ACCOUNT_TABLE = _table(Account)
+BALANCE_TABLE = _table(Balance)
+LEDGER_TABLE = _table(LedgerEntry)
+OWNER_PREFERENCE_TABLE = _table(OwnerPreference)
+USAGE_SUMMARY_TABLE = _table(UsageSummary)
+TOPUP_REQUEST_TABLE = _table(TopupRequest)
+ALERT_STATE_TABLE = _table(AlertState)
+OUTBOX_TABLE = _table(Outbox)
+META_TABLE = _table(Meta)
+INSTANCE_STATUS_TABLE = _table(InstanceStatus)
+REPORT_RUN_TABLE = _table(ReportRun)
+REPORT_CURSOR_TABLE = _table(ReportCursor)

@@ -28,8 +28,8 @@ from sqlmodel import Session
 from balancewatch.config import load_settings
 from balancewatch.core.money import to_minor
 from balancewatch.deliver.mailindex import write_index
-from balancewatch.liveset import load_set
 from balancewatch.rules.reports import CompiledReport
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account

@@ -24,12 +24,12 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from balancewatch import outbox
-from balancewatch.alerts.context import Extras, recipients, sample_usage, usage_context
 from balancewatch.config import Settings
 from balancewatch.core.money import Money
 from balancewatch.evaluate import usage
 from balancewatch.evaluate.dynamic import load_preferences
 from balancewatch.evaluate.load import Subject, subaccount_owners
+from balancewatch.render.context import Extras, recipients, sample_usage, usage_context
 from balancewatch.render.templates import RenderError, TemplateSet
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.store.tables import Account, Balance

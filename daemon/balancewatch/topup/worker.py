@@ -25,7 +25,6 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from balancewatch import outbox
-from balancewatch.alerts.cycle import message_domain
 from balancewatch.config import Settings
 from balancewatch.core.durations import format_duration
 from balancewatch.core.metrics import NOOP, Recorder
@@ -271,7 +270,7 @@ def fail(
             reason,
             cause,
             now,
-            message_domain(settings),
+            outbox.message_domain(settings),
         )
     return Failed(closed, email)
 

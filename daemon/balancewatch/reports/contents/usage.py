@@ -28,9 +28,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from balancewatch.alerts.context import usage_context
 from balancewatch.config import Settings
 from balancewatch.core.money import Money
+from balancewatch.render.context import usage_context
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents.common import (
     PREVIOUS,

@@ -22,7 +22,8 @@ from sqlmodel import Session
 
 from balancewatch.config import DatabaseSettings, FilesSettings, Settings
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.liveset import LiveSet, load_set
+from balancewatch.liveset import LiveSet
+from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import AccountError, add_account
