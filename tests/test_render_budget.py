@@ -8,7 +8,6 @@ watchdog that stops renders never raises anywhere else.
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 import tracemalloc
@@ -152,14 +151,14 @@ def test_no_interruption_ever_escapes_a_render_even_when_its_deadline_falls_at_i
     templates = probe(tmp_path, "{% for i in range(n) %}{{ i }}{% endfor %}")
     context = {**sample_alert_context(), "n": 2000}
     unbounded = RenderBudget(timeout=60)
-    took = statistics.median(
-        timed(lambda: with_budget(templates, unbounded).render("probe", context)) for _ in range(5)
-    )
+    # The quickest of five: a busy machine slows some renders, and deadlines placed after a slow
+    # one would all be met (the mix of outcomes below is what shows deadlines fell at the end).
+    took = min(timed(lambda: with_budget(templates, unbounded).render("probe", context)) for _ in range(5))
     outcomes = {"finished": 0, "stopped": 0}
     escaped: list[BaseException] = []
 
     for i in range(300):
-        budget = RenderBudget(timeout=took * (0.3 + 1.7 * i / 300))  # deadlines around the end
+        budget = RenderBudget(timeout=took * (0.1 + 1.9 * i / 300))  # deadlines around the end
         try:
             with_budget(templates, budget).render("probe", context)
             outcomes["finished"] += 1
