@@ -1,18 +1,19 @@
 """When a report is due: fire times in a timezone, misfires, coalescing, and how far each
 (report, timezone) has been followed.
 
-**Fire times.** A report's cron expression is read on the local wall clock
-of a zone: APScheduler 3's ``CronTrigger`` lists the matching wall times
-(on a clock without DST), and each is then placed in the zone with zoneinfo.
-A wall time that does not exist (clocks spring forward over it) moves forward
-by the gap: 02:30 on 2026-03-29 in Europe/Berlin is sent at 03:30 CEST. A
-wall time that happens twice (clocks fall back) is sent at its first
-occurrence only. So every local day has its fire time exactly once.
+**Fire times.** A report's cron expression (Debian cron fields, as
+``rules.reports.to_cron`` writes it) is read on the local wall clock of a
+zone: ``cronsim`` lists the matching wall times on a naive clock, and zoneinfo
+places each in the zone. A wall time that does not exist (clocks spring
+forward over it) moves forward by the gap: 02:30 on 2026-03-29 in
+Europe/Berlin is sent at 03:30 CEST. A wall time that happens twice (clocks
+fall back) is sent at its first occurrence only. So every local day has its
+fire time exactly once.
 
-APScheduler's trigger is not asked for fire times in the zone itself because
-on a day when clocks fall back it returns a time in the repeated hour twice
-(once per offset) and then keeps returning the second one: asked for the fire
-time after 02:30 CET on 2026-10-25 in Europe/Berlin, it answers 02:30 CET.
+cronsim is not given the zone itself because its DST handling is Debian
+cron's, not ours: a skipped 02:30 fires at 03:00 (the first minute after the
+gap), and a schedule with a wildcard minute or hour fires the repeated hour
+twice.
 
 **Misfires and coalescing.** Of the fire times since a (report, zone) was
 last followed, those more than ``reports.misfire_grace`` before now are
@@ -31,18 +32,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
+from cronsim import CronSim
 from sqlalchemy import Connection, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from balancewatch.store.tables import ReportCursor
+from balancewatch.store.tables import REPORT_CURSOR_TABLE
 
-CURSOR = ReportCursor.__table__  # type: ignore[attr-defined]
-K = CURSOR.c
+CURSOR = REPORT_CURSOR_TABLE.c  # the columns of report_cursor
 
 # Wider than any DST shift (2 h at most, at Troll station): wall times this far outside a
 # window are listed too, since placing them in the zone may bring them inside it.
@@ -51,17 +50,11 @@ MISSED_LIMIT = 1000
 TICK = timedelta(microseconds=1)
 
 
-@lru_cache(maxsize=256)
-def wall_trigger(cron: str) -> CronTrigger:
-    """The trigger listing ``cron``'s wall times, on a clock without DST (UTC stands in for it)."""
-    return CronTrigger.from_crontab(cron, timezone=UTC)
-
-
 def place(wall: datetime, zone: ZoneInfo) -> datetime:
     """The UTC instant of local wall time ``wall`` (tz ignored) in ``zone``: first occurrence of a
     repeated time, and a time in a gap moved forward by the gap."""
-    local = datetime(wall.year, wall.month, wall.day, wall.hour, wall.minute, wall.second, tzinfo=zone)
-    return local.astimezone(UTC)
+    # fold=0 picks the offset in force before a change, which gives both rules above.
+    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
 
 
 def fire_times(
@@ -70,26 +63,23 @@ def fire_times(
     """The fire instants (UTC) of ``cron`` in ``zone`` with ``after < t <= until``, ascending.
 
     With ``limit``, listing stops once that many are found: the first ``limit``
-    (give or take one when a gap reorders two of them).
+    (give or take one when a gap reorders two of them). ``cron`` must be valid
+    (``to_cron``'s output); cronsim raises CronSimError otherwise.
     """
     if until <= after:
         return []
     tz = ZoneInfo(zone)
-    trigger = wall_trigger(cron)
-    wall = after.astimezone(tz).replace(tzinfo=UTC) - SLACK
-    end = until.astimezone(tz).replace(tzinfo=UTC) + SLACK
+    start = after.astimezone(tz).replace(tzinfo=None) - SLACK
+    end = until.astimezone(tz).replace(tzinfo=None) + SLACK
     found: set[datetime] = set()
-    previous = None
-    while True:
-        next_wall = trigger.get_next_fire_time(previous, wall)
-        if next_wall is None or next_wall > end:
+    for wall in CronSim(cron, start):  # naive wall times after start; stops after 50 years
+        if wall > end:
             break
-        instant = place(next_wall, tz)
+        instant = place(wall, tz)
         if after < instant <= until:
-            found.add(instant)
+            found.add(instant)  # a set: two wall times around a gap can place on one instant
             if limit is not None and len(found) > limit:
                 break
-        previous, wall = next_wall, next_wall + TICK
     return sorted(found)[:limit]
 
 
@@ -146,12 +136,15 @@ class Cursor:
 
 
 def _insert(conn: Connection) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(CURSOR)
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(REPORT_CURSOR_TABLE)
 
 
 def read_cursor(conn: Connection, report_id: str, zone: str) -> Cursor | None:
+    """The cursor of (report, zone); None before it is started."""
     row = conn.execute(
-        select(K.processed_until, K.pending_fire).where(K.report_id == report_id, K.timezone == zone)
+        select(CURSOR.processed_until, CURSOR.pending_fire).where(
+            CURSOR.report_id == report_id, CURSOR.timezone == zone
+        )
     ).first()
     return None if row is None else Cursor(report_id, zone, row.processed_until, row.pending_fire)
 
@@ -161,12 +154,14 @@ def start_cursor(conn: Connection, report_id: str, zone: str, now: datetime, gra
 
     An upsert that keeps a row another instance created meanwhile.
     """
-    first_seen = conn.execute(select(func.min(K.created_at)).where(K.report_id == report_id)).scalar()
+    first_seen = conn.execute(
+        select(func.min(CURSOR.created_at)).where(CURSOR.report_id == report_id)
+    ).scalar()
     start = now if first_seen is None else max(first_seen, now - grace)
     conn.execute(
         _insert(conn)
         .values(report_id=report_id, timezone=zone, processed_until=start, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=[K.report_id, K.timezone])
+        .on_conflict_do_nothing(index_elements=[CURSOR.report_id, CURSOR.timezone])
     )
     cursor = read_cursor(conn, report_id, zone)
     assert cursor is not None
@@ -179,13 +174,15 @@ def begin(conn: Connection, seen: Cursor, now: datetime, fire: datetime | None) 
 
     False when another instance moved the cursor first.
     """
+    pending = seen.pending_fire
+    same_pending = CURSOR.pending_fire.is_(None) if pending is None else CURSOR.pending_fire == pending
     result = conn.execute(
-        update(CURSOR)
+        update(REPORT_CURSOR_TABLE)
         .where(
-            K.report_id == seen.report_id,
-            K.timezone == seen.zone,
-            K.processed_until == seen.processed_until,
-            K.pending_fire.is_(None) if seen.pending_fire is None else K.pending_fire == seen.pending_fire,
+            CURSOR.report_id == seen.report_id,
+            CURSOR.timezone == seen.zone,
+            CURSOR.processed_until == seen.processed_until,
+            same_pending,
         )
         .values(processed_until=now, pending_fire=fire, updated_at=now)
     )
@@ -195,8 +192,8 @@ def begin(conn: Connection, seen: Cursor, now: datetime, fire: datetime | None) 
 def finish(conn: Connection, report_id: str, zone: str, fire: datetime, now: datetime) -> None:
     """Mark ``fire`` finished (if it is still the one begun)."""
     conn.execute(
-        update(CURSOR)
-        .where(K.report_id == report_id, K.timezone == zone, K.pending_fire == fire)
+        update(REPORT_CURSOR_TABLE)
+        .where(CURSOR.report_id == report_id, CURSOR.timezone == zone, CURSOR.pending_fire == fire)
         .values(pending_fire=None, updated_at=now)
     )
 
@@ -204,8 +201,10 @@ def finish(conn: Connection, report_id: str, zone: str, fire: datetime, now: dat
 def idle(conn: Connection, report_id: str, now: datetime) -> None:
     """A disabled report: its fire times up to ``now`` pass unsent, and nothing stays begun."""
     conn.execute(
-        update(CURSOR)
-        .where(K.report_id == report_id, or_(K.processed_until < now, K.pending_fire.isnot(None)))
+        update(REPORT_CURSOR_TABLE)
+        .where(
+            CURSOR.report_id == report_id, or_(CURSOR.processed_until < now, CURSOR.pending_fire.isnot(None))
+        )
         .values(processed_until=now, pending_fire=None, updated_at=now)
     )
 
@@ -213,8 +212,8 @@ def idle(conn: Connection, report_id: str, now: datetime) -> None:
 def cursors(conn: Connection, report_id: str) -> list[Cursor]:
     """Every cursor of ``report_id``, by zone."""
     rows = conn.execute(
-        select(K.timezone, K.processed_until, K.pending_fire)
-        .where(K.report_id == report_id)
-        .order_by(K.timezone)
+        select(CURSOR.timezone, CURSOR.processed_until, CURSOR.pending_fire)
+        .where(CURSOR.report_id == report_id)
+        .order_by(CURSOR.timezone)
     )
     return [Cursor(report_id, r.timezone, r.processed_until, r.pending_fire) for r in rows]
