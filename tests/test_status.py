@@ -24,7 +24,7 @@ from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
 from balancewatch.runtime.service import Daemon, build_pipeline
 from balancewatch.store import status as instance_status
-from balancewatch.store.tables import InstanceStatus
+from balancewatch.store.tables import OUTBOX_TABLE, InstanceStatus
 from tests.test_daemon import Cli, cli, wait_until  # noqa: F401  (cli is a fixture)
 
 DIGEST = "3f2a9c1d0e4b" + "0" * 52
@@ -210,7 +210,7 @@ def test_status_shows_version_uptime_last_poll_and_the_mail_pending_and_parked(
         engine, "alpha:10", timedelta(seconds=2), version="9.8.7", last_poll_at=now - timedelta(seconds=12)
     )
     with engine.begin() as conn:
-        outbox = instance_status.OUTBOX
+        outbox = OUTBOX_TABLE
         for key, state in [("a", "pending"), ("b", "sending"), ("c", "parked"), ("d", "sent")]:
             conn.execute(
                 outbox.insert().values(

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.core.progress import Progress
 from balancewatch.deliver.worker import deliver_batch, make_transport
-from balancewatch.evaluate.candidates import A
 from balancewatch.liveset import LiveSet
 from balancewatch.render.templates import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
@@ -22,6 +21,7 @@ from balancewatch.reports.runner import RunError, ZoneRun, run_now
 from balancewatch.rules.reports import CompiledReport
 from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import instance_name
+from balancewatch.store.tables import ACCOUNT_TABLE
 
 
 def register(commands: Any) -> None:
@@ -114,7 +114,7 @@ def _accounts_to_do(ctx: Ctx, report: CompiledReport, account_id: str | None) ->
     every account the report goes to (its zones split them, each into one run)."""
     if account_id is not None or report.contents == "low-balance":
         return 1
-    query = select(func.count(A.id)).where(*accts.chosen(report))
+    query = select(func.count(ACCOUNT_TABLE.c.id)).where(*accts.chosen(report))
     with ctx.engine.connect().execution_options(readonly=True) as conn:
         return int(conn.execute(query).scalar_one())
 

@@ -19,42 +19,60 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, case, exists, func, literal, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Join,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
 
 from balancewatch.core.money import MAX_MINOR
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet, UsageSpec
-from balancewatch.store.tables import Account, AlertState, Balance, OwnerPreference, UsageSummary
+from balancewatch.store.tables import (
+    ACCOUNT_TABLE,
+    ALERT_STATE_TABLE,
+    BALANCE_TABLE,
+    OWNER_PREFERENCE_TABLE,
+    USAGE_SUMMARY_TABLE,
+)
 
-A = Account.__table__.c  # type: ignore[attr-defined]
-B = Balance.__table__.c  # type: ignore[attr-defined]
-S = AlertState.__table__.c  # type: ignore[attr-defined]
-BALANCE = Balance.__table__  # type: ignore[attr-defined]
-ACCOUNT = Account.__table__  # type: ignore[attr-defined]
-STATE = AlertState.__table__  # type: ignore[attr-defined]
-PREFS = OwnerPreference.__table__  # type: ignore[attr-defined]
-P = PREFS.c
-USAGE = UsageSummary.__table__  # type: ignore[attr-defined]
-U = USAGE.c
-THRESHOLDS = (P.threshold_1, P.threshold_2, P.threshold_3)
+THRESHOLDS = (
+    OWNER_PREFERENCE_TABLE.c.threshold_1,
+    OWNER_PREFERENCE_TABLE.c.threshold_2,
+    OWNER_PREFERENCE_TABLE.c.threshold_3,
+)
 
 Key = tuple[str, str]  # (account_id, currency)
+
+# The old short names, kept only while tools/plan.py and reports/{accounts,runner}.py still
+# import them; once those use the store.tables names, this block goes.
+ACCOUNT, BALANCE, STATE = ACCOUNT_TABLE, BALANCE_TABLE, ALERT_STATE_TABLE
+A, B, S, P = ACCOUNT_TABLE.c, BALANCE_TABLE.c, ALERT_STATE_TABLE.c, OWNER_PREFERENCE_TABLE.c
 
 
 def account_filter(sel: Selector) -> list[ColumnElement[bool]]:
     """Conditions on ``account`` (and the balance currency) for a selector."""
-    out: list[ColumnElement[bool]] = [A.enabled == true()]
+    out: list[ColumnElement[bool]] = [ACCOUNT_TABLE.c.enabled == true()]
     if sel.billing is not None:
-        out.append(A.billing == sel.billing)
+        out.append(ACCOUNT_TABLE.c.billing == sel.billing)
     if sel.ids is not None:
-        out.append(A.id.in_(sel.ids))
+        out.append(ACCOUNT_TABLE.c.id.in_(sel.ids))
     for key, values in sel.labels:
-        out.append(A.labels[key].as_string().in_(values))
+        out.append(ACCOUNT_TABLE.c.labels[key].as_string().in_(values))
     return out
 
 
 def currency_filter(step_set: StepSet, sel: Selector, column: Any = None) -> list[ColumnElement[bool]]:
     """Conditions on a balance's currency (``column``, default ``balance.currency``)."""
-    column = B.currency if column is None else column
+    column = BALANCE_TABLE.c.currency if column is None else column
     if step_set.currency is not None:
         return [column == step_set.currency]
     if sel.currencies is not None:
@@ -72,7 +90,7 @@ def _lowest_at_or_above(step_set: StepSet, amount: Any) -> ColumnElement[Any]:
 def _not_fired(rule: CompiledRule, step_set: StepSet, account_id: Any, currency: Any, amount: Any) -> Any:
     # Only the lowest step at or above the balance is probed: a ladder fires
     # from the top down, so when that step is fired the ones above it are too.
-    st = STATE.alias("st")
+    st = ALERT_STATE_TABLE.alias("st")
     return ~exists().where(
         st.c.rule_id == rule.id,
         st.c.account_id == account_id,
@@ -83,7 +101,7 @@ def _not_fired(rule: CompiledRule, step_set: StepSet, account_id: Any, currency:
 
 
 def _selected(rule: CompiledRule, account_id: Any, currency: Any = None) -> Any:
-    chosen = exists().where(A.id == account_id, *account_filter(rule.selector))
+    chosen = exists().where(ACCOUNT_TABLE.c.id == account_id, *account_filter(rule.selector))
     if rule.unless_owner_configured and currency is not None:
         return and_(chosen, ~owner_configured(account_id, currency))
     return chosen
@@ -92,9 +110,9 @@ def _selected(rule: CompiledRule, account_id: Any, currency: Any = None) -> Any:
 def owner_configured(account_id: Any, currency: Any) -> Any:
     """The owner set thresholds of their own for this balance (and has not disabled them)."""
     return exists().where(
-        P.account_id == account_id,
-        P.currency == currency,
-        P.enabled == true(),
+        OWNER_PREFERENCE_TABLE.c.account_id == account_id,
+        OWNER_PREFERENCE_TABLE.c.currency == currency,
+        OWNER_PREFERENCE_TABLE.c.enabled == true(),
         or_(*(t.isnot(None) for t in THRESHOLDS)),
     )
 
@@ -106,13 +124,17 @@ def fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) ->
     every low balance has fired already, and the probe is the cheaper filter.
     """
     query = (
-        select(B.account_id, B.currency)
+        select(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency)
         .where(*currency_filter(step_set, rule.selector))
-        .where(B.amount <= step_set.highest)
-        .where(_not_fired(rule, step_set, B.account_id, B.currency, B.amount))
-        .where(_selected(rule, B.account_id, B.currency))
+        .where(BALANCE_TABLE.c.amount <= step_set.highest)
+        .where(
+            _not_fired(
+                rule, step_set, BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency, BALANCE_TABLE.c.amount
+            )
+        )
+        .where(_selected(rule, BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency))
     )
-    return query.where(B.updated_at > since) if since is not None else query
+    return query.where(BALANCE_TABLE.c.updated_at > since) if since is not None else query
 
 
 def poll_query(rule: CompiledRule, step_set: StepSet, since: datetime) -> Select[Any]:
@@ -123,10 +145,12 @@ def poll_query(rule: CompiledRule, step_set: StepSet, since: datetime) -> Select
     currency index and reads every low balance instead.
     """
     changed = (
-        select(B.account_id, B.currency, B.amount).where(B.updated_at > since).cte("changed")
+        select(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency, BALANCE_TABLE.c.amount)
+        .where(BALANCE_TABLE.c.updated_at > since)
+        .cte("changed")
     ).prefix_with("MATERIALIZED")
     c = changed.c
-    st = STATE.alias("rs")
+    st = ALERT_STATE_TABLE.alias("rs")
     rearm_above = case({s.amount: s.rearm_above for s in step_set.steps}, value=st.c.step)
     rearm = exists().where(
         st.c.rule_id == rule.id,
@@ -148,61 +172,80 @@ def poll_query(rule: CompiledRule, step_set: StepSet, since: datetime) -> Select
     )
 
 
+def _states_with_balances() -> Join:
+    """``alert_state`` joined to the balance each of its rows is about."""
+    return ALERT_STATE_TABLE.join(
+        BALANCE_TABLE,
+        and_(
+            BALANCE_TABLE.c.account_id == ALERT_STATE_TABLE.c.account_id,
+            BALANCE_TABLE.c.currency == ALERT_STATE_TABLE.c.currency,
+        ),
+    )
+
+
 def rearm_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
     """Fired steps whose balance has climbed above their re-arm point."""
-    rearm_above = case({s.amount: s.rearm_above for s in step_set.steps}, value=S.step)
+    rearm_above = case({s.amount: s.rearm_above for s in step_set.steps}, value=ALERT_STATE_TABLE.c.step)
     query = (
-        select(S.account_id, S.currency)
-        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
-        .where(S.rule_id == rule.id, S.status == "fired")
-        .where(S.step.in_([s.amount for s in step_set.steps]))
-        .where(B.amount > rearm_above)
+        select(ALERT_STATE_TABLE.c.account_id, ALERT_STATE_TABLE.c.currency)
+        .select_from(_states_with_balances())
+        .where(ALERT_STATE_TABLE.c.rule_id == rule.id, ALERT_STATE_TABLE.c.status == "fired")
+        .where(ALERT_STATE_TABLE.c.step.in_([s.amount for s in step_set.steps]))
+        .where(BALANCE_TABLE.c.amount > rearm_above)
         .where(*currency_filter(step_set, rule.selector))
     )
-    return query.where(B.updated_at > since) if since is not None else query
+    return query.where(BALANCE_TABLE.c.updated_at > since) if since is not None else query
 
 
 def remind_query(rule: CompiledRule, step_set: StepSet, now: datetime) -> Select[Any]:
     """Fired steps whose next reminder is due."""
     query = (
-        select(S.account_id, S.currency)
-        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
-        .where(S.next_reminder_at <= now, S.rule_id == rule.id)
+        select(ALERT_STATE_TABLE.c.account_id, ALERT_STATE_TABLE.c.currency)
+        .select_from(_states_with_balances())
+        .where(ALERT_STATE_TABLE.c.next_reminder_at <= now, ALERT_STATE_TABLE.c.rule_id == rule.id)
         .where(*currency_filter(step_set, rule.selector))
     )
     # Steps that follow usage or the owner have keys known per balance only.
-    return query if step_set.dynamic else query.where(S.step.in_([s.amount for s in step_set.steps]))
+    return (
+        query
+        if step_set.dynamic
+        else query.where(ALERT_STATE_TABLE.c.step.in_([s.amount for s in step_set.steps]))
+    )
 
 
 def unscheduled_query(rule: CompiledRule, step_set: StepSet) -> Select[Any]:
     """Lowest fired steps with no reminder scheduled (for dynamic rules: any fired step without one)."""
     query = (
-        select(S.account_id, S.currency)
-        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
-        .where(S.rule_id == rule.id, S.status == "fired", S.next_reminder_at.is_(None))
+        select(ALERT_STATE_TABLE.c.account_id, ALERT_STATE_TABLE.c.currency)
+        .select_from(_states_with_balances())
+        .where(
+            ALERT_STATE_TABLE.c.rule_id == rule.id,
+            ALERT_STATE_TABLE.c.status == "fired",
+            ALERT_STATE_TABLE.c.next_reminder_at.is_(None),
+        )
         .where(*currency_filter(step_set, rule.selector))
     )
     if step_set.dynamic:
         return query.distinct()
     amounts = [s.amount for s in step_set.steps]
-    lower = STATE.alias("lower")
+    lower = ALERT_STATE_TABLE.alias("lower")
     lower_fired = exists().where(
-        lower.c.rule_id == S.rule_id,
-        lower.c.account_id == S.account_id,
-        lower.c.currency == S.currency,
+        lower.c.rule_id == ALERT_STATE_TABLE.c.rule_id,
+        lower.c.account_id == ALERT_STATE_TABLE.c.account_id,
+        lower.c.currency == ALERT_STATE_TABLE.c.currency,
         lower.c.status == "fired",
         lower.c.step.in_(amounts),
-        lower.c.step < S.step,
+        lower.c.step < ALERT_STATE_TABLE.c.step,
     )
-    return query.where(S.step.in_(amounts), ~lower_fired)
+    return query.where(ALERT_STATE_TABLE.c.step.in_(amounts), ~lower_fired)
 
 
 def _fired_at(rule: CompiledRule, key: Any) -> Any:
-    st = STATE.alias("fs")
+    st = ALERT_STATE_TABLE.alias("fs")
     return exists().where(
         st.c.rule_id == rule.id,
-        st.c.account_id == B.account_id,
-        st.c.currency == B.currency,
+        st.c.account_id == BALANCE_TABLE.c.account_id,
+        st.c.currency == BALANCE_TABLE.c.currency,
         st.c.step == key,
         st.c.status == "fired",
     )
@@ -214,8 +257,12 @@ def _usage_bound(spec: UsageSpec) -> Any:
     below; no row at all (the balance is new since the last refresh) gives one every balance is
     below, so the balance is evaluated and its figures computed on the spot."""
     stored = (
-        select(func.coalesce(U.adu * float(spec.times) + 1, -MAX_MINOR))
-        .where(U.account_id == B.account_id, U.currency == B.currency, U.window_days == spec.window_days)
+        select(func.coalesce(USAGE_SUMMARY_TABLE.c.adu * float(spec.times) + 1, -MAX_MINOR))
+        .where(
+            USAGE_SUMMARY_TABLE.c.account_id == BALANCE_TABLE.c.account_id,
+            USAGE_SUMMARY_TABLE.c.currency == BALANCE_TABLE.c.currency,
+            USAGE_SUMMARY_TABLE.c.window_days == spec.window_days,
+        )
         .scalar_subquery()
     )
     return func.coalesce(stored, MAX_MINOR)
@@ -224,32 +271,46 @@ def _usage_bound(spec: UsageSpec) -> Any:
 def dynamic_fire_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
     """Balances at or below any step of a rule whose steps follow usage or the owner, that step
     not fired. A superset for usage steps (the amount is rounded in Python)."""
-    crossing = [and_(B.amount <= s.amount, ~_fired_at(rule, s.amount)) for s in step_set.steps]
-    crossing += [and_(B.amount <= _usage_bound(u), ~_fired_at(rule, u.key)) for u in step_set.usage]
-    query = select(B.account_id, B.currency).where(*currency_filter(step_set, rule.selector))
+    crossing = [and_(BALANCE_TABLE.c.amount <= s.amount, ~_fired_at(rule, s.amount)) for s in step_set.steps]
+    crossing += [
+        and_(BALANCE_TABLE.c.amount <= _usage_bound(u), ~_fired_at(rule, u.key)) for u in step_set.usage
+    ]
+    query = select(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency).where(
+        *currency_filter(step_set, rule.selector)
+    )
     if step_set.owner:
         query = query.select_from(
-            BALANCE.join(
-                PREFS, and_(P.account_id == B.account_id, P.currency == B.currency, P.enabled == true())
+            BALANCE_TABLE.join(
+                OWNER_PREFERENCE_TABLE,
+                and_(
+                    OWNER_PREFERENCE_TABLE.c.account_id == BALANCE_TABLE.c.account_id,
+                    OWNER_PREFERENCE_TABLE.c.currency == BALANCE_TABLE.c.currency,
+                    OWNER_PREFERENCE_TABLE.c.enabled == true(),
+                ),
             )
         )
-        crossing += [and_(B.amount <= t, ~_fired_at(rule, t)) for t in THRESHOLDS]
-    query = query.where(or_(*crossing), _selected(rule, B.account_id, B.currency))
-    return query.where(B.updated_at > since) if since is not None else query
+        crossing += [and_(BALANCE_TABLE.c.amount <= t, ~_fired_at(rule, t)) for t in THRESHOLDS]
+    query = query.where(or_(*crossing), _selected(rule, BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency))
+    return query.where(BALANCE_TABLE.c.updated_at > since) if since is not None else query
 
 
 def dynamic_rearm_query(rule: CompiledRule, step_set: StepSet, since: datetime | None) -> Select[Any]:
     """Fired steps that may re-arm: above their amount (fixed and owner steps are kept under
     their amount), or any fired usage step (its amount moves; Python decides)."""
     query = (
-        select(S.account_id, S.currency)
-        .select_from(STATE.join(BALANCE, and_(B.account_id == S.account_id, B.currency == S.currency)))
-        .where(S.rule_id == rule.id, S.status == "fired")
-        .where(or_(and_(S.step >= 0, B.amount > S.step), S.step < 0))
+        select(ALERT_STATE_TABLE.c.account_id, ALERT_STATE_TABLE.c.currency)
+        .select_from(_states_with_balances())
+        .where(ALERT_STATE_TABLE.c.rule_id == rule.id, ALERT_STATE_TABLE.c.status == "fired")
+        .where(
+            or_(
+                and_(ALERT_STATE_TABLE.c.step >= 0, BALANCE_TABLE.c.amount > ALERT_STATE_TABLE.c.step),
+                ALERT_STATE_TABLE.c.step < 0,
+            )
+        )
         .where(*currency_filter(step_set, rule.selector))
         .distinct()
     )
-    return query.where(B.updated_at > since) if since is not None else query
+    return query.where(BALANCE_TABLE.c.updated_at > since) if since is not None else query
 
 
 def find(

@@ -14,9 +14,10 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import Connection, select, true
 
-from balancewatch.evaluate.candidates import PREFS, Key, P
+from balancewatch.evaluate.candidates import Key
 from balancewatch.evaluate.load import Subject, key_filter
 from balancewatch.rules.compiled import CompiledRule, Step, StepSet
+from balancewatch.store.tables import OWNER_PREFERENCE_TABLE
 
 OWNER_REMINDER = timedelta(days=1)  # "a daily notification while below" when the rule names none
 
@@ -34,7 +35,10 @@ def load_preferences(conn: Connection, keys: Sequence[Key]) -> dict[Key, Prefere
     """Enabled owner preferences for ``keys``; disabled ones are kept in the table, not used."""
     if not keys:
         return {}
-    query = select(PREFS).where(P.enabled == true(), *key_filter(P.account_id, P.currency, keys))
+    query = select(OWNER_PREFERENCE_TABLE).where(
+        OWNER_PREFERENCE_TABLE.c.enabled == true(),
+        *key_filter(OWNER_PREFERENCE_TABLE.c.account_id, OWNER_PREFERENCE_TABLE.c.currency, keys),
+    )
     out = {}
     for r in conn.execute(query):
         values = (r.threshold_1, r.threshold_2, r.threshold_3)

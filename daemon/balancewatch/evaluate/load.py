@@ -10,20 +10,11 @@ from typing import Any
 from sqlalchemy import Connection, select, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from balancewatch.evaluate.candidates import (
-    ACCOUNT,
-    BALANCE,
-    STATE,
-    A,
-    B,
-    Key,
-    S,
-    account_filter,
-    owner_configured,
-)
+from balancewatch.evaluate.candidates import Key, account_filter, owner_configured
 from balancewatch.evaluate.decide import StepState
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store.platform_data import account_currency, account_locale, account_timezone
+from balancewatch.store.tables import ACCOUNT_TABLE, ALERT_STATE_TABLE, BALANCE_TABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,27 +82,32 @@ def load_subjects(
     # currency condition too, SQLite (without statistics) prefers scanning the
     # covering currency index over the primary key, and reads every balance.
     wanted = set(keys)
+    unless_owner = (
+        [~owner_configured(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency)]
+        if rule.unless_owner_configured
+        else []
+    )
     query = (
         select(
-            B.account_id,
-            B.currency,
-            B.amount,
-            A.name,
-            A.owner_email,
-            A.locale,
-            A.timezone,
-            A.billing,
-            A.parent_id,
-            A.labels,
+            BALANCE_TABLE.c.account_id,
+            BALANCE_TABLE.c.currency,
+            BALANCE_TABLE.c.amount,
+            ACCOUNT_TABLE.c.name,
+            ACCOUNT_TABLE.c.owner_email,
+            ACCOUNT_TABLE.c.locale,
+            ACCOUNT_TABLE.c.timezone,
+            ACCOUNT_TABLE.c.billing,
+            ACCOUNT_TABLE.c.parent_id,
+            ACCOUNT_TABLE.c.labels,
         )
-        .select_from(BALANCE.join(ACCOUNT, A.id == B.account_id))
-        .where(B.account_id.in_(sorted({k[0] for k in keys})))
+        .select_from(BALANCE_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == BALANCE_TABLE.c.account_id))
+        .where(BALANCE_TABLE.c.account_id.in_(sorted({k[0] for k in keys})))
         .where(*account_filter(rule.selector))
-        .where(*([~owner_configured(B.account_id, B.currency)] if rule.unless_owner_configured else []))
-        .order_by(B.account_id, B.currency)
+        .where(*unless_owner)
+        .order_by(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency)
     )
     if lock:
-        query = query.with_for_update(of=BALANCE)
+        query = query.with_for_update(of=BALANCE_TABLE)
     return [
         Subject(
             r.account_id,
@@ -135,9 +131,11 @@ def inhibited(conn: Connection, rule_ids: Sequence[str], keys: Sequence[Key]) ->
     if not rule_ids or not keys:
         return set()
     query = (
-        select(S.account_id, S.currency)
+        select(ALERT_STATE_TABLE.c.account_id, ALERT_STATE_TABLE.c.currency)
         .where(
-            S.rule_id.in_(list(rule_ids)), S.status == "fired", *key_filter(S.account_id, S.currency, keys)
+            ALERT_STATE_TABLE.c.rule_id.in_(list(rule_ids)),
+            ALERT_STATE_TABLE.c.status == "fired",
+            *key_filter(ALERT_STATE_TABLE.c.account_id, ALERT_STATE_TABLE.c.currency, keys),
         )
         .distinct()
     )
@@ -147,7 +145,10 @@ def inhibited(conn: Connection, rule_ids: Sequence[str], keys: Sequence[Key]) ->
 def load_states(conn: Connection, rule_id: str, keys: Sequence[Key]) -> dict[Key, dict[int, StepState]]:
     """Stored step states of ``rule_id`` for ``keys``: key -> step -> state."""
     out: dict[Key, dict[int, StepState]] = defaultdict(dict)
-    query = select(STATE).where(S.rule_id == rule_id, *key_filter(S.account_id, S.currency, keys))
+    query = select(ALERT_STATE_TABLE).where(
+        ALERT_STATE_TABLE.c.rule_id == rule_id,
+        *key_filter(ALERT_STATE_TABLE.c.account_id, ALERT_STATE_TABLE.c.currency, keys),
+    )
     for r in conn.execute(query):
         out[(r.account_id, r.currency)][r.step] = StepState(
             step=r.step,
@@ -188,9 +189,14 @@ def write_states(conn: Connection, rule_id: str, rows: Sequence[tuple[Key, StepS
         for key, st in rows
     ]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(STATE)
+    stmt = dialect.insert(ALERT_STATE_TABLE)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[S.rule_id, S.account_id, S.currency, S.step],
+        index_elements=[
+            ALERT_STATE_TABLE.c.rule_id,
+            ALERT_STATE_TABLE.c.account_id,
+            ALERT_STATE_TABLE.c.currency,
+            ALERT_STATE_TABLE.c.step,
+        ],
         set_={c: stmt.excluded[c] for c in _STATE_COLUMNS},
     )
     conn.execute(stmt, values)
@@ -202,9 +208,9 @@ def subaccount_owners(conn: Connection, payers: Sequence[str]) -> dict[str, tupl
         return {}
     out: dict[str, list[str]] = defaultdict(list)
     query = (
-        select(A.parent_id, A.owner_email)
-        .where(A.parent_id.in_(sorted(set(payers))), A.enabled == true())
-        .order_by(A.parent_id, A.id)
+        select(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.owner_email)
+        .where(ACCOUNT_TABLE.c.parent_id.in_(sorted(set(payers))), ACCOUNT_TABLE.c.enabled == true())
+        .order_by(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     )
     for r in conn.execute(query):
         out[r.parent_id].append(r.owner_email)

@@ -25,13 +25,9 @@ from math import floor
 from sqlalchemy import Connection, and_, func, or_, select
 
 from balancewatch.core.money import exponent
-from balancewatch.store.tables import Account, LedgerEntry
+from balancewatch.store.tables import ACCOUNT_TABLE, LEDGER_TABLE
 
 Key = tuple[str, str]  # (paying account, currency)
-L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
-LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
-ACCOUNT = Account.__table__  # type: ignore[attr-defined]
-A = ACCOUNT.c
 CONFIGURED, LEDGER_SOURCE = "configured", "ledger"
 LEDGER_PRICE_DECIMALS = Decimal("0.000001")  # a ledger-derived price, as shown
 
@@ -124,27 +120,31 @@ def ledger_prices(
     if not keys:
         return {}
     payers = sorted({k[0] for k in keys})
-    family = select(A.id).where(or_(A.id.in_(payers), A.parent_id.in_(payers))).scalar_subquery()
-    paying = func.coalesce(A.parent_id, A.id)
+    family = (
+        select(ACCOUNT_TABLE.c.id)
+        .where(or_(ACCOUNT_TABLE.c.id.in_(payers), ACCOUNT_TABLE.c.parent_id.in_(payers)))
+        .scalar_subquery()
+    )
+    paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     query = (
         select(
             paying.label("payer"),
-            L.currency,
-            L.service,
-            func.sum(-L.amount).label("cost"),
-            func.sum(L.quantity).label("quantity"),
+            LEDGER_TABLE.c.currency,
+            LEDGER_TABLE.c.service,
+            func.sum(-LEDGER_TABLE.c.amount).label("cost"),
+            func.sum(LEDGER_TABLE.c.quantity).label("quantity"),
         )
-        .select_from(LEDGER.join(ACCOUNT, A.id == L.account_id))
+        .select_from(LEDGER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == LEDGER_TABLE.c.account_id))
         .where(
-            L.account_id.in_(family),
-            L.currency.in_(sorted({k[1] for k in keys})),
-            L.kind == "usage",
-            L.service.isnot(None),
-            L.quantity > 0,
-            L.occurred_at >= now - timedelta(days=window_days),
-            L.occurred_at <= now,
+            LEDGER_TABLE.c.account_id.in_(family),
+            LEDGER_TABLE.c.currency.in_(sorted({k[1] for k in keys})),
+            LEDGER_TABLE.c.kind == "usage",
+            LEDGER_TABLE.c.service.isnot(None),
+            LEDGER_TABLE.c.quantity > 0,
+            LEDGER_TABLE.c.occurred_at >= now - timedelta(days=window_days),
+            LEDGER_TABLE.c.occurred_at <= now,
         )
-        .group_by(paying, L.currency, L.service)
+        .group_by(paying, LEDGER_TABLE.c.currency, LEDGER_TABLE.c.service)
     )
     wanted = set(keys)
     out: dict[Key, dict[str, LedgerPrice]] = defaultdict(dict)
@@ -167,17 +167,25 @@ def subaccount_usage(
     payers = sorted({k[0] for k in keys})
     currencies = sorted({k[1] for k in keys})
     in_window = and_(
-        L.account_id == A.id,
-        L.kind == "usage",
-        L.currency.in_(currencies),
-        L.occurred_at >= now - timedelta(days=window_days),
-        L.occurred_at <= now,
+        LEDGER_TABLE.c.account_id == ACCOUNT_TABLE.c.id,
+        LEDGER_TABLE.c.kind == "usage",
+        LEDGER_TABLE.c.currency.in_(currencies),
+        LEDGER_TABLE.c.occurred_at >= now - timedelta(days=window_days),
+        LEDGER_TABLE.c.occurred_at <= now,
     )
     query = (
-        select(A.parent_id, A.id, A.name, L.currency, func.sum(-L.amount).label("used"))
-        .select_from(ACCOUNT.outerjoin(LEDGER, in_window))
-        .where(A.parent_id.in_(payers))
-        .group_by(A.parent_id, A.id, A.name, L.currency)
+        select(
+            ACCOUNT_TABLE.c.parent_id,
+            ACCOUNT_TABLE.c.id,
+            ACCOUNT_TABLE.c.name,
+            LEDGER_TABLE.c.currency,
+            func.sum(-LEDGER_TABLE.c.amount).label("used"),
+        )
+        .select_from(ACCOUNT_TABLE.outerjoin(LEDGER_TABLE, in_window))
+        .where(ACCOUNT_TABLE.c.parent_id.in_(payers))
+        .group_by(
+            ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id, ACCOUNT_TABLE.c.name, LEDGER_TABLE.c.currency
+        )
     )
     used: dict[tuple[str, str, str], int] = {}
     names: dict[str, dict[str, str]] = defaultdict(dict)
@@ -214,17 +222,27 @@ def credits_since(
     """The credits to ``payer`` and its subaccounts in ``currency`` after ``since`` and up to
     ``now``: the last MAX_CREDITS oldest first, their count and their total, from one query
     (one restored email at a time; restored notices are rare)."""
-    family = select(A.id).where(or_(A.id == payer, A.parent_id == payer)).scalar_subquery()
+    family = (
+        select(ACCOUNT_TABLE.c.id)
+        .where(or_(ACCOUNT_TABLE.c.id == payer, ACCOUNT_TABLE.c.parent_id == payer))
+        .scalar_subquery()
+    )
     query = (
-        select(L.account_id, L.amount, L.kind, L.reference, L.occurred_at)
-        .where(
-            L.account_id.in_(family),
-            L.currency == currency,
-            L.amount > 0,
-            L.occurred_at > since,
-            L.occurred_at <= now,
+        select(
+            LEDGER_TABLE.c.account_id,
+            LEDGER_TABLE.c.amount,
+            LEDGER_TABLE.c.kind,
+            LEDGER_TABLE.c.reference,
+            LEDGER_TABLE.c.occurred_at,
         )
-        .order_by(L.occurred_at, L.id)
+        .where(
+            LEDGER_TABLE.c.account_id.in_(family),
+            LEDGER_TABLE.c.currency == currency,
+            LEDGER_TABLE.c.amount > 0,
+            LEDGER_TABLE.c.occurred_at > since,
+            LEDGER_TABLE.c.occurred_at <= now,
+        )
+        .order_by(LEDGER_TABLE.c.occurred_at, LEDGER_TABLE.c.id)
     )
     rows = [
         Credit(r.account_id, int(r.amount), r.kind, r.reference, r.occurred_at) for r in conn.execute(query)

@@ -28,15 +28,13 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, delete, func, or_, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 
-from balancewatch.store.tables import Account, Balance, LedgerEntry, UsageSummary
+from balancewatch.store.tables import (
+    ACCOUNT_TABLE,
+    BALANCE_TABLE,
+    LEDGER_TABLE,
+    USAGE_SUMMARY_TABLE,
+)
 
-LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
-L = LEDGER.c
-ACCOUNT = Account.__table__  # type: ignore[attr-defined]
-A = ACCOUNT.c
-BAL = Balance.__table__  # type: ignore[attr-defined]
-SUMMARY = UsageSummary.__table__  # type: ignore[attr-defined]
-U = SUMMARY.c
 DAY = timedelta(days=1)
 OK, SHORT, NONE = "ok", "short-history", "no-usage"
 
@@ -99,27 +97,39 @@ def _grouped(now: datetime, window_days: int, payers: Collection[str] | None = N
     currency, occurred_at) index, never a scan of the history before the window.
     """
     start = now - timedelta(days=window_days)
-    paying = func.coalesce(A.parent_id, A.id)
+    paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     used = (
-        select(paying.label("payer"), L.currency, func.sum(-L.amount).label("used"))
-        .select_from(LEDGER.join(ACCOUNT, A.id == L.account_id))
-        .where(L.kind == "usage", L.occurred_at >= start, L.occurred_at <= now)
+        select(paying.label("payer"), LEDGER_TABLE.c.currency, func.sum(-LEDGER_TABLE.c.amount).label("used"))
+        .select_from(LEDGER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == LEDGER_TABLE.c.account_id))
+        .where(
+            LEDGER_TABLE.c.kind == "usage",
+            LEDGER_TABLE.c.occurred_at >= start,
+            LEDGER_TABLE.c.occurred_at <= now,
+        )
     )
-    balances = select(paying.label("payer"), BAL.c.currency).select_from(
-        BAL.join(ACCOUNT, A.id == BAL.c.account_id)
+    balances = select(paying.label("payer"), BALANCE_TABLE.c.currency).select_from(
+        BALANCE_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == BALANCE_TABLE.c.account_id)
     )
     if payers is not None:
         chosen = sorted(set(payers))
-        family = select(A.id).where(or_(A.id.in_(chosen), A.parent_id.in_(chosen))).scalar_subquery()
-        used = used.where(L.account_id.in_(family))
-        balances = balances.where(BAL.c.account_id.in_(chosen))
+        family = (
+            select(ACCOUNT_TABLE.c.id)
+            .where(or_(ACCOUNT_TABLE.c.id.in_(chosen), ACCOUNT_TABLE.c.parent_id.in_(chosen)))
+            .scalar_subquery()
+        )
+        used = used.where(LEDGER_TABLE.c.account_id.in_(family))
+        balances = balances.where(BALANCE_TABLE.c.account_id.in_(chosen))
     # Materialized: both the pairs and the final join read it; the scan runs once.
-    u = used.group_by(paying, L.currency).cte("window_usage").prefix_with("MATERIALIZED")
+    u = used.group_by(paying, LEDGER_TABLE.c.currency).cte("window_usage").prefix_with("MATERIALIZED")
     pairs = union(balances, select(u.c.payer, u.c.currency)).subquery("pairs")
-    member = ACCOUNT.alias("member")
+    member = ACCOUNT_TABLE.alias("member")
     first = (
-        select(func.min(L.occurred_at))
-        .where(L.account_id == member.c.id, L.currency == pairs.c.currency, L.occurred_at <= now)
+        select(func.min(LEDGER_TABLE.c.occurred_at))
+        .where(
+            LEDGER_TABLE.c.account_id == member.c.id,
+            LEDGER_TABLE.c.currency == pairs.c.currency,
+            LEDGER_TABLE.c.occurred_at <= now,
+        )
         .scalar_subquery()
     )
     firsts = (
@@ -150,14 +160,22 @@ def refresh(conn: Connection, now: datetime, windows: Iterable[int], min_history
         ]
         # An upsert, not delete-and-insert: instances refreshing together must not collide.
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(SUMMARY)
+        stmt = dialect.insert(USAGE_SUMMARY_TABLE)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[U.account_id, U.currency, U.window_days],
+            index_elements=[
+                USAGE_SUMMARY_TABLE.c.account_id,
+                USAGE_SUMMARY_TABLE.c.currency,
+                USAGE_SUMMARY_TABLE.c.window_days,
+            ],
             set_={c: stmt.excluded[c] for c in _UPDATED},
         )
         for i in range(0, len(rows), 5000):
             conn.execute(stmt, rows[i : i + 5000])
-        conn.execute(delete(SUMMARY).where(U.window_days == window, U.computed_at < now))
+        conn.execute(
+            delete(USAGE_SUMMARY_TABLE).where(
+                USAGE_SUMMARY_TABLE.c.window_days == window, USAGE_SUMMARY_TABLE.c.computed_at < now
+            )
+        )
         written += len(rows)
     return written
 
@@ -199,8 +217,15 @@ def stored(
     wanted = sorted(set(windows))
     if not keys or not wanted:
         return {}
-    query = select(U.account_id, U.currency, U.window_days, U.adu).where(
-        U.account_id.in_(sorted({k[0] for k in keys})), U.window_days.in_(wanted), U.adu.isnot(None)
+    query = select(
+        USAGE_SUMMARY_TABLE.c.account_id,
+        USAGE_SUMMARY_TABLE.c.currency,
+        USAGE_SUMMARY_TABLE.c.window_days,
+        USAGE_SUMMARY_TABLE.c.adu,
+    ).where(
+        USAGE_SUMMARY_TABLE.c.account_id.in_(sorted({k[0] for k in keys})),
+        USAGE_SUMMARY_TABLE.c.window_days.in_(wanted),
+        USAGE_SUMMARY_TABLE.c.adu.isnot(None),
     )
     keyset = set(keys)
     return {
@@ -263,7 +288,10 @@ def current(
     if not keys or not wanted:
         return out
     keyset = set(keys)
-    query = select(SUMMARY).where(U.account_id.in_(sorted({k[0] for k in keys})), U.window_days.in_(wanted))
+    query = select(USAGE_SUMMARY_TABLE).where(
+        USAGE_SUMMARY_TABLE.c.account_id.in_(sorted({k[0] for k in keys})),
+        USAGE_SUMMARY_TABLE.c.window_days.in_(wanted),
+    )
     for r in conn.execute(query):
         if (r.account_id, r.currency) in keyset:
             out[r.window_days][(r.account_id, r.currency)] = _stored(r)

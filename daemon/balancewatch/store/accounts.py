@@ -89,4 +89,4 @@ def add_account(
 
 
 def list_accounts(session: Session, limit: int = 1000) -> list[Account]:
-    return list(session.exec(select(Account).order_by(Account.id).limit(limit)))  # type: ignore[arg-type]
+    return list(session.exec(select(Account).order_by(Account.id).limit(limit)))

@@ -22,9 +22,7 @@ from sqlmodel import Session, SQLModel
 
 from balancewatch.store import drift
 from balancewatch.store.drift import SchemaError
-from balancewatch.store.tables import SCHEMA_VERSION, Meta, utcnow
-
-META = Meta.__table__  # type: ignore[attr-defined]
+from balancewatch.store.tables import META_TABLE, SCHEMA_VERSION, utcnow
 
 __all__ = ["SchemaError", "SchemaStatus", "make_engine", "schema_status", "upgrade"]
 
@@ -159,7 +157,7 @@ def recorded_revision(conn: Connection) -> tuple[str | None, bool]:
         row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
         if row is not None:
             return str(row[0]), False
-    if inspector.has_table(META.name):
+    if inspector.has_table(META_TABLE.name):
         version = get_meta(conn, "schema_version")
         if version is not None:
             return (f"{int(version):04d}" if version.isdigit() else version), True
@@ -296,7 +294,7 @@ def _locked(engine: Engine) -> Iterator[Connection]:
 
 
 def get_meta(session: Session | Connection, name: str) -> str | None:
-    row = session.execute(select(META.c.value).where(META.c.name == name)).first()
+    row = session.execute(select(META_TABLE.c.value).where(META_TABLE.c.name == name)).first()
     return row[0] if row is not None else None
 
 
@@ -305,9 +303,9 @@ def set_meta(conn: Session | Connection, name: str, value: str, now: datetime | 
     bind = conn if isinstance(conn, Connection) else conn.get_bind()
     dialect = postgresql if bind.dialect.name == "postgresql" else sqlite
     now = now or utcnow()
-    stmt = dialect.insert(META).values(name=name, value=value, updated_at=now)
+    stmt = dialect.insert(META_TABLE).values(name=name, value=value, updated_at=now)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[META.c.name],
+        index_elements=[META_TABLE.c.name],
         set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
     )
     conn.execute(stmt)

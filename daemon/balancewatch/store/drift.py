@@ -44,20 +44,20 @@ def missing_tables(conn: Connection) -> list[Table]:
 def missing_columns(conn: Connection) -> list[tuple[Table, Column[Any]]]:
     """Columns the tables in the database lack, compared with the models."""
     inspector = inspect(conn)
-    out = []
+    out: list[tuple[Table, Column[Any]]] = []
     for table in _tables_in_place(inspector):
         have = {c["name"] for c in inspector.get_columns(table.name)}
         out.extend((table, column) for column in table.columns if column.name not in have)
     return out
 
 
-def missing_indexes(conn: Connection) -> list[Index]:
-    """Indexes the models declare that the tables in the database lack, by name."""
+def missing_indexes(conn: Connection) -> list[tuple[Table, Index]]:
+    """Indexes the models declare that the tables in the database lack, by name, with their table."""
     inspector = inspect(conn)
-    out = []
+    out: list[tuple[Table, Index]] = []
     for table in _tables_in_place(inspector):
         have = {i["name"] for i in inspector.get_indexes(table.name)}
-        out.extend(index for index in table.indexes if index.name not in have)
+        out.extend((table, index) for index in table.indexes if index.name not in have)
     return out
 
 
@@ -74,9 +74,9 @@ def repair(conn: Connection) -> list[str]:
     for table, column in missing_columns(conn):
         _add_column(conn, table, column)
         done.append(f"added column {table.name}.{column.name}")
-    for index in missing_indexes(conn):
+    for table, index in missing_indexes(conn):
         index.create(conn)
-        done.append(f"created index {index.name} on {index.table.name}")  # type: ignore[union-attr]
+        done.append(f"created index {index.name} on {table.name}")
     return done
 
 
@@ -137,8 +137,13 @@ def _index_differences(inspector: Inspector, table: Table) -> list[str]:
 def _unique_differences(inspector: Inspector, table: Table) -> list[str]:
     """Unique constraints by their columns: SQLite leaves a column's ``unique=True`` unnamed."""
     have = {tuple(sorted(u["column_names"])) for u in inspector.get_unique_constraints(table.name)}
-    have |= {tuple(sorted(i["column_names"])) for i in inspector.get_indexes(table.name) if i["unique"]}
-    out = []
+    # An expression in an index has no column name (None): it cannot stand for a unique column.
+    have |= {
+        tuple(sorted(name for name in i["column_names"] if name is not None))
+        for i in inspector.get_indexes(table.name)
+        if i["unique"]
+    }
+    out: list[str] = []
     for columns in _declared_uniques(table):
         if columns not in have:
             out.append(f"unique constraint on {table.name} ({', '.join(columns)}) is missing")

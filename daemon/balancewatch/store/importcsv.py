@@ -26,7 +26,7 @@ from balancewatch.core.money import MoneyError, check_currency, to_minor
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.core.times import parse_instant
 from balancewatch.store import ledger
-from balancewatch.store.tables import Account, LedgerEntry
+from balancewatch.store.tables import ACCOUNT_TABLE, LEDGER_TABLE
 
 REQUIRED = ("account", "amount")
 KNOWN = (*REQUIRED, "currency", "kind", "service", "quantity", "time", "reference")
@@ -142,7 +142,7 @@ def unknown_accounts(session: Session, rows: list[Row], source: str) -> list[Pro
     names = sorted({r.account for r in rows})
     known: set[str] = set()
     for i in range(0, len(names), 500):
-        query = select(Account.id).where(Account.id.in_(names[i : i + 500]))  # type: ignore[attr-defined]
+        query = select(ACCOUNT_TABLE.c.id).where(ACCOUNT_TABLE.c.id.in_(names[i : i + 500]))
         known.update(a for (a,) in session.execute(query))
     return [
         Problem(
@@ -277,7 +277,7 @@ def _post_row(session: Session, row: Row, now: datetime) -> bool:
 def _existing_references(session: Session, rows: list[Row]) -> set[tuple[str, str]]:
     keys = list({(r.account, r.reference) for r in rows if r.reference})
     found: set[tuple[str, str]] = set()
-    cols = (LedgerEntry.account_id, LedgerEntry.reference)
+    cols = (LEDGER_TABLE.c.account_id, LEDGER_TABLE.c.reference)
     for i in range(0, len(keys), 500):
         query = select(*cols).where(tuple_(*cols).in_(keys[i : i + 500]))
         found.update((a, r) for a, r in session.execute(query))

@@ -23,13 +23,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from balancewatch.core.money import MoneyError, check_currency
-from balancewatch.store.tables import Account, Balance, LedgerEntry
+from balancewatch.store.tables import BALANCE_TABLE, LEDGER_TABLE, Account, Balance
 
 KINDS = ("usage", "top-up", "refund", "adjustment")
-BALANCE = Balance.__table__  # type: ignore[attr-defined]
-LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
-B = BALANCE.c
-L = LEDGER.c
 
 
 class LedgerError(ValueError):
@@ -177,9 +173,14 @@ def _post_referenced(session: Session, payer: str, entry: dict[str, Any], now: d
 def find_reference(conn: Connection, account_id: str, reference: str) -> Known | None:
     """The entry of ``account_id`` holding ``reference``, or None."""
     row = conn.execute(
-        select(L.id, L.account_id, L.currency, L.amount, L.kind, L.balance_after).where(
-            L.account_id == account_id, L.reference == reference
-        )
+        select(
+            LEDGER_TABLE.c.id,
+            LEDGER_TABLE.c.account_id,
+            LEDGER_TABLE.c.currency,
+            LEDGER_TABLE.c.amount,
+            LEDGER_TABLE.c.kind,
+            LEDGER_TABLE.c.balance_after,
+        ).where(LEDGER_TABLE.c.account_id == account_id, LEDGER_TABLE.c.reference == reference)
     ).first()
     if row is None:
         return None
@@ -190,10 +191,10 @@ def _insert_entry(conn: Connection, values: dict[str, Any]) -> int | None:
     """Insert one entry; its id, or None when the account's ledger holds its reference already."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = (
-        dialect.insert(LEDGER)
+        dialect.insert(LEDGER_TABLE)
         .values(values)
-        .on_conflict_do_nothing(index_elements=[L.account_id, L.reference])
-        .returning(L.id)
+        .on_conflict_do_nothing(index_elements=[LEDGER_TABLE.c.account_id, LEDGER_TABLE.c.reference])
+        .returning(LEDGER_TABLE.c.id)
     )
     found = conn.execute(stmt).first()
     return None if found is None else int(found[0])
@@ -205,13 +206,16 @@ def _move_balance(conn: Connection, account_id: str, currency: str, amount: int,
     One upsert: two first posts in a new currency cannot both create the row.
     """
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(BALANCE).values(
+    stmt = dialect.insert(BALANCE_TABLE).values(
         account_id=account_id, currency=currency, amount=amount, updated_at=now
     )
     stmt = stmt.on_conflict_do_update(
-        index_elements=[B.account_id, B.currency],
-        set_={"amount": B.amount + stmt.excluded.amount, "updated_at": stmt.excluded.updated_at},
-    ).returning(B.amount)
+        index_elements=[BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency],
+        set_={
+            "amount": BALANCE_TABLE.c.amount + stmt.excluded.amount,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    ).returning(BALANCE_TABLE.c.amount)
     return int(conn.execute(stmt).scalar_one())
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from balancewatch.core.money import MoneyError, check_currency, to_minor
-from balancewatch.store.tables import Account, Balance, OwnerPreference
+from balancewatch.store.tables import BALANCE_TABLE, Account, Balance, OwnerPreference
 
 MAX_THRESHOLDS = 3
 CLEAR = ("", "none")  # --below '' / --below none: no thresholds (likewise --email)
@@ -227,9 +227,8 @@ def set_preferences(
 def _touch_balance(session: Session, account_id: str, currency: str, now: datetime) -> None:
     # The poll reads balances changed since the last one: marking the balance changed makes
     # the next poll decide under the new preferences, not the next full sweep.
-    balance = Balance.__table__  # type: ignore[attr-defined]
     session.connection().execute(
-        update(balance)
-        .where(balance.c.account_id == account_id, balance.c.currency == currency)
+        update(BALANCE_TABLE)
+        .where(BALANCE_TABLE.c.account_id == account_id, BALANCE_TABLE.c.currency == currency)
         .values(updated_at=now)
     )

@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from balancewatch.config import safe_url
 from balancewatch.store import db
-from balancewatch.store.tables import SCHEMA_VERSION
+from balancewatch.store.tables import META_TABLE, SCHEMA_VERSION
 
 CREATES = "`balancewatch run` or `balancewatch db upgrade` creates it"
 
@@ -77,7 +77,7 @@ def schema_status(engine: Engine) -> str:
         status = upstream(engine)
         return _judged(status.state, status.current, status.head)
     with engine.connect() as conn:
-        version = db.get_meta(conn, "schema_version") if inspect(conn).has_table(db.META.name) else None
+        version = db.get_meta(conn, "schema_version") if inspect(conn).has_table(META_TABLE.name) else None
     if version is None:
         return _judged("missing", None, str(SCHEMA_VERSION))
     # Before migrations, `run` brings an older schema up to date itself.

@@ -21,12 +21,11 @@ from sqlalchemy import Connection, delete, desc, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.core import procinfo
-from balancewatch.store.tables import InstanceStatus, Outbox, ReportRun
-
-T = InstanceStatus.__table__  # type: ignore[attr-defined]
-C = T.c
-RUN = ReportRun.__table__  # type: ignore[attr-defined]
-OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+from balancewatch.store.tables import (
+    INSTANCE_STATUS_TABLE,
+    OUTBOX_TABLE,
+    REPORT_RUN_TABLE,
+)
 
 HEARTBEAT = timedelta(seconds=5)
 # Six missed heartbeats: an instance busy with a long sweep still beats in time (its
@@ -44,23 +43,31 @@ def publish(conn: Connection, instance: str, values: Mapping[str, Any]) -> None:
     """
     # An update first: an upsert checks NOT NULL columns on the row it would insert,
     # so a heartbeat (one column) could never take the ON CONFLICT path.
-    if conn.execute(update(T).where(C.instance == instance).values(**values)).rowcount:
+    if conn.execute(
+        update(INSTANCE_STATUS_TABLE).where(INSTANCE_STATUS_TABLE.c.instance == instance).values(**values)
+    ).rowcount:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     # rule_files' default is the model's, not the column's: a Core insert must give it.
-    stmt = dialect.insert(T).values(instance=instance, **{"rule_files": {}, **values})
-    stmt = stmt.on_conflict_do_update(index_elements=[C.instance], set_={k: stmt.excluded[k] for k in values})
+    stmt = dialect.insert(INSTANCE_STATUS_TABLE).values(instance=instance, **{"rule_files": {}, **values})
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[INSTANCE_STATUS_TABLE.c.instance], set_={k: stmt.excluded[k] for k in values}
+    )
     conn.execute(stmt)
 
 
 def get(conn: Connection, instance: str) -> Any | None:
     """The row of ``instance``, or None."""
-    return conn.execute(select(T).where(C.instance == instance)).first()
+    return conn.execute(
+        select(INSTANCE_STATUS_TABLE).where(INSTANCE_STATUS_TABLE.c.instance == instance)
+    ).first()
 
 
 def read_all(conn: Connection) -> list[Any]:
     """Every instance's row, most recent heartbeat first."""
-    return list(conn.execute(select(T).order_by(desc(C.heartbeat_at))))
+    return list(
+        conn.execute(select(INSTANCE_STATUS_TABLE).order_by(desc(INSTANCE_STATUS_TABLE.c.heartbeat_at)))
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,9 @@ def rules_in_effect(
     None when no instance has reported lately (nothing is running, or it never started).
     """
     rows: Sequence[Any] = conn.execute(
-        select(T).where(C.heartbeat_at >= now - fresh, C.live_digest != "").order_by(desc(C.live_loaded_at))
+        select(INSTANCE_STATUS_TABLE)
+        .where(INSTANCE_STATUS_TABLE.c.heartbeat_at >= now - fresh, INSTANCE_STATUS_TABLE.c.live_digest != "")
+        .order_by(desc(INSTANCE_STATUS_TABLE.c.live_loaded_at))
     ).all()
     if not rows:
         return None
@@ -98,7 +107,12 @@ def dead(conn: Connection, names: Sequence[str], now: datetime, stale_after: tim
     if not names:
         return set()
     rows = conn.execute(
-        select(C.instance, C.heartbeat_at, C.stopped_at, C.process).where(C.instance.in_(list(names)))
+        select(
+            INSTANCE_STATUS_TABLE.c.instance,
+            INSTANCE_STATUS_TABLE.c.heartbeat_at,
+            INSTANCE_STATUS_TABLE.c.stopped_at,
+            INSTANCE_STATUS_TABLE.c.process,
+        ).where(INSTANCE_STATUS_TABLE.c.instance.in_(list(names)))
     )
     return {
         row.instance
@@ -111,7 +125,11 @@ def dead(conn: Connection, names: Sequence[str], now: datetime, stale_after: tim
 
 def report_claim_holders(conn: Connection, worker: str) -> list[str]:
     """The other instances that hold report claims now."""
-    query = select(RUN.c.claimed_by).distinct().where(RUN.c.status == "claimed", RUN.c.claimed_by != worker)
+    query = (
+        select(REPORT_RUN_TABLE.c.claimed_by)
+        .distinct()
+        .where(REPORT_RUN_TABLE.c.status == "claimed", REPORT_RUN_TABLE.c.claimed_by != worker)
+    )
     return [name for name in conn.execute(query).scalars() if name]
 
 
@@ -121,8 +139,12 @@ def expire_report_claims(conn: Connection, names: Sequence[str], now: datetime) 
     if not names:
         return 0
     return conn.execute(
-        update(RUN)
-        .where(RUN.c.status == "claimed", RUN.c.claimed_by.in_(list(names)), RUN.c.lease_until > now)
+        update(REPORT_RUN_TABLE)
+        .where(
+            REPORT_RUN_TABLE.c.status == "claimed",
+            REPORT_RUN_TABLE.c.claimed_by.in_(list(names)),
+            REPORT_RUN_TABLE.c.lease_until > now,
+        )
         .values(lease_until=now)
     ).rowcount
 
@@ -133,10 +155,15 @@ def prune(conn: Connection, now: datetime, older_than: timedelta = PRUNE_AFTER) 
     Anything such an instance still claims has long outlived its lease: nothing needs its row.
     """
     gone = [
-        name for name in conn.execute(select(C.instance).where(C.heartbeat_at < now - older_than)).scalars()
+        name
+        for name in conn.execute(
+            select(INSTANCE_STATUS_TABLE.c.instance).where(
+                INSTANCE_STATUS_TABLE.c.heartbeat_at < now - older_than
+            )
+        ).scalars()
     ]
     if gone:
-        conn.execute(delete(T).where(C.instance.in_(gone)))
+        conn.execute(delete(INSTANCE_STATUS_TABLE).where(INSTANCE_STATUS_TABLE.c.instance.in_(gone)))
     return gone
 
 
@@ -152,9 +179,9 @@ class MailCounts:
 def mail_counts(conn: Connection) -> MailCounts:
     """Count the outbox's pending and parked rows (one grouped query on ``ix_outbox_due``)."""
     rows = conn.execute(
-        select(OUTBOX.c.status, func.count(), func.min(OUTBOX.c.created_at))
-        .where(OUTBOX.c.status.in_(("pending", "sending", "parked")))
-        .group_by(OUTBOX.c.status)
+        select(OUTBOX_TABLE.c.status, func.count(), func.min(OUTBOX_TABLE.c.created_at))
+        .where(OUTBOX_TABLE.c.status.in_(("pending", "sending", "parked")))
+        .group_by(OUTBOX_TABLE.c.status)
     ).all()
     waiting = [row for row in rows if row[0] != "parked"]
     oldest = min((row[2] for row in waiting if row[2] is not None), default=None)

@@ -229,6 +229,10 @@ class Outbox(SQLModel, table=True):
     idem_key: str = Field(max_length=255, unique=True)
     message_id: str = Field(max_length=255)
     kind: str = Field(max_length=16)  # alert | reminder | test
+    # Which channel delivers it: a transport registered for it in deliver/ (``email`` for now).
+    channel: str = Field(
+        default="email", sa_column=Column(String(16), nullable=False, server_default="email")
+    )
     rule_id: str | None = Field(default=None, max_length=64)
     account_id: str | None = Field(default=None, max_length=64, index=True)
     currency: str | None = Field(default=None, max_length=3)
@@ -353,7 +357,7 @@ class ReportCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _table(model: type[SQLModel]) -> Table:

@@ -21,10 +21,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from balancewatch.store.tables import Account, LedgerEntry, TopupRequest
+from balancewatch.store.tables import (
+    ACCOUNT_TABLE,
+    LEDGER_TABLE,
+    TOPUP_REQUEST_TABLE,
+)
 
-T = TopupRequest.__table__  # type: ignore[attr-defined]
-C = T.c
 OPEN = ("pending", "requested")
 
 
@@ -32,8 +34,9 @@ def open_requests(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[st
     """The (account, currency) keys among ``keys`` with a request still open."""
     if not keys:
         return set()
-    query = select(C.account_id, C.currency).where(
-        C.account_id.in_(sorted({k[0] for k in keys})), C.status.in_(OPEN)
+    query = select(TOPUP_REQUEST_TABLE.c.account_id, TOPUP_REQUEST_TABLE.c.currency).where(
+        TOPUP_REQUEST_TABLE.c.account_id.in_(sorted({k[0] for k in keys})),
+        TOPUP_REQUEST_TABLE.c.status.in_(OPEN),
     )
     wanted = set(keys)
     return {(r.account_id, r.currency) for r in conn.execute(query) if (r.account_id, r.currency) in wanted}
@@ -45,7 +48,7 @@ def record(
     """Insert a pending request unless its key exists; True when a new one was recorded."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = (
-        dialect.insert(T)
+        dialect.insert(TOPUP_REQUEST_TABLE)
         .values(
             idem_key=idem_key,
             rule_id=rule_id,
@@ -58,9 +61,9 @@ def record(
             created_at=now,
             updated_at=now,
         )
-        .on_conflict_do_nothing(index_elements=[C.idem_key])
+        .on_conflict_do_nothing(index_elements=[TOPUP_REQUEST_TABLE.c.idem_key])
         # RETURNING, not rowcount: psycopg reports -1 rows for an INSERT that returns its key.
-        .returning(C.id)
+        .returning(TOPUP_REQUEST_TABLE.c.id)
     )
     return conn.execute(stmt).first() is not None
 
@@ -69,10 +72,6 @@ def record(
 
 PENDING, REQUESTED, SUCCEEDED, FAILED = "pending", "requested", "succeeded", "failed"
 STATUSES = (PENDING, REQUESTED, SUCCEEDED, FAILED)
-L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
-A = Account.__table__.c  # type: ignore[attr-defined]
-LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
-ACCOUNT = Account.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,25 +105,25 @@ def arrived() -> ColumnElement[bool]:
     """True for a request whose top-up is in the ledger: a ``top-up`` credit to its account,
     or to one of its subaccounts (which draw on it), in its currency, at or after it was made."""
     own = (
-        select(L.id)
+        select(LEDGER_TABLE.c.id)
         .where(
-            L.account_id == C.account_id,
-            L.currency == C.currency,
-            L.kind == "top-up",
-            L.amount > 0,
-            L.occurred_at >= C.created_at,
+            LEDGER_TABLE.c.account_id == TOPUP_REQUEST_TABLE.c.account_id,
+            LEDGER_TABLE.c.currency == TOPUP_REQUEST_TABLE.c.currency,
+            LEDGER_TABLE.c.kind == "top-up",
+            LEDGER_TABLE.c.amount > 0,
+            LEDGER_TABLE.c.occurred_at >= TOPUP_REQUEST_TABLE.c.created_at,
         )
         .exists()
     )
     subaccounts = (
-        select(L.id)
-        .select_from(LEDGER.join(ACCOUNT, A.id == L.account_id))
+        select(LEDGER_TABLE.c.id)
+        .select_from(LEDGER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == LEDGER_TABLE.c.account_id))
         .where(
-            A.parent_id == C.account_id,
-            L.currency == C.currency,
-            L.kind == "top-up",
-            L.amount > 0,
-            L.occurred_at >= C.created_at,
+            ACCOUNT_TABLE.c.parent_id == TOPUP_REQUEST_TABLE.c.account_id,
+            LEDGER_TABLE.c.currency == TOPUP_REQUEST_TABLE.c.currency,
+            LEDGER_TABLE.c.kind == "top-up",
+            LEDGER_TABLE.c.amount > 0,
+            LEDGER_TABLE.c.occurred_at >= TOPUP_REQUEST_TABLE.c.created_at,
         )
         .exists()
     )
@@ -133,7 +132,12 @@ def arrived() -> ColumnElement[bool]:
 
 def any_open(conn: Connection) -> bool:
     """Whether any request is pending or requested (a cheap look before any writing)."""
-    return conn.execute(select(C.id).where(C.status.in_(OPEN)).limit(1)).first() is not None
+    return (
+        conn.execute(
+            select(TOPUP_REQUEST_TABLE.c.id).where(TOPUP_REQUEST_TABLE.c.status.in_(OPEN)).limit(1)
+        ).first()
+        is not None
+    )
 
 
 def mark_arrived(conn: Connection, now: datetime) -> list[Request]:
@@ -143,10 +147,10 @@ def mark_arrived(conn: Connection, now: datetime) -> list[Request]:
     hook afterwards: the credit already came (an owner topping up by hand).
     """
     stmt = (
-        update(T)
-        .where(C.status.in_(OPEN), arrived())
+        update(TOPUP_REQUEST_TABLE)
+        .where(TOPUP_REQUEST_TABLE.c.status.in_(OPEN), arrived())
         .values(status=SUCCEEDED, updated_at=now)
-        .returning(*T.c)
+        .returning(*TOPUP_REQUEST_TABLE.c)
     )
     return sorted((_request(r) for r in conn.execute(stmt)), key=lambda r: r.id)
 
@@ -154,7 +158,11 @@ def mark_arrived(conn: Connection, now: datetime) -> list[Request]:
 def overdue(conn: Connection, accepted_before: datetime) -> list[int]:
     """Ids of the requests the hook accepted before ``accepted_before`` whose top-up has not
     arrived (still ``requested``; ``updated_at`` is when the hook accepted), oldest first."""
-    query = select(C.id).where(C.status == REQUESTED, C.updated_at < accepted_before).order_by(C.id)
+    query = (
+        select(TOPUP_REQUEST_TABLE.c.id)
+        .where(TOPUP_REQUEST_TABLE.c.status == REQUESTED, TOPUP_REQUEST_TABLE.c.updated_at < accepted_before)
+        .order_by(TOPUP_REQUEST_TABLE.c.id)
+    )
     return list(conn.execute(query).scalars())
 
 
@@ -168,25 +176,36 @@ def claim(conn: Connection, now: datetime, lease: timedelta) -> Request | None:
     request over once the lease has passed. On PostgreSQL the pick skips rows
     another instance has locked.
     """
-    due = and_(C.status == PENDING, C.next_attempt_at <= now, ~arrived())
-    pick = select(C.id).where(due).order_by(C.next_attempt_at, C.id).limit(1)
+    due = and_(
+        TOPUP_REQUEST_TABLE.c.status == PENDING, TOPUP_REQUEST_TABLE.c.next_attempt_at <= now, ~arrived()
+    )
+    pick = (
+        select(TOPUP_REQUEST_TABLE.c.id)
+        .where(due)
+        .order_by(TOPUP_REQUEST_TABLE.c.next_attempt_at, TOPUP_REQUEST_TABLE.c.id)
+        .limit(1)
+    )
     if conn.dialect.name == "postgresql":
-        pick = pick.with_for_update(of=T, skip_locked=True)
+        pick = pick.with_for_update(of=TOPUP_REQUEST_TABLE, skip_locked=True)
     picked = conn.execute(pick).scalar()
     if picked is None:
         return None
     stmt = (
-        update(T)
-        .where(C.id == picked, due)
-        .values(attempts=C.attempts + 1, next_attempt_at=now + lease, updated_at=now)
-        .returning(*T.c)
+        update(TOPUP_REQUEST_TABLE)
+        .where(TOPUP_REQUEST_TABLE.c.id == picked, due)
+        .values(attempts=TOPUP_REQUEST_TABLE.c.attempts + 1, next_attempt_at=now + lease, updated_at=now)
+        .returning(*TOPUP_REQUEST_TABLE.c)
     )
     row = conn.execute(stmt).first()
     return _request(row) if row is not None else None
 
 
 def _held(request_id: int, attempts: int) -> ColumnElement[bool]:
-    return and_(C.id == request_id, C.status == PENDING, C.attempts == attempts)
+    return and_(
+        TOPUP_REQUEST_TABLE.c.id == request_id,
+        TOPUP_REQUEST_TABLE.c.status == PENDING,
+        TOPUP_REQUEST_TABLE.c.attempts == attempts,
+    )
 
 
 def mark_answered(
@@ -195,7 +214,7 @@ def mark_answered(
     """Record that the hook accepted (``requested``) or charged (``succeeded``) the claimed
     ``request``; False if it was taken over or closed meanwhile."""
     result = conn.execute(
-        update(T)
+        update(TOPUP_REQUEST_TABLE)
         .where(_held(request.id, request.attempts))
         .values(status=status, hook_response=response, last_error=None, updated_at=now)
     )
@@ -205,7 +224,7 @@ def mark_answered(
 def mark_retry(conn: Connection, request: Request, now: datetime, next_attempt: datetime, error: str) -> bool:
     """Put the claimed ``request`` back to wait until ``next_attempt``; False if no longer held."""
     result = conn.execute(
-        update(T)
+        update(TOPUP_REQUEST_TABLE)
         .where(_held(request.id, request.attempts))
         .values(next_attempt_at=next_attempt, last_error=error, updated_at=now)
     )
@@ -227,18 +246,20 @@ def close(
     Compare-and-set on the request being open (and, given ``attempts``, still held
     by that attempt); returns the row as closed, or None when it was not open.
     """
-    where = [C.id == request_id, C.status.in_(OPEN)]
+    where = [TOPUP_REQUEST_TABLE.c.id == request_id, TOPUP_REQUEST_TABLE.c.status.in_(OPEN)]
     if attempts is not None:
-        where += [C.status == PENDING, C.attempts == attempts]
+        where += [TOPUP_REQUEST_TABLE.c.status == PENDING, TOPUP_REQUEST_TABLE.c.attempts == attempts]
     values: dict[str, Any] = {"status": status, "last_error": note, "updated_at": now}
     if response is not None:
         values["hook_response"] = response
-    row = conn.execute(update(T).where(*where).values(**values).returning(*T.c)).first()
+    row = conn.execute(
+        update(TOPUP_REQUEST_TABLE).where(*where).values(**values).returning(*TOPUP_REQUEST_TABLE.c)
+    ).first()
     return _request(row) if row is not None else None
 
 
 def get(conn: Connection, request_id: int) -> Request | None:
-    row = conn.execute(select(T).where(C.id == request_id)).first()
+    row = conn.execute(select(TOPUP_REQUEST_TABLE).where(TOPUP_REQUEST_TABLE.c.id == request_id)).first()
     return _request(row) if row is not None else None
 
 
@@ -246,9 +267,9 @@ def listing(
     conn: Connection, *, status: str | None = None, account_id: str | None = None, limit: int = 100
 ) -> list[Request]:
     """Requests, newest first, optionally of one status and one account."""
-    query = select(T).order_by(C.id.desc()).limit(limit)
+    query = select(TOPUP_REQUEST_TABLE).order_by(TOPUP_REQUEST_TABLE.c.id.desc()).limit(limit)
     if status is not None:
-        query = query.where(C.status == status)
+        query = query.where(TOPUP_REQUEST_TABLE.c.status == status)
     if account_id is not None:
-        query = query.where(C.account_id == account_id)
+        query = query.where(TOPUP_REQUEST_TABLE.c.account_id == account_id)
     return [_request(r) for r in conn.execute(query)]

@@ -34,10 +34,9 @@ from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store.accounts import add_account
 from balancewatch.store.db import make_engine, upgrade
-from balancewatch.store.tables import Account, Balance, LedgerEntry
+from balancewatch.store.tables import BALANCE_TABLE, LEDGER_TABLE, Account
 
 MARKER = ".balancewatch-demo"
-B = Balance.__table__.c  # type: ignore[attr-defined]
 # Ten days from here hold the 1st of a month and a Monday: the monthly and the weekly reports go out.
 START = datetime(2026, 2, 24, tzinfo=UTC)
 OPERATORS = "ops@acme-cloud.example"
@@ -252,10 +251,13 @@ def _simulate_hour(engine: Engine, sims: list[Simulated], rng: random.Random, no
             _post(entries, moved, payer, payer.daily * 10, "top-up", now)
     if entries:
         with engine.begin() as conn:
-            conn.execute(insert(LedgerEntry.__table__), entries)  # type: ignore[arg-type]
+            conn.execute(insert(LEDGER_TABLE), entries)
             conn.execute(
-                update(Balance.__table__)  # type: ignore[arg-type]
-                .where(B.account_id == bindparam("payer"), B.currency == bindparam("cur"))
+                update(BALANCE_TABLE)
+                .where(
+                    BALANCE_TABLE.c.account_id == bindparam("payer"),
+                    BALANCE_TABLE.c.currency == bindparam("cur"),
+                )
                 .values(amount=bindparam("amount"), updated_at=now),
                 [{"payer": p.account_id, "cur": p.currency, "amount": p.balance} for p in moved.values()],
             )

@@ -29,12 +29,10 @@ from balancewatch.store import ledger
 from balancewatch.store.accounts import AccountError, add_account
 from balancewatch.store.db import make_engine, upgrade
 from balancewatch.store.preferences import PreferenceError, set_preferences
-from balancewatch.store.tables import Outbox
+from balancewatch.store.tables import OUTBOX_TABLE
 from balancewatch.tools.ruletest.cases import Case, Expectation, Step, TestFile
 from balancewatch.tools.ruletest.load import load_test_file
 from balancewatch.tools.ruletest.match import Comparison, Notification, compare
-
-OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +107,7 @@ def rule_set(test_file: TestFile, settings: Settings) -> LiveSet:
     Raises ProblemsError listing every problem.
     """
     templates_dir = test_file.templates or settings.templates_dir
-    return load_set(
-        settings.rules_dir, templates_dir, test_file.rule_files, budget=settings.render.budget()
-    )
+    return load_set(settings.rules_dir, templates_dir, test_file.rule_files, budget=settings.render.budget())
 
 
 def _check_names(test_file: TestFile, live: LiveSet) -> None:
@@ -290,9 +286,9 @@ def _apply(step: Step, engine: Engine) -> str | None:
 
 def _decided_after(engine: Engine, seen: int, live: LiveSet) -> tuple[int, list[Notification]]:
     """Outbox rows with an id above ``seen``: what the last evaluation decided."""
-    c = OUTBOX.c
+    c = OUTBOX_TABLE.c
     with engine.connect() as conn:
-        rows = list(conn.execute(select(OUTBOX).where(c.id > seen).order_by(c.id)))
+        rows = list(conn.execute(select(OUTBOX_TABLE).where(c.id > seen).order_by(c.id)))
     out = []
     for r in rows:
         rule = live.rule(r.rule_id)
