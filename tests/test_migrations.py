@@ -167,10 +167,16 @@ def assert_rows_kept(engine: Engine) -> None:
         ]
         assert conn.execute(text("SELECT amount FROM balance")).scalars().all() == [12345]
         assert conn.execute(text("SELECT amount, reference FROM ledger_entry")).all() == [(-1250, "ref-1")]
-        subject, attachments, deliveries = conn.execute(
-            text("SELECT subject, attachments, deliveries FROM outbox")
+        subject, attachments, deliveries, channel = conn.execute(
+            text("SELECT subject, attachments, deliveries, channel FROM outbox")
         ).one()
-        assert (subject, _loaded(attachments), _loaded(deliveries)) == ("Low balance", [], {})
+        # Every row written before 0006 was an email, and says so.
+        assert (subject, _loaded(attachments), _loaded(deliveries), channel) == (
+            "Low balance",
+            [],
+            {},
+            "email",
+        )
         preference = conn.execute(
             text("SELECT threshold_1, threshold_2, threshold_3, remind, enabled FROM owner_preference")
         ).one()
@@ -215,7 +221,7 @@ def test_the_migrations_alone_build_exactly_what_the_models_declare(blank: Blank
     assert shape(migrated) == fresh_head(blank)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_a_database_at_an_earlier_revision_upgrades_to_the_fresh_schema_keeping_its_rows(
     blank: Blank, version: int
 ) -> None:
@@ -233,7 +239,7 @@ def test_a_database_at_an_earlier_revision_upgrades_to_the_fresh_schema_keeping_
 # --- databases the hand-written upgrade made ---------------------------------------------------------
 
 
-def test_a_version_4_database_made_by_the_old_upgrade_is_adopted_and_gains_the_version_5_columns(
+def test_a_version_4_database_made_by_the_old_upgrade_is_adopted_and_gains_the_later_columns(
     blank: Blank,
 ) -> None:
     _, engine = blank()
@@ -244,6 +250,7 @@ def test_a_version_4_database_made_by_the_old_upgrade_is_adopted_and_gains_the_v
     upgrade(engine)
 
     assert {"version", "last_poll_at"} <= {c["name"] for c in inspect(engine).get_columns("instance_status")}
+    assert "channel" in {c["name"] for c in inspect(engine).get_columns("outbox")}
     assert shape(engine) == fresh_head(blank)
     assert revision_of(engine) == [HEAD]
     with engine.connect() as conn:
@@ -264,11 +271,12 @@ def test_db_upgrade_puts_back_an_index_dropped_by_hand_from_an_old_version_4_dat
     assert main(["db", "upgrade"], ENVIRON | {"BALANCEWATCH_DATABASE__URL": url}) == 0
 
     out = capsys.readouterr().out.splitlines()
-    assert out[:2] == [
+    assert out[:3] == [
         "applying 0005: instance version and last poll",
+        "applying 0006: outbox channel",
         "repairing: created index ix_outbox_due on outbox",
     ]
-    assert out[2].startswith(f"schema at {HEAD} (head) in ")
+    assert out[3].startswith(f"schema at {HEAD} (head) in ")
     assert "ix_outbox_due" in {i["name"] for i in inspect(engine).get_indexes("outbox")}
     assert shape(engine) == fresh_head(blank)
 
@@ -305,14 +313,14 @@ def test_db_current_says_how_far_behind_a_database_is_and_exits_1_until_upgraded
     migrate_to(engine, "0003")
     assert run_cli(capsys, url, "db", "current") == (
         1,
-        "0003; 2 revisions behind: run `balancewatch db upgrade`\n",
+        "0003; 3 revisions behind: run `balancewatch db upgrade`\n",
         "",
     )
 
     migrate_to(engine, "0004")
     assert run_cli(capsys, url, "db", "current")[:2] == (
         1,
-        "0004; 1 revision behind: run `balancewatch db upgrade`\n",
+        "0004; 2 revisions behind: run `balancewatch db upgrade`\n",
     )
 
     code, out, _ = run_cli(capsys, url, "db", "upgrade")
@@ -329,7 +337,7 @@ def test_db_current_reads_the_version_an_old_database_recorded_without_changing_
 
     assert run_cli(capsys, url, "db", "current")[:2] == (
         1,
-        "0002; 3 revisions behind: run `balancewatch db upgrade`\n",
+        "0002; 4 revisions behind: run `balancewatch db upgrade`\n",
     )
     assert shape(engine) == before
 
