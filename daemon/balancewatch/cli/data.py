@@ -6,8 +6,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import desc, select
-from sqlmodel import Session
+from sqlalchemy import desc
+from sqlmodel import Session, col, select
 
 from balancewatch.cli.common import CommandError, Ctx, report_problems, table
 from balancewatch.core import progress
@@ -283,14 +283,14 @@ def cmd_balance_show(ctx: Ctx) -> int:
         if account is None:
             raise CommandError(f"no account {a.account!r}")
         payer = account.parent_id or account.id
-        balances = list(session.exec(select(Balance).where(Balance.account_id == payer)).scalars())  # type: ignore[call-overload]
+        balances = list(session.exec(select(Balance).where(col(Balance.account_id) == payer)))
         entries = list(
             session.exec(
                 select(LedgerEntry)
-                .where(LedgerEntry.account_id == a.account)  # type: ignore[call-overload]
-                .order_by(desc(LedgerEntry.occurred_at), desc(LedgerEntry.id))
+                .where(col(LedgerEntry.account_id) == a.account)
+                .order_by(desc(col(LedgerEntry.occurred_at)), desc(col(LedgerEntry.id)))
                 .limit(a.entries)
-            ).scalars()
+            )
         )
     locale = account_locale(account.locale, ctx.settings.defaults.locale, account.id)
     if a.json:

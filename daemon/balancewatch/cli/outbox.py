@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
-from sqlmodel import Session
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
 
 from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, table
@@ -185,13 +185,13 @@ def cmd_outbox_list(ctx: Ctx) -> int:
 
 
 def _find(session: Session, ref: str) -> Outbox:
-    where = Outbox.idem_key == ref  # type: ignore[arg-type]
+    where = col(Outbox.idem_key) == ref
     if ref.isdigit() and len(ref) < 19:  # a row id fits in 64 bits; a longer number is a key, if anything
-        where = or_(where, Outbox.id == int(ref))  # type: ignore[arg-type]
-    row = session.exec(select(Outbox).where(where)).scalars().first()  # type: ignore[call-overload]
+        where = or_(where, col(Outbox.id) == int(ref))
+    row = session.exec(select(Outbox).where(where)).first()
     if row is None:
         raise CommandError(f"no outbox row {ref!r}; `balancewatch outbox list` shows their ids and keys")
-    return row  # type: ignore[no-any-return]
+    return row
 
 
 def _when(value: Any) -> str:

@@ -67,9 +67,9 @@ class Recommendation:
         """Why there is no recommendation, or None when there is one."""
         f = self.figures
         needed = _days(min_history)
-        if f.status == usage.SHORT and f.first_at is None:
-            return f"not enough history: no ledger entry yet; {needed} days needed"
         if f.status == usage.SHORT:
+            if f.first_at is None:
+                return f"not enough history: no ledger entry yet; {needed} days needed"
             return (
                 f"not enough history: {_days(now - f.first_at)} days since the first entry; {needed} needed"
             )

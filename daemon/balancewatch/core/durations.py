@@ -59,7 +59,7 @@ def format_duration(delta: timedelta) -> str:
         return f"{delta.total_seconds():g}s"
     out = []
     for unit in ("d", "h", "m", "s"):
-        size = _UNITS[unit]
+        size = int(_UNITS[unit])
         if seconds >= size:
             out.append(f"{seconds // size}{unit}")
             seconds %= size

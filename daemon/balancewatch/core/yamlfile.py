@@ -47,7 +47,8 @@ class Located:
         Components that are not keys or indexes of the data (pydantic adds
         union tags such as ``list[...]``) are skipped.
         """
-        node, walked, best = self.data, (), self.lines.get((), 1)
+        walked: tuple[Any, ...] = ()
+        node, best = self.data, self.lines.get((), 1)
         for part in loc:
             if _has(node, part):
                 node, walked = node[part], (*walked, part)

@@ -87,7 +87,8 @@ def directory_problems(settings: Settings) -> list[Problem]:
         wanted.setdefault(
             settings.mail_dir, (("files", "dir"), _FILES_HINT) if by_dir else (("state_dir",), _STATE_HINT)
         )
-    problems, failed = [], []
+    problems: list[Problem] = []
+    failed: list[Path] = []
     for directory, (loc, hint) in sorted(wanted.items()):
         if any(directory.is_relative_to(parent) for parent in failed):
             continue  # the directory above it is reported already

@@ -108,11 +108,11 @@ def run_topups(
         if stopping is not None and stopping.is_set():
             break
         with engine.begin() as conn:
-            request = topups.claim(conn, stamp, settings.topup.lease)
-        if request is None:
+            claimed = topups.claim(conn, stamp, settings.topup.lease)
+        if claimed is None:
             break
-        answer = hook.call(_hook_request(request))
-        _record(engine, live, settings, request, answer, clock(), stats)
+        answer = hook.call(_hook_request(claimed))
+        _record(engine, live, settings, claimed, answer, clock(), stats)
         stamp = clock()
     return stats
 
