@@ -15,14 +15,8 @@ from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 
 from balancewatch.core.money import MoneyError, to_minor
-from balancewatch.rules.models import (
-    OWNER,
-    OWNER_THRESHOLDS,
-    PREFERENCES,
-    SUBACCOUNT_OWNERS,
-    AlertRule,
-    UsageStep,
-)
+from balancewatch.rules.fields import OWNER, OWNER_THRESHOLDS, PREFERENCES, SUBACCOUNT_OWNERS
+from balancewatch.rules.models import AlertRule, UsageStep
 from balancewatch.rules.models import Selector as SelectorModel
 
 

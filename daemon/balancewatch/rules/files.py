@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from balancewatch.rules.models import AlertRule, _may_be_empty, _Strict
+from balancewatch.rules.editor_schema import may_be_empty
+from balancewatch.rules.models import AlertRule, _Strict
 from balancewatch.rules.reports import ReportRule
 
 
@@ -15,10 +16,10 @@ class RuleFile(_Strict):
         default_factory=list,
         description="The alert rules of this file, each starting with '- id: ...'; "
         "ids are unique across all rule files.",
-        json_schema_extra=_may_be_empty,
+        json_schema_extra=may_be_empty,
     )
     reports: list[ReportRule] = Field(
         default_factory=list,
         description="Scheduled reports, each starting with '- id: ...'; ids are unique across rule files.",
-        json_schema_extra=_may_be_empty,
+        json_schema_extra=may_be_empty,
     )
