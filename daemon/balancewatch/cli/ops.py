@@ -15,10 +15,11 @@ from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import Settings, load_settings, safe_url
 from balancewatch.core.problems import ProblemsError
 from balancewatch.deliver.errors import TransportError
-from balancewatch.deliver.message import Envelope, build
+from balancewatch.deliver.message import build
 from balancewatch.deliver.outcome import DELIVERED, settle
+from balancewatch.deliver.registry import make_transport
 from balancewatch.deliver.smtp import probe as probe_smtp
-from balancewatch.deliver.worker import Transport, make_transport
+from balancewatch.deliver.transport import Envelope, Transport
 from balancewatch.runtime.preflight import Ready, SettingsProblemsError, preflight
 from balancewatch.runtime.service import (
     Daemon,

@@ -11,10 +11,10 @@ import hashlib
 from pathlib import Path
 
 from balancewatch.deliver.errors import TransportError
-from balancewatch.deliver.message import Envelope
+from balancewatch.deliver.message import EmailEnvelope
 
 
-def eml_name(envelope: Envelope) -> str:
+def eml_name(envelope: EmailEnvelope) -> str:
     message_id = str(envelope.message["Message-ID"])
     digest = hashlib.sha256(message_id.encode()).hexdigest()[:16]
     return f"{digest}.eml"
@@ -23,6 +23,7 @@ def eml_name(envelope: Envelope) -> str:
 class FileTransport:
     """Writes envelopes to ``directory``; use as a context manager per batch."""
 
+    channel = "email"
     name = "files"
 
     def __init__(self, directory: Path) -> None:
@@ -35,7 +36,7 @@ class FileTransport:
             raise TransportError(f"create {self.directory}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: Envelope) -> dict[str, TransportError]:
+    def send(self, envelope: EmailEnvelope) -> dict[str, TransportError]:
         """Write the message; return no refusals. Raises TransportError if the disk fails."""
         final = self.directory / eml_name(envelope)
         temp = final.with_suffix(".eml.tmp")

@@ -33,7 +33,7 @@ the .eml link opens in a mail client.</p>
 
 def _read(path: Path) -> EmailMessage:
     with path.open("rb") as handle:
-        return email.message_from_binary_file(handle, policy=email.policy.default)  # type: ignore[return-value]
+        return email.message_from_binary_file(handle, policy=email.policy.default)
 
 
 def _body(msg: EmailMessage) -> str:

@@ -1,4 +1,5 @@
-"""Outbox rows as RFC 5322 messages, with nothing a user controls reaching a header raw."""
+"""The email channel's envelopes: outbox rows as RFC 5322 messages, with nothing a user
+controls reaching a header raw."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ POLICY = email.policy.SMTP
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """A message ready for a transport and the addresses it goes to this time (``recipients``,
+class EmailEnvelope:
+    """A message ready for an email transport and the addresses it goes to this time (``recipients``,
     normalized). ``due`` maps each due address of the row, as the row spells it, to the
     normalized address it goes out as; ``rejected`` holds the due ones that are not addresses
     at all, with the reason."""
@@ -51,7 +52,7 @@ def normalize(address: str) -> str:
     return str(valid.ascii_email or valid.normalized)
 
 
-def build(row: Claimed, now: datetime, reply_to: str = "") -> Envelope:
+def build(row: Claimed, now: datetime, reply_to: str = "") -> EmailEnvelope:
     """The message for ``row``, addressed (in the To header) to every valid recipient of the
     row and sent (in the envelope) to those still due.
 
@@ -94,4 +95,4 @@ def build(row: Claimed, now: datetime, reply_to: str = "") -> Envelope:
             filename=a.filename,
         )
     sending = {address: norm for address, norm in normalized.items() if address in due}
-    return Envelope(msg, tuple(dict.fromkeys(sending.values())), rejected, sending)
+    return EmailEnvelope(msg, tuple(dict.fromkeys(sending.values())), rejected, sending)

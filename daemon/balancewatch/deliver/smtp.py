@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from balancewatch.config import Security, SmtpSettings
 from balancewatch.deliver.errors import TransportError
-from balancewatch.deliver.message import Envelope
+from balancewatch.deliver.message import EmailEnvelope
 
 
 def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
@@ -46,6 +46,7 @@ def _text(code: int, reply: bytes | str) -> str:
 class SmtpTransport:
     """Sends envelopes over one SMTP session; use as a context manager per batch."""
 
+    channel = "email"
     name = "smtp"
 
     def __init__(
@@ -94,7 +95,7 @@ class SmtpTransport:
             raise TransportError(f"connect to {self.where}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: Envelope) -> dict[str, TransportError]:
+    def send(self, envelope: EmailEnvelope) -> dict[str, TransportError]:
         """Send one message; return the recipients the server refused, each with its reply
         (``permanent`` for a 5xx). The others have the message.
 

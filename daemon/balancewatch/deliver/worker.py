@@ -1,4 +1,8 @@
-"""Claim due outbox rows, send them through a transport, record each outcome per recipient.
+"""Claim due outbox rows, send each through its channel's transport, record each outcome per recipient.
+
+Each row goes to the transport registered for its ``channel`` (``registry``);
+an instance claims only rows of the channels it delivers, and notes on the
+others, left pending for an instance that delivers them, why it did not.
 
 Each outcome commits on its own, right after its message is handed over: a
 crash loses at most the record of the message in flight, which is then sent
@@ -14,13 +18,14 @@ back the rows not yet sent, so another instance can take them at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,24 +34,17 @@ from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.core.metrics import NOOP, FailureClass, Recorder
 from balancewatch.deliver.errors import TransportError
-from balancewatch.deliver.files import FileTransport
-from balancewatch.deliver.message import Envelope, build
-from balancewatch.deliver.outcome import DELIVERED, Attempt, settle, shown
-from balancewatch.deliver.smtp import SmtpTransport
+from balancewatch.deliver.message import EmailEnvelope
+from balancewatch.deliver.outcome import Attempt, settle, shown
+from balancewatch.deliver.registry import Registry, Route, email_registry, make_transport
+from balancewatch.deliver.transport import Transport
 from balancewatch.store import status as instance_status
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-
-class Transport(Protocol):
-    name: str
-
-    def __enter__(self) -> Transport: ...
-    def __exit__(self, *exc: object) -> None: ...
-    def send(self, envelope: Envelope) -> dict[str, TransportError]: ...
-    def abort(self) -> None: ...
+__all__ = ["Courier", "DeliveryStats", "Transport", "Unrecorded", "deliver_batch", "make_transport"]
 
 
 @dataclass
@@ -71,30 +69,27 @@ class Unrecorded:
         return bool(self.outcomes or self.releases)
 
 
-def make_transport(settings: Settings) -> Transport:
-    """The configured transport: SMTP when a host is set (or asked for), else files."""
-    if settings.transport == "smtp":
-        return SmtpTransport(settings.smtp, settings.smtp_password())
-    return FileTransport(settings.mail_dir)
-
-
 class Courier:
     """Delivers the outbox as ``worker``: batch after batch, keeping what the database has not
     taken yet across batches (so one Courier per process, shared by its delivery runs).
 
-    ``metrics`` counts each message attempt and each that failed, by class (``failure_class``).
+    ``transports`` maps each channel to its transport; a bare email transport stands for the
+    registry of the email channel alone. ``metrics`` counts each message attempt and each that
+    failed, by transport and class (``failure_class``).
     """
 
     def __init__(
         self,
         engine: Engine,
-        transport: Transport,
+        transports: Registry | Transport[EmailEnvelope],
         settings: Settings,
         worker: str,
         stopping: threading.Event | None = None,
         metrics: Recorder = NOOP,
     ) -> None:
-        self.engine, self.transport, self.settings, self.worker = engine, transport, settings, worker
+        if not isinstance(transports, Registry):
+            transports = email_registry(transports, settings)
+        self.engine, self.transports, self.settings, self.worker = engine, transports, settings, worker
         self.stopping = stopping or threading.Event()
         self.metrics = metrics
         self.unrecorded = Unrecorded()
@@ -112,10 +107,12 @@ class Courier:
 
         ``now`` decides what is due and starts the lease; ``clock`` (default: ``now``) stamps
         outcomes. Rows held by an instance that stopped or died are due at once; with
-        ``stale_after``, so are those of an instance whose heartbeat is older than that. Once
-        half the lease has passed, the lease on the rows not yet sent is renewed, so a slow
-        server cannot let another instance claim them meanwhile; a row whose lease was lost is
-        skipped. Raises SQLAlchemyError when the database fails (nothing is lost: see the module).
+        ``stale_after``, so are those of an instance whose heartbeat is older than that. Only
+        rows of the channels in ``transports`` are claimed; due rows of other channels without
+        an error yet get one saying so, and stay pending. Once half the lease has passed, the
+        lease on the rows not yet sent is renewed, so a slow server cannot let another instance
+        claim them meanwhile; a row whose lease was lost is skipped. Raises SQLAlchemyError
+        when the database fails (nothing is lost: see the module).
         """
         clock = clock or (lambda: now)
         stats = DeliveryStats()
@@ -126,81 +123,108 @@ class Courier:
             others = outbox.claimers(conn, self.worker)
             dead = instance_status.dead(conn, others, now, stale_after) if others else set()
             self._log_takeover(dead)
-            batch = outbox.claim(conn, self.worker, now, d.batch_size, d.lease, key, dead)
+            channels = self.transports.channels
+            outbox.note_undeliverable(conn, channels, now, self._no_transport)
+            batch = outbox.claim(conn, self.worker, now, d.batch_size, d.lease, key, dead, channels)
         stats.claimed = len(batch)
         if batch:
             self._send_batch(batch, now, clock, stats)
         return stats
 
+    def _no_transport(self, channel: str) -> str:
+        """The ``last_error`` of a row of ``channel``, which this instance cannot deliver."""
+        delivered = ", ".join(self.transports.channels) or "no channel"
+        return (
+            f"no transport for channel {channel!r} on {self.worker} (it delivers {delivered}); "
+            "waiting for an instance that has one"
+        )
+
     def abort(self) -> None:
         """Break off a send in progress (a shutdown that cannot wait for a slow server)."""
-        self.transport.abort()
+        self.transports.abort()
 
     def _send_batch(
         self, batch: list[outbox.Claimed], now: datetime, clock: Clock, stats: DeliveryStats
     ) -> None:
+        """Send ``batch`` in order, each row through its channel's transport, opened at the first
+        row that needs it. A transport that cannot connect fails the rows of its channel still
+        to go; the other channels go on."""
         lease = self.settings.delivery.lease
         held = {row.id for row in batch}
         lease_end = now + lease
-        try:
-            with self.transport:
-                for i, row in enumerate(batch):
-                    after = batch[i + 1] if i + 1 < len(batch) else None
-                    if self.stopping.is_set():
-                        self._release(batch[i:], stats)
-                        return
+        done: set[int] = set()  # rows failed with their channel's connection
+        with _Sessions() as sessions:
+            for i, row in enumerate(batch):
+                if row.id in done:
+                    continue
+                rest = [r for r in batch[i:] if r.id not in done]
+                if self.stopping.is_set():
+                    self._release(rest, stats)
+                    return
+                route = self._route(row)
+                try:
+                    sessions.open(route)
                     stamp = clock()
                     if stamp >= lease_end - lease / 2:
                         lease_end = stamp + lease
-                        held = self._renew(batch[i:], lease_end)
+                        held = self._renew(rest, lease_end)
                     if row.id not in held:
-                        stats.outcomes["lost"] += 1
-                        log.warning(
-                            "lease on %s lost to another worker; not sending it",
-                            row.idem_key,
-                            extra={"message_id": row.message_id},
-                        )
+                        self._lost(row, stats)
                         continue
-                    try:
-                        attempts = self._attempt(row, stamp)
-                    except TransportError as exc:  # only connection failures get here
-                        self._connection_failed(batch[i:], exc, clock(), stats)
+                    attempts = route.attempt(row, stamp)
+                except TransportError as exc:  # only connection failures get here
+                    down = [r for r in rest if r.channel == row.channel]
+                    done.update(r.id for r in down)
+                    self._connection_failed(down, exc, clock(), stats, route)
+                    if self.stopping.is_set():
                         return
-                    self._count(attempts)
-                    self._log_attempt(row, attempts)
-                    settled = [(row, settle(row, attempts, stamp, self.settings.delivery.retry))]
-                    confirm = (after.id, stamp + lease) if after else None
-                    try:
-                        if not self._record(settled, stats, confirm) and after:
-                            held.discard(after.id)
-                    except SQLAlchemyError:
-                        # Its outcome is kept; the rows not sent yet go back once the database answers.
-                        self.unrecorded.releases.update(r.id for r in batch[i + 1 :])
-                        raise
-        except TransportError as exc:  # could not connect at all
-            self._connection_failed(batch, exc, clock(), stats)
+                    continue
+                if not self._settle(row, route, attempts, stamp, rest[1:], stats):
+                    held.discard(rest[1].id)
 
-    def _attempt(self, row: outbox.Claimed, now: datetime) -> dict[str, Attempt]:
-        """Send ``row`` to its due recipients; how each fared. Raises TransportError only for a
-        connection failure, which says nothing about the message."""
+    def _route(self, row: outbox.Claimed) -> Route[Any]:
+        route = self.transports.route(row.channel)
+        if route is None:  # claims are of self.transports.channels only
+            raise LookupError(f"claimed {row.idem_key} of channel {row.channel!r}, which has no transport")
+        return route
+
+    def _lost(self, row: outbox.Claimed, stats: DeliveryStats) -> None:
+        stats.outcomes["lost"] += 1
+        log.warning(
+            "lease on %s lost to another worker; not sending it",
+            row.idem_key,
+            extra={"message_id": row.message_id},
+        )
+
+    def _settle(
+        self,
+        row: outbox.Claimed,
+        route: Route[Any],
+        attempts: dict[str, Attempt],
+        stamp: datetime,
+        unsent: list[outbox.Claimed],
+        stats: DeliveryStats,
+    ) -> bool:
+        """Log, count and record ``attempts``, extending the lease of the row to send next (the
+        first of ``unsent``) in the same transaction; returns whether this worker still holds it."""
+        self._count(route, attempts)
+        self._log_attempt(row, route, attempts)
+        settled = [(row, settle(row, attempts, stamp, self.settings.delivery.retry))]
+        confirm = (unsent[0].id, stamp + self.settings.delivery.lease) if unsent else None
         try:
-            envelope = build(row, now, self.settings.delivery.reply_to)
-            refused = self.transport.send(envelope) if envelope.recipients else {}
-        except TransportError as exc:
-            if exc.connection:
-                raise
-            return {a: Attempt(False, str(exc), exc.permanent) for a in row.due_recipients}
-        attempts: dict[str, Attempt] = {}
-        for address in row.due_recipients:
-            if address in envelope.rejected:
-                attempts[address] = Attempt(False, envelope.rejected[address], permanent=True)
-                continue
-            error = refused.get(envelope.due[address])
-            attempts[address] = DELIVERED if error is None else Attempt(False, str(error), error.permanent)
-        return attempts
+            return self._record(settled, stats, confirm)
+        except SQLAlchemyError:
+            # Its outcome is kept; the rows not sent yet go back once the database answers.
+            self.unrecorded.releases.update(r.id for r in unsent)
+            raise
 
     def _connection_failed(
-        self, rows: list[outbox.Claimed], exc: TransportError, now: datetime, stats: DeliveryStats
+        self,
+        rows: list[outbox.Claimed],
+        exc: TransportError,
+        now: datetime,
+        stats: DeliveryStats,
+        route: Route[Any],
     ) -> None:
         if self.stopping.is_set():
             # Broken off by a shutdown: the rows go back as they were, for the next instance.
@@ -208,8 +232,8 @@ class Courier:
             return
         # The transport is down, not the messages: each one waits for the next try.
         for _row in rows:
-            self.metrics.delivery_attempted(self.transport.name)
-            self.metrics.delivery_failed(self.transport.name, "connection")
+            self.metrics.delivery_attempted(route.transport.name)
+            self.metrics.delivery_failed(route.transport.name, "connection")
         retry = self.settings.delivery.retry
         settled = [
             (row, settle(row, {a: Attempt(False, str(exc)) for a in row.due_recipients}, now, retry))
@@ -296,13 +320,13 @@ class Courier:
             log.warning("instance %s has stopped or died: taking over the messages it held", name)
         self._taken_over |= set(dead)
 
-    def _count(self, attempts: Mapping[str, Attempt]) -> None:
-        self.metrics.delivery_attempted(self.transport.name)
+    def _count(self, route: Route[Any], attempts: Mapping[str, Attempt]) -> None:
+        self.metrics.delivery_attempted(route.transport.name)
         failure = failure_class(attempts)
         if failure is not None:
-            self.metrics.delivery_failed(self.transport.name, failure)
+            self.metrics.delivery_failed(route.transport.name, failure)
 
-    def _log_attempt(self, row: outbox.Claimed, attempts: Mapping[str, Attempt]) -> None:
+    def _log_attempt(self, row: outbox.Claimed, route: Route[Any], attempts: Mapping[str, Attempt]) -> None:
         about = {"message_id": row.message_id}
         sent = [a for a, at in attempts.items() if at.delivered]
         if sent:
@@ -310,7 +334,7 @@ class Courier:
                 "sent %s to %s via %s",
                 row.idem_key,
                 ", ".join(map(shown, sent)),
-                self.transport.name,
+                route.transport.name,
                 extra=about,
             )
         for address, attempt in attempts.items():
@@ -326,6 +350,21 @@ class Courier:
                 )
 
 
+class _Sessions(contextlib.ExitStack):
+    """The transports of one batch, each entered at the first row that needs it and left,
+    in reverse order, when the batch ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open: set[str] = set()
+
+    def open(self, route: Route[Any]) -> None:
+        """Enter ``route``'s transport unless it is open; raises its TransportError."""
+        if route.channel not in self._open:
+            self.enter_context(route.transport)
+            self._open.add(route.channel)
+
+
 def failure_class(attempts: Mapping[str, Attempt]) -> FailureClass | None:
     """How a message attempt failed, counted once per message: ``permanent`` when a recipient
     refused for good (the row is parked), else ``temporary`` when one is to be tried again;
@@ -338,7 +377,7 @@ def failure_class(attempts: Mapping[str, Attempt]) -> FailureClass | None:
 
 def deliver_batch(
     engine: Engine,
-    transport: Transport,
+    transport: Registry | Transport[EmailEnvelope],
     settings: Settings,
     now: datetime,
     worker: str,

@@ -1,0 +1,111 @@
+"""Which transport delivers each channel in this daemon, and how a row becomes its envelope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any, Generic
+
+from balancewatch.config import Settings
+from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.files import FileTransport
+from balancewatch.deliver.message import EmailEnvelope, build
+from balancewatch.deliver.outcome import DELIVERED, Attempt
+from balancewatch.deliver.smtp import SmtpTransport
+from balancewatch.deliver.transport import EnvelopeT, Transport
+from balancewatch.outbox import Claimed
+
+EMAIL = "email"
+
+Builder = Callable[[Claimed, datetime], EnvelopeT]
+
+
+@dataclass(frozen=True, slots=True)
+class Route(Generic[EnvelopeT]):
+    """A channel's transport with the builder of the envelopes it sends."""
+
+    transport: Transport[EnvelopeT]
+    envelope: Builder[EnvelopeT]
+
+    @property
+    def channel(self) -> str:
+        return self.transport.channel
+
+    def attempt(self, row: Claimed, now: datetime) -> dict[str, Attempt]:
+        """Send ``row`` to its due recipients, in an open session; how each fared, by address
+        as the row spells it. Raises TransportError only for a connection failure, which says
+        nothing about the message."""
+        try:
+            envelope = self.envelope(row, now)
+            refused = self.transport.send(envelope) if envelope.recipients else {}
+        except TransportError as exc:
+            if exc.connection:
+                raise
+            return {a: Attempt(False, str(exc), exc.permanent) for a in row.due_recipients}
+        attempts: dict[str, Attempt] = {}
+        for address in row.due_recipients:
+            if address in envelope.rejected:
+                attempts[address] = Attempt(False, envelope.rejected[address], permanent=True)
+                continue
+            error = refused.get(envelope.due[address])
+            attempts[address] = DELIVERED if error is None else Attempt(False, str(error), error.permanent)
+        return attempts
+
+
+class Registry:
+    """The channels this daemon delivers, each through one transport.
+
+    A new channel (webhook, chat) needs a transport declaring that ``channel`` and an
+    envelope builder for it, registered here (``make_registry``); rows of a channel with no
+    transport are left for an instance that has one (see ``outbox.note_undeliverable``).
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route[Any]] = {}
+
+    def register(self, transport: Transport[EnvelopeT], envelope: Builder[EnvelopeT]) -> None:
+        """Deliver ``transport.channel`` through ``transport``; raises ValueError if that channel
+        has a transport already (two ways of delivering one channel are a configuration choice,
+        not both at once)."""
+        if transport.channel in self._routes:
+            held = self._routes[transport.channel].transport.name
+            raise ValueError(f"channel {transport.channel!r} is delivered by {held} already")
+        self._routes[transport.channel] = Route(transport, envelope)
+
+    def route(self, channel: str) -> Route[Any] | None:
+        """The route of ``channel``; None when this daemon has no transport for it."""
+        return self._routes.get(channel)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels delivered here, in the order they were registered."""
+        return tuple(self._routes)
+
+    def __iter__(self) -> Iterator[Route[Any]]:
+        return iter(self._routes.values())
+
+    def abort(self) -> None:
+        """Break off every send in progress (a shutdown that cannot wait for a slow server)."""
+        for route in self:
+            route.transport.abort()
+
+
+def make_transport(settings: Settings) -> SmtpTransport | FileTransport:
+    """The configured email transport: SMTP when a host is set (or asked for), else files."""
+    if settings.transport == "smtp":
+        return SmtpTransport(settings.smtp, settings.smtp_password())
+    return FileTransport(settings.mail_dir)
+
+
+def email_registry(transport: Transport[EmailEnvelope], settings: Settings) -> Registry:
+    """A registry of the email channel alone, delivered through ``transport``."""
+    registry = Registry()
+    registry.register(transport, partial(build, reply_to=settings.delivery.reply_to))
+    return registry
+
+
+def make_registry(settings: Settings) -> Registry:
+    """Every channel this daemon is configured to deliver: today email (SMTP or files)."""
+    return email_registry(make_transport(settings), settings)

@@ -1,0 +1,96 @@
+"""The outbox: every notification decided, once, and how its delivery went.
+
+A row is inserted in the same transaction as the state change that decided
+it, under a unique idempotency key; a second decision of the same thing
+fails on that key instead of sending twice (``add``). Each row names the
+``channel`` that delivers it (``email``). Delivery claims rows with a lease
+(compare-and-set; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so any instance
+may die at any time: an expired lease makes the row claimable again
+(``claim``).
+
+Statuses: ``pending`` (waiting, maybe after failed attempts), ``sending``
+(claimed under a lease), ``sent`` (every recipient has it), ``parked`` (done,
+and at least one recipient refused for good: the reason is in ``last_error``
+and in that recipient's entry of ``deliveries``; never retried, never dropped).
+
+Outcomes are kept per recipient in ``deliveries``, because an SMTP server
+answers per recipient: one may be greylisted (tried again later, alone), one
+refused for good (parked), the others delivered; a message is done when every
+recipient is. A claim is also taken over at once from an instance known to
+have died or stopped (``dead``), not only once its lease has run out.
+
+An operator reads the outbox through ``Filters`` and ``newest`` (``query``),
+and puts parked recipients back in line with ``requeue_refs`` and
+``requeue_parked`` (``requeue``).
+
+The modules: ``rows`` (the values and statuses), ``add``, ``claim`` (the
+lease: claim, renew, record, release), ``retry`` (backoff and giving up),
+``query`` and ``requeue``. Every public name is here, as ``outbox.add``.
+"""
+
+from __future__ import annotations
+
+from balancewatch.outbox.add import add, message_domain, message_id, unique_addresses
+from balancewatch.outbox.claim import (
+    claim,
+    claimers,
+    note_undeliverable,
+    record,
+    release,
+    renew,
+    select_by_key,
+)
+from balancewatch.outbox.query import Filters, newest
+from balancewatch.outbox.requeue import NotRequeued, Requeued, requeue_parked, requeue_refs
+from balancewatch.outbox.retry import backoff, give_up_from
+from balancewatch.outbox.rows import (
+    EMAIL,
+    PARKED,
+    PENDING,
+    SENDING,
+    SENT,
+    Attachment,
+    Claimed,
+    NewMessage,
+    RowUpdate,
+)
+from balancewatch.store.tables import OUTBOX_TABLE
+
+# The old letter aliases, for runtime/outboxgauges.py, cli/ops.py and two tests that still
+# write ``outbox.T`` and ``outbox.C``; new code names OUTBOX_TABLE. Remove once they do.
+T = OUTBOX_TABLE
+C = OUTBOX_TABLE.c
+
+__all__ = [
+    "EMAIL",
+    "OUTBOX_TABLE",
+    "PARKED",
+    "PENDING",
+    "SENDING",
+    "SENT",
+    "Attachment",
+    "C",
+    "Claimed",
+    "Filters",
+    "NewMessage",
+    "NotRequeued",
+    "Requeued",
+    "RowUpdate",
+    "T",
+    "add",
+    "backoff",
+    "claim",
+    "claimers",
+    "give_up_from",
+    "message_domain",
+    "message_id",
+    "newest",
+    "note_undeliverable",
+    "record",
+    "release",
+    "renew",
+    "requeue_parked",
+    "requeue_refs",
+    "select_by_key",
+    "unique_addresses",
+]

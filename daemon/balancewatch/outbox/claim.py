@@ -1,0 +1,185 @@
+"""The lease on a row: claim it, renew it, record what an attempt left, hand it back.
+
+Every write is a compare-and-set on ``status`` and ``claimed_by``, so a worker
+that lost its claim (its lease ran out, or it was judged dead) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, or_, select, update
+
+from balancewatch.outbox.rows import PENDING, SENDING, Attachment, Claimed, RowUpdate
+from balancewatch.store.tables import OUTBOX_TABLE
+
+outbox = OUTBOX_TABLE.c
+
+_CLAIMED_COLUMNS = (
+    outbox.id,
+    outbox.idem_key,
+    outbox.message_id,
+    outbox.sender,
+    outbox.recipients,
+    outbox.subject,
+    outbox.text,
+    outbox.html,
+    outbox.attempts,
+    outbox.created_at,
+    outbox.attachments,
+    outbox.deliveries,
+    outbox.channel,
+)
+
+
+def _due(now: datetime, dead: Collection[str] = ()) -> ColumnElement[bool]:
+    taken_over = outbox.lease_until < now
+    if dead:
+        taken_over = or_(taken_over, outbox.claimed_by.in_(list(dead)))
+    return or_(
+        and_(outbox.status == PENDING, outbox.next_attempt_at <= now),
+        and_(outbox.status == SENDING, taken_over),
+    )
+
+
+def claim(
+    conn: Connection,
+    worker: str,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    key: str | None = None,
+    dead: Collection[str] = (),
+    channels: Collection[str] | None = None,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due rows (or just the row of ``key``) for ``worker`` until ``now + lease``,
+    only of ``channels`` when given (those ``worker`` can deliver).
+
+    Due: pending rows whose next attempt has come, and rows still claimed by
+    another worker whose lease has run out or which is in ``dead`` (known to
+    have died or stopped). The ids are picked first (locking them with ``SKIP
+    LOCKED`` on PostgreSQL, so concurrent workers take different rows without
+    waiting), then updated only where still due: a row claimed meanwhile is
+    not handed out twice. Picking in a statement of its own keeps ``limit``
+    exact; as a subquery of the UPDATE, PostgreSQL may scan it again and claim
+    far more rows.
+    """
+    ids = select(outbox.id).where(_due(now, dead)).order_by(outbox.id).limit(limit)
+    if key is not None:
+        ids = ids.where(outbox.idem_key == key)
+    if channels is not None:
+        ids = ids.where(outbox.channel.in_(list(channels)))
+    if conn.dialect.name == "postgresql":
+        ids = ids.with_for_update(skip_locked=True)
+    picked = list(conn.execute(ids).scalars())
+    if not picked:
+        return []
+    stmt = (
+        update(OUTBOX_TABLE)
+        .where(outbox.id.in_(picked), _due(now, dead))
+        .values(status=SENDING, claimed_by=worker, lease_until=now + lease, attempts=outbox.attempts + 1)
+        .returning(*_CLAIMED_COLUMNS)
+    )
+    rows = [
+        Claimed(
+            r.id,
+            r.idem_key,
+            r.message_id,
+            r.sender,
+            tuple(r.recipients),
+            r.subject,
+            r.text,
+            r.html,
+            r.attempts,
+            r.created_at,
+            tuple(Attachment(**a) for a in r.attachments or ()),
+            dict(r.deliveries or {}),
+            r.channel,
+        )
+        for r in conn.execute(stmt)
+    ]
+    return sorted(rows, key=lambda c: c.id)
+
+
+def note_undeliverable(
+    conn: Connection, channels: Collection[str], now: datetime, reason: Callable[[str], str]
+) -> int:
+    """Put ``reason(channel)`` in ``last_error`` of the due pending rows of each channel not in
+    ``channels`` (those this instance cannot deliver) that have no error yet; returns how many.
+
+    They stay pending and due, unclaimed, for an instance that delivers their channel; an
+    error a real attempt left is kept, and a row is noted once, not at every batch.
+    """
+    waiting = and_(
+        outbox.status == PENDING,
+        outbox.next_attempt_at <= now,
+        outbox.channel.not_in(list(channels)),
+        outbox.last_error.is_(None),
+    )
+    noted = 0
+    for channel in conn.execute(select(outbox.channel).distinct().where(waiting)).scalars().all():
+        stmt = update(OUTBOX_TABLE).where(waiting, outbox.channel == channel)
+        noted += conn.execute(stmt.values(last_error=reason(channel))).rowcount
+    return noted
+
+
+def claimers(conn: Connection, worker: str) -> list[str]:
+    """The other workers that hold claimed rows now."""
+    query = select(outbox.claimed_by).distinct().where(outbox.status == SENDING, outbox.claimed_by != worker)
+    return [name for name in conn.execute(query).scalars() if name]
+
+
+def select_by_key(key: str) -> Select[Any]:
+    """The row of ``key``, every column."""
+    return select(OUTBOX_TABLE).where(outbox.idem_key == key)
+
+
+def _mine(row_id: int, worker: str) -> ColumnElement[bool]:
+    return and_(outbox.id == row_id, outbox.status == SENDING, outbox.claimed_by == worker)
+
+
+def renew(conn: Connection, row_ids: Sequence[int], worker: str, until: datetime) -> set[int]:
+    """Extend ``worker``'s lease on ``row_ids`` to ``until``; return the ids it still holds."""
+    if not row_ids:
+        return set()
+    result = conn.execute(
+        update(OUTBOX_TABLE)
+        .where(outbox.id.in_(list(row_ids)), outbox.status == SENDING, outbox.claimed_by == worker)
+        .values(lease_until=until)
+        .returning(outbox.id)
+    )
+    return set(result.scalars())
+
+
+def record(conn: Connection, row_id: int, worker: str, outcome: RowUpdate) -> bool:
+    """Write what an attempt left in the row; False if ``worker`` lost its claim meanwhile."""
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "deliveries": {address: dict(entry) for address, entry in outcome.deliveries.items()},
+        "lease_until": None,
+        "last_error": outcome.last_error,
+    }
+    if outcome.next_attempt_at is not None:
+        values["next_attempt_at"] = outcome.next_attempt_at
+    if outcome.sent_at is not None:
+        values["sent_at"] = outcome.sent_at
+    return conn.execute(update(OUTBOX_TABLE).where(_mine(row_id, worker)).values(**values)).rowcount == 1
+
+
+def release(conn: Connection, worker: str, row_ids: Sequence[int] | None = None, *, attempted: bool) -> int:
+    """Hand ``worker``'s claimed rows (``row_ids``, or all it holds) back as pending, due at once.
+
+    ``attempted`` False: they were never sent, so the claim does not count
+    as an attempt. Returns how many rows were released.
+    """
+    where = and_(outbox.status == SENDING, outbox.claimed_by == worker)
+    if row_ids is not None:
+        if not row_ids:
+            return 0
+        where = and_(where, outbox.id.in_(list(row_ids)))
+    values: dict[str, Any] = {"status": PENDING, "lease_until": None, "claimed_by": None}
+    if not attempted:
+        values["attempts"] = outbox.attempts - 1
+    return conn.execute(update(OUTBOX_TABLE).where(where).values(**values)).rowcount
