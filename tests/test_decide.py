@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from balancewatch.evaluate.decide import ARMED, FIRED, Kind, Outcome, StepState, decide
+from balancewatch.evaluate.decide import ARMED, FIRED, Kind, Transition, StepState, decide
 from balancewatch.rules.compiled import Step
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -21,7 +21,7 @@ EXHAUSTED = Step(0, 0, exhausted=True)
 States = dict[int, StepState]
 
 
-def merged(states: Mapping[int, StepState], outcome: Outcome) -> States:
+def merged(states: Mapping[int, StepState], outcome: Transition) -> States:
     """The states a store would hold after writing ``outcome``."""
     out = dict(states)
     out.update({st.step: st for st in outcome.states})
@@ -36,7 +36,7 @@ class Balance:
         self.remind = remind
         self.states: States = {}
 
-    def at(self, balance: int, now: datetime) -> Outcome:
+    def at(self, balance: int, now: datetime) -> Transition:
         outcome = decide(balance, self.steps, self.states, now, self.remind)
         self.states = merged(self.states, outcome)
         return outcome

@@ -43,7 +43,7 @@ from balancewatch.store.db import make_engine
 from balancewatch.topup.hook import (
     CommandHook,
     HookRequest,
-    Outcome,
+    HookVerdict,
     answer_of_body,
     answer_of_http_error,
 )
@@ -643,7 +643,7 @@ def test_a_command_that_hangs_is_stopped_at_the_timeout_and_retried(
 
     answer = hook.call(request)
 
-    assert answer.outcome is Outcome.retry
+    assert answer.outcome is HookVerdict.retry
     assert (
         answer.reason == f"command {sys.executable} did not finish within topup.hook.timeout; it was stopped"
     )
@@ -655,23 +655,23 @@ def test_a_command_that_hangs_is_stopped_at_the_timeout_and_retried(
 @pytest.mark.parametrize(
     ("status", "body", "headers", "outcome", "reason"),
     [
-        (402, '{"reason": "insufficient funds"}', {}, Outcome.declined, "insufficient funds"),
-        (422, "Card expired\n", {}, Outcome.declined, "Card expired"),
+        (402, '{"reason": "insufficient funds"}', {}, HookVerdict.declined, "insufficient funds"),
+        (422, "Card expired\n", {}, HookVerdict.declined, "Card expired"),
         (
             400,
             "<html>bad</html>",
             {},
-            Outcome.declined,
+            HookVerdict.declined,
             "the payment platform refused the charge (HTTP 400 Bad)",
         ),
-        (429, "", {"Retry-After": "120"}, Outcome.retry, "HTTP 429 Too Many"),
-        (503, '{"message": "maintenance"}', {}, Outcome.retry, "HTTP 503 Down: maintenance"),
-        (401, "", {}, Outcome.retry, "HTTP 401 Unauthorized; check topup.hook.headers (credentials)"),
-        (404, "", {}, Outcome.retry, "HTTP 404 Not Found; check topup.hook.url"),
+        (429, "", {"Retry-After": "120"}, HookVerdict.retry, "HTTP 429 Too Many"),
+        (503, '{"message": "maintenance"}', {}, HookVerdict.retry, "HTTP 503 Down: maintenance"),
+        (401, "", {}, HookVerdict.retry, "HTTP 401 Unauthorized; check topup.hook.headers (credentials)"),
+        (404, "", {}, HookVerdict.retry, "HTTP 404 Not Found; check topup.hook.url"),
     ],
 )
 def test_an_http_error_answer_is_a_refusal_only_when_the_platform_refused_the_charge(
-    status: int, body: str, headers: dict[str, str], outcome: Outcome, reason: str
+    status: int, body: str, headers: dict[str, str], outcome: HookVerdict, reason: str
 ) -> None:
     phrase = {400: "Bad", 429: "Too Many", 503: "Down", 401: "Unauthorized", 404: "Not Found"}.get(status, "")
     message = email.message.Message()
@@ -687,14 +687,14 @@ def test_an_http_error_answer_is_a_refusal_only_when_the_platform_refused_the_ch
 @pytest.mark.parametrize(
     ("body", "outcome"),
     [
-        ("", Outcome.accepted),
-        ("accepted", Outcome.accepted),
-        ('{"status": "pending"}', Outcome.accepted),
-        ('{"status": "succeeded"}', Outcome.succeeded),
-        ('{"status": "failed"}', Outcome.declined),
+        ("", HookVerdict.accepted),
+        ("accepted", HookVerdict.accepted),
+        ('{"status": "pending"}', HookVerdict.accepted),
+        ('{"status": "succeeded"}', HookVerdict.succeeded),
+        ('{"status": "failed"}', HookVerdict.declined),
     ],
 )
-def test_a_2xx_answer_is_accepted_unless_its_json_says_otherwise(body: str, outcome: Outcome) -> None:
+def test_a_2xx_answer_is_accepted_unless_its_json_says_otherwise(body: str, outcome: HookVerdict) -> None:
     assert answer_of_body(body).outcome is outcome
 
 

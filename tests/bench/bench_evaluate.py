@@ -275,7 +275,7 @@ def run_child(params: dict[str, Any]) -> Results:
     from sqlalchemy import bindparam, text
 
     from balancewatch.alerts import cycle
-    from balancewatch.alerts.cycle import Env
+    from balancewatch.alerts.chunk import Deciding
     from balancewatch.evaluate import candidates
     from balancewatch.runtime.loadset import load_set
     from balancewatch.store.db import make_engine
@@ -298,7 +298,7 @@ def run_child(params: dict[str, Any]) -> Results:
     live.templates.render = rendering.wrap(live.templates.render)  # type: ignore[method-assign]
 
     def sweep(now: datetime) -> cycle.CycleStats:
-        return cycle.evaluate(engine, Env(live, settings, now), None)
+        return cycle.evaluate(engine, Deciding(live, settings, now), None)
 
     def fetch(sql: str, **binds: Any) -> int:
         stmt = text(sql)
@@ -354,7 +354,7 @@ def run_child(params: dict[str, Any]) -> Results:
         res.floor_poll_rows.append(rows_fetched)
         finding.take()
         rendering.take()
-        dt, stats = common.timed(lambda: cycle.evaluate(engine, Env(live, settings, poll_at), since))  # noqa: B023
+        dt, stats = common.timed(lambda: cycle.evaluate(engine, Deciding(live, settings, poll_at), since))  # noqa: B023
         res.poll_s.append(dt)
         res.poll_find_s.append(finding.take())
         res.poll_render_s.append(rendering.take())

@@ -63,7 +63,7 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Transition:
     """What to send and which step states to write; unchanged states are left out."""
 
     decisions: tuple[Decision, ...]
@@ -78,7 +78,7 @@ def decide(
     remind: timedelta | None,
     *,
     restored: bool = False,
-) -> Outcome:
+) -> Transition:
     """Decide what ``balance`` means for ``steps`` (highest amount first) given their ``states``
     (by state key). With ``restored``, a balance that climbs back above every step that had
     fired gets one *restored* notification, about the lowest of them."""
@@ -108,7 +108,7 @@ def decide(
             if st.next_reminder_at is not None:
                 after[key] = replace(st, next_reminder_at=None)
     changed = tuple(st for key, st in after.items() if st != before[key])
-    return Outcome(decisions=tuple(decisions), states=changed)
+    return Transition(decisions=tuple(decisions), states=changed)
 
 
 def _fire(

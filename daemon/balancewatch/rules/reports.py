@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from apscheduler.triggers.cron import CronTrigger
+from cronsim import CronSim, CronSimError
 from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from balancewatch.rules.compiled import Selector, compile_selector
@@ -63,7 +64,10 @@ SCHEDULE_HINT = (
 
 
 def to_cron(schedule: str) -> str:
-    """The five-field cron expression of ``schedule`` (cron or shorthand); raises ValueError."""
+    """The five-field cron expression of ``schedule`` (cron or shorthand), as ``cronsim`` reads it:
+    the day of the week spelled as day names ('mon,tue', '*' for every day), the last day of the
+    month as 'L'. Raises ValueError saying what to write instead.
+    """
     text = " ".join(str(schedule).strip().lower().split())
     m = _SHORTHAND.match(text)
     if m:
@@ -72,59 +76,76 @@ def to_cron(schedule: str) -> str:
     if len(fields) != 5:
         raise ValueError(f"{schedule!r} is not a schedule; {SCHEDULE_HINT}")
     if fields[2] != "*" and fields[4] != "*":
-        # cron sends when either matches, APScheduler only when both do: too easily misread.
+        # Cron then sends when either day matches, which reads as if both had to: too easily misread.
         raise ValueError(
             f"{schedule!r} restricts both the day of the month and the day of the week; give one of them "
             "(e.g. '0 8 1 * *' or '0 8 * * mon')"
         )
+    fields[2] = "L" if fields[2] == "last" else fields[2].upper()  # 'last' is the spelling rules have used
     try:
-        fields[4] = _weekdays(fields[4])
+        fields[4] = _weekday_names(fields[4])
         text = " ".join(fields)
-        CronTrigger.from_crontab(text, timezone="UTC")
-    except ValueError as exc:
-        raise ValueError(f"{schedule!r} is not a valid cron expression ({exc}); {SCHEDULE_HINT}") from None
+        CronSim(text, _EPOCH)
+    except (ValueError, CronSimError) as exc:
+        raise ValueError(
+            f"{schedule!r} is not a valid cron expression ({_cron_problem(fields, exc)}); {SCHEDULE_HINT}"
+        ) from None
     return text
 
 
-_WEEKDAY_NUMBERS = {name[:3]: (i + 1) % 7 for i, name in enumerate(_DAYS)}  # cron: 0 and 7 are Sunday
+_EPOCH = datetime(2000, 1, 1)  # any start: cronsim checks an expression when it is built
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron's numbers: 0 (and 7) is Sunday
+_FIELD_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day of the month", 1, 31), ("month", 1, 12))
 
 
-def _weekdays(field: str) -> str:
-    """The cron day-of-week ``field`` as day names, the only spelling APScheduler 3 reads as cron does.
+def _weekday_names(field: str) -> str:
+    """The cron day-of-week ``field`` as day names, Monday first ('mon,wed'); '*' for every day.
 
-    (APScheduler 3 counts 0 as Monday; cron counts 0 and 7 as Sunday.) Raises ValueError.
+    Read as cron reads it (0 and 7 are Sunday), and ranges and steps as rules have always
+    read them: Sunday starts a range as 0 and ends one as 7 ('7-1' is Sunday and Monday,
+    'fri-0' Friday to Sunday), and a step from one day ('1/2') steps up to Saturday.
+    Raises ValueError.
     """
     if field == "*":
         return field
     days: set[int] = set()
     for item in field.split(","):
-        span, _, step_text = item.partition("/")
-        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
-        if step_text and step is None:
-            raise ValueError(f"day of week {item!r}: the step after '/' must be a whole number above 0")
-        if span == "*":
-            first, last = 0, 6
+        span, slash, step = item.partition("/")
+        slash = slash if step else ""  # 'mon-fri/': read as no step, as rules always have
+        low, dash, high = span.partition("-")
+        first = "0" if low == "7" else low  # Sunday starts a range as 0 ...
+        if not dash:
+            last = "6" if slash and span != "*" else ""  # ... a step from one day runs to Saturday
+        elif high == low:
+            last = first  # '7-7': Sunday alone
         else:
-            low, dash, high = span.partition("-")
-            first = _weekday(low)
-            last = _weekday(high) if dash else (6 if step else first)
-            if dash and last == 0 and high != low:
-                last = 7  # mon-sun, 1-7: up to Sunday at the end of the week
-        if last < first:
-            raise ValueError(f"day of week {item!r}: a range runs from the earlier day to the later")
-        days.update(d % 7 for d in range(first, last + 1, step or 1))
+            last = "7" if high in ("0", "sun") else high  # ... and Sunday ends a range as 7
+        spec = f"{first}-{last}" if last else span
+        try:
+            parsed = CronSim(f"* * * * {spec}{slash}{step}", _EPOCH).weekdays  # 0-7, or (day, nth)
+        except CronSimError:
+            parsed = set()
+        if not parsed or not all(isinstance(day, int) for day in parsed):  # 'L' and '#' have no names
+            raise ValueError(f"day of week {item!r}: write 0-7 (0 and 7 are Sunday) or mon ... sun")
+        days.update(day % 7 for day in parsed if isinstance(day, int))
     if len(days) == 7:
         return "*"
-    names = {number: name for name, number in _WEEKDAY_NUMBERS.items()}
-    return ",".join(names[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
+    return ",".join(_DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
 
 
-def _weekday(text: str) -> int:
-    if text.isdigit() and int(text) <= 7:
-        return int(text) % 7
-    if text in _WEEKDAY_NUMBERS:
-        return _WEEKDAY_NUMBERS[text]
-    raise ValueError(f"day of week {text!r}: write 0-7 (0 and 7 are Sunday) or mon ... sun")
+def _cron_problem(fields: list[str], exc: Exception) -> str:
+    """Why ``fields`` is not a cron expression, naming the field and the number out of its range."""
+    if isinstance(exc, ValueError):  # from _weekday_names, which says what to write
+        return str(exc)
+    for (name, low, high), text in zip(_FIELD_RANGES, fields, strict=False):
+        for number in map(int, re.findall(r"\d+", text.partition("/")[0])):
+            if number > high:
+                return f"the {name} ({number}) is higher than the maximum value ({high})"
+            if number < low:
+                return f"the {name} ({number}) is lower than the minimum value ({low})"
+    if "day-of-month" in str(exc):  # cronsim refuses a day no month it names has, such as 30 2
+        return "no month it names has that day"
+    return f"cannot read the {str(exc).removeprefix('Bad ')}"
 
 
 def _shorthand_cron(m: re.Match[str]) -> str:
@@ -282,6 +303,6 @@ def _period(report: ReportRule) -> str:
         return report.period
     # Once a month -> month, once a week -> week; anything more often (weekdays, hourly) -> day.
     day_of_month, day_of_week = report.schedule.split(" ")[2], report.schedule.split(" ")[4]
-    if day_of_month.isdigit() or day_of_month == "last":
+    if day_of_month.isdigit() or day_of_month in ("L", "LW"):
         return "month"
     return "week" if day_of_week != "*" and "," not in day_of_week else "day"

@@ -60,7 +60,7 @@ from balancewatch.evaluate.candidates import (
     currency_filter,
     owner_configured,
 )
-from balancewatch.evaluate.decide import FIRED, Decision, Outcome, StepState, decide
+from balancewatch.evaluate.decide import FIRED, Decision, Transition, StepState, decide
 from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
 from balancewatch.evaluate.load import Subject, load_states, load_subjects
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet
@@ -329,7 +329,7 @@ class _PerBalance:
 
     def decide(
         self, rule: CompiledRule, step_set: StepSet, s: Subject, states: States, now: datetime
-    ) -> Outcome:
+    ) -> Transition:
         prefs = self.prefs.get(s.key)
         steps = steps_for(rule, step_set, s, self.adu, prefs) if step_set.dynamic else step_set.steps
         remind = remind_for(rule, step_set, prefs)

@@ -53,7 +53,9 @@ MISCONFIGURED_HTTP = {401, 403, 404, 405, 407, 415}
 DECLINED_STATUSES = {"failed", "declined", "refused"}
 
 
-class Outcome(StrEnum):
+class HookVerdict(StrEnum):
+    """Which of the four answers in this module's docstring a call came to."""
+
     accepted = "accepted"
     succeeded = "succeeded"
     declined = "declined"
@@ -81,7 +83,7 @@ class Answer:
     answer's body or the command's output, truncated, to keep with the request.
     ``misconfigured``: the hook itself needs fixing (logged as an error)."""
 
-    outcome: Outcome
+    outcome: HookVerdict
     reason: str = ""
     response: str | None = None
     retry_after: timedelta | None = None
@@ -190,11 +192,11 @@ def answer_of_body(text: str) -> Answer:
     stored = text[:MAX_STORED] or None
     if status in DECLINED_STATUSES:
         return Answer(
-            Outcome.declined, _stated_reason(data) or "the payment platform refused the charge", stored
+            HookVerdict.declined, _stated_reason(data) or "the payment platform refused the charge", stored
         )
     if status == "succeeded":
-        return Answer(Outcome.succeeded, response=stored)
-    return Answer(Outcome.accepted, response=stored)
+        return Answer(HookVerdict.succeeded, response=stored)
+    return Answer(HookVerdict.accepted, response=stored)
 
 
 def answer_of_http_error(status: int, phrase: str, text: str, headers: Message | None) -> Answer:
@@ -205,7 +207,7 @@ def answer_of_http_error(status: int, phrase: str, text: str, headers: Message |
     if 300 <= status < 400:
         target = shown_url(headers.get("Location", "")) if headers is not None else ""
         return Answer(
-            Outcome.retry,
+            HookVerdict.retry,
             f"{said}: the hook redirects{f' to {target}' if target else ''}; "
             "set topup.hook.url to the address that answers",
             stored,
@@ -216,12 +218,12 @@ def answer_of_http_error(status: int, phrase: str, text: str, headers: Message |
             "check topup.hook.headers (credentials)" if status in (401, 403, 407) else "check topup.hook.url"
         )
         return Answer(
-            Outcome.retry, f"{said}{f': {detail}' if detail else ''}; {hint}", stored, misconfigured=True
+            HookVerdict.retry, f"{said}{f': {detail}' if detail else ''}; {hint}", stored, misconfigured=True
         )
     if status in RETRYABLE_HTTP or status >= 500:
         after = _retry_after(headers.get("Retry-After") if headers is not None else None)
-        return Answer(Outcome.retry, f"{said}{f': {detail}' if detail else ''}", stored, after)
-    return Answer(Outcome.declined, detail or f"the payment platform refused the charge ({said})", stored)
+        return Answer(HookVerdict.retry, f"{said}{f': {detail}' if detail else ''}", stored, after)
+    return Answer(HookVerdict.declined, detail or f"the payment platform refused the charge ({said})", stored)
 
 
 def _plain_reason(text: str) -> str:
@@ -295,7 +297,7 @@ class HttpHook:
         try:
             headers = self._headers(request)
         except OSError as exc:
-            return Answer(Outcome.retry, str(exc), misconfigured=True)
+            return Answer(HookVerdict.retry, str(exc), misconfigured=True)
         body = json.dumps(payload(request)).encode()
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
@@ -306,9 +308,9 @@ class HttpHook:
                 text = _read(exc)
             return answer_of_http_error(exc.code, str(exc.reason or ""), text, exc.headers)
         except urllib.error.URLError as exc:
-            return Answer(Outcome.retry, f"{self.name}: {_why(exc.reason)}")
+            return Answer(HookVerdict.retry, f"{self.name}: {_why(exc.reason)}")
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            return Answer(Outcome.retry, f"{self.name}: {_why(exc)}")
+            return Answer(HookVerdict.retry, f"{self.name}: {_why(exc)}")
         return answer_of_body(text)
 
 
@@ -381,7 +383,7 @@ class CommandHook:
             )
         except OSError as exc:
             return Answer(
-                Outcome.retry,
+                HookVerdict.retry,
                 f"cannot run {self.argv[0]}: {exc.strerror or exc}; check topup.hook.command",
                 misconfigured=True,
             )
@@ -390,7 +392,7 @@ class CommandHook:
         except subprocess.TimeoutExpired:
             _stop(proc)
             return Answer(
-                Outcome.retry, f"{self.name} did not finish within topup.hook.timeout; it was stopped"
+                HookVerdict.retry, f"{self.name} did not finish within topup.hook.timeout; it was stopped"
             )
         stdout = out[:MAX_BODY].decode("utf-8", errors="replace")
         stderr = err[-MAX_BODY:].decode("utf-8", errors="replace")
@@ -401,15 +403,15 @@ class CommandHook:
         stored = (stdout or stderr)[:MAX_STORED] or None
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-            return Answer(Outcome.retry, f"{self.name} was killed by {name}", stored)
+            return Answer(HookVerdict.retry, f"{self.name} was killed by {name}", stored)
         if code == EX_TEMPFAIL:
             return Answer(
-                Outcome.retry, f"{self.name} asked to try again later{f': {last}' if last else ''}", stored
+                HookVerdict.retry, f"{self.name} asked to try again later{f': {last}' if last else ''}", stored
             )
         reason = (
             _stated_reason(_json_object(stdout)) or last or f"the top-up command exited with status {code}"
         )
-        return Answer(Outcome.declined, reason, stored)
+        return Answer(HookVerdict.declined, reason, stored)
 
 
 def _last_line(text: str) -> str:

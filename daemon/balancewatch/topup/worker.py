@@ -32,7 +32,7 @@ from balancewatch.core.money import Money
 from balancewatch.liveset import LiveSet
 from balancewatch.store import topup_requests as topups
 from balancewatch.topup import notify
-from balancewatch.topup.hook import Answer, Hook, HookRequest, Outcome
+from balancewatch.topup.hook import Answer, Hook, HookRequest, HookVerdict
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ def _record(
     stats: TopupStats,
 ) -> None:
     what = f"top-up request {request.id} ({_describe(request)}, attempt {request.attempts})"
-    if answer.outcome in (Outcome.accepted, Outcome.succeeded):
-        status = topups.REQUESTED if answer.outcome is Outcome.accepted else topups.SUCCEEDED
+    if answer.outcome in (HookVerdict.accepted, HookVerdict.succeeded):
+        status = topups.REQUESTED if answer.outcome is HookVerdict.accepted else topups.SUCCEEDED
         with engine.begin() as conn:
             kept = topups.mark_answered(conn, request, status, now, answer.response)
         stats.count(status if kept else "lost")
@@ -184,7 +184,7 @@ def _record(
             extra=_about(request),
         )
         return
-    if answer.outcome is Outcome.declined:
+    if answer.outcome is HookVerdict.declined:
         failed = fail(
             engine,
             live,

@@ -1,0 +1,292 @@
+"""Deciding one chunk of balances for one rule, in the caller's transaction.
+
+Loads what the chunk needs once (step states, usage figures, preferences, open top-ups),
+decides each balance with :func:`~balancewatch.evaluate.decide.decide`, renders the
+notifications, and writes the new step states and the outbox rows together. A balance
+whose message fails to render keeps its old state, so a later cycle decides it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import cached_property
+
+from sqlalchemy import Connection
+
+from balancewatch import outbox
+from balancewatch.alerts.context import alert_context, idem_key, topup_key
+from balancewatch.config import Settings
+from balancewatch.core.metrics import NOOP, Recorder
+from balancewatch.evaluate import candidates, services, usage
+from balancewatch.evaluate.decide import Decision, Kind, StepState, Transition, decide
+from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
+from balancewatch.evaluate.load import (
+    Subject,
+    inhibited,
+    load_states,
+    load_subjects,
+    subaccount_owners,
+    write_states,
+)
+from balancewatch.liveset import LiveSet
+from balancewatch.render.context import Extras, recipients
+from balancewatch.render.templates import RenderError
+from balancewatch.rules.compiled import CompiledRule, StepSet
+from balancewatch.store import topup_requests as topups
+from balancewatch.store.db import is_postgres
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleStats:
+    """What a cycle looked at and decided."""
+
+    full: bool = False
+    candidates: int = 0
+    decided: Counter[str] = field(default_factory=Counter)  # rule id -> notifications
+    kinds: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule id, kind) -> notifications
+    render_errors: list[str] = field(default_factory=list)
+    skipped: int = 0  # balances left undecided after repeated conflicts
+    inhibited: Counter[str] = field(default_factory=Counter)  # rule id -> notifications silenced
+    topups: Counter[str] = field(default_factory=Counter)  # rule id -> top-up requests recorded
+    interrupted: bool = False  # stopped between chunks; the watermark did not move
+
+    @property
+    def notifications(self) -> int:
+        return sum(self.decided.values())
+
+
+@dataclass(frozen=True)
+class Deciding:
+    """What deciding needs besides the data: the live set, settings, the clock, where to count."""
+
+    live: LiveSet
+    settings: Settings
+    now: datetime
+    metrics: Recorder = NOOP
+
+    @property
+    def domain(self) -> str:
+        return outbox.message_domain(self.settings)
+
+
+@dataclass
+class _Chunk:
+    """What deciding a chunk needs beside the balances themselves, loaded once per chunk."""
+
+    states: dict[candidates.Key, dict[int, StepState]]
+    silenced: set[candidates.Key]
+    adu: dict[tuple[str, str, int], int]
+    prefs: dict[candidates.Key, Preferences]
+    figures: dict[candidates.Key, usage.Figures]
+    subaccount_owners: dict[str, tuple[str, ...]]
+    open_topups: set[candidates.Key]
+    detail: _Detail | None = None
+
+
+class _Detail:
+    """Unit prices seen in the ledger and usage per subaccount, for a chunk's emails: one grouped
+    query each, run the first time an email of the chunk is rendered (a chunk that decides
+    nothing reads neither)."""
+
+    def __init__(self, conn: Connection, keys: list[candidates.Key], now: datetime, window_days: int) -> None:
+        self.conn, self.keys, self.now, self.window_days = conn, keys, now, window_days
+
+    @cached_property
+    def prices(self) -> dict[candidates.Key, dict[str, services.LedgerPrice]]:
+        return services.ledger_prices(self.conn, self.keys, self.now, self.window_days)
+
+    @cached_property
+    def subaccounts(self) -> dict[candidates.Key, tuple[services.SubaccountUsage, ...]]:
+        return services.subaccount_usage(self.conn, self.keys, self.now, self.window_days)
+
+    def credits(self, key: candidates.Key, since: datetime) -> tuple[list[services.Credit], int, int]:
+        """The credits of one balance after ``since``: for its restored notice only."""
+        return services.credits_since(self.conn, key[0], key[1], since, self.now)
+
+
+def _load_chunk(
+    conn: Connection, deciding: Deciding, rule: CompiledRule, step_set: StepSet, keys: list[candidates.Key]
+) -> _Chunk:
+    window = deciding.settings.usage.window_days
+    windows = {window, *(u.window_days for u in step_set.usage)}
+    # The stored summary, and for balances it has no row for yet (new since the last refresh)
+    # the figures computed now as a refresh would: the email and the usage steps agree with it.
+    by_window = usage.current(conn, keys, windows, deciding.now, deciding.settings.usage.min_history)
+    needs_prefs = step_set.owner or rule.notify_preferences
+    return _Chunk(
+        states=load_states(conn, rule.id, keys),
+        silenced=inhibited(conn, rule.inhibited_by, keys),
+        adu=usage.adu_of(by_window),
+        prefs=load_preferences(conn, keys) if needs_prefs else {},
+        figures=by_window[window],
+        subaccount_owners=subaccount_owners(conn, [k[0] for k in keys])
+        if rule.notify_subaccount_owners
+        else {},
+        open_topups=topups.open_requests(conn, keys) if rule.topup is not None else set(),
+        detail=_Detail(conn, keys, deciding.now, window),
+    )
+
+
+def decide_in(
+    conn: Connection,
+    deciding: Deciding,
+    rule: CompiledRule,
+    step_set: StepSet,
+    keys: list[candidates.Key],
+    stats: CycleStats,
+) -> None:
+    """Decide the balances ``keys`` of ``rule``'s ``step_set`` inside ``conn``'s transaction: write
+    their new step states and outbox rows, record top-up requests, and add the counts to ``stats``.
+
+    Raises IntegrityError when a notification was decided elsewhere first (the caller rolls back
+    and decides again); a message that fails to render is logged and its balance left as it was.
+    """
+    subjects = load_subjects(conn, rule, step_set, keys, lock=is_postgres(conn.engine))
+    chunk = _load_chunk(conn, deciding, rule, step_set, [s.key for s in subjects])
+    state_rows: list[tuple[candidates.Key, StepState]] = []
+    messages: list[outbox.NewMessage] = []
+    for subject in subjects:
+        decided = _decide_one(conn, deciding, rule, step_set, subject, chunk, stats)
+        if decided is not None:
+            messages.extend(decided[0])
+            state_rows.extend((subject.key, st) for st in decided[1])
+    write_states(conn, rule.id, state_rows)
+    outbox.add(conn, messages, deciding.now, deciding.domain)
+
+
+def _decide_one(
+    conn: Connection,
+    deciding: Deciding,
+    rule: CompiledRule,
+    step_set: StepSet,
+    subject: Subject,
+    chunk: _Chunk,
+    stats: CycleStats,
+) -> tuple[list[outbox.NewMessage], tuple[StepState, ...]] | None:
+    """One balance's rendered messages and changed step states; None when it has no step, or
+    when a message fails to render (logged; its state stays as it was)."""
+    prefs = chunk.prefs.get(subject.key)
+    steps = steps_for(rule, step_set, subject, chunk.adu, prefs) if step_set.dynamic else step_set.steps
+    if not steps:
+        return None
+    remind = remind_for(rule, step_set, prefs)
+    transition = decide(
+        subject.amount,
+        steps,
+        chunk.states.get(subject.key, {}),
+        deciding.now,
+        remind,
+        restored=rule.restored,
+    )
+    if subject.key in chunk.silenced and transition.decisions:
+        # The state moves as usual; only the email is left out.
+        stats.inhibited[rule.id] += len(transition.decisions)
+        transition = replace(transition, decisions=())
+    if rule.topup is not None:
+        transition = _request_topups(conn, deciding, rule, subject, transition, chunk, stats)
+    extras = _extras(deciding, chunk, subject, prefs)
+    try:
+        # Every message of this balance renders, or none is kept: a message
+        # recorded without its state change would be decided again, under the same key.
+        # The email states the interval this balance is reminded at (an owner may have none).
+        told = rule if remind == rule.remind or not transition.decisions else replace(rule, remind=remind)
+        rendered = [_render(deciding, told, subject, d, extras) for d in transition.decisions]
+    except RenderError as exc:
+        # Leave this balance's state untouched so a later cycle decides it again: a
+        # poll while its change is inside the overlap, else the next sweep.
+        log.error(
+            "rule %s, account %s: %s",
+            rule.id,
+            subject.account_id,
+            exc.problem,
+            extra={"rule": rule.id, "account": subject.account_id},
+        )
+        stats.render_errors.append(str(exc.problem))
+        return None
+    stats.decided[rule.id] += len(transition.decisions)
+    stats.kinds.update((rule.id, d.kind.value) for d in transition.decisions)
+    return rendered, transition.states
+
+
+def _request_topups(
+    conn: Connection,
+    deciding: Deciding,
+    rule: CompiledRule,
+    subject: Subject,
+    transition: Transition,
+    chunk: _Chunk,
+    stats: CycleStats,
+) -> Transition:
+    """A top-up rule's alerts become top-up requests (none while one is open); other
+    notifications (restored) stay."""
+    amount = rule.topup_amount(subject.currency)
+    kept = []
+    for d in transition.decisions:
+        if d.kind is not Kind.alert:
+            kept.append(d)
+            continue
+        if amount is None or subject.key in chunk.open_topups:
+            continue
+        if topups.record(
+            conn,
+            topup_key(rule.id, subject, d),
+            rule.id,
+            subject.account_id,
+            subject.currency,
+            amount,
+            deciding.now,
+        ):
+            chunk.open_topups.add(subject.key)
+            stats.topups[rule.id] += 1
+    return replace(transition, decisions=tuple(kept))
+
+
+def _extras(deciding: Deciding, chunk: _Chunk, subject: Subject, prefs: Preferences | None) -> Extras:
+    detail, key = chunk.detail, subject.key
+    return Extras(
+        usage=chunk.figures.get(subject.key),
+        recommend_days=deciding.settings.usage.recommend_days,
+        preference_recipients=prefs.recipients if prefs else (),
+        subaccount_owners=chunk.subaccount_owners.get(subject.account_id, ()),
+        subaccounts=(lambda: detail.subaccounts.get(key, ())) if detail else (),
+        window_days=deciding.settings.usage.window_days,
+        min_history=deciding.settings.usage.min_history,
+        prices=deciding.settings.prices.get(subject.currency, {}),
+        ledger_prices=(lambda: detail.prices.get(key, {})) if detail else {},
+        credits=(lambda since: detail.credits(key, since)) if detail else None,
+    )
+
+
+def _render(
+    deciding: Deciding, rule: CompiledRule, subject: Subject, decision: Decision, extras: Extras
+) -> outbox.NewMessage:
+    defaults = deciding.settings.defaults
+    context = alert_context(
+        rule,
+        subject,
+        decision,
+        deciding.now,
+        default_locale=defaults.locale,
+        default_timezone=defaults.timezone,
+        extras=extras,
+    )
+    template = rule.restored_template if decision.kind is Kind.restored else rule.template
+    rendered = deciding.live.templates.render(template or rule.template, context)
+    return outbox.NewMessage(
+        idem_key=idem_key(rule.id, subject, decision),
+        kind=decision.kind.value,
+        sender=deciding.settings.delivery.sender,
+        recipients=recipients(rule, subject, extras),
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        rule_id=rule.id,
+        account_id=subject.account_id,
+        currency=subject.currency,
+        step=decision.step.amount,
+    )
