@@ -345,7 +345,7 @@ class AlertRule(_Strict):
 
     @model_validator(mode="after")
     def _has_condition(self) -> AlertRule:
-        # A message starting "field: " is reported at that field (see loader.validation_problems).
+        # A message starting "field: " is reported at that field (see validation.validation_problems).
         if self.below is None and not self.exhausted:
             raise ValueError(
                 "no condition: write below: [amounts] (with accounts.currency), "

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from balancewatch.core import yamlfile
 from balancewatch.core.money import MoneyError, to_minor
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.rules.loader import validation_problems
+from balancewatch.rules.validation import validation_problems
 from balancewatch.store.accounts import AccountError, validate_account
 from balancewatch.store.ledger import LedgerError, check_entry
 from balancewatch.store.preferences import (
