@@ -32,8 +32,8 @@ from balancewatch.evaluate import usage
 from balancewatch.render.templates import load_templates
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents import build
-from balancewatch.reports.contents.common import local_days
-from balancewatch.reports.contents.csv import csv_text
+from balancewatch.reports.contents.csv_attachment import csv_text
+from balancewatch.reports.contents.localdays import local_days
 from balancewatch.reports.samples import sample_contexts
 from balancewatch.rules.reports import CompiledReport, ReportRule, compile_report
 from balancewatch.runtime.loadset import load_set

@@ -165,7 +165,7 @@ def test_a_takeover_is_a_compare_and_set_so_only_one_instance_gets_the_claim(
         assert claims.claim(conn, "r", ["a"], period, later, "two", later, lease) == set()
     with engine.begin() as conn:  # the dead instance, back, cannot record its outcome any more
         assert (
-            claims.finish(conn, "r", period.key, "dead", [claims.Outcome("a", claims.SENT, "k")], later)
+            claims.finish(conn, "r", period.key, "dead", [claims.ClaimOutcome("a", claims.SENT, "k")], later)
             == set()
         )
 

@@ -14,16 +14,16 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from balancewatch.core.money import Money
 from balancewatch.evaluate.decide import Decision, Kind
 from balancewatch.evaluate.load import Subject
 from balancewatch.evaluate.services import Credit, LedgerPrice, SubaccountUsage
 from balancewatch.render.context import (
     SAMPLE_NOW,
     Extras,
+    balance_context,
     messages_left_context,
+    money_in,
     sample_usage,
-    usage_context,
 )
 from balancewatch.rules.compiled import CompiledRule, Step, UsageSpec
 
@@ -62,14 +62,17 @@ def _step_follows(step: Step) -> dict[str, Any]:
 
 def _credits_context(extras: Extras, decision: Decision, currency: str) -> dict[str, Any]:
     """What arrived since the step fired, for a restored notice; none for other messages."""
-    restored = decision.kind is Kind.restored and extras.credits is not None
-    shown, count, total = extras.credits(decision.fired_at) if restored else ([], 0, 0)  # type: ignore[misc]
+    shown: list[Credit] = []
+    count = total = 0
+    if decision.kind is Kind.restored and extras.credits is not None:
+        shown, count, total = extras.credits(decision.fired_at)
+    money = money_in(currency)
     return {
         "count": count,
-        "total": Money(total, currency),
+        "total": money(total),
         "entries": [
             {
-                "amount": Money(c.amount, currency),
+                "amount": money(c.amount),
                 "kind": c.kind,
                 "reference": c.reference,
                 "at": c.occurred_at,
@@ -77,6 +80,28 @@ def _credits_context(extras: Extras, decision: Decision, currency: str) -> dict[
             }
             for c in shown
         ],
+    }
+
+
+def _alert_block(
+    rule: CompiledRule, subject: Subject, decision: Decision, now: datetime, currency: str
+) -> dict[str, Any]:
+    """The ``alert`` key: which message this is and the step it is about."""
+    money = money_in(currency)
+    return {
+        "variant": variant(decision),
+        "reminder": decision.kind is Kind.reminder,
+        "restored": decision.kind is Kind.restored,
+        "exhausted": decision.kind is not Kind.restored and (decision.step.exhausted or subject.amount <= 0),
+        "reminder_number": decision.reminder,
+        "episode": decision.episode,
+        "step": money(decision.step.amount),
+        "rearm_above": money(decision.step.rearm_above),
+        "crossed": [money(s.amount) for s in decision.crossed],
+        "fired_at": decision.fired_at,
+        "remind_every": rule.remind,
+        "next_reminder_at": now + rule.remind if rule.remind else None,
+        **_step_follows(decision.step),
     }
 
 
@@ -92,64 +117,29 @@ def alert_context(
 ) -> dict[str, Any]:
     """Everything an alert, reminder or restored template may use; see docs/templates.md.
 
-    ``locale`` and ``timezone`` are the account's when Babel and zoneinfo know
-    them, else the defaults (with a warning once per account): a value the
-    billing platform wrote never keeps the email from rendering.
+    The keys every balance email has come from :func:`balance_context` (the account's locale
+    and timezone made safe there); this adds ``messages_left``, ``subaccounts``, ``credits``
+    and ``alert``.
     """
     extras = extras or Extras()
-    currency = subject.checked_currency()
-
-    def money(minor: int) -> Money:
-        return Money(minor, currency)
-
-    next_reminder = now + rule.remind if rule.remind else None
-    # The platform's values made safe here, once: every filter of the template formats with these.
-    locale = subject.locale_or(default_locale)
-    return {
-        "locale": locale,
-        "timezone": subject.timezone_or(default_timezone),
-        "now": now,
-        "account": {
-            "id": subject.account_id,
-            "name": subject.name,
-            "owner_email": subject.owner_email,
-            "billing": subject.billing,
-            "parent_id": subject.parent_id,
-            "labels": dict(subject.labels),
-        },
-        "currency": currency,
-        "balance": money(subject.amount),
-        "rule": {"id": rule.id, "description": rule.description},
-        "usage": usage_context(
-            extras.usage,
-            subject.amount,
-            currency,
-            extras.recommend_days,
-            window_days=extras.window_days,
-            min_history=extras.min_history,
-        ),
-        "messages_left": messages_left_context(extras, subject.amount, currency, locale),
-        "subaccounts": [
-            {"id": s.id, "name": s.name, "usage": money(s.used)} for s in extras.subaccount_usage()
-        ],
-        "credits": _credits_context(extras, decision, currency),
-        "alert": {
-            "variant": variant(decision),
-            "reminder": decision.kind is Kind.reminder,
-            "restored": decision.kind is Kind.restored,
-            "exhausted": decision.kind is not Kind.restored
-            and (decision.step.exhausted or subject.amount <= 0),
-            "reminder_number": decision.reminder,
-            "episode": decision.episode,
-            "step": money(decision.step.amount),
-            "rearm_above": money(decision.step.rearm_above),
-            "crossed": [money(s.amount) for s in decision.crossed],
-            "fired_at": decision.fired_at,
-            "remind_every": rule.remind,
-            "next_reminder_at": next_reminder,
-            **_step_follows(decision.step),
-        },
-    }
+    context = balance_context(
+        subject,
+        now,
+        rule.id,
+        rule.description,
+        extras,
+        default_locale=default_locale,
+        default_timezone=default_timezone,
+    )
+    currency = context["currency"]
+    money = money_in(currency)
+    context["messages_left"] = messages_left_context(extras, subject.amount, currency, context["locale"])
+    context["subaccounts"] = [
+        {"id": s.id, "name": s.name, "usage": money(s.used)} for s in extras.subaccount_usage()
+    ]
+    context["credits"] = _credits_context(extras, decision, currency)
+    context["alert"] = _alert_block(rule, subject, decision, now, currency)
+    return context
 
 
 # Every shape a template sees: fixed, usage, runway and owner steps; usage known, too
@@ -196,71 +186,75 @@ SAMPLE_SUBACCOUNTS = (
 )
 
 
+# The step and the balance of each sample variant (the balance: 8,412 unless named); data only.
+_RESTORED_STEP = Step(10_000, 11_000)
+SAMPLE_STEPS = {
+    "crossed": Step(10_000, 11_000),
+    "exhausted": Step(0, 0, exhausted=True),
+    "reminder": Step(1_000, 1_100),
+    "runway": Step(12_600, 13_860, key=-1, usage=UsageSpec(-1, 30, Decimal(3), runway=True)),
+    "usage": Step(4_200, 4_620, key=-1, usage=UsageSpec(-1, 30, Decimal(1))),
+    "owner": Step(50_000, 55_000, owner=True),
+    "no-history": Step(10_000, 11_000),
+    "no-usage": Step(2_500, 2_750),
+    "restored": _RESTORED_STEP,
+    "restored-no-history": _RESTORED_STEP,
+    "restored-several": _RESTORED_STEP,
+}
+SAMPLE_BALANCES = {
+    "exhausted": -37,
+    "reminder": 612,
+    "runway": 11_950,
+    "usage": 4_000,
+    "owner": 45_000,
+    "no-usage": 2_000,
+    "restored": 25_000,
+    "restored-no-history": 25_000,
+    "restored-several": 25_000,
+}
+
+
 def sample_alert_context(which: str = "crossed", now: datetime | None = None) -> dict[str, Any]:
     """A realistic context for previews and for checking templates: one of SAMPLE_VARIANTS or
     RESTORED_VARIANTS."""
     now = now or SAMPLE_NOW
-    days = UsageSpec(-1, 30, Decimal(1))
-    runway = UsageSpec(-1, 30, Decimal(3), runway=True)
-    restored = Step(10_000, 11_000)
-    steps = {
-        "crossed": Step(10_000, 11_000),
-        "exhausted": Step(0, 0, exhausted=True),
-        "reminder": Step(1_000, 1_100),
-        "runway": Step(12_600, 13_860, key=-1, usage=runway),
-        "usage": Step(4_200, 4_620, key=-1, usage=days),
-        "owner": Step(50_000, 55_000, owner=True),
-        "no-history": Step(10_000, 11_000),
-        "no-usage": Step(2_500, 2_750),
-        "restored": restored,
-        "restored-no-history": restored,
-        "restored-several": restored,
-    }
-    step = steps.get(which, steps["crossed"])
-    amount = {
-        "exhausted": -37,
-        "reminder": 612,
-        "runway": 11_950,
-        "usage": 4_000,
-        "owner": 45_000,
-        "no-usage": 2_000,
-        "restored": 25_000,
-        "restored-no-history": 25_000,
-        "restored-several": 25_000,
-    }.get(which, 8_412)
-    kind = (
-        Kind.restored
-        if which.startswith("restored")
-        else Kind.reminder
-        if which == "reminder"
-        else Kind.alert
-    )
-    crossed = (Step(25_000, 27_500), step) if which == "crossed" else (step,)
-    fired_at = now - (timedelta(days=3) if kind is not Kind.alert else timedelta())
-    decision = Decision(kind, step, 2, 3 if kind is Kind.reminder else 0, crossed, fired_at)
-    short = which in ("no-history", "restored-no-history")
-    priced = which not in ("owner", "no-history", "no-usage", "restored-no-history")
-    extras = Extras(
-        usage=sample_usage(now, history=not short, used=which != "no-usage"),
-        subaccounts=(
-            SAMPLE_SUBACCOUNTS
-            if which in ("usage", "runway", "restored")
-            else tuple(replace(s, used=0) for s in SAMPLE_SUBACCOUNTS)
-            if which == "no-usage"
-            else ()
-        ),
-        prices=SAMPLE_PRICES if priced else {},
-        ledger_prices=SAMPLE_LEDGER_PRICES if priced else {},
-        credits=_sample_credits(which, now),
-    )
     return alert_context(
         _sample_rule(),
-        _sample_subject(amount),
-        decision,
+        _sample_subject(SAMPLE_BALANCES.get(which, 8_412)),
+        _sample_decision(which, now),
         now,
         default_locale="en_US",
         default_timezone="UTC",
-        extras=extras,
+        extras=_sample_extras(which, now),
+    )
+
+
+def _sample_decision(which: str, now: datetime) -> Decision:
+    step = SAMPLE_STEPS.get(which, SAMPLE_STEPS["crossed"])
+    kind = Kind.alert
+    if which.startswith("restored"):
+        kind = Kind.restored
+    elif which == "reminder":
+        kind = Kind.reminder
+    crossed = (Step(25_000, 27_500), step) if which == "crossed" else (step,)
+    fired_at = now - (timedelta(days=3) if kind is not Kind.alert else timedelta())
+    return Decision(kind, step, 2, 3 if kind is Kind.reminder else 0, crossed, fired_at)
+
+
+def _sample_extras(which: str, now: datetime) -> Extras:
+    short = which in ("no-history", "restored-no-history")
+    priced = which not in ("owner", "no-history", "no-usage", "restored-no-history")
+    subaccounts: tuple[SubaccountUsage, ...] = ()
+    if which in ("usage", "runway", "restored"):
+        subaccounts = SAMPLE_SUBACCOUNTS
+    elif which == "no-usage":
+        subaccounts = tuple(replace(s, used=0) for s in SAMPLE_SUBACCOUNTS)
+    return Extras(
+        usage=sample_usage(now, history=not short, used=which != "no-usage"),
+        subaccounts=subaccounts,
+        prices=SAMPLE_PRICES if priced else {},
+        ledger_prices=SAMPLE_LEDGER_PRICES if priced else {},
+        credits=_sample_credits(which, now),
     )
 
 

@@ -1,8 +1,11 @@
 """What every message about an account shares, whichever producer makes it: who receives it,
-and the usage, runway and money pieces of its template context (docs/templates.md).
+and the ``account``, usage, runway and money pieces of its template context (docs/templates.md).
 
 Alerts, reports and top-up notices build these pieces here, once, so the template contract
-for them is defined in one place.
+for them is defined in one place: :func:`account_context` for ``account``, :func:`balance_context`
+for the keys every email about one balance has, :func:`usage_context` for ``usage``,
+:func:`messages_left_context` for ``messages_left``, :func:`money_in` and :func:`runway_days` for
+amounts and days left.
 """
 
 from __future__ import annotations
@@ -103,9 +106,7 @@ def usage_context(
             "min_history_days": history,
         }
     adu = figures.adu if figures.status == OK else None
-    runway = None
-    if adu:
-        runway = (Decimal(max(balance, 0)) / adu).quantize(Decimal("0.1"), ROUND_DOWN)
+    runway = runway_days(balance, adu)
     recommended = (
         None if adu is None else int((Decimal(adu) * recommend_days).to_integral_value(ROUND_HALF_UP))
     )
@@ -121,6 +122,77 @@ def usage_context(
         "recommended": None if recommended is None else Money(recommended, currency),
         "recommend_days": recommend_days,
         "min_history_days": history,
+    }
+
+
+def runway_days(balance: int, adu: int | None) -> Decimal | None:
+    """How many days ``balance`` lasts at ``adu`` a day, rounded down to a tenth (a balance below
+    zero lasts 0 days); None without an average (``adu`` None or 0)."""
+    if not adu:
+        return None
+    return (Decimal(max(balance, 0)) / adu).quantize(Decimal("0.1"), ROUND_DOWN)
+
+
+def money_in(currency: str) -> Callable[[int], Money]:
+    """The amounts of one context section: minor units to :class:`Money` in ``currency``."""
+
+    def money(minor: int) -> Money:
+        return Money(minor, currency)
+
+    return money
+
+
+def account_context(
+    account_id: str, name: str, owner_email: str, labels: Mapping[str, str], **platform: str | None
+) -> dict[str, Any]:
+    """The ``account`` of a context: ``id``, ``name``, ``owner_email``, then the platform's fields
+    the message carries (an email about one balance: ``billing`` and ``parent_id``; a report:
+    none), then ``labels`` (a copy)."""
+    return {"id": account_id, "name": name, "owner_email": owner_email, **platform, "labels": dict(labels)}
+
+
+def balance_context(
+    subject: Subject,
+    now: datetime,
+    rule_id: str,
+    rule_description: str,
+    extras: Extras,
+    *,
+    default_locale: str,
+    default_timezone: str,
+) -> dict[str, Any]:
+    """The keys every email about one balance has (alerts, restored notices, top-up failures):
+    ``locale``, ``timezone``, ``now``, ``account``, ``currency``, ``balance``, ``rule`` and ``usage``.
+
+    ``locale`` and ``timezone`` are the account's when Babel and zoneinfo know them, else the
+    defaults (with a warning once per account): a value the billing platform wrote never keeps
+    the email from rendering.
+    """
+    currency = subject.checked_currency()
+    return {
+        # The platform's values made safe here, once: every filter of the template formats with these.
+        "locale": subject.locale_or(default_locale),
+        "timezone": subject.timezone_or(default_timezone),
+        "now": now,
+        "account": account_context(
+            subject.account_id,
+            subject.name,
+            subject.owner_email,
+            subject.labels,
+            billing=subject.billing,
+            parent_id=subject.parent_id,
+        ),
+        "currency": currency,
+        "balance": Money(subject.amount, currency),
+        "rule": {"id": rule_id, "description": rule_description},
+        "usage": usage_context(
+            extras.usage,
+            subject.amount,
+            currency,
+            extras.recommend_days,
+            window_days=extras.window_days,
+            min_history=extras.min_history,
+        ),
     }
 
 

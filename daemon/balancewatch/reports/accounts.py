@@ -23,10 +23,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
 from balancewatch.config import Settings
-from balancewatch.evaluate.candidates import A, account_filter
+from balancewatch.evaluate.candidates import account_filter
 from balancewatch.reports.base import AccountInfo
 from balancewatch.rules.reports import CompiledReport
 from balancewatch.store.platform_data import WARNED, account_locale, account_timezone, canonical_zone
+from balancewatch.store.tables import ACCOUNT_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,12 @@ def snapshot_zone(report: CompiledReport, settings: Settings) -> str:
 
 def chosen(report: CompiledReport) -> list[ColumnElement[bool]]:
     """The conditions on ``account`` for the accounts ``report`` goes to."""
-    return [*account_filter(report.selector), A.parent_id.is_(None)]
+    return [*account_filter(report.selector), ACCOUNT_TABLE.c.parent_id.is_(None)]
 
 
 def account_zone(settings: Settings) -> Any:
-    return func.coalesce(A.timezone, settings.defaults.timezone)
+    """An account's zone as written, else ``defaults.timezone`` (a SQL expression)."""
+    return func.coalesce(ACCOUNT_TABLE.c.timezone, settings.defaults.timezone)
 
 
 def report_zones(conn: Connection, report: CompiledReport, settings: Settings) -> Zones:
@@ -109,7 +111,7 @@ def in_zone(report: CompiledReport, zone: str, zones: Zones, settings: Settings)
         return []
     if zone == settings.defaults.timezone:
         return [account_zone(settings).in_([*zones.written(zone), *zones.invalid])]
-    return [A.timezone.in_(zones.written(zone))]
+    return [ACCOUNT_TABLE.c.timezone.in_(zones.written(zone))]
 
 
 def batches(
@@ -124,15 +126,18 @@ def batches(
     Each batch is read on its own (keyset pagination on the id), so memory
     stays bounded and no read transaction stays open between batches.
     """
+    account = ACCOUNT_TABLE.c
     query = (
-        select(A.id, A.name, A.owner_email, A.locale, A.timezone, A.labels)
+        select(
+            account.id, account.name, account.owner_email, account.locale, account.timezone, account.labels
+        )
         .where(*chosen(report), *conditions)
-        .order_by(A.id)
+        .order_by(account.id)
         .limit(size)
     )
     after: str | None = None
     while True:
-        page = query if after is None else query.where(A.id > after)
+        page = query if after is None else query.where(account.id > after)
         with engine.connect().execution_options(readonly=True) as conn:
             rows = conn.execute(page).all()
         if not rows:

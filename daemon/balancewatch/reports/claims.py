@@ -21,10 +21,7 @@ from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.reports.base import Period
-from balancewatch.store.tables import ReportRun
-
-RUN = ReportRun.__table__  # type: ignore[attr-defined]
-R = RUN.c
+from balancewatch.store.tables import REPORT_RUN_TABLE
 
 CLAIMED, SENT, SKIPPED, FAILED = "claimed", "sent", "skipped", "failed"
 FINAL = (SENT, SKIPPED, FAILED)
@@ -54,6 +51,7 @@ def claim(
     ``retry_failed``, a failed one) is taken over. Commit right after, before
     building anything: the row is what tells other instances to keep off.
     """
+    runs = REPORT_RUN_TABLE.c
     if not account_ids:
         return set()
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -73,9 +71,9 @@ def claim(
         for account_id in account_ids
     ]
     insert = (
-        dialect.insert(RUN)
-        .on_conflict_do_nothing(index_elements=[R.report_id, R.account_id, R.period_key])
-        .returning(R.account_id)
+        dialect.insert(REPORT_RUN_TABLE)
+        .on_conflict_do_nothing(index_elements=[runs.report_id, runs.account_id, runs.period_key])
+        .returning(runs.account_id)
     )
     ours = {r.account_id for r in conn.execute(insert, rows)}
     rest = [a for a in account_ids if a not in ours]
@@ -97,28 +95,31 @@ def take_over(
 ) -> set[str]:
     """Take over the claims among ``account_ids`` whose lease has passed (and failed ones, with
     ``retry_failed``): compare-and-set, so two instances never both get one. Returns the ids taken."""
-    takeable = and_(R.status == CLAIMED, R.lease_until < now)
+    runs = REPORT_RUN_TABLE.c
+    takeable = and_(runs.status == CLAIMED, runs.lease_until < now)
     if retry_failed:
-        takeable = or_(takeable, R.status == FAILED)
+        takeable = or_(takeable, runs.status == FAILED)
     result = conn.execute(
-        update(RUN)
-        .where(R.report_id == report_id, R.period_key == period_key, R.account_id.in_(list(account_ids)))
+        update(REPORT_RUN_TABLE)
+        .where(
+            runs.report_id == report_id, runs.period_key == period_key, runs.account_id.in_(list(account_ids))
+        )
         .where(takeable)
         .values(
             status=CLAIMED,
             claimed_by=worker,
             lease_until=now + lease,
-            attempts=R.attempts + 1,
+            attempts=runs.attempts + 1,
             claimed_at=now,
             note=None,
         )
-        .returning(R.account_id)
+        .returning(runs.account_id)
     )
     return set(result.scalars())
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ClaimOutcome:
     """How one claimed report ended: ``sent`` (with its outbox key), ``skipped`` or ``failed``."""
 
     account_id: str
@@ -132,7 +133,7 @@ def finish(
     report_id: str,
     period_key: str,
     worker: str,
-    outcomes: Iterable[Outcome],
+    outcomes: Iterable[ClaimOutcome],
     now: datetime,
 ) -> set[str]:
     """Record ``outcomes`` for the claims ``worker`` still holds; return the account ids recorded.
@@ -141,14 +142,15 @@ def finish(
     for the ids returned: a claim taken over meanwhile is left to its new holder.
     The claims are locked first (PostgreSQL), so a takeover waits for this commit.
     """
+    runs = REPORT_RUN_TABLE.c
     outcomes = list(outcomes)
     if not outcomes:
         return set()
     held = (
-        select(R.id, R.account_id)
-        .where(R.report_id == report_id, R.period_key == period_key)
-        .where(R.account_id.in_([o.account_id for o in outcomes]))
-        .where(R.status == CLAIMED, R.claimed_by == worker)
+        select(runs.id, runs.account_id)
+        .where(runs.report_id == report_id, runs.period_key == period_key)
+        .where(runs.account_id.in_([o.account_id for o in outcomes]))
+        .where(runs.status == CLAIMED, runs.claimed_by == worker)
     )
     if conn.dialect.name == "postgresql":
         held = held.with_for_update()
@@ -160,8 +162,8 @@ def finish(
     ]
     if values:
         conn.execute(
-            update(RUN)
-            .where(R.id == bindparam("row_id"))
+            update(REPORT_RUN_TABLE)
+            .where(runs.id == bindparam("row_id"))
             .values(
                 status=bindparam("new_status"),
                 idem_key=bindparam("new_key"),
@@ -184,41 +186,48 @@ def release(
     now: datetime,
 ) -> None:
     """Mark ``worker``'s claims on ``account_ids`` failed with ``note`` (building them went wrong)."""
-    finish(conn, report_id, period_key, worker, [Outcome(a, FAILED, None, note) for a in account_ids], now)
+    finish(
+        conn, report_id, period_key, worker, [ClaimOutcome(a, FAILED, None, note) for a in account_ids], now
+    )
 
 
 def expire(
     conn: Connection, report_id: str, period_key: str, account_ids: Sequence[str], worker: str, now: datetime
 ) -> None:
     """End ``worker``'s leases on ``account_ids``: any instance takes them over at its next run."""
+    runs = REPORT_RUN_TABLE.c
     conn.execute(
-        update(RUN)
-        .where(R.report_id == report_id, R.period_key == period_key, R.account_id.in_(list(account_ids)))
-        .where(R.status == CLAIMED, R.claimed_by == worker)
+        update(REPORT_RUN_TABLE)
+        .where(
+            runs.report_id == report_id, runs.period_key == period_key, runs.account_id.in_(list(account_ids))
+        )
+        .where(runs.status == CLAIMED, runs.claimed_by == worker)
         .values(lease_until=now)
     )
 
 
 def unfinished(conn: Connection, report_id: str, period_key: str, zone: str) -> int:
     """How many claims of (report, period) in ``zone`` are still being built (by anyone)."""
+    runs = REPORT_RUN_TABLE.c
     return int(
         conn.execute(
             select(func.count())
-            .select_from(RUN)
-            .where(R.report_id == report_id, R.period_key == period_key, R.status == CLAIMED)
-            .where(R.timezone == zone)
+            .select_from(REPORT_RUN_TABLE)
+            .where(runs.report_id == report_id, runs.period_key == period_key, runs.status == CLAIMED)
+            .where(runs.timezone == zone)
         ).scalar_one()
     )
 
 
 def finished(conn: Connection, report_id: str, period_key: str, account_ids: Sequence[str]) -> dict[str, Any]:
     """The claims among ``account_ids`` that are final (sent, skipped or failed): account id -> row."""
+    runs = REPORT_RUN_TABLE.c
     if not account_ids:
         return {}
     rows = conn.execute(
-        select(R.account_id, R.status, R.idem_key, R.note, R.finished_at)
-        .where(R.report_id == report_id, R.period_key == period_key)
-        .where(R.account_id.in_(list(account_ids)), R.status.in_(FINAL))
+        select(runs.account_id, runs.status, runs.idem_key, runs.note, runs.finished_at)
+        .where(runs.report_id == report_id, runs.period_key == period_key)
+        .where(runs.account_id.in_(list(account_ids)), runs.status.in_(FINAL))
     )
     return {r.account_id: r for r in rows}
 
@@ -235,17 +244,18 @@ class LastSent:
 
 def last_sent(conn: Connection, report_id: str) -> list[LastSent]:
     """Per zone, the latest period of ``report_id`` with a report sent: its key, when, and how many."""
+    runs = REPORT_RUN_TABLE.c
     latest = (
-        select(R.timezone, func.max(R.period_key).label("period_key"))
-        .where(R.report_id == report_id, R.status == SENT)
-        .group_by(R.timezone)
+        select(runs.timezone, func.max(runs.period_key).label("period_key"))
+        .where(runs.report_id == report_id, runs.status == SENT)
+        .group_by(runs.timezone)
         .subquery()
     )
     rows = conn.execute(
-        select(R.timezone, R.period_key, func.max(R.finished_at), func.count())
-        .join(latest, and_(latest.c.timezone == R.timezone, latest.c.period_key == R.period_key))
-        .where(R.report_id == report_id, R.status == SENT)
-        .group_by(R.timezone, R.period_key)
-        .order_by(R.timezone)
+        select(runs.timezone, runs.period_key, func.max(runs.finished_at), func.count())
+        .join(latest, and_(latest.c.timezone == runs.timezone, latest.c.period_key == runs.period_key))
+        .where(runs.report_id == report_id, runs.status == SENT)
+        .group_by(runs.timezone, runs.period_key)
+        .order_by(runs.timezone)
     )
     return [LastSent(r[0], r[1], r[2], r[3]) for r in rows]

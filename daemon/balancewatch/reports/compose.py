@@ -1,35 +1,28 @@
 """From one built report to an outbox message: the template context, recipients, the CSV file.
 
-A report template sees what the contents built for it (``Built.context``)
-on top of these keys, which every report has (the built context wins where
-both name the same key):
-
-- ``now``: when the report was decided; ``locale``, ``timezone`` (the zone
-  the period is in);
-- ``report``: ``id``, ``description``, ``contents``, ``period`` (day, week,
-  month or none), ``attach_csv``;
-- ``period``: ``kind`` (day, week, month, now), ``key`` (``2026-03-14``,
-  ``2026-W11``, ``2026-03``), ``start`` and ``end`` (aware, in the zone;
-  ``end`` excluded), ``first_day`` and ``last_day`` (dates);
-- ``account``: ``id``, ``name``, ``owner_email``, ``labels`` (absent from an
-  operators' report);
-- ``empty``: true when nothing happened in the period (the report is sent
-  anyway only when it says ``empty: send``).
+A report template sees the keys every report has — ``locale``, ``timezone``,
+``now``, ``report``, ``period`` and (absent from an operators' report)
+``account``, built by ``contents.context.base_context`` — and ``empty`` (true
+when nothing happened in the period; the report is sent anyway only when it
+says ``empty: send``), then what the contents built for it (``Built.context``,
+which wins where both name the same key); see docs/reports.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.render.templates import RenderError, TemplateSet, TemplateSuspendedError
 from balancewatch.reports.base import Built, Period
-from balancewatch.reports.claims import FAILED, OPERATORS, SENT, SKIPPED, Outcome, idem_key
-from balancewatch.reports.contents import csv
+from balancewatch.reports.claims import FAILED, OPERATORS, SENT, SKIPPED, ClaimOutcome, idem_key
+from balancewatch.reports.contents import csv_attachment as csv_file
+from balancewatch.reports.contents.context import base_context, locale_of
+from balancewatch.reports.contents.options import Options
 from balancewatch.rules.reports import CompiledReport
 
 Attach = Callable[[Built], outbox.Attachment]
@@ -41,45 +34,18 @@ EMPTY, NO_RECIPIENT = "nothing happened in this period", "no recipient"
 class Prepared:
     """One report ready to record: its outcome, and the message when it is to be sent."""
 
-    outcome: Outcome
+    outcome: ClaimOutcome
     message: outbox.NewMessage | None = None
 
 
 def context(
     report: CompiledReport, period: Period, built: Built, now: datetime, settings: Settings
 ) -> dict[str, Any]:
-    """The template context of ``built``: the keys every report has, then what the contents built."""
-    account = built.account
-    last_day = period.start.date() if period.kind == "now" else (period.end - timedelta(days=1)).date()
-    base: dict[str, Any] = {
-        "now": now,
-        "locale": account.locale if account else settings.defaults.locale,
-        "timezone": period.timezone,
-        "report": {
-            "id": report.id,
-            "description": report.description,
-            "contents": report.contents,
-            "period": report.period,
-            "attach_csv": report.attach_csv,
-        },
-        "period": {
-            "kind": period.kind,
-            "key": period.key,
-            "start": period.start,
-            "end": period.end,
-            "first_day": period.first_day,
-            "last_day": last_day,
-        },
-        "empty": built.empty,
-    }
-    if account is not None:
-        base["account"] = {
-            "id": account.id,
-            "name": account.name,
-            "owner_email": account.owner_email,
-            "labels": dict(account.labels),
-        }
-    return {**base, **built.context}
+    """The template context of ``built``: the keys every report has (``contents.context``), then
+    what the contents built (which has them too, for the account's locale)."""
+    locale = locale_of(built.account, Options.of(settings))
+    base = base_context(report, built.account, period, now, locale)
+    return {**base, "empty": built.empty, **built.context}
 
 
 def recipients(report: CompiledReport, built: Built) -> tuple[str, ...]:
@@ -95,8 +61,8 @@ def csv_attachment(report: CompiledReport, period: Period) -> Attach:
     """The CSV file of a built report: ``<report>-<account>-<period>.csv`` with the contents' rows."""
 
     def attach(built: Built) -> outbox.Attachment:
-        name = csv.csv_filename(built, report.id, period.key)
-        return outbox.Attachment(name, csv.CONTENT_TYPE, csv.csv_text(built))
+        name = csv_file.csv_filename(built, report.id, period.key)
+        return outbox.Attachment(name, csv_file.CONTENT_TYPE, csv_file.csv_text(built))
 
     return attach
 
@@ -114,22 +80,22 @@ def prepare(
     with the problem as the note), or sent with its message."""
     account_id = built.account.id if built.account is not None else OPERATORS
     if built.empty and not report.send_empty:
-        return Prepared(Outcome(account_id, SKIPPED, note=EMPTY))
+        return Prepared(ClaimOutcome(account_id, SKIPPED, note=EMPTY))
     to = recipients(report, built)
     if not to:
-        return Prepared(Outcome(account_id, SKIPPED, note=NO_RECIPIENT))
+        return Prepared(ClaimOutcome(account_id, SKIPPED, note=NO_RECIPIENT))
     try:
         rendered = templates.render(report.template, context(report, period, built, now, settings))
     except TemplateSuspendedError:
         raise  # not this account's fault: the batch is tried again later, not failed
     except RenderError as exc:
-        return Prepared(Outcome(account_id, FAILED, note=str(exc.problem)))
+        return Prepared(ClaimOutcome(account_id, FAILED, note=str(exc.problem)))
     attachments: tuple[outbox.Attachment, ...] = ()
     if attach is not None:
         try:
             attachments = (attach(built),)
         except Exception as exc:  # another stage's code: a failure is this report's, not the batch's
-            return Prepared(Outcome(account_id, FAILED, note=f"writing the CSV file: {exc!r}"))
+            return Prepared(ClaimOutcome(account_id, FAILED, note=f"writing the CSV file: {exc!r}"))
     key = idem_key(report.id, account_id, period.key)
     message = outbox.NewMessage(
         idem_key=key,
@@ -143,4 +109,4 @@ def prepare(
         account_id=built.account.id if built.account is not None else None,
         attachments=attachments,
     )
-    return Prepared(Outcome(account_id, SENT, key), message)
+    return Prepared(ClaimOutcome(account_id, SENT, key), message)

@@ -16,19 +16,11 @@ from zoneinfo import ZoneInfo
 from balancewatch.evaluate.usage import OK, SHORT, Figures
 from balancewatch.reports.base import AccountInfo, Period
 from balancewatch.reports.contents import daywise, low_balance, transactions, usage
-from balancewatch.reports.contents.common import (
-    LEDGER_SOURCE,
-    PREVIOUS,
-    Group,
-    Holding,
-    Member,
-    Options,
-    Point,
-    local_days,
-    local_midnight,
-    period_key,
-)
+from balancewatch.reports.contents.batch import LEDGER_SOURCE, Holding, Member, Point
+from balancewatch.reports.contents.grouped import PREVIOUS, Group
+from balancewatch.reports.contents.localdays import local_days, local_midnight, period_key
 from balancewatch.reports.contents.low_balance import Low
+from balancewatch.reports.contents.options import Options
 from balancewatch.reports.contents.transactions import Entry
 from balancewatch.rules.reports import CompiledReport, ReportRule, compile_report
 

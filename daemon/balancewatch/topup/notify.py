@@ -17,7 +17,7 @@ The context (kind ``topup-failed``) has what every balance email has —
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -29,10 +29,10 @@ from balancewatch.core.money import Money
 from balancewatch.evaluate import usage
 from balancewatch.evaluate.dynamic import load_preferences
 from balancewatch.evaluate.load import Subject, subaccount_owners
-from balancewatch.render.context import Extras, recipients, sample_usage, usage_context
+from balancewatch.render.context import SAMPLE_NOW, Extras, balance_context, recipients, sample_usage
 from balancewatch.render.templates import RenderError, TemplateSet
 from balancewatch.rules.compiled import CompiledRule
-from balancewatch.store.tables import Account, Balance
+from balancewatch.store.tables import ACCOUNT_TABLE, BALANCE_TABLE
 from balancewatch.store.topup_requests import FAILED, Request
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 KIND = "topup-failed"
 DEFAULT_TEMPLATE = "topup-failed"
 CAUSES = ("declined", "gave-up", "reported")
-ACCOUNT = Account.__table__  # type: ignore[attr-defined]
-BALANCE = Balance.__table__  # type: ignore[attr-defined]
-A, B = ACCOUNT.c, BALANCE.c
 
 
 def email_key(request_id: int) -> str:
@@ -58,55 +55,50 @@ def failure_context(
     cause: str,
     now: datetime,
     *,
-    figures: usage.Figures | None,
+    extras: Extras,
     default_locale: str,
     default_timezone: str,
-    recommend_days: Decimal = Decimal(1),
-    window_days: int = 30,
-    min_history: timedelta = timedelta(days=3),
 ) -> dict[str, Any]:
-    """Everything a ``topup-failed`` template may use; see the module docstring."""
-    currency = subject.checked_currency()
-    return {
-        "locale": subject.locale_or(default_locale),
-        "timezone": subject.timezone_or(default_timezone),
-        "now": now,
-        "account": {
-            "id": subject.account_id,
-            "name": subject.name,
-            "owner_email": subject.owner_email,
-            "billing": subject.billing,
-            "parent_id": subject.parent_id,
-            "labels": dict(subject.labels),
-        },
-        "currency": currency,
-        "balance": Money(subject.amount, currency),
-        "rule": {"id": request.rule_id, "description": rule.description if rule else ""},
-        "usage": usage_context(
-            figures,
-            subject.amount,
-            currency,
-            recommend_days,
-            window_days=window_days,
-            min_history=min_history,
-        ),
-        "topup": {
-            "id": request.id,
-            "amount": Money(request.amount, currency),
-            "requested_at": request.created_at,
-            "attempts": request.attempts,
-            "reason": reason,
-            "cause": cause,
-        },
+    """Everything a ``topup-failed`` template may use (see the module docstring): the keys every
+    balance email has, from ``extras.usage`` and the usage settings in ``extras``, and ``topup``."""
+    context = balance_context(
+        subject,
+        now,
+        request.rule_id,
+        rule.description if rule else "",
+        extras,
+        default_locale=default_locale,
+        default_timezone=default_timezone,
+    )
+    context["topup"] = {
+        "id": request.id,
+        "amount": Money(request.amount, context["currency"]),
+        "requested_at": request.created_at,
+        "attempts": request.attempts,
+        "reason": reason,
+        "cause": cause,
     }
+    return context
 
 
 def load_subject(conn: Connection, account_id: str, currency: str) -> Subject | None:
     """The account with its balance in ``currency`` now (0 when it has none); None if it is gone."""
+    account, balance = ACCOUNT_TABLE.c, BALANCE_TABLE.c
+    held = (balance.account_id == account.id) & (balance.currency == currency)
     row = conn.execute(
-        select(A.id, A.name, A.owner_email, A.locale, A.timezone, A.billing, A.parent_id, A.labels, B.amount)
-        .select_from(ACCOUNT.outerjoin(BALANCE, (B.account_id == A.id) & (B.currency == currency)))
-        .where(A.id == account_id)
+        select(
+            account.id,
+            account.name,
+            account.owner_email,
+            account.locale,
+            account.timezone,
+            account.billing,
+            account.parent_id,
+            account.labels,
+            balance.amount,
+        )
+        .select_from(ACCOUNT_TABLE.outerjoin(BALANCE_TABLE, held))
+        .where(account.id == account_id)
     ).first()
     if row is None:
         return None
@@ -153,11 +145,6 @@ def failure_message(
             "top-up request %d failed; rule %s notifies nobody: no email", request.id, request.rule_id
         )
         return None
-    u = settings.usage
-    key = (request.account_id, request.currency)
-    # The summary the alert emails quote, so the owner reads one average; computed now
-    # as a refresh would when the daemon has none for this balance yet.
-    figures = usage.current(conn, [key], [u.window_days], now, u.min_history)[u.window_days].get(key)
     context = failure_context(
         request,
         subject,
@@ -165,12 +152,9 @@ def failure_message(
         reason,
         cause,
         now,
-        figures=figures,
+        extras=_usage_extras(conn, settings, request, now),
         default_locale=settings.defaults.locale,
         default_timezone=settings.defaults.timezone,
-        recommend_days=u.recommend_days,
-        window_days=u.window_days,
-        min_history=u.min_history,
     )
     template = (rule.topup_template if rule else None) or DEFAULT_TEMPLATE
     try:
@@ -190,6 +174,18 @@ def failure_message(
         rule_id=request.rule_id,
         account_id=request.account_id,
         currency=request.currency,
+    )
+
+
+def _usage_extras(conn: Connection, settings: Settings, request: Request, now: datetime) -> Extras:
+    """The usage figures of the request's balance with the settings they are shown with."""
+    u = settings.usage
+    key = (request.account_id, request.currency)
+    # The summary the alert emails quote, so the owner reads one average; computed now
+    # as a refresh would when the daemon has none for this balance yet.
+    figures = usage.current(conn, [key], [u.window_days], now, u.min_history)[u.window_days].get(key)
+    return Extras(
+        usage=figures, recommend_days=u.recommend_days, window_days=u.window_days, min_history=u.min_history
     )
 
 
@@ -245,81 +241,84 @@ def record_failure(
 
 # --- samples for `check` ------------------------------------------------------------------------------
 
-SAMPLE_NOW = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
+# (cause, reason, balance, currency, locale, usage history, usage in the window) of each sample;
+# a data-only literal.
+_SAMPLES: tuple[tuple[str, str, int, str, str, bool, bool], ...] = (
+    ("declined", "Your card was declined (insufficient funds).", 1_850, "USD", "en_US", True, True),
+    (
+        "gave-up",
+        "the payment platform did not accept the request after 9 attempts (last: HTTP 503)",
+        4_000,
+        "USD",
+        "en_US",
+        False,
+        True,
+    ),
+    ("reported", "charge reversed by the bank", -37, "USD", "en_US", True, False),
+    (
+        "no-credit",
+        "the payment platform accepted the request but no top-up arrived within 1d",
+        900,
+        "USD",
+        "en_US",
+        True,
+        True,
+    ),
+    ("declined", "Card expired", 450_000, "INR", "en_IN", True, True),
+)
 
 
 def sample_contexts() -> list[dict[str, Any]]:
     """Realistic ``topup-failed`` contexts: a declined card with usage known, a platform that
     never answered (too short a history for an estimate), an operator's report with the balance
-    used up and no usage, and one in en_IN rupees."""
+    used up and no usage, one accepted but never credited, and one in en_IN rupees."""
+    return [_sample_context(*sample) for sample in _SAMPLES]
+
+
+def _sample_context(
+    cause: str, reason: str, amount: int, currency: str, locale: str, history: bool, used: bool
+) -> dict[str, Any]:
     now = SAMPLE_NOW
-    out = []
-    for cause, reason, amount, currency, locale, history, used in (
-        ("declined", "Your card was declined (insufficient funds).", 1_850, "USD", "en_US", True, True),
-        (
-            "gave-up",
-            "the payment platform did not accept the request after 9 attempts (last: HTTP 503)",
-            4_000,
-            "USD",
-            "en_US",
-            False,
-            True,
-        ),
-        ("reported", "charge reversed by the bank", -37, "USD", "en_US", True, False),
-        (
-            "no-credit",
-            "the payment platform accepted the request but no top-up arrived within 1d",
-            900,
-            "USD",
-            "en_US",
-            True,
-            True,
-        ),
-        ("declined", "Card expired", 450_000, "INR", "en_IN", True, True),
-    ):
-        request = Request(
-            id=17,
-            idem_key=f"topup/auto-recharge/acme-42/{currency}/5000/2",
-            rule_id="auto-recharge",
-            account_id="acme-42",
-            currency=currency,
-            amount=20_000 if currency == "USD" else 1_500_000,
-            status=FAILED,
-            attempts=9 if cause == "gave-up" else 1,
-            next_attempt_at=now,
-            last_error=reason,
-            hook_response=None,
-            created_at=now - timedelta(hours=6),
-            updated_at=now,
+    request = Request(
+        id=17,
+        idem_key=f"topup/auto-recharge/acme-42/{currency}/5000/2",
+        rule_id="auto-recharge",
+        account_id="acme-42",
+        currency=currency,
+        amount=20_000 if currency == "USD" else 1_500_000,
+        status=FAILED,
+        attempts=9 if cause == "gave-up" else 1,
+        next_attempt_at=now,
+        last_error=reason,
+        hook_response=None,
+        created_at=now - timedelta(hours=6),
+        updated_at=now,
+    )
+    subject = Subject(
+        "acme-42",
+        currency,
+        amount,
+        "Acme Messaging Ltd",
+        "billing@acme.example",
+        locale,
+        "Asia/Kolkata" if currency == "INR" else "America/New_York",
+        "prepaid",
+        None,
+        {"tier": "gold"},
+    )
+    figures = sample_usage(now, history=history, used=used)
+    if currency != "USD":
+        figures = usage.Figures(
+            "acme-42", currency, 30, 4_500_000, Decimal(30), figures.first_at, 150_000, usage.OK
         )
-        subject = Subject(
-            "acme-42",
-            currency,
-            amount,
-            "Acme Messaging Ltd",
-            "billing@acme.example",
-            locale,
-            "Asia/Kolkata" if currency == "INR" else "America/New_York",
-            "prepaid",
-            None,
-            {"tier": "gold"},
-        )
-        figures = sample_usage(now, history=history, used=used)
-        if currency != "USD":
-            figures = usage.Figures(
-                "acme-42", currency, 30, 4_500_000, Decimal(30), figures.first_at, 150_000, usage.OK
-            )
-        out.append(
-            failure_context(
-                request,
-                subject,
-                None,
-                reason,
-                cause,
-                now,
-                figures=figures,
-                default_locale="en_US",
-                default_timezone="UTC",
-            )
-        )
-    return out
+    return failure_context(
+        request,
+        subject,
+        None,
+        reason,
+        cause,
+        now,
+        extras=Extras(usage=figures),
+        default_locale="en_US",
+        default_timezone="UTC",
+    )

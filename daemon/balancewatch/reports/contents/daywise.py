@@ -9,7 +9,8 @@ it (so the last day closes at ``closing`` and the first opens at ``opening``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,24 +18,14 @@ from sqlalchemy import Connection
 
 from balancewatch.config import Settings
 from balancewatch.core.money import Money
+from balancewatch.render.context import money_in
 from balancewatch.reports.base import AccountInfo, Built, Period
-from balancewatch.reports.contents.common import (
-    DERIVED,
-    Group,
-    Holding,
-    LocalDay,
-    Options,
-    assemble,
-    bar_percent,
-    base_context,
-    day_label,
-    divide,
-    grouped,
-    load_batch,
-    local_days,
-    locale_of,
-    major_text,
-)
+from balancewatch.reports.contents.batch import DERIVED, Holding, load_batch
+from balancewatch.reports.contents.context import assemble, base_context, highest_day_context, locale_of
+from balancewatch.reports.contents.grouped import Group, grouped
+from balancewatch.reports.contents.localdays import LocalDay, day_label, local_days
+from balancewatch.reports.contents.numbers import bar_percent, divide, major_text
+from balancewatch.reports.contents.options import Options
 from balancewatch.rules.reports import CompiledReport
 
 CSV_HEADER = (
@@ -95,79 +86,96 @@ def account_report(
     )
 
 
+@dataclass(frozen=True)
+class _Days:
+    """One currency's sums per local day, in minor units (spent and other debits positive)."""
+
+    spent: list[int]
+    credited: list[int]
+    other: list[int]
+    net: list[int]
+    entries: list[int]
+    closings: list[int]  # the balance when each day ended
+    opening: int  # the balance when the first day began
+
+    @classmethod
+    def of(cls, groups: Sequence[Group], count: int, closing: int) -> _Days:
+        """The sums of ``groups`` over ``count`` days, the last day closing at ``closing``."""
+        spent, credited, other, net, entries = ([0] * count for _ in range(5))
+        for g in groups:
+            if g.day < 0:
+                continue
+            if g.kind == "usage":
+                spent[g.day] -= g.amount
+            else:
+                credited[g.day] += g.credit
+                other[g.day] -= g.debit
+            net[g.day] += g.amount
+            entries[g.day] += g.entries
+        closings = [0] * count
+        balance = closing
+        for i in range(count - 1, -1, -1):
+            closings[i] = balance
+            balance -= net[i]
+        return cls(spent, credited, other, net, entries, closings, balance)
+
+
 def daywise_section(
     holding: Holding, groups: Sequence[Group], days: Sequence[LocalDay], locale: str
 ) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
     """One currency's day rows, totals and CSV rows."""
     currency = holding.currency
-
-    def money(minor: int) -> Money:
-        return Money(minor, currency)
-
-    n = len(days)
-    spent, credited, other, net, entries = ([0] * n for _ in range(5))
-    for g in groups:
-        if g.day < 0:
-            continue
-        if g.kind == "usage":
-            spent[g.day] -= g.amount
-        else:
-            credited[g.day] += g.credit
-            other[g.day] -= g.debit
-        net[g.day] += g.amount
-        entries[g.day] += g.entries
+    money = money_in(currency)
     end = holding.at[0] if holding.at else None
-    closing_end = end.amount if end else holding.now
-    closings = [0] * n
-    balance = closing_end
-    for i in range(n - 1, -1, -1):
-        closings[i] = balance
-        balance -= net[i]
-    highest = max(spent, default=0)
-    total_spent = sum(spent)
-    top = spent.index(highest) if highest > 0 else None
-    section = {
+    closing = end.amount if end else holding.now
+    sums = _Days.of(groups, len(days), closing)
+    section: dict[str, Any] = {
         "currency": currency,
-        "days": [
-            {
-                "date": day.date,
-                "label": day_label(day.date, locale),
-                "spent": money(spent[i]),
-                "credited": money(credited[i]),
-                "other_debits": money(other[i]),
-                "net": money(net[i]),
-                "closing": money(closings[i]),
-                "entry_count": entries[i],
-                "bar_percent": bar_percent(spent[i], highest),
-            }
-            for i, day in enumerate(days)
-        ],
+        "days": _day_rows(sums, days, locale, money),
         "totals": {
-            "spent": money(total_spent),
-            "credited": money(sum(credited)),
-            "other_debits": money(sum(other)),
-            "net": money(sum(net)),
-            "entry_count": sum(entries),
+            "spent": money(sum(sums.spent)),
+            "credited": money(sum(sums.credited)),
+            "other_debits": money(sum(sums.other)),
+            "net": money(sum(sums.net)),
+            "entry_count": sum(sums.entries),
         },
-        "opening": money(balance),
-        "closing": money(closing_end),
+        "opening": money(sums.opening),
+        "closing": money(closing),
         "balance_source": end.source if end else DERIVED,
-        "highest_day": None
-        if top is None
-        else {"date": days[top].date, "label": day_label(days[top].date, locale), "spent": money(highest)},
-        "average_daily": money(divide(total_spent, n)),
+        "highest_day": highest_day_context(days, sums.spent, locale, money),
+        "average_daily": money(divide(sum(sums.spent), len(days))),
     }
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             day.date.isoformat(),
             currency,
-            major_text(spent[i], currency),
-            major_text(credited[i], currency),
-            major_text(other[i], currency),
-            major_text(net[i], currency),
-            major_text(closings[i], currency),
-            str(entries[i]),
+            major_text(sums.spent[i], currency),
+            major_text(sums.credited[i], currency),
+            major_text(sums.other[i], currency),
+            major_text(sums.net[i], currency),
+            major_text(sums.closings[i], currency),
+            str(sums.entries[i]),
         )
         for i, day in enumerate(days)
     ]
     return section, rows
+
+
+def _day_rows(
+    sums: _Days, days: Sequence[LocalDay], locale: str, money: Callable[[int], Money]
+) -> list[dict[str, Any]]:
+    highest = max(sums.spent, default=0)
+    return [
+        {
+            "date": day.date,
+            "label": day_label(day.date, locale),
+            "spent": money(sums.spent[i]),
+            "credited": money(sums.credited[i]),
+            "other_debits": money(sums.other[i]),
+            "net": money(sums.net[i]),
+            "closing": money(sums.closings[i]),
+            "entry_count": sums.entries[i],
+            "bar_percent": bar_percent(sums.spent[i], highest),
+        }
+        for i, day in enumerate(days)
+    ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,15 +25,14 @@ from balancewatch.config import Settings
 from balancewatch.core.money import Money
 from balancewatch.evaluate.candidates import account_filter
 from balancewatch.evaluate.usage import OK
+from balancewatch.render.context import runway_days
 from balancewatch.reports.base import AccountInfo, Built, Period
-from balancewatch.reports.contents.common import ACCOUNT, BALANCE, A, B, Options, base_context, major_text
+from balancewatch.reports.contents.context import base_context
+from balancewatch.reports.contents.numbers import major_text
+from balancewatch.reports.contents.options import Options
 from balancewatch.rules.reports import CompiledReport
-from balancewatch.store.tables import AlertState, UsageSummary
+from balancewatch.store.tables import ACCOUNT_TABLE, ALERT_STATE_TABLE, BALANCE_TABLE, USAGE_SUMMARY_TABLE
 
-STATE = AlertState.__table__  # type: ignore[attr-defined]
-S = STATE.c
-SUMMARY = UsageSummary.__table__  # type: ignore[attr-defined]
-U = SUMMARY.c
 CSV_HEADER = (
     "rank",
     "account_id",
@@ -65,11 +64,12 @@ class Low:
 
     @property
     def runway(self) -> Decimal | None:
-        if not self.adu:
-            return None
-        return (Decimal(max(self.balance, 0)) / self.adu).quantize(Decimal("0.1"), ROUND_DOWN)
+        """Days the balance lasts at its ADU, rounded down to a tenth; None without an ADU."""
+        return runway_days(self.balance, self.adu)
 
     def urgency(self) -> tuple[Any, ...]:
+        """The sort key: the shortest runway first, then balances without an ADU, each by the
+        lowest balance."""
         if self.adu:
             return (0, Fraction(max(self.balance, 0), self.adu), self.balance, self.account_id, self.currency)
         return (1, 0, self.balance, self.account_id, self.currency)
@@ -96,36 +96,44 @@ def find(
     conn: Connection, report: CompiledReport, window_days: int, rule_ids: Sequence[str] | None
 ) -> list[Low]:
     """Every low balance of an account the report's selector matches, most urgent first."""
+    account, balance = ACCOUNT_TABLE.c, BALANCE_TABLE.c
+    state, summary = ALERT_STATE_TABLE.c, USAGE_SUMMARY_TABLE.c
     fired = and_(
-        S.account_id == B.account_id,
-        S.currency == B.currency,
-        S.status == "fired",
-        or_(S.step < 0, B.amount <= S.step),
+        state.account_id == balance.account_id,
+        state.currency == balance.currency,
+        state.status == "fired",
+        or_(state.step < 0, balance.amount <= state.step),
     )
     if rule_ids is not None:
-        fired = and_(fired, S.rule_id.in_(list(rule_ids)))
-    summary = and_(U.account_id == B.account_id, U.currency == B.currency, U.window_days == window_days)
+        fired = and_(fired, state.rule_id.in_(list(rule_ids)))
+    summarised = and_(
+        summary.account_id == balance.account_id,
+        summary.currency == balance.currency,
+        summary.window_days == window_days,
+    )
     query = (
         select(
-            B.account_id,
-            B.currency,
-            B.amount,
-            A.name,
-            A.owner_email,
-            S.rule_id,
-            S.step,
-            S.fired_at,
-            U.adu,
-            U.status,
+            balance.account_id,
+            balance.currency,
+            balance.amount,
+            account.name,
+            account.owner_email,
+            state.rule_id,
+            state.step,
+            state.fired_at,
+            summary.adu,
+            summary.status,
         )
         .select_from(
-            BALANCE.join(ACCOUNT, A.id == B.account_id).join(STATE, fired).outerjoin(SUMMARY, summary)
+            BALANCE_TABLE.join(ACCOUNT_TABLE, account.id == balance.account_id)
+            .join(ALERT_STATE_TABLE, fired)
+            .outerjoin(USAGE_SUMMARY_TABLE, summarised)
         )
         .where(*account_filter(report.selector))
-        .order_by(B.account_id, B.currency)
+        .order_by(balance.account_id, balance.currency)
     )
     if report.selector.currencies is not None:
-        query = query.where(B.currency.in_(report.selector.currencies))
+        query = query.where(balance.currency.in_(report.selector.currencies))
     return sorted(_collect(conn.execute(query)), key=Low.urgency)
 
 
@@ -151,7 +159,8 @@ def report_of(
     """The operators' report of ``lows`` (already in order)."""
     context = base_context(report, None, period, now, options.default_locale)
     zone = ZoneInfo(period.timezone)
-    balances, rows = [], []
+    balances: list[dict[str, Any]] = []
+    rows: list[tuple[str, ...]] = []
     for rank, low in enumerate(lows, start=1):
         fixed = [s for s in low.steps if s >= 0]
         step = min(fixed) if fixed else None

@@ -2,7 +2,7 @@
 
 Per currency the account holds a balance in, subaccounts' entries included:
 ``opening`` and ``closing`` (the balance at the period's start and end, see
-``common.balances_at``), then every entry in time order with its local date
+``batch.balances_at``), then every entry in time order with its local date
 and time, kind, service, quantity, signed amount, reference and
 ``balance_after``: the ledger's own where the entry carries one, else
 computed (``balance_after_source: computed``) from the last known balance
@@ -11,7 +11,7 @@ plus the running sum of the entries since, a window function over the period.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,29 +21,23 @@ from sqlalchemy import Connection, func, select
 
 from balancewatch.config import Settings
 from balancewatch.core.money import Money
+from balancewatch.render.context import money_in
 from balancewatch.reports.base import AccountInfo, Built, Period
-from balancewatch.reports.contents.common import (
-    ACCOUNT,
+from balancewatch.reports.contents.batch import (
     DERIVED,
-    LEDGER,
-    PAYER,
-    A,
+    PAYING_ACCOUNT,
     Batch,
     Holding,
-    L,
     Member,
-    Options,
     Point,
-    assemble,
-    base_context,
     load_batch,
-    locale_of,
-    major_text,
-    optional_int,
-    per_account,
-    sorted_by_payer,
 )
+from balancewatch.reports.contents.context import assemble, base_context, locale_of
+from balancewatch.reports.contents.grouped import per_account, sorted_by_payer
+from balancewatch.reports.contents.numbers import major_text, optional_int
+from balancewatch.reports.contents.options import Options
 from balancewatch.rules.reports import CompiledReport
+from balancewatch.store.tables import ACCOUNT_TABLE, LEDGER_TABLE
 
 CSV_HEADER = (
     "date",
@@ -113,30 +107,33 @@ def _entries(conn: Connection, batch: Batch, period: Period) -> Iterator[tuple[A
     if not batch.keys():
         yield from ((a, []) for a in batch.accounts)
         return
-    running = func.sum(L.amount).over(partition_by=(PAYER, L.currency), order_by=(L.occurred_at, L.id))
+    ledger = LEDGER_TABLE.c
+    running = func.sum(ledger.amount).over(
+        partition_by=(PAYING_ACCOUNT, ledger.currency), order_by=(ledger.occurred_at, ledger.id)
+    )
     query = (
         select(
-            PAYER.label("payer"),
-            L.id,
-            L.account_id,
-            L.currency,
-            L.amount,
-            L.kind,
-            L.service,
-            L.quantity,
-            L.occurred_at,
-            L.reference,
-            L.balance_after,
+            PAYING_ACCOUNT.label("payer"),
+            ledger.id,
+            ledger.account_id,
+            ledger.currency,
+            ledger.amount,
+            ledger.kind,
+            ledger.service,
+            ledger.quantity,
+            ledger.occurred_at,
+            ledger.reference,
+            ledger.balance_after,
             running.label("running"),
         )
-        .select_from(LEDGER.join(ACCOUNT, A.id == L.account_id))
+        .select_from(LEDGER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == ledger.account_id))
         .where(
-            L.account_id.in_(batch.member_ids),
-            L.currency.in_(batch.all_currencies),
-            L.occurred_at >= period.start,
-            L.occurred_at < period.end,
+            ledger.account_id.in_(batch.member_ids),
+            ledger.currency.in_(batch.all_currencies),
+            ledger.occurred_at >= period.start,
+            ledger.occurred_at < period.end,
         )
-        .order_by(sorted_by_payer(conn, PAYER), L.currency, L.occurred_at, L.id)
+        .order_by(sorted_by_payer(conn, PAYING_ACCOUNT), ledger.currency, ledger.occurred_at, ledger.id)
     )
     wanted = set(batch.keys())
 
@@ -197,10 +194,7 @@ def transactions_section(
 ) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
     """One currency's entries with the balance after each, its totals and its CSV rows."""
     currency = holding.currency
-
-    def money(minor: int) -> Money:
-        return Money(minor, currency)
-
+    money = money_in(currency)
     opening, closing = holding.at if len(holding.at) == 2 else (Point(holding.now, DERIVED),) * 2
     names = {m.id: m for m in members}
     anchor = opening.amount  # the balance after an entry, less the running sum up to it
@@ -213,38 +207,8 @@ def transactions_section(
             after, source = anchor + e.running, COMPUTED
         local = e.occurred_at.astimezone(zone)
         member = names.get(e.member)
-        name = member.name if member else e.member
-        shown.append(
-            {
-                "at": local,
-                "date": local.date(),
-                "kind": e.kind,
-                "service": e.service,
-                "quantity": e.quantity,
-                "amount": money(e.amount),
-                "credit": e.amount > 0,
-                "reference": e.reference,
-                "balance_after": money(after),
-                "balance_after_source": source,
-                "account": {"id": e.member, "name": name, "main": bool(member and member.main)},
-            }
-        )
-        rows.append(
-            (
-                local.date().isoformat(),
-                local.strftime("%H:%M:%S"),
-                local.isoformat(timespec="seconds"),
-                currency,
-                e.member,
-                name,
-                e.kind,
-                e.service or "",
-                optional_int(e.quantity),
-                major_text(e.amount, currency),
-                e.reference or "",
-                major_text(after, currency),
-            )
-        )
+        shown.append(_shown(e, local, after, source, member, money))
+        rows.append(_csv_row(e, local, after, member.name if member else e.member))
     section = {
         "currency": currency,
         "entries": shown,
@@ -261,3 +225,43 @@ def transactions_section(
         "has_subaccounts": len(members) > 1,
     }
     return section, rows
+
+
+def _shown(
+    e: Entry, local: datetime, after: int, source: str, member: Member | None, money: Callable[[int], Money]
+) -> dict[str, Any]:
+    """One entry as the template sees it."""
+    return {
+        "at": local,
+        "date": local.date(),
+        "kind": e.kind,
+        "service": e.service,
+        "quantity": e.quantity,
+        "amount": money(e.amount),
+        "credit": e.amount > 0,
+        "reference": e.reference,
+        "balance_after": money(after),
+        "balance_after_source": source,
+        "account": {
+            "id": e.member,
+            "name": member.name if member else e.member,
+            "main": bool(member and member.main),
+        },
+    }
+
+
+def _csv_row(e: Entry, local: datetime, after: int, name: str) -> tuple[str, ...]:
+    return (
+        local.date().isoformat(),
+        local.strftime("%H:%M:%S"),
+        local.isoformat(timespec="seconds"),
+        e.currency,
+        e.member,
+        name,
+        e.kind,
+        e.service or "",
+        optional_int(e.quantity),
+        major_text(e.amount, e.currency),
+        e.reference or "",
+        major_text(after, e.currency),
+    )

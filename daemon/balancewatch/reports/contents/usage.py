@@ -11,7 +11,7 @@ Per currency the account holds a balance in, with its subaccounts rolled in:
 - ``previous``: spent in the period before and the change;
 - ``daily``: spent per local day, for the bar chart;
 - ``balance_end``: the balance when the period ended (``balance_end_source``:
-  ``ledger`` or ``derived``, see ``common.balances_at``);
+  ``ledger`` or ``derived``, see ``batch.balances_at``);
 - ``usage``: average daily usage and runway as alert emails show them, from
   the stored usage summary (computed now for a balance it has no row for yet)
   and the balance now.
@@ -22,7 +22,7 @@ The CSV holds the ledger grouped by local day, account, kind and service.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,32 +30,21 @@ from sqlalchemy import Connection
 
 from balancewatch.config import Settings
 from balancewatch.core.money import Money
-from balancewatch.render.context import usage_context
+from balancewatch.render.context import money_in, usage_context
 from balancewatch.reports.base import AccountInfo, Built, Period
-from balancewatch.reports.contents.common import (
-    PREVIOUS,
-    Group,
-    Holding,
+from balancewatch.reports.contents.batch import Holding, Member, figures_of, load_batch
+from balancewatch.reports.contents.context import assemble, base_context, highest_day_context, locale_of
+from balancewatch.reports.contents.grouped import PREVIOUS, Group, grouped
+from balancewatch.reports.contents.localdays import (
     LocalDay,
-    Member,
-    Options,
     Span,
-    assemble,
-    bar_percent,
-    base_context,
     day_label,
-    divide,
-    figures_of,
-    grouped,
-    load_batch,
     local_days,
-    locale_of,
-    major_text,
-    optional_int,
-    percent,
     previous_span,
     span_label,
 )
+from balancewatch.reports.contents.numbers import bar_percent, divide, major_text, optional_int, percent
+from balancewatch.reports.contents.options import Options
 from balancewatch.rules.reports import CompiledReport
 
 CSV_HEADER = (
@@ -134,6 +123,7 @@ def account_report(
 
 
 def previous_context(kind: str, previous: Span, locale: str) -> dict[str, Any]:
+    """The ``previous_period`` key: the day, week or month before, with its label in ``locale``."""
     return {
         "key": previous.key,
         "first_day": previous.first_day,
@@ -156,52 +146,26 @@ def usage_section(
 ) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
     """One currency's numbers (see the module docstring) and its CSV rows."""
     currency = holding.currency
-
-    def money(minor: int) -> Money:
-        return Money(minor, currency)
-
+    money = money_in(currency)
     now_groups = [g for g in groups if g.day >= 0]
     spent = _spent(now_groups)
-    before = _spent([g for g in groups if g.day == PREVIOUS])
-    credited = sum(g.credit for g in now_groups if g.kind != "usage")
-    other_debits = -sum(g.debit for g in now_groups if g.kind != "usage")
     daily = [0] * len(days)
-    day_entries = [0] * len(days)
     for g in now_groups:
-        day_entries[g.day] += g.entries
         if g.kind == "usage":
             daily[g.day] -= g.amount
-    highest = max(daily, default=0)
-    top = daily.index(highest) if highest > 0 else None
     end = holding.at[0] if holding.at else None
     section = {
         "currency": currency,
         "entry_count": sum(g.entries for g in now_groups),
         "spent": money(spent),
-        "credited": money(credited),
-        "other_debits": money(other_debits),
+        "credited": money(sum(g.credit for g in now_groups if g.kind != "usage")),
+        "other_debits": money(-sum(g.debit for g in now_groups if g.kind != "usage")),
         "net": money(sum(g.amount for g in now_groups)),
         "services": _services(now_groups, spent, money),
         "subaccounts": _members(now_groups, members, spent, money),
-        "previous": {
-            "spent": money(before),
-            "change": money(abs(spent - before)),
-            "change_percent": percent(abs(spent - before), before),
-            "direction": "up" if spent > before else "down" if spent < before else "same",
-        },
-        "daily": [
-            {
-                "date": day.date,
-                "label": day_label(day.date, locale),
-                "spent": money(daily[i]),
-                "entry_count": day_entries[i],
-                "bar_percent": bar_percent(daily[i], highest),
-            }
-            for i, day in enumerate(days)
-        ],
-        "highest_day": None
-        if top is None
-        else {"date": days[top].date, "label": day_label(days[top].date, locale), "spent": money(highest)},
+        "previous": _previous(spent, _spent([g for g in groups if g.day == PREVIOUS]), money),
+        "daily": _daily(now_groups, daily, days, locale, money),
+        "highest_day": highest_day_context(days, daily, locale, money),
         "average_daily": money(divide(spent, len(days))),
         "balance_end": money(end.amount if end else holding.now),
         "balance_end_source": end.source if end else "derived",
@@ -215,8 +179,48 @@ def usage_section(
             min_history=options.min_history,
         ),
     }
+    return section, _csv_rows(now_groups, days, members, currency)
+
+
+def _previous(spent: int, before: int, money: Callable[[int], Money]) -> dict[str, Any]:
+    """The ``previous`` key: spent in the period before, and the change to this one."""
+    return {
+        "spent": money(before),
+        "change": money(abs(spent - before)),
+        "change_percent": percent(abs(spent - before), before),
+        "direction": "up" if spent > before else "down" if spent < before else "same",
+    }
+
+
+def _daily(
+    groups: Sequence[Group],
+    daily: Sequence[int],
+    days: Sequence[LocalDay],
+    locale: str,
+    money: Callable[[int], Money],
+) -> list[dict[str, Any]]:
+    """The ``daily`` key: spent and entries per local day, with the bar's length."""
+    day_entries = [0] * len(days)
+    for g in groups:
+        day_entries[g.day] += g.entries
+    highest = max(daily, default=0)
+    return [
+        {
+            "date": day.date,
+            "label": day_label(day.date, locale),
+            "spent": money(daily[i]),
+            "entry_count": day_entries[i],
+            "bar_percent": bar_percent(daily[i], highest),
+        }
+        for i, day in enumerate(days)
+    ]
+
+
+def _csv_rows(
+    groups: Sequence[Group], days: Sequence[LocalDay], members: Sequence[Member], currency: str
+) -> list[tuple[str, ...]]:
     names = {m.id: m.name for m in members}
-    rows = [
+    return [
         (
             days[g.day].date.isoformat(),
             currency,
@@ -228,12 +232,11 @@ def usage_section(
             major_text(g.amount, currency),
             str(g.entries),
         )
-        for g in sorted(now_groups, key=lambda g: (g.day, g.member, g.kind, g.service or ""))
+        for g in sorted(groups, key=lambda g: (g.day, g.member, g.kind, g.service or ""))
     ]
-    return section, rows
 
 
-def _services(groups: Sequence[Group], spent: int, money: Any) -> list[dict[str, Any]]:
+def _services(groups: Sequence[Group], spent: int, money: Callable[[int], Money]) -> list[dict[str, Any]]:
     totals: dict[str | None, list[Any]] = {}
     for g in groups:
         if g.kind != "usage":
@@ -258,7 +261,7 @@ def _services(groups: Sequence[Group], spent: int, money: Any) -> list[dict[str,
 
 
 def _members(
-    groups: Sequence[Group], members: Sequence[Member], spent: int, money: Any
+    groups: Sequence[Group], members: Sequence[Member], spent: int, money: Callable[[int], Money]
 ) -> list[dict[str, Any]]:
     if len(members) < 2:
         return []
