@@ -238,7 +238,7 @@ def run_child(params: dict[str, Any]) -> Results:
     """The daemon side: the floor, then every report of the month, in this process."""
     from sqlalchemy import bindparam, func, select, text
 
-    from balancewatch.reports import runner
+    from balancewatch.reports import runner, sending
     from balancewatch.runtime.loadset import load_set
     from balancewatch.store.db import make_engine
     from balancewatch.store.tables import Outbox, UTCDateTime
@@ -278,10 +278,10 @@ def run_child(params: dict[str, Any]) -> Results:
         res.floor_cpu_s.append(time.process_time() - cpu)
 
     claiming, building, rendering, recording = (common.Stopwatch() for _ in range(4))
-    runner.claims.claim = claiming.wrap(runner.claims.claim)  # type: ignore[method-assign]
-    runner.contents.build = building.wrap(runner.contents.build, consume=True)  # type: ignore[method-assign]
+    sending.claims.claim = claiming.wrap(sending.claims.claim)  # type: ignore[method-assign]
+    sending.contents.build = building.wrap(sending.contents.build, consume=True)  # type: ignore[method-assign]
     live.templates.render = rendering.wrap(live.templates.render)  # type: ignore[method-assign]
-    runner._record = recording.wrap(runner._record)  # type: ignore[method-assign]
+    sending.record = recording.wrap(sending.record)  # type: ignore[method-assign]
 
     t, cpu = time.perf_counter(), time.process_time()
     stats = runner.run_due(engine, live, settings, RUN_AT, "bench")
