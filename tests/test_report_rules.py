@@ -13,8 +13,9 @@ import pytest
 
 from balancewatch.cli import main
 from balancewatch.core.problems import ProblemsError
+from balancewatch.rules.crontab import to_cron
 from balancewatch.rules.loader import SourceFile, check_files
-from balancewatch.rules.reports import CompiledReport, to_cron
+from balancewatch.rules.reports import CompiledReport
 from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.reload import Reloader
 
@@ -88,6 +89,27 @@ def test_cron_weekday_numbers_mean_what_they_mean_in_crontab_not_in_apscheduler(
     assert to_cron(written) == f"0 8 * * {meant}"
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("0 8 * * mon-sun", "*"),
+        ("0 8 * * fri-0", "fri,sat,sun"),
+        ("0 8 * * 7-1", "mon,sun"),
+        ("0 8 * * 7-7", "sun"),
+        ("0 8 * * 1/2", "mon,wed,fri"),
+        ("0 8 * * mon-wed/", "mon,tue,wed"),
+    ],
+)
+def test_weekday_ranges_and_steps_read_as_rule_files_have_always_read_them(written: str, meant: str) -> None:
+    # Sunday starts a range as 0 and ends one as 7; a step from one day runs up to Saturday.
+    assert to_cron(written) == f"0 8 * * {meant}"
+
+
+def test_the_last_day_of_the_month_is_written_last_and_sends_monthly() -> None:
+    report = only("reports:\n  - id: r\n    schedule: '0 8 last * *'\n    contents: usage\n")
+    assert (report.cron, report.period) == ("0 8 L * *", "month")
+
+
 def test_a_report_names_its_recipients_owner_and_addresses() -> None:
     report = only(
         "reports:\n  - id: r\n    schedule: daily at 08:00\n    contents: usage\n"
@@ -126,6 +148,16 @@ def test_a_cron_expression_out_of_range_says_which_field() -> None:
 def test_a_weekday_that_does_not_exist_is_reported() -> None:
     [problem] = problems("reports:\n  - id: r\n    contents: usage\n    schedule: '0 8 * * 8'\n")
     assert "day of week '8': write 0-7 (0 and 7 are Sunday) or mon ... sun" in problem
+
+
+def test_a_weekday_without_a_name_is_refused() -> None:
+    [problem] = problems("reports:\n  - id: r\n    contents: usage\n    schedule: '0 8 * * mon#2'\n")
+    assert "day of week 'mon#2': write 0-7 (0 and 7 are Sunday) or mon ... sun" in problem
+
+
+def test_a_day_no_month_of_the_schedule_has_is_refused() -> None:
+    [problem] = problems("reports:\n  - id: r\n    contents: usage\n    schedule: '0 8 30 2 *'\n")
+    assert "'0 8 30 2 *' is not a valid cron expression (no month it names has that day)" in problem
 
 
 def test_a_cron_expression_restricting_both_days_is_refused_as_ambiguous() -> None:

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
+from cronsim import CronSim
 
 from balancewatch.config import Settings
 from balancewatch.reports.periods import PeriodError, parse_period, period_before, period_of, snapshot
@@ -202,6 +203,22 @@ def test_apschedulers_own_zone_handling_repeats_the_fall_back_hour_so_wall_times
     second = trigger.get_next_fire_time(first, first + timedelta(microseconds=1))
     assert first is not None and second is not None
     assert (local(first, BERLIN), local(second, BERLIN)) == ("2026-10-25 02:30+0200", "2026-10-25 02:30+0100")
+
+
+def test_cronsims_own_zone_handling_sends_a_skipped_time_at_0300_so_wall_times_are_placed_here() -> None:
+    # The reason schedule.py asks cronsim for naive wall times: given the zone, it follows Debian
+    # cron and sends the 02:30 the clocks skip on 2026-03-29 at 03:00, not 03:30.
+    fired = next(CronSim("30 2 * * *", datetime(2026, 3, 29, 0, 0, tzinfo=ZoneInfo(BERLIN))))
+    assert local(fired, BERLIN) == "2026-03-29 03:00+0200"
+
+
+def test_a_last_day_of_the_month_schedule_fires_on_each_months_last_day() -> None:
+    fired = fire_times("0 8 L * *", BERLIN, at("2026-01-15 00:00", BERLIN), at("2026-04-15 00:00", BERLIN))
+    assert [local(f, BERLIN) for f in fired] == [
+        "2026-01-31 08:00+0100",
+        "2026-02-28 08:00+0100",
+        "2026-03-31 08:00+0200",
+    ]
 
 
 def test_every_half_hour_fires_23_times_2_on_a_spring_day_and_24_times_2_on_a_fall_day() -> None:
