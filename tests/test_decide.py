@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from balancewatch.evaluate.decide import ARMED, FIRED, Kind, Transition, StepState, decide
+from balancewatch.evaluate.decide import ARMED, FIRED, Kind, StepState, Transition, decide
 from balancewatch.rules.compiled import Step
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -40,13 +40,8 @@ from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store import ledger
 from balancewatch.store import topup_requests as topups
 from balancewatch.store.db import make_engine
-from balancewatch.topup.hook import (
-    CommandHook,
-    HookRequest,
-    HookVerdict,
-    answer_of_body,
-    answer_of_http_error,
-)
+from balancewatch.topup.answer import HookRequest, HookVerdict, answer_of_body, answer_of_http_error
+from balancewatch.topup.hook import CommandHook
 from balancewatch.topup.notify import email_key
 from tests.conftest import Clock, write_rules
 from tests.helpers import account, outbox, post

@@ -16,7 +16,7 @@ from balancewatch.core.money import Money, to_major
 from balancewatch.core.problems import ProblemsError
 from balancewatch.runtime.loadset import load_set
 from balancewatch.store import topup_requests as topups
-from balancewatch.topup.hook import one_line
+from balancewatch.topup.answer import one_line
 from balancewatch.topup.notify import email_key
 from balancewatch.topup.worker import fail, succeed
 

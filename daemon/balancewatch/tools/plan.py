@@ -60,7 +60,7 @@ from balancewatch.evaluate.candidates import (
     currency_filter,
     owner_configured,
 )
-from balancewatch.evaluate.decide import FIRED, Decision, Transition, StepState, decide
+from balancewatch.evaluate.decide import FIRED, Decision, StepState, Transition, decide
 from balancewatch.evaluate.dynamic import Preferences, load_preferences, remind_for, steps_for
 from balancewatch.evaluate.load import Subject, load_states, load_subjects
 from balancewatch.rules.compiled import CompiledRule, Selector, StepSet

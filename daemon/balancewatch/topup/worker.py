@@ -32,7 +32,7 @@ from balancewatch.core.money import Money
 from balancewatch.liveset import LiveSet
 from balancewatch.store import topup_requests as topups
 from balancewatch.topup import notify
-from balancewatch.topup.hook import Answer, Hook, HookRequest, HookVerdict
+from balancewatch.topup.answer import Answer, Hook, HookRequest, HookVerdict
 
 log = logging.getLogger(__name__)
 
