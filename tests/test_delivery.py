@@ -23,10 +23,11 @@ from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.deliver.files import FileTransport
 from balancewatch.deliver.message import build
+from balancewatch.deliver.registry import make_transport
 from balancewatch.deliver.smtp import SmtpTransport
-from balancewatch.deliver.worker import make_transport
 from balancewatch.liveset import LiveSet
 from balancewatch.runtime.service import Pipeline, build_pipeline, describe_transport
+from balancewatch.store.tables import OUTBOX_TABLE
 from tests.conftest import Clock
 from tests.smtpserver import SmtpServer
 
@@ -60,7 +61,7 @@ def add_messages(
 def outbox_rows(engine: Engine) -> dict[str, Any]:
     """Every outbox row by idempotency key."""
     with engine.connect() as conn:
-        return {r.idem_key: r for r in conn.execute(select(outbox.T).order_by(outbox.C.id))}
+        return {r.idem_key: r for r in conn.execute(select(OUTBOX_TABLE).order_by(OUTBOX_TABLE.c.id))}
 
 
 @pytest.fixture

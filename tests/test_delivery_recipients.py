@@ -13,10 +13,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, update
 
-from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.liveset import LiveSet
 from balancewatch.runtime.service import Pipeline, build_pipeline
+from balancewatch.store.tables import OUTBOX_TABLE
 from tests.conftest import Clock
 from tests.smtpserver import SmtpServer
 from tests.test_delivery import NO_RULES, add_messages, outbox_rows, smtp_pipeline  # noqa: F401
@@ -224,7 +224,9 @@ def test_a_worker_that_lost_its_next_row_to_another_stops_before_sending_it(
         smtp_server.wait_holding(1)
         with engine.begin() as conn:  # another instance took the second row over meanwhile
             conn.execute(
-                update(outbox.T).where(outbox.C.idem_key == second).values(claimed_by="other-instance")
+                update(OUTBOX_TABLE)
+                .where(OUTBOX_TABLE.c.idem_key == second)
+                .values(claimed_by="other-instance")
             )
     finally:
         smtp_server.release()
