@@ -25,7 +25,7 @@ from balancewatch.render.context import (
     money_in,
     sample_usage,
 )
-from balancewatch.rules.compiled import CompiledRule, Step, UsageSpec
+from balancewatch.rules.compiled import CompiledRule, Selector, Step, UsageSpec
 
 
 def idem_key(rule_id: str, subject: Subject, decision: Decision) -> str:
@@ -168,7 +168,7 @@ def _sample_rule() -> CompiledRule:
         id="default-ladder",
         description="Low-balance alerts at 250, 100 and 10 USD",
         enabled=True,
-        selector=None,  # type: ignore[arg-type]
+        selector=Selector(billing=None, currencies=("USD",), labels=(), ids=None),
         step_sets=(),
         remind=timedelta(days=1),
         notify_owner=True,
