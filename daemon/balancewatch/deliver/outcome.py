@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from balancewatch.config import RetrySettings
+from balancewatch.core.metrics import FailureClass
 from balancewatch.outbox import PARKED, PENDING, SENT, Claimed, RowUpdate, backoff, give_up_from
 
 
@@ -78,3 +79,13 @@ def errors(addresses: list[str], deliveries: Mapping[str, Mapping[str, Any]]) ->
 def shown(address: str) -> str:
     """``address`` for a log line or an error: quoted when it holds a line break or the like."""
     return address if address.isprintable() else repr(address)
+
+
+def failure_class(attempts: Mapping[str, Attempt]) -> FailureClass | None:
+    """How a message attempt failed, counted once per message: ``permanent`` when a recipient
+    refused for good (the row is parked), else ``temporary`` when one is to be tried again;
+    None when every due recipient has it."""
+    failed = [a for a in attempts.values() if not a.delivered]
+    if not failed:
+        return None
+    return "permanent" if any(a.permanent for a in failed) else "temporary"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,6 +91,21 @@ class Registry:
         """Break off every send in progress (a shutdown that cannot wait for a slow server)."""
         for route in self:
             route.transport.abort()
+
+
+class Sessions(contextlib.ExitStack):
+    """The transports of one batch, each entered at the first row that needs it and left,
+    in reverse order, when the batch ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open: set[str] = set()
+
+    def open(self, route: Route[Any]) -> None:
+        """Enter ``route``'s transport unless it is open; raises its TransportError."""
+        if route.channel not in self._open:
+            self.enter_context(route.transport)
+            self._open.add(route.channel)
 
 
 def make_transport(settings: Settings) -> SmtpTransport | FileTransport:

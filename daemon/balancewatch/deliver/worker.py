@@ -18,7 +18,6 @@ back the rows not yet sent, so another instance can take them at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections import Counter
@@ -32,11 +31,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from balancewatch import outbox
 from balancewatch.config import Settings
-from balancewatch.core.metrics import NOOP, FailureClass, Recorder
+from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
-from balancewatch.deliver.outcome import Attempt, settle, shown
-from balancewatch.deliver.registry import Registry, Route, email_registry, make_transport
+from balancewatch.deliver.outcome import Attempt, failure_class, settle, shown
+from balancewatch.deliver.registry import Registry, Route, Sessions, email_registry, make_transport
 from balancewatch.deliver.transport import Transport
 from balancewatch.store import status as instance_status
 
@@ -153,7 +152,7 @@ class Courier:
         held = {row.id for row in batch}
         lease_end = now + lease
         done: set[int] = set()  # rows failed with their channel's connection
-        with _Sessions() as sessions:
+        with Sessions() as sessions:
             for i, row in enumerate(batch):
                 if row.id in done:
                     continue
@@ -348,31 +347,6 @@ class Courier:
                     attempt.error,
                     extra=about,
                 )
-
-
-class _Sessions(contextlib.ExitStack):
-    """The transports of one batch, each entered at the first row that needs it and left,
-    in reverse order, when the batch ends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._open: set[str] = set()
-
-    def open(self, route: Route[Any]) -> None:
-        """Enter ``route``'s transport unless it is open; raises its TransportError."""
-        if route.channel not in self._open:
-            self.enter_context(route.transport)
-            self._open.add(route.channel)
-
-
-def failure_class(attempts: Mapping[str, Attempt]) -> FailureClass | None:
-    """How a message attempt failed, counted once per message: ``permanent`` when a recipient
-    refused for good (the row is parked), else ``temporary`` when one is to be tried again;
-    None when every due recipient has it."""
-    failed = [a for a in attempts.values() if not a.delivered]
-    if not failed:
-        return None
-    return "permanent" if any(a.permanent for a in failed) else "temporary"
 
 
 def deliver_batch(

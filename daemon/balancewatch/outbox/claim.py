@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Row, Select, and_, or_, select, update
 
 from balancewatch.outbox.rows import PENDING, SENDING, Attachment, Claimed, RowUpdate
 from balancewatch.store.tables import OUTBOX_TABLE
@@ -82,25 +82,25 @@ def claim(
         .values(status=SENDING, claimed_by=worker, lease_until=now + lease, attempts=outbox.attempts + 1)
         .returning(*_CLAIMED_COLUMNS)
     )
-    rows = [
-        Claimed(
-            r.id,
-            r.idem_key,
-            r.message_id,
-            r.sender,
-            tuple(r.recipients),
-            r.subject,
-            r.text,
-            r.html,
-            r.attempts,
-            r.created_at,
-            tuple(Attachment(**a) for a in r.attachments or ()),
-            dict(r.deliveries or {}),
-            r.channel,
-        )
-        for r in conn.execute(stmt)
-    ]
-    return sorted(rows, key=lambda c: c.id)
+    return sorted((_claimed(r) for r in conn.execute(stmt)), key=lambda c: c.id)
+
+
+def _claimed(r: Row[Any]) -> Claimed:
+    return Claimed(
+        r.id,
+        r.idem_key,
+        r.message_id,
+        r.sender,
+        tuple(r.recipients),
+        r.subject,
+        r.text,
+        r.html,
+        r.attempts,
+        r.created_at,
+        tuple(Attachment(**a) for a in r.attachments or ()),
+        dict(r.deliveries or {}),
+        r.channel,
+    )
 
 
 def note_undeliverable(
