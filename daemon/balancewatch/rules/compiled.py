@@ -216,7 +216,7 @@ def _ladders(rule: AlertRule) -> dict[str | None, list[Decimal | UsageStep]]:
         ]
         if outside:
             raise CompileError(*outside[0], errors=outside)
-        return dict(below)
+        return {currency: amounts for currency, amounts in below.items()}
     ladder: list[Decimal | UsageStep] = (
         list(below) if isinstance(below, list) else [below] if isinstance(below, UsageStep) else []
     )
@@ -224,7 +224,8 @@ def _ladders(rule: AlertRule) -> dict[str | None, list[Decimal | UsageStep]]:
 
 
 def _step_sets(rule: AlertRule) -> tuple[StepSet, ...]:
-    sets, errors = [], []
+    sets: list[StepSet] = []
+    errors: list[tuple[str, str]] = []
     for currency, ladder in _ladders(rule).items():
         try:
             sets.append(_step_set(rule, currency, ladder))
@@ -237,7 +238,9 @@ def _step_sets(rule: AlertRule) -> tuple[StepSet, ...]:
 
 def _step_set(rule: AlertRule, currency: str | None, ladder: list[Decimal | UsageStep]) -> StepSet:
     where = "below" if isinstance(rule.below, list) or currency is None else f"below.{currency}"
-    errors, minors, usage = [], set(), []
+    errors: list[tuple[str, str]] = []
+    minors: set[int] = set()
+    usage: list[UsageSpec] = []
     for i, item in enumerate(ladder):
         if isinstance(item, UsageStep):
             usage.append(UsageSpec(-(len(usage) + 1), item.days, item.times, item.runway))

@@ -6,6 +6,7 @@ in an ``Annotated`` type with the JSON Schema editors see (rules/editor_schema.p
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -111,7 +112,9 @@ def _pattern(regex: re.Pattern[str], what: str, characters: str) -> Any:
 
 
 def _reminder(value: Any) -> timedelta:
-    if isinstance(value, float | Decimal) and not value.is_finite():
+    if (isinstance(value, float) and not math.isfinite(value)) or (
+        isinstance(value, Decimal) and not value.is_finite()
+    ):
         raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m, 24h, 1d or 1h30m")
     return parse_duration(value)
 

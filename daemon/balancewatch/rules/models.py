@@ -368,7 +368,8 @@ class AlertRule(_Strict):
                 "below: {USD: [250, 100, 10], INR: [20000, 8000, 800]}"
             )
         for ladder in self._ladders():
-            repeated = sorted({a for a in ladder if ladder.count(a) > 1})
+            # Amounts in order, then usage steps (which have no order among amounts).
+            repeated = sorted({a for a in ladder if ladder.count(a) > 1}, key=_ladder_order)
             if repeated:
                 raise ValueError(f"below: {repeated[0]} appears twice; each threshold may appear once")
         if self.id in self.inhibited_by:
@@ -387,3 +388,7 @@ class AlertRule(_Strict):
 
 def _has_amounts(ladder: list[Decimal | UsageStep]) -> bool:
     return any(isinstance(item, Decimal) for item in ladder)
+
+
+def _ladder_order(item: Decimal | UsageStep) -> tuple[bool, Decimal]:
+    return (True, Decimal(0)) if isinstance(item, UsageStep) else (False, item)
