@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select
 
-from balancewatch import outbox
 from balancewatch.cli import main
 from balancewatch.store.db import make_engine
+from balancewatch.store.tables import OUTBOX_TABLE
 from tests.conftest import _schema_url, postgres_engine
 from tests.smtpserver import SmtpServer, free_port
 from tests.test_tls import LOGIN, make_certificate, server_context
@@ -251,7 +251,7 @@ def outbox_rows(db_url: str) -> list[dict[str, object]]:
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(select(outbox.T))]
+            return [dict(row._mapping) for row in conn.execute(select(OUTBOX_TABLE))]
     finally:
         engine.dispose()
 

@@ -20,6 +20,7 @@ from balancewatch import outbox
 from balancewatch.cli import main
 from balancewatch.config import RetrySettings
 from balancewatch.deliver.outcome import DELIVERED, Attempt, settle
+from balancewatch.store.tables import OUTBOX_TABLE
 from tests.smtpserver import SmtpServer
 
 OWNER, GONE = "owner@acme.example", "gone@acme.example"
@@ -120,7 +121,7 @@ def attempt(engine: Engine, key: str, at: datetime, refused: dict[str, str]) -> 
 
 def statuses(engine: Engine) -> dict[str, str]:
     with engine.connect() as conn:
-        return dict(conn.execute(select(outbox.C.idem_key, outbox.C.status)).all())  # type: ignore[arg-type]
+        return dict(conn.execute(select(OUTBOX_TABLE.c.idem_key, OUTBOX_TABLE.c.status)).all())  # type: ignore[arg-type]
 
 
 # --- retry through the real SMTP server ----------------------------------------------------------

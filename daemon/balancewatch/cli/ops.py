@@ -29,6 +29,7 @@ from balancewatch.runtime.service import (
     stop_on_signals,
 )
 from balancewatch.store.probe import DatabaseCheckError, probe_database
+from balancewatch.store.tables import OUTBOX_TABLE
 
 log = logging.getLogger("balancewatch")
 
@@ -226,8 +227,8 @@ def cmd_send_test(ctx: Ctx) -> int:
     with engine.begin() as conn:
         outbox.add(conn, [message], now, domain)
         conn.execute(
-            update(outbox.T)
-            .where(outbox.C.idem_key == message.idem_key)
+            update(OUTBOX_TABLE)
+            .where(OUTBOX_TABLE.c.idem_key == message.idem_key)
             .values(status=outbox.SENT, attempts=1, sent_at=now, deliveries=deliveries)
         )
     ctx.say(f"sent to {ctx.args.to} via {describe_transport(settings)}")

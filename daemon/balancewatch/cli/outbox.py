@@ -230,6 +230,7 @@ def _fields(row: Outbox, give_up_after: timedelta) -> list[tuple[str, str]]:
         ("key", row.idem_key),
         ("message-id", row.message_id),
         ("kind", row.kind),
+        ("channel", row.channel),
         ("rule", row.rule_id or "-"),
         ("account", f"{row.account_id} {row.currency}" if row.account_id else "-"),
         ("from", shown(row.sender) or "-"),

@@ -56,11 +56,6 @@ from balancewatch.outbox.rows import (
 )
 from balancewatch.store.tables import OUTBOX_TABLE
 
-# The old letter aliases, for runtime/outboxgauges.py, cli/ops.py and two tests that still
-# write ``outbox.T`` and ``outbox.C``; new code names OUTBOX_TABLE. Remove once they do.
-T = OUTBOX_TABLE
-C = OUTBOX_TABLE.c
-
 __all__ = [
     "EMAIL",
     "OUTBOX_TABLE",
@@ -69,14 +64,12 @@ __all__ = [
     "SENDING",
     "SENT",
     "Attachment",
-    "C",
     "Claimed",
     "Filters",
     "NewMessage",
     "NotRequeued",
     "Requeued",
     "RowUpdate",
-    "T",
     "add",
     "backoff",
     "claim",

@@ -23,9 +23,9 @@ import re
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from functools import lru_cache, update_wrapper
 from pathlib import Path
 from types import BuiltinMethodType, FrameType, MethodType
@@ -132,7 +132,7 @@ class _Output:
         self.limit = limit
         self.size = 0
         self.file = ""  # the part being rendered: where a stop is reported when nothing better is known
-        self.chunks: Generator[str, None, None] | None = None  # its render, while it streams
+        self.chunks: Iterator[str] | None = None  # its render, while it streams
 
     def position(self, files: Mapping[str, str]) -> tuple[str, int]:
         """Where the render had got to when it was stopped between two pieces of output."""
@@ -255,7 +255,9 @@ class TemplateSet:
         except Exception as exc:  # a template can raise anything its expressions do
             raise RenderError(self._render_problem(exc, output.file)) from None
         self.breaker.finished(name)
-        subject, text, html = (*rendered, None)[:3]
+        # Every template set has a subject and a text part; the HTML part is optional.
+        subject, text = rendered[0] or "", rendered[1] or ""
+        html = rendered[2] if len(rendered) > 2 else None
         return Rendered(subject=one_line(subject), text=text.strip() + "\n", html=html)
 
     def _still_refused(self, last: Problem, in_a_row: int) -> Problem:
@@ -358,7 +360,7 @@ def _template_frame(exc: BaseException | None, files: Mapping[str, str]) -> tupl
     return None
 
 
-def _suspended_at(generator: Generator[str, None, None], files: Mapping[str, str]) -> tuple[str, int] | None:
+def _suspended_at(generator: Iterator[str], files: Mapping[str, str]) -> tuple[str, int] | None:
     """The template file and line a suspended render generator stopped at (the innermost one,
     through ``yield from`` of blocks and includes)."""
     found = None
@@ -511,7 +513,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             if is_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument and no keywords")
-                args, kwargs = (), args[0]
+                return str_type(formatter.vformat(owner, (), args[0]))
             return str_type(formatter.vformat(owner, args, kwargs))
 
         return update_wrapper(wrapper, value)
@@ -655,7 +657,7 @@ def _datetime(ctx: Context, value: datetime, fmt: str = "medium") -> str:
 # Babel's formatting is the costly part of rendering an email.
 @lru_cache(maxsize=4096)
 def _format_datetime(value: datetime, fmt: str, tz: str, locale: str) -> str:
-    return format_datetime(value, fmt, tzinfo=tz, locale=locale)
+    return format_datetime(value, fmt, tzinfo=_zone(tz), locale=locale)
 
 
 @pass_context
@@ -669,14 +671,14 @@ def _skeleton(ctx: Context, value: datetime | date, skeleton: str) -> str:
     # A skeleton names the fields ("MMMd": month and day), the locale orders and spells
     # them: "Mar 2", "2 Mar", "2. März", "3月2日".
     if isinstance(value, datetime):
-        return format_skeleton(skeleton, value, tzinfo=_tz(ctx), locale=_locale(ctx))
+        return format_skeleton(skeleton, value, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx))
     noon = datetime(value.year, value.month, value.day, 12)  # a calendar day: no zone to convert
     return format_skeleton(skeleton, noon, locale=_locale(ctx))
 
 
 @pass_context
 def _time(ctx: Context, value: datetime, fmt: str = "short") -> str:
-    return format_time(value, fmt, tzinfo=_tz(ctx), locale=_locale(ctx))
+    return format_time(value, fmt, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx))
 
 
 @pass_context
@@ -688,7 +690,7 @@ def _duration(value: timedelta) -> str:
     return format_duration(value)
 
 
-def _zone(name: str) -> Any:
+def _zone(name: str) -> tzinfo:
     from zoneinfo import ZoneInfo
 
     return ZoneInfo(name)

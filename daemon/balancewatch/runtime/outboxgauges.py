@@ -23,6 +23,7 @@ from sqlalchemy import Engine, func, select
 
 from balancewatch import outbox
 from balancewatch.core.metrics import Metrics
+from balancewatch.store.tables import OUTBOX_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Reading:
 
 def read_outbox(engine: Engine) -> tuple[dict[str, int], datetime | None]:
     """Rows by status, and when the oldest pending or sending row was created. Raises SQLAlchemyError."""
-    c = outbox.C
+    c = OUTBOX_TABLE.c
     with engine.connect().execution_options(readonly=True) as conn:
         grouped = conn.execute(select(c.status, func.count().label("n")).group_by(c.status))
         counts = {row.status: int(row.n) for row in grouped}
