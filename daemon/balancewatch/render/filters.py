@@ -1,0 +1,213 @@
+"""The filters templates use: Jinja's own that can make a large value in one step, bounded
+by the render budget (checked before they run), and balancewatch's formatting filters (money,
+dates and times in the account's zone and locale, numbers, durations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, timedelta, tzinfo
+from functools import lru_cache
+from typing import Any
+
+from babel.dates import format_date, format_datetime, format_skeleton, format_time
+from babel.numbers import format_decimal
+from jinja2 import (
+    Environment,
+    Undefined,
+    pass_context,
+    pass_environment,
+    pass_eval_context,
+)
+from jinja2 import filters as jinja_filters
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
+from jinja2.utils import generate_lorem_ipsum
+from markupsafe import soft_str
+
+from balancewatch.core.durations import every, format_duration
+from balancewatch.core.limits import DEFAULT_BUDGET
+from balancewatch.core.money import Money, format_money
+from balancewatch.render.budget import (
+    ValueTooLargeError,
+    check_printf,
+    joined_size,
+    replaced_size,
+    too_large,
+)
+
+SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
+MAX_SUBJECT = 250
+TEMPLATE_NAMES_HINT = "a template is a directory holding subject.txt, body.txt and optionally body.html"
+_TEXT_SUFFIXES = (".txt", ".html", ".htm")
+
+
+# --- Jinja's filters that can make a large value in one step, checked first ---------------------------
+
+
+def _limit(env: Environment) -> int:
+    return int(getattr(env, "max_size", DEFAULT_BUDGET.max_size))
+
+
+@pass_environment
+def _center(env: Environment, value: Any, width: int = 80) -> str:
+    if isinstance(width, int) and width > _limit(env):
+        raise too_large(f"center({width:,})", width, _limit(env))
+    return jinja_filters.do_center(value, width)
+
+
+@pass_environment
+def _indent(env: Environment, s: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    text = soft_str(s)
+    prefix = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+    size = len(text) + (text.count("\n") + 1) * max(prefix, 0)
+    if size > _limit(env):
+        raise too_large(f"indent({width if isinstance(width, int) else '...'})", size, _limit(env))
+    return jinja_filters.do_indent(s, width, first, blank)
+
+
+@pass_environment
+def _format(env: Environment, value: Any, *args: Any, **kwargs: Any) -> str:
+    check_printf(soft_str(value), kwargs or args, _limit(env))
+    return jinja_filters.do_format(value, *args, **kwargs)
+
+
+@pass_eval_context
+def _replace(eval_ctx: EvalContext, s: Any, old: Any, new: Any, count: int | None = None) -> str:
+    limit = _limit(eval_ctx.environment)
+    size = replaced_size(soft_str(s), soft_str(old), soft_str(new), -1 if count is None else count)
+    if size > limit:
+        raise too_large("replace(...)", size, limit)
+    return jinja_filters.do_replace(eval_ctx, s, old, new, count)
+
+
+@pass_eval_context
+def _join(eval_ctx: EvalContext, value: Any, d: str = "", attribute: str | int | None = None) -> str:
+    limit = _limit(eval_ctx.environment)
+    items: Any = value
+    if attribute is not None:
+        items = map(jinja_filters.make_attrgetter(eval_ctx.environment, attribute), items)
+    items = list(items)
+    size = joined_size(soft_str(d), items, limit)
+    if size > limit:
+        raise too_large(f"joining {len(items):,} items", size, limit, exact=False)
+    return jinja_filters.sync_do_join(eval_ctx, items, d)
+
+
+@pass_environment
+def _wordwrap(
+    env: Environment,
+    s: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    # Wrapped with a newline first (its lines are then known), joined with wrapstring after.
+    wrapped = jinja_filters.do_wordwrap(env, s, width, break_long_words, "\n", break_on_hyphens)
+    joint = env.newline_sequence if wrapstring is None else soft_str(wrapstring)
+    size = replaced_size(wrapped, "\n", joint)
+    if size > _limit(env):
+        raise too_large("wordwrap(...)", size, _limit(env))
+    return wrapped if joint == "\n" else wrapped.replace("\n", joint)
+
+
+@pass_environment
+def _batch(env: Environment, value: Any, linecount: int, fill_with: Any = None) -> Iterator[list[Any]]:
+    if isinstance(linecount, int) and linecount > _limit(env):
+        raise too_large(f"batch({linecount:,})", linecount, _limit(env))
+    return jinja_filters.do_batch(value, linecount, fill_with)
+
+
+def lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    if n > 100 or max > 1000:
+        raise ValueTooLargeError("lipsum: at most 100 paragraphs of at most 1000 words")
+    return str(generate_lorem_ipsum(n, html, min, max))
+
+
+BOUNDED_FILTERS: dict[str, Callable[..., Any]] = {
+    "center": _center,
+    "indent": _indent,
+    "format": _format,
+    "replace": _replace,
+    "join": _join,
+    "wordwrap": _wordwrap,
+    "batch": _batch,
+}
+
+
+def _locale(ctx: Context) -> str:
+    return str(ctx.get("locale") or "en_US")
+
+
+def _tz(ctx: Context) -> str:
+    return str(ctx.get("timezone") or "UTC")
+
+
+@pass_context
+def _money(ctx: Context, value: Money) -> str:
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # "'typo' is undefined", not a type complaint
+    if not isinstance(value, Money):
+        raise TypeError(f"money filter needs an amount with its currency, not {type(value).__name__}")
+    return format_money(value.minor, value.currency, _locale(ctx))
+
+
+@pass_context
+def _datetime(ctx: Context, value: datetime, fmt: str = "medium") -> str:
+    return _format_datetime(value, fmt, _tz(ctx), _locale(ctx))
+
+
+# A cycle formats the same instant for many accounts in few zones and locales;
+# Babel's formatting is the costly part of rendering an email.
+@lru_cache(maxsize=4096)
+def _format_datetime(value: datetime, fmt: str, tz: str, locale: str) -> str:
+    return format_datetime(value, fmt, tzinfo=_zone(tz), locale=locale)
+
+
+@pass_context
+def _date(ctx: Context, value: datetime, fmt: str = "medium") -> str:
+    local = value.astimezone(_zone(_tz(ctx))) if isinstance(value, datetime) else value
+    return format_date(local, fmt, locale=_locale(ctx))
+
+
+@pass_context
+def _skeleton(ctx: Context, value: datetime | date, skeleton: str) -> str:
+    # A skeleton names the fields ("MMMd": month and day), the locale orders and spells
+    # them: "Mar 2", "2 Mar", "2. März", "3月2日".
+    if isinstance(value, datetime):
+        return format_skeleton(skeleton, value, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx))
+    noon = datetime(value.year, value.month, value.day, 12)  # a calendar day: no zone to convert
+    return format_skeleton(skeleton, noon, locale=_locale(ctx))
+
+
+@pass_context
+def _time(ctx: Context, value: datetime, fmt: str = "short") -> str:
+    return format_time(value, fmt, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx))
+
+
+@pass_context
+def _number(ctx: Context, value: Any) -> str:
+    return format_decimal(value, locale=_locale(ctx))
+
+
+def _duration(value: timedelta) -> str:
+    return format_duration(value)
+
+
+def _zone(name: str) -> tzinfo:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "money": _money,
+    "datetime": _datetime,
+    "date": _date,
+    "time": _time,
+    "number": _number,
+    "duration": _duration,
+    "every": every,
+    "skeleton": _skeleton,
+}
