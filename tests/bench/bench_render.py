@@ -44,7 +44,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from balancewatch.alerts.context import sample_alert_context
 from balancewatch.core import shipped
 from balancewatch.render.budget import WATCHDOG
-from balancewatch.render.templates import FILTERS, Rendered, TemplateSet, load_templates, one_line
+from balancewatch.render.filters import FILTERS
+from balancewatch.render.templates import Rendered, TemplateSet, load_templates, one_line
 
 try:
     from tests.bench import common

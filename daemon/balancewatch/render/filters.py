@@ -28,13 +28,7 @@ from markupsafe import soft_str
 from balancewatch.core.durations import every, format_duration
 from balancewatch.core.limits import DEFAULT_BUDGET
 from balancewatch.core.money import Money, format_money
-from balancewatch.render.budget import (
-    ValueTooLargeError,
-    check_printf,
-    joined_size,
-    replaced_size,
-    too_large,
-)
+from balancewatch.render.sizes import ValueTooLargeError, check_printf, joined_size, replaced_size, too_large
 
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
 MAX_SUBJECT = 250

@@ -31,13 +31,8 @@ from jinja2.sandbox import (
 from markupsafe import Markup
 
 from balancewatch.core.limits import format_size
-from balancewatch.render.budget import (
-    ValueTooLargeError,
-    check_binop,
-    check_format_spec,
-    check_method_call,
-)
 from balancewatch.render.filters import BOUNDED_FILTERS, FILTERS, lipsum
+from balancewatch.render.sizes import ValueTooLargeError, check_binop, check_format_spec, check_method_call
 
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
 MAX_SUBJECT = 250

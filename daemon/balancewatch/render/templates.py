@@ -39,13 +39,9 @@ from jinja2.sandbox import (
 
 from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.render.budget import (
-    WATCHDOG,
-    OverrunBreaker,
-    RenderTimeoutError,
-    ValueTooLargeError,
-)
+from balancewatch.render.budget import WATCHDOG, OverrunBreaker, RenderTimeoutError
 from balancewatch.render.sandbox import environment
+from balancewatch.render.sizes import ValueTooLargeError
 
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
 MAX_SUBJECT = 250
