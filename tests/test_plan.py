@@ -27,7 +27,8 @@ from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile, parse_rules
 from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import status
-from balancewatch.tools.plan import NO_START, NO_STOP, Plan, Reason, RulePlan, Status, compare, read_only
+from balancewatch.tools.plan import compare, read_only
+from balancewatch.tools.plan.model import NO_START, NO_STOP, Plan, Reason, RulePlan, Status
 from tests.conftest import Clock, write_rules
 from tests.helpers import account, outbox, post
 

@@ -17,18 +17,8 @@ from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile, parse_rules, read_files, rule_files
 from balancewatch.runtime.loadset import load_set
 from balancewatch.store import status
-from balancewatch.tools.plan import (
-    DEFAULT_LIMIT,
-    Entry,
-    Plan,
-    Reason,
-    RulePlan,
-    Start,
-    Status,
-    Stop,
-    compare,
-    read_only,
-)
+from balancewatch.tools.plan import compare, read_only
+from balancewatch.tools.plan.model import DEFAULT_LIMIT, Entry, Plan, Reason, RulePlan, Start, Status, Stop
 
 DESCRIPTION = """\
 Compares the rules on disk (validated exactly as `check` does) with the rules

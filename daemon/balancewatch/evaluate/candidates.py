@@ -52,12 +52,6 @@ THRESHOLDS = (
 
 Key = tuple[str, str]  # (account_id, currency)
 
-# The old short names, kept only while tools/plan.py still imports them; once it uses the
-# store.tables names, this block goes.
-ACCOUNT, BALANCE, STATE = ACCOUNT_TABLE, BALANCE_TABLE, ALERT_STATE_TABLE
-A, B, S, P = ACCOUNT_TABLE.c, BALANCE_TABLE.c, ALERT_STATE_TABLE.c, OWNER_PREFERENCE_TABLE.c
-
-
 def account_filter(sel: Selector) -> list[ColumnElement[bool]]:
     """Conditions on ``account`` (and the balance currency) for a selector."""
     out: list[ColumnElement[bool]] = [ACCOUNT_TABLE.c.enabled == true()]
