@@ -276,6 +276,26 @@ def _locale(session: Session, account_id: str, ctx: Ctx) -> str:
     return account_locale(account.locale, default, account.id) if account else default
 
 
+def _balances_json(
+    account_id: str, payer: str, balances: list[Balance], entries: list[LedgerEntry]
+) -> dict[str, Any]:
+    """What ``balance show --json`` prints: amounts in minor units and as exact decimal text."""
+    return {
+        "account": account_id,
+        "paid_by": payer,
+        "balances": [
+            {
+                "currency": b.currency,
+                "amount_minor": b.amount,
+                "amount": str(to_major(b.amount, b.currency)),
+                "updated_at": b.updated_at.isoformat(),
+            }
+            for b in balances
+        ],
+        "entries": [e.model_dump(mode="json") for e in entries],
+    }
+
+
 def cmd_balance_show(ctx: Ctx) -> int:
     a = ctx.args
     with Session(ctx.read_engine) as session:
@@ -294,22 +314,7 @@ def cmd_balance_show(ctx: Ctx) -> int:
         )
     locale = account_locale(account.locale, ctx.settings.defaults.locale, account.id)
     if a.json:
-        ctx.emit_json(
-            {
-                "account": account.id,
-                "paid_by": payer,
-                "balances": [
-                    {
-                        "currency": b.currency,
-                        "amount_minor": b.amount,
-                        "amount": str(to_major(b.amount, b.currency)),
-                        "updated_at": b.updated_at.isoformat(),
-                    }
-                    for b in balances
-                ],
-                "entries": [e.model_dump(mode="json") for e in entries],
-            }
-        )
+        ctx.emit_json(_balances_json(account.id, payer, balances, entries))
         return 0
     if payer != account.id:
         ctx.say(f"{account.id} is a subaccount: it draws on {payer}'s balance")

@@ -100,6 +100,7 @@ class Metrics(Recorder):
     """The daemon's metrics, in ``registry`` (a fresh CollectorRegistry unless one is given)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        # Data-only: one declaration per metric (docs/monitoring.md lists them), long by nature.
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         Info("balancewatch_build", "The running balancewatch version and Python.", registry=r).info(

@@ -219,6 +219,20 @@ def _record(
         _count_failure(stats, failed)
         log.error("%s: gave up: %s", what, answer.reason, extra=_about(request))
         return
+    _retry_later(engine, settings, request, answer, now, stats, what)
+
+
+def _retry_later(
+    engine: Engine,
+    settings: Settings,
+    request: topups.Request,
+    answer: Answer,
+    now: datetime,
+    stats: TopupStats,
+    what: str,
+) -> None:
+    """Schedule the next call with the outbox's backoff, never sooner than the hook's Retry-After."""
+    retry = settings.topup.retry
     delay = outbox.backoff(request.attempts, retry.initial, retry.max, request.id)
     if answer.retry_after is not None:
         delay = max(delay, min(answer.retry_after, retry.max))
