@@ -113,7 +113,9 @@ class Stubborn:
 def test_renders_in_several_threads_are_each_stopped_at_their_own_deadline(tmp_path: Path) -> None:
     short = probe(tmp_path / "short", NESTED_LOOPS, RenderBudget(timeout=0.3))
     long = probe(tmp_path / "long", NESTED_LOOPS, RenderBudget(timeout=1.0))
-    good = load_templates(shipped.templates_dir(), RenderBudget(timeout=TIMEOUT))
+    # Generous for the good renders: on a loaded machine four threads share one core, and what
+    # is tested is that the others' stops never land in them, not how fast they are.
+    good = load_templates(shipped.templates_dir(), RenderBudget(timeout=10))
     results: dict[str, Any] = {}
 
     def wedged(name: str, templates: TemplateSet) -> None:
