@@ -472,3 +472,21 @@ def test_a_fired_usage_step_kept_in_an_edited_rule_does_not_stop(
     assert rule.stop == NO_STOP  # the usage step is still in the ladder
     removed = only(plan_of(engine, USAGE_RULE, widened.replace("average-daily-usage, ", ""), clock()))
     assert stopped(removed) == [("heavy", -1, "step-gone")]
+
+
+def test_an_account_new_since_the_last_usage_refresh_is_planned_with_the_usage_the_daemon_computes(
+    engine: Engine, clock: Clock
+) -> None:
+    account(engine, "newco")  # no usage summary row: no refresh has seen it yet
+    post(engine, "newco", "USD", 100_000, clock.advance(days=-10))
+    for _day in range(10):
+        post(engine, "newco", "USD", -9_500, clock.advance(days=1))  # $95 a day: $50 left
+    plan = plan_of(engine, "alerts: []", USAGE_RULE, clock())
+    assert started(only(plan)) == [("newco", 9_500, "alert")]
+    too_short = compare_with_history(engine, USAGE_RULE, clock(), timedelta(days=30))
+    assert started(only(too_short)) == []  # ten days of history is short of 30: no usage step
+
+
+def compare_with_history(engine: Engine, new: str, now: datetime, min_history: timedelta) -> Plan:
+    with read_only(engine) as conn:
+        return compare(conn, (), rules(new), now, min_history=min_history)

@@ -124,7 +124,9 @@ def cmd_plan(ctx: Ctx) -> int:
                 return report_problems(
                     ctx, exc, "plan: the rules in effect do not load with this version; pass --against DIR"
                 )
-            result = compare(conn, baseline.rules, live.rules, now, args.limit)
+            result = compare(
+                conn, baseline.rules, live.rules, now, args.limit, min_history=settings.usage.min_history
+            )
     finally:
         ctx.close()
     new_label = f"the rules in {new_dir} (set {live.digest[:12]})"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -30,11 +30,14 @@ from sqlalchemy import (
     Engine,
 )
 
+from balancewatch.config.sections import UsageSettings
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.tools.plan.changes import differences, moves_alerts
 from balancewatch.tools.plan.model import DEFAULT_LIMIT, Change, Plan, RulePlan, Status
 from balancewatch.tools.plan.starts import starts
 from balancewatch.tools.plan.stops import stops
+
+_DEFAULT_MIN_HISTORY = UsageSettings().min_history
 
 
 @contextmanager
@@ -72,16 +75,28 @@ def compare(
     new: Sequence[CompiledRule],
     now: datetime,
     limit: int = DEFAULT_LIMIT,
+    *,
+    min_history: timedelta = _DEFAULT_MIN_HISTORY,
 ) -> Plan:
-    """The plan for replacing ``old`` with ``new``, read through ``conn`` (which it never writes)."""
+    """The plan for replacing ``old`` with ``new``, read through ``conn`` (which it never writes).
+
+    ``min_history`` is the configured ``usage.min_history``: with it, a balance new since the last
+    usage refresh is planned with the figures the daemon computes for it."""
     old_by_id = {r.id: r for r in old}
     new_by_id = {r.id: r for r in new}
     ids = sorted(old_by_id.keys() | new_by_id.keys())
-    return Plan(tuple(rule_plan(conn, old_by_id.get(i), new_by_id.get(i), now, limit) for i in ids), now)
+    return Plan(
+        tuple(rule_plan(conn, old_by_id.get(i), new_by_id.get(i), now, limit, min_history) for i in ids), now
+    )
 
 
 def rule_plan(
-    conn: Connection, old: CompiledRule | None, new: CompiledRule | None, now: datetime, limit: int
+    conn: Connection,
+    old: CompiledRule | None,
+    new: CompiledRule | None,
+    now: datetime,
+    limit: int,
+    min_history: timedelta,
 ) -> RulePlan:
     """The plan for one rule id; ``old`` or ``new`` is None where the id is absent."""
     rule = new or old
@@ -91,7 +106,11 @@ def rule_plan(
     if status is Status.unchanged or not moves_alerts(old, new):
         return RulePlan(rule.id, status, changes, None, None)
     return RulePlan(
-        rule.id, status, changes, starts(conn, old, new, now, limit), stops(conn, old, new, limit)
+        rule.id,
+        status,
+        changes,
+        starts(conn, old, new, now, limit, min_history),
+        stops(conn, old, new, limit),
     )
 
 

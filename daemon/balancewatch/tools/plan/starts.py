@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     Connection,
@@ -49,9 +49,17 @@ def _sorted(entries: list[Entry]) -> list[Entry]:
 
 
 def starts(
-    conn: Connection, old: CompiledRule | None, new: CompiledRule | None, now: datetime, limit: int
+    conn: Connection,
+    old: CompiledRule | None,
+    new: CompiledRule | None,
+    now: datetime,
+    limit: int,
+    min_history: timedelta,
 ) -> Start:
-    """Balances ``new`` would notify now that ``old`` would not, with the stored state."""
+    """Balances ``new`` would notify now that ``old`` would not, with the stored state.
+
+    Usage steps follow the figures the daemon would use: the stored summary, and for a balance
+    new since the last refresh the figures computed now (``min_history`` as configured)."""
     if new is None or not new.enabled:
         return NO_START
     tally, due_anyway = _Tally(limit), 0
@@ -62,7 +70,9 @@ def starts(
         for chunk in candidates.chunks(keys, CHUNK):
             subjects = load_subjects(conn, new, step_set, chunk, lock=False)
             states = load_states(conn, new.id, [s.key for s in subjects])
-            per_balance = _PerBalance.load(conn, [s.key for s in subjects], _windows(old, new))
+            per_balance = _PerBalance.load(
+                conn, [s.key for s in subjects], _windows(old, new), now, min_history
+            )
             due = _due(subjects, step_set, new, states, now, per_balance)
             already = _due_under(conn, old, due, states, now, per_balance)
             for key, (subject, decisions) in due.items():
@@ -95,8 +105,11 @@ class _PerBalance:
     prefs: dict[Key, Preferences]
 
     @classmethod
-    def load(cls, conn: Connection, keys: Sequence[Key], windows: set[int]) -> _PerBalance:
-        return cls(usage.stored(conn, keys, windows), load_preferences(conn, keys))
+    def load(
+        cls, conn: Connection, keys: Sequence[Key], windows: set[int], now: datetime, min_history: timedelta
+    ) -> _PerBalance:
+        by_window = usage.current(conn, keys, windows, now, min_history)
+        return cls(usage.adu_of(by_window), load_preferences(conn, keys))
 
     def decide(
         self, rule: CompiledRule, step_set: StepSet, s: Subject, states: States, now: datetime
