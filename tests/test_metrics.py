@@ -7,6 +7,7 @@ real TCP listener that accepts and never speaks; no test sleeps to synchronise.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from balancewatch.runtime.httpserve import ListenError, MetricsServer, parse_lis
 from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.outboxgauges import OutboxCollector, register
 from balancewatch.runtime.reload import Reloader
+from balancewatch.runtime.service import build_pipeline
 from balancewatch.store.db import make_engine
 from balancewatch.topup.hook import make_hook
 from balancewatch.topup.worker import run_topups
@@ -499,3 +501,21 @@ def test_reloads_count_attempts_and_failures_and_name_the_live_set(
     assert [dict(labels) for name, labels in samples if name == "balancewatch_rule_set_info"] == [
         {"digest": status.live_digest, "rules": "2"}
     ]
+
+
+def test_every_metric_a_daemon_exports_is_documented_and_every_documented_one_exported(
+    engine: Engine, db_url: str, make_settings: Callable[..., Settings], live_from: Callable[[str], LiveSet]
+) -> None:
+    pipeline = build_pipeline(
+        engine, make_settings(db_url, metrics__listen="127.0.0.1:9100"), live_from(LADDER)
+    )
+    assert isinstance(pipeline.metrics, Metrics)
+    suffix = {"counter": "_total", "info": "_info"}
+    exported = {
+        family.name + suffix.get(family.type, "")
+        for family in pipeline.metrics.registry.collect()
+        if family.name.startswith("balancewatch_")
+    }
+    table = (Path(__file__).parents[1] / "docs" / "monitoring.md").read_text()
+    documented = set(re.findall(r"^\| `(balancewatch_\w+)` \|", table, re.MULTILINE))
+    assert exported == documented

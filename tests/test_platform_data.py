@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 from balancewatch.cli import main
 from balancewatch.config import Settings
+from balancewatch.core.metrics import Metrics
 from balancewatch.core.money import format_money, to_major
 from balancewatch.evaluate import usage
 from balancewatch.liveset import LiveSet
@@ -253,6 +254,31 @@ def test_an_unknown_locale_or_zone_is_the_default_with_one_warning_per_account_o
     assert shown in sent[0].text
     [warning] = warnings_about(caplog, "acme")
     assert f"{column} {written!r}" in warning and f"Fix account.{column}" in warning
+
+
+def test_values_replaced_by_the_default_are_counted_once_per_account_and_value_for_prometheus(
+    engine: Engine, make_pipeline: Callable[..., Pipeline], clock: Clock
+) -> None:
+    pipeline = make_pipeline(INR_LADDER, metrics__listen="127.0.0.1:9100")
+    assert isinstance(pipeline.metrics, Metrics)
+    registry = pipeline.metrics.registry
+
+    def fallbacks(field: str) -> float | None:
+        return registry.get_sample_value("balancewatch_platform_data_fallbacks_total", {"field": field})
+
+    before = {field: fallbacks(field) or 0 for field in ("locale", "timezone", "currency")}
+    for name, locale in (("one", "klingon"), ("two", "klingon"), ("three", "en-IN")):
+        account(engine, name)
+        written_by_platform(engine, name, locale=locale)
+        credit(engine, name, "INR", 30_000_000, clock(), clock())
+    for debit in (-17_654_400, -3_000_000, -5_000_000):  # below 200000, 100000, then 50000
+        for name in ("one", "two", "three"):
+            credit(engine, name, "INR", debit, clock(), clock.advance(minutes=1))
+        pipeline.evaluate(clock.advance(minutes=1))
+
+    assert len(outbox(engine)) == 9  # every alert went out
+    assert fallbacks("locale") == before["locale"] + 2  # en-IN is a locale; klingon, once per account
+    assert (fallbacks("timezone"), fallbacks("currency")) == (before["timezone"], before["currency"])
 
 
 def test_a_balance_in_a_currency_that_is_not_iso_4217_still_gets_its_alert(

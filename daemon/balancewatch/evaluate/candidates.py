@@ -52,6 +52,7 @@ THRESHOLDS = (
 
 Key = tuple[str, str]  # (account_id, currency)
 
+
 def account_filter(sel: Selector) -> list[ColumnElement[bool]]:
     """Conditions on ``account`` (and the balance currency) for a selector."""
     out: list[ColumnElement[bool]] = [ACCOUNT_TABLE.c.enabled == true()]

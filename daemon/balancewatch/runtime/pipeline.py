@@ -21,7 +21,7 @@ from balancewatch.deliver.worker import Courier, DeliveryStats, Transport, make_
 from balancewatch.liveset import LiveSet
 from balancewatch.reports.accounts import ZoneCache
 from balancewatch.reports.runner import ReportStats, run_due
-from balancewatch.runtime import outboxgauges
+from balancewatch.runtime import datagauges, outboxgauges
 from balancewatch.store.status import STALE_AFTER
 from balancewatch.topup.hook import Hook, make_hook
 from balancewatch.topup.worker import TopupStats, run_topups
@@ -183,6 +183,7 @@ def build_pipeline(
     if settings.metrics.listen:
         registry = Metrics()
         outboxgauges.register(registry, engine, settings.transport)
+        datagauges.register(registry)
         metrics = registry
     return Pipeline(
         engine,

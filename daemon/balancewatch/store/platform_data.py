@@ -15,6 +15,9 @@ values into trusted ones here:
 - a currency that is not ISO 4217 is kept (its alerts still go out, formatted
   as the code with 2 decimals), with a warning once per account and code.
 
+Each warning also counts in :data:`FALLBACKS` (by field), which the daemon
+exports as ``balancewatch_platform_data_fallbacks_total``.
+
 An alert is never held back by these values: a bad one costs a warning, not an email.
 """
 
@@ -68,6 +71,26 @@ class WarnedOnce:
 WARNED = WarnedOnce()
 
 
+class FallbackCounts:
+    """Thread-safe counts of the values warned about, by field (locale, timezone, currency)."""
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys((LOCALE, TIMEZONE, CURRENCY), 0)
+        self._lock = threading.Lock()
+
+    def add(self, field: str) -> None:
+        with self._lock:
+            self._counts[field] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """Every field with its count so far (0 for fields never warned about)."""
+        with self._lock:
+            return dict(self._counts)
+
+
+FALLBACKS = FallbackCounts()
+
+
 def account_locale(raw: str | None, default: str, account_id: str) -> str:
     """The locale to format for ``account_id`` in: Babel's identifier for ``raw``, else ``default``.
 
@@ -112,6 +135,7 @@ def account_currency(code: str, account_id: str) -> str:
     see :func:`balancewatch.core.money.format_money`), so its alerts still go out.
     """
     if not _is_iso(code) and WARNED.first((account_id, CURRENCY, code)):
+        FALLBACKS.add(CURRENCY)
         log.warning(
             "account %s: currency %r of its balance or ledger is not an ISO 4217 code; its amounts are "
             "shown as the code with %d decimals. Fix the currency in the balance and ledger_entry rows "
@@ -157,6 +181,7 @@ def _is_iso(code: str) -> bool:
 
 def _fall_back(account_id: str, field: str, raw: str, reason: str, default: str) -> None:
     if WARNED.first((account_id, field, raw)):
+        FALLBACKS.add(field)
         log.warning(
             "account %s: %s %r %s; using the default %s instead. Fix account.%s in the account row the "
             "billing platform writes (said once per process)",

@@ -21,9 +21,7 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     # The server default fills the existing rows, so the column can be NOT NULL at once.
-    op.add_column(
-        "outbox", sa.Column("channel", sa.String(16), nullable=False, server_default="email")
-    )
+    op.add_column("outbox", sa.Column("channel", sa.String(16), nullable=False, server_default="email"))
 
 
 def downgrade() -> None:
