@@ -491,6 +491,47 @@ def test_what_refers_to_what_is_checked_before_anything_runs(cli: Cli, tmp_path:
     ]
 
 
+def test_accounts_and_what_steps_write_are_checked_each_problem_on_its_line(cli: Cli, tmp_path: Path) -> None:
+    path = write_test(
+        tmp_path,
+        """
+        - name: accounts
+          accounts:
+            - {id: main, balances: {USD: 300}, email: o@x.example}
+            - {id: main, balances: {USD: 1}, email: o@x.example}
+            - {id: sub, parent: main, balances: {USD: 5}, email: o@x.example}
+            - {id: subsub, parent: sub, email: o@x.example}
+            - {id: orphan, parent: ghost, email: o@x.example}
+            - {id: idle, balances: {USD: 1}, daily_usage: {EUR: 2}, email: o@x.example}
+          timeline:
+            - at: 1h
+              set_balance: {account: sub, amount: 1}
+              set_preferences: {account: main}
+              expect: [{account: main, to: [not-an-address]}]
+        """,
+    )
+    result = cli("test", str(path))
+    assert result.code == 1
+    assert result.err.splitlines() == [
+        f"{path}:{line_of(path, '{id: main, balances: {USD: 1}')}: tests[0].accounts[1].id: "
+        "account 'main' is listed twice in this test",
+        f"{path}:{line_of(path, 'id: sub,')}: tests[0].accounts[2].balances: "
+        "a subaccount draws on its main account's balance; give the balances to 'main'",
+        f"{path}:{line_of(path, 'subsub')}: tests[0].accounts[3].parent: "
+        "'sub' is itself a subaccount; name its main account",
+        f"{path}:{line_of(path, 'ghost')}: tests[0].accounts[4].parent: "
+        "no account 'ghost' above this one; list the main account before its subaccounts",
+        f"{path}:{line_of(path, 'EUR: 2')}: tests[0].accounts[5].daily_usage.EUR: the paying account has no "
+        "opening EUR balance for this usage to draw on; give it one, e.g. balances: {EUR: 100}",
+        f"{path}:{line_of(path, 'set_balance')}: tests[0].timeline[0].set_balance.account: "
+        "'sub' is a subaccount and has no balance of its own; set the balance of 'main'",
+        f"{path}:{line_of(path, 'set_preferences')}: tests[0].timeline[0].set_preferences: "
+        "nothing to change; give below, email, remind and/or enabled",
+        f"{path}:{line_of(path, 'not-an-address')}: tests[0].timeline[0].expect[0].to[0]: "
+        "'not-an-address' is not a valid email address: An email address must have an @-sign.",
+    ]
+
+
 def test_a_rule_the_rule_files_lack_is_a_problem_not_a_failure(cli: Cli, tmp_path: Path) -> None:
     path = write_test(
         tmp_path,
