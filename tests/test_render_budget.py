@@ -8,6 +8,8 @@ watchdog that stops renders never raises anywhere else.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -200,6 +202,47 @@ def busy_python_for(seconds: float) -> None:
     ends = time.monotonic() + seconds
     while time.monotonic() < ends:
         busy_python(1000)
+
+
+# A render whose own code frees objects with weak-reference callbacks of another library: an
+# interruption can land in such a callback, where Python drops it. Run in a child process, so the
+# daemon's hooks are what see it (pytest replaces sys.unraisablehook during each test).
+CALLBACK_RENDERS = """
+import sys, weakref
+from jinja2.sandbox import SandboxedEnvironment
+from balancewatch.render.budget import WATCHDOG, RenderTimeoutError
+
+foreign = {"__name__": "somelibrary.cache"}
+exec("def cleanup(ref):\\n    total = 0\\n    for i in range(300):\\n        total += i\\n", foreign)
+own = {"__name__": "balancewatch.probe", "weakref": weakref, "cleanup": foreign["cleanup"]}
+exec(
+    "class Thing:\\n    pass\\n"
+    "def churn():\\n"
+    "    for _ in range(20):\\n"
+    "        thing = Thing()\\n"
+    "        ref = weakref.ref(thing, cleanup)\\n"
+    "        del thing\\n"
+    "    return ''\\n",
+    own,
+)
+loops = "{% for i in range(100000) %}{% for j in range(100000) %}{{ churn() }}{% endfor %}{% endfor %}"
+template = SandboxedEnvironment().from_string(loops)
+stopped = 0
+for _ in range(int(sys.argv[1])):
+    try:
+        WATCHDOG.run(lambda: template.render(churn=own["churn"]), 0.02)
+    except RenderTimeoutError:
+        stopped += 1
+print(stopped)
+"""
+
+
+def test_an_interruption_dropped_by_a_weakref_callback_is_neither_printed_nor_lost() -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", CALLBACK_RENDERS, "6"], capture_output=True, text=True, timeout=60
+    )
+    assert (child.returncode, child.stdout) == (0, "6\n"), child.stderr[-2000:]
+    assert "Exception ignored" not in child.stderr and child.stderr == ""
 
 
 def test_a_render_that_finishes_renders_exactly_what_jinja_renders(tmp_path: Path) -> None:

@@ -54,6 +54,13 @@ would break some unrelated step of the daemon. The protocol:
    MarkupSafe, Babel or balancewatch; elsewhere it looks again every
    ``DEFER`` seconds, and after ``GRACE`` seconds injects wherever the thread
    is, so code of any kind that never ends is still stopped.
+7. The look at the frame cannot see the future: paused in template code just
+   before an object is freed, the thread can resume into that object's
+   weak-reference callback and meet the exception there. Python then hands it
+   to ``sys.unraisablehook``, which the watchdog wraps: an interruption of a
+   render still running is not printed as "Exception ignored"; the watchdog is
+   woken to inject again at once, into the render's own code as in step 6.
+   The callback's clean-up is lost, as it would be for any exception there.
 
 A render started inside another render in the same thread runs under the outer
 one's deadline. A forked child starts with no watchdog and gets its own.
@@ -127,6 +134,8 @@ class Watchdog:
         self.injections = 0  # exceptions raised in renders so far, for tests and curiosity
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
 
     def _reset(self) -> None:
         # A raw Lock: its __enter__ is C, so no asynchronous exception can arrive inside it
@@ -175,6 +184,24 @@ class Watchdog:
                 _clear_in(entry.tid, None)
             if self._entries.get(entry.tid) is entry:
                 del self._entries[entry.tid]
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """``sys.unraisablehook``: step 7. Anything but an interruption of a running render goes to
+        the hook that was in place before."""
+        if isinstance(unraisable.exc_value, _Interrupt) and self._swallowed(threading.get_ident()):
+            return
+        self._previous_hook(unraisable)
+
+    def _swallowed(self, tid: int) -> bool:
+        """A callback in thread ``tid`` dropped an interruption: if that thread is rendering,
+        have the watchdog look again now; return whether it is."""
+        with self._lock:
+            entry = self._entries.get(tid)
+            if entry is None or entry.leaving:
+                return False
+            entry.fired_at = time.monotonic() - self.grace  # due at once, into render code only
+            self._wake.notify()
+            return True
 
     def _ensure_watching(self) -> None:
         """Called with the lock held: wake the watchdog for an earlier deadline, or start it."""
