@@ -148,14 +148,16 @@ SAMPLE_VARIANTS = ("crossed", "exhausted", "reminder", "runway", "usage", "owner
 RESTORED_VARIANTS = ("restored", "restored-no-history", "restored-several")
 
 
-def _sample_subject(amount: int) -> Subject:
+def _sample_subject(
+    amount: int, currency: str = "USD", locale: str = "en_US", name: str = "Acme Messaging Ltd"
+) -> Subject:
     return Subject(
         "acme-42",
-        "USD",
+        currency,
         amount,
-        "Acme Messaging Ltd",
+        name,
         "billing@acme.example",
-        "en_US",
+        locale,
         "America/New_York",
         "prepaid",
         None,
@@ -214,13 +216,21 @@ SAMPLE_BALANCES = {
 }
 
 
-def sample_alert_context(which: str = "crossed", now: datetime | None = None) -> dict[str, Any]:
+def sample_alert_context(
+    which: str = "crossed",
+    now: datetime | None = None,
+    *,
+    currency: str = "USD",
+    locale: str = "en_US",
+    name: str = "Acme Messaging Ltd",
+) -> dict[str, Any]:
     """A realistic context for previews and for checking templates: one of SAMPLE_VARIANTS or
-    RESTORED_VARIANTS."""
+    RESTORED_VARIANTS, for an account named ``name`` holding ``currency`` (the same minor units:
+    8,412 is $84.12, ¥8,412 or 8.412 KWD) in ``locale``."""
     now = now or SAMPLE_NOW
     return alert_context(
         _sample_rule(),
-        _sample_subject(SAMPLE_BALANCES.get(which, 8_412)),
+        _sample_subject(SAMPLE_BALANCES.get(which, 8_412), currency, locale, name),
         _sample_decision(which, now),
         now,
         default_locale="en_US",
