@@ -16,9 +16,23 @@ from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import SourceFile
 from balancewatch.rules.reports import CompiledReport
 
-# Makes the sample contexts a template used for one kind of message must render with: each
-# producer declares one per kind it sends (``<producer>/kinds.py``).
-SampleMaker = Callable[[], list[dict[str, Any]]]
+
+@dataclass(frozen=True)
+class Sample:
+    """One invented but realistic context for a kind of message: ``check`` renders every template
+    with the samples of the kinds it is used for; ``render`` and ``preview`` show them.
+
+    ``name`` is unique within its kind and stable (``render --sample`` takes it); ``title`` says
+    in a few words what it shows."""
+
+    name: str
+    title: str
+    context: dict[str, Any]
+
+
+# Makes the samples a template used for one kind of message must render with: each producer
+# declares one per kind it sends (``<producer>/kinds.py``).
+SampleMaker = Callable[[], list[Sample]]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from balancewatch.cli import (
     plan,
     prefs,
     recommend,
+    render,
     report,
     ruletest,
     schema,
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     prefs.register(commands)
     report.register(commands)
     recommend.register(commands)
+    render.register(commands)
     unit.register(commands)
     return parser
 

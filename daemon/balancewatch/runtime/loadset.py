@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from balancewatch.alerts.kinds import SAMPLES as ALERT_SAMPLES
 from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.liveset import LiveSet, SampleMaker
+from balancewatch.liveset import LiveSet, Sample, SampleMaker
 from balancewatch.render.templates import (
     TEMPLATE_NAMES_HINT,
     OverBudgetError,
@@ -149,9 +148,9 @@ def sample_render_problems(templates: TemplateSet, uses: Mapping[str, set[str]])
     A template stopped by the render budget is reported once and not rendered again."""
     out: dict[Problem, None] = {}
     for name in sorted(set(uses) & templates.names):
-        for context in _samples(uses[name]):
+        for sample in _samples(uses[name]):
             try:
-                templates.render(name, context)
+                templates.render(name, sample.context)
             except OverBudgetError as exc:
                 out[exc.problem] = None
                 break  # each further sample could take the whole budget again
@@ -160,7 +159,7 @@ def sample_render_problems(templates: TemplateSet, uses: Mapping[str, set[str]])
     return list(out)
 
 
-def _samples(kinds: set[str]) -> Iterator[dict[str, Any]]:
-    """The sample contexts of every use in ``kinds``, in a stable order."""
+def _samples(kinds: set[str]) -> Iterator[Sample]:
+    """The samples of every use in ``kinds``, in a stable order."""
     for kind in sorted(kinds):
         yield from SAMPLES[kind]()

@@ -1,0 +1,103 @@
+"""``balancewatch render``: any template with any sample, one part of the email, offline."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shutil
+from pathlib import Path
+
+import pytest
+
+from balancewatch.core import shipped
+from tests.test_cli import Cli, Result, base_env, ok, run
+
+__all__ = ["base_env", "run"]  # fixtures used by name
+
+
+def copied_templates(tmp_path: Path) -> Path:
+    target = tmp_path / "templates"
+    shutil.copytree(shipped.templates_dir(), target)
+    return target
+
+
+def test_list_names_every_sample_of_each_use_of_the_template(run: Cli) -> None:
+    out = ok(run("render", "low-balance", "--list"))
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names[:3] == ["crossed", "exhausted", "reminder"]
+    assert {"in-jpy", "in-kwd", "in-inr-en-in", "in-eur-de-de", "long-name"} <= set(names)
+    assert "first alert in JPY (no decimals)" in out
+
+
+@pytest.mark.parametrize(
+    ("sample", "shown"),
+    [("in-jpy", "¥8,412"), ("in-kwd", "KWD"), ("in-inr-en-in", "₹84.12"), ("in-eur-de-de", "84,12")],
+)
+def test_each_currency_and_locale_sample_formats_money_its_own_way(run: Cli, sample: str, shown: str) -> None:
+    assert shown in ok(run("render", "low-balance", "--sample", sample, "--part", "subject"))
+
+
+def test_the_eml_part_is_the_message_a_mail_server_would_receive(run: Cli) -> None:
+    subject = ok(run("render", "low-balance", "--sample", "long-name", "--part", "subject")).rstrip("\n")
+    eml = ok(run("render", "low-balance", "--sample", "long-name", "--part", "eml"))
+    message = email.message_from_string(eml, policy=email.policy.default)
+    assert message["To"] == "billing@acme.example"
+    assert message["Message-ID"] and message["Date"] and message["From"]
+    assert message["Subject"] == subject
+    kinds = [part.get_content_type() for part in message.walk()]
+    assert kinds == ["multipart/alternative", "text/plain", "text/html"]
+    html = ok(run("render", "low-balance", "--sample", "long-name", "--part", "html"))
+    body = message.get_body(("html",))
+    assert body is not None and body.get_content().replace("\r\n", "\n") == html
+
+
+def test_a_report_template_renders_its_report_samples(run: Cli) -> None:
+    out = ok(run("render", "usage-report", "--list"))
+    assert out.splitlines()[1].split()[:2] == ["month", "report-usage"]
+    assert ok(run("render", "usage-report", "--sample", "empty-month", "--part", "text"))
+
+
+def test_an_edited_template_renders_from_the_directory_given(run: Cli, tmp_path: Path) -> None:
+    templates = copied_templates(tmp_path)
+    body = templates / "low-balance" / "body.txt"
+    body.write_text("EDITED {{ account.name }}\n" + body.read_text())
+    out = ok(run("render", "low-balance", "--templates", str(templates)))
+    assert out.startswith("EDITED Acme Messaging Ltd\n")
+    out = ok(run("render", "low-balance", env={"BALANCEWATCH_TEMPLATES_DIR": str(templates)}))
+    assert out.startswith("EDITED Acme Messaging Ltd\n")
+
+
+def test_a_template_error_is_one_line_naming_its_file_and_line(run: Cli, tmp_path: Path) -> None:
+    templates = copied_templates(tmp_path)
+    (templates / "low-balance" / "body.txt").write_text("Hello\n{{ account.name | nosuchfilter }}\n")
+    result = run("render", "low-balance", "--templates", str(templates))
+    assert result.code == 1 and result.out == ""
+    [line] = result.err.splitlines()
+    assert line.startswith(f"{templates}/low-balance/body.txt:2:") and "nosuchfilter" in line
+
+
+def test_a_template_no_rule_uses_is_offered_the_kinds_it_renders_for(run: Cli, tmp_path: Path) -> None:
+    templates = copied_templates(tmp_path)
+    shutil.copytree(templates / "usage-report", templates / "my-report")
+    out = ok(run("render", "my-report", "--list", "--templates", str(templates)))
+    assert {line.split()[1] for line in out.splitlines()[1:]} == {"report-usage"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["nosuch"], "no template 'nosuch' in "),
+        (
+            ["low-balance", "--sample", "nosuch"],
+            "no sample 'nosuch' for template 'low-balance'; samples: crossed,",
+        ),
+        (["low-balance", "--kind", "nosuch"], "no kind 'nosuch'; kinds: alert,"),
+    ],
+)
+def test_what_is_not_there_is_one_line_saying_what_there_is(
+    run: Cli, argv: list[str], complaint: str
+) -> None:
+    result: Result = run("render", *argv)
+    assert result.code == 1 and result.out == ""
+    [line] = result.err.splitlines()
+    assert line.startswith(f"balancewatch render: {complaint}")
