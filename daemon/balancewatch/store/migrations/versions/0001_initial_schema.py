@@ -26,6 +26,7 @@ ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    # Data-only: the first schema, one create_table per table as it shipped, long by nature.
     op.create_table(
         "account",
         sa.Column("id", sa.String(64), nullable=False),
