@@ -71,11 +71,23 @@ def register(commands: Any) -> None:
         help="a complete local run on SQLite with simulated usage",
         description="Creates (or resets) DIR with a SQLite database of about 50 "
         "accounts, simulates several days of usage on an accelerated "
-        "clock through the real pipeline (alerts and every shipped report), "
-        "and writes the emails to DIR/mail/*.eml with DIR/mail/index.html listing them.",
+        "clock through the real pipeline (alerts and every report), "
+        "and writes the emails to DIR/mail/*.eml with DIR/mail/index.html listing them. "
+        "The rules, templates and settings are those `run` would use (--config, "
+        "$BALANCEWATCH_CONFIG, ./config.yaml or /etc/balancewatch/config.yaml, and "
+        "BALANCEWATCH_* variables; with none, the shipped rules and templates), except that "
+        "the database is always DIR's own and mail is always written to files: the configured "
+        "database, SMTP server and top-up hook are never used. Rules or templates with "
+        "problems are listed as `check` lists them, and the demo exits 1.",
     )
     demo.add_argument("--dir", type=Path, default=Path("balancewatch-demo"), help="(default: %(default)s)")
-    demo.add_argument("--days", type=int, default=10, help="simulated days (default: %(default)s)")
+    demo.add_argument(
+        "--days",
+        type=_positive,
+        default=10,
+        help="simulated days (default: %(default)s); --days 1 runs in a few seconds, "
+        "enough to see an edited alert template",
+    )
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: %(default)s)")
     demo.set_defaults(handler=cmd_demo)
 
@@ -258,12 +270,31 @@ def cmd_config_show(ctx: Ctx) -> int:
 
 
 def cmd_demo(ctx: Ctx) -> int:
+    """The demo on the settings `run` would use; their problems as `check` lists them, exit 1."""
     from balancewatch.tools.demo import run_demo
 
     args: argparse.Namespace = ctx.args
+    try:
+        settings = ctx.settings
+    except ProblemsError as exc:
+        return report_problems(ctx, exc, "demo not run: the config has problems")
     if not args.log_level:
         # One line per email would bury the summary; the outbox and index.html have them all.
         logging.getLogger().setLevel(logging.WARNING)
-    summary = run_demo(args.dir, days=args.days, seed=args.seed)
+    try:
+        summary = run_demo(args.dir, days=args.days, seed=args.seed, settings=settings)
+    except ProblemsError as exc:
+        return report_problems(ctx, exc, "demo not run: the rules or templates have problems")
     ctx.say(summary.text())
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
