@@ -5,14 +5,17 @@ from __future__ import annotations
 import email
 import email.policy
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from balancewatch.core import shipped
-from tests.test_cli import Cli, Result, base_env, ok, run
+from tests.helpers import account, all_states, outbox, post
+from tests.test_cli import Cli, Result, base_env, cli, ok, run
 
-__all__ = ["base_env", "run"]  # fixtures used by name
+__all__ = ["base_env", "cli", "run"]  # fixtures used by name
 
 
 def copied_templates(tmp_path: Path) -> Path:
@@ -101,3 +104,70 @@ def test_what_is_not_there_is_one_line_saying_what_there_is(
     assert result.code == 1 and result.out == ""
     [line] = result.err.splitlines()
     assert line.startswith(f"balancewatch render: {complaint}")
+
+
+# --- with a real account's data -------------------------------------------------------------------
+
+
+@pytest.fixture
+def acme(engine: Engine) -> datetime:
+    """Acme Ltd with $90.00 left after ten days of usage; return now."""
+    now = datetime.now(UTC)
+    account(engine, "acme", name="Acme Ltd")
+    post(engine, "acme", "USD", 50_000, now - timedelta(days=40))
+    for day in range(10, 0, -1):
+        post(engine, "acme", "USD", -4_100, now - timedelta(days=day))
+    return now
+
+
+def test_an_alert_renders_with_the_accounts_own_balance_and_figures(cli: Cli, acme: datetime) -> None:
+    subject = ok(cli("render", "low-balance", "--account", "acme", "--part", "subject"))
+    assert subject.startswith("Acme Ltd:") and "$90.00" in subject and "$100.00" in subject
+    text = ok(cli("render", "low-balance", "--account", "acme"))
+    assert "$410.00 over the last 30 days, an average of $13.67 a day" in text and "acme@owner.example" in ok(
+        cli("render", "low-balance", "--account", "acme", "--part", "eml")
+    )
+
+
+def test_a_healthy_balance_is_shown_as_just_below_its_highest_step(
+    cli: Cli, engine: Engine, acme: datetime
+) -> None:
+    post(engine, "acme", "USD", 1_000_000, acme)
+    listed = ok(cli("render", "low-balance", "--account", "acme", "--list"))
+    assert "default-ladder-usd" in listed and "placed just below its highest step" in listed
+    argv = (
+        "render",
+        "low-balance",
+        "--account",
+        "acme",
+        "--sample",
+        "default-ladder-usd",
+        "--part",
+        "subject",
+    )
+    assert "$249.99" in ok(cli(*argv))
+
+
+def test_a_report_renders_from_the_accounts_ledger(cli: Cli, engine: Engine) -> None:
+    now = datetime.now(UTC)
+    last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=10)
+    account(engine, "acme", name="Acme Ltd")
+    post(engine, "acme", "USD", 50_000, last_month - timedelta(days=5))
+    post(engine, "acme", "USD", -1_234, last_month)
+    text = ok(cli("render", "usage-report", "--account", "acme"))
+    assert "Acme Ltd" in text and "$12.34" in text
+
+
+def test_rendering_with_an_account_writes_nothing(cli: Cli, engine: Engine, acme: datetime) -> None:
+    ok(cli("render", "low-balance", "--account", "acme", "--part", "eml"))
+    ok(cli("render", "usage-report", "--account", "acme", "--part", "eml"))
+    assert outbox(engine) == [] and all_states(engine) == []
+
+
+def test_an_account_no_rule_sends_the_template_to_is_one_line(cli: Cli, acme: datetime) -> None:
+    result = cli("render", "low-balance", "--account", "nobody")
+    assert result.code == 1 and result.out == ""
+    assert result.err.splitlines() == [
+        "balancewatch render: no rule or report sends template 'low-balance' to account 'nobody' now: "
+        "no such account, no balance a rule using it selects, or no report using it goes to the account"
+    ]

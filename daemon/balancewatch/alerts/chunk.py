@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from balancewatch import outbox
 from balancewatch.alerts.context import alert_context, idem_key, topup_key
@@ -37,6 +37,7 @@ from balancewatch.render.templates import RenderError
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store import topup_requests as topups
 from balancewatch.store.db import is_postgres
+from balancewatch.store.tables import BALANCE_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -290,3 +291,72 @@ def _render(
         currency=subject.currency,
         step=decision.step.amount,
     )
+
+
+@dataclass(frozen=True)
+class Preview:
+    """An alert ``rule`` would send about one balance, with its template context; see ``would_send``."""
+
+    rule: CompiledRule
+    subject: Subject
+    decision: Decision
+    context: dict[str, object]
+    recipients: tuple[str, ...]
+    placed: bool  # the balance was above every step: shown as just below the highest one
+
+
+def would_send(conn: Connection, deciding: Deciding, rule: CompiledRule, account_id: str) -> list[Preview]:
+    """The first alert ``rule`` would send about each of ``account_id``'s balances, read only.
+
+    Decided as if no step had fired yet (the stored step states are not read
+    and nothing is written), with the account's real figures: usage, owner
+    preferences, subaccounts, unit prices. A balance above every step is shown
+    as it would be just below the highest step (``placed``). A balance the rule
+    does not select, or one without a step, gives nothing.
+    """
+    keys = [
+        (account_id, currency)
+        for (currency,) in conn.execute(
+            select(BALANCE_TABLE.c.currency).where(BALANCE_TABLE.c.account_id == account_id)
+        )
+    ]
+    out: list[Preview] = []
+    for step_set in rule.step_sets:
+        subjects = load_subjects(conn, rule, step_set, keys, lock=False)
+        chunk = _load_chunk(conn, deciding, rule, step_set, [s.key for s in subjects])
+        for subject in subjects:
+            preview = _first_alert(deciding, rule, step_set, subject, chunk)
+            if preview is not None:
+                out.append(preview)
+    return out
+
+
+def _first_alert(
+    deciding: Deciding, rule: CompiledRule, step_set: StepSet, subject: Subject, chunk: _Chunk
+) -> Preview | None:
+    prefs = chunk.prefs.get(subject.key)
+    steps = steps_for(rule, step_set, subject, chunk.adu, prefs) if step_set.dynamic else step_set.steps
+    if not steps:
+        return None
+    remind = remind_for(rule, step_set, prefs)
+    placed = False
+    decisions = decide(subject.amount, steps, {}, deciding.now, remind).decisions
+    if not decisions:
+        subject = replace(subject, amount=max(s.amount for s in steps) - 1)
+        decisions = decide(subject.amount, steps, {}, deciding.now, remind).decisions
+        placed = True
+    alerts = [d for d in decisions if d.kind is Kind.alert]
+    if not alerts:
+        return None
+    extras = _extras(deciding, chunk, subject, prefs)
+    defaults = deciding.settings.defaults
+    context = alert_context(
+        rule,
+        subject,
+        alerts[0],
+        deciding.now,
+        default_locale=defaults.locale,
+        default_timezone=defaults.timezone,
+        extras=extras,
+    )
+    return Preview(rule, subject, alerts[0], context, recipients(rule, subject, extras), placed)

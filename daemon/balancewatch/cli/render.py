@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from balancewatch.cli.common import CommandError, Ctx, table
+from balancewatch.tools.studio.accounts import AccountPreviewError, account_previews
 from balancewatch.tools.studio.catalogue import Catalogue, Preview
 
 PARTS = ("subject", "text", "html", "eml")
@@ -42,6 +43,11 @@ def register(commands: Any) -> None:
     cmd.add_argument("--sample", metavar="NAME", help="the sample to render with (default: the first)")
     cmd.add_argument("--kind", metavar="KIND", help="the kind of message, when the template has several uses")
     cmd.add_argument("--part", choices=PARTS, default="text", help="what to print (default: text)")
+    cmd.add_argument(
+        "--account",
+        metavar="ID",
+        help="render with this account's data from the configured database (read only)",
+    )
     cmd.add_argument("--list", action="store_true", help="list the template's samples and exit")
     cmd.add_argument(
         "--templates", metavar="DIR", help="the templates directory (default: the configured one)"
@@ -52,6 +58,8 @@ def register(commands: Any) -> None:
 def cmd_render(ctx: Ctx) -> int:
     args = ctx.args
     catalogue = Catalogue.load(ctx.settings, Path(args.templates) if args.templates else None)
+    if args.account is not None:
+        return _account(ctx, catalogue)
     if args.list:
         return _list(ctx, catalogue, args.template, args.kind)
     try:
@@ -59,6 +67,27 @@ def cmd_render(ctx: Ctx) -> int:
     except LookupError as exc:
         raise CommandError(str(exc)) from None
     return _print(ctx, catalogue.render(args.template, kind, sample), args.part)
+
+
+def _account(ctx: Ctx, catalogue: Catalogue) -> int:
+    """Render with the account's own data: ``--sample`` picks one of its messages by name."""
+    args = ctx.args
+    try:
+        catalogue.find(args.template, kind=args.kind)
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        previews = account_previews(catalogue, ctx.read_engine, args.template, args.account, ctx.now())
+    except AccountPreviewError as exc:
+        raise CommandError(str(exc)) from None
+    if args.list:
+        ctx.say(table([[p.sample, p.kind, p.title] for p in previews], ["MESSAGE", "KIND", "SHOWS"]))
+        return 0
+    chosen = [p for p in previews if args.sample in (None, p.sample)]
+    if not chosen:
+        have = ", ".join(p.sample for p in previews)
+        raise CommandError(f"no message {args.sample!r} for account {args.account!r}; messages: {have}")
+    return _print(ctx, chosen[0], args.part)
 
 
 def _list(ctx: Ctx, catalogue: Catalogue, template: str, kind: str | None) -> int:

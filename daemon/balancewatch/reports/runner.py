@@ -311,3 +311,38 @@ def _now_operators(job: SendJob, report: CompiledReport, run: ZoneRun, dry_run: 
         run.done += sending.build(job, report, run.period, [], operators=True)
         return
     sending.send_operators(job, report, run.period, job.now, ReportStats(), retry_failed=True, done=run.done)
+
+
+def would_send(
+    engine: Engine,
+    live: LiveSet,
+    settings: Settings,
+    report: CompiledReport,
+    now: datetime,
+    account_id: str,
+    *,
+    period: str = LAST,
+) -> list[compose.Prepared]:
+    """The report ``account_id`` would get for the period ``period`` names (default: the last
+    complete one), built and rendered with ``live``'s templates, read only: nothing is claimed
+    or recorded, and a report already sent for that period is built again. An operators' report
+    (low-balance) is the one over all its accounts. Raises RunError when the account does not
+    get ``report``."""
+    job = SendJob(engine, live, settings, now, "preview")
+    if report.contents == "low-balance":
+        zone = report.timezone if report.timezone != "account" else settings.defaults.timezone
+        targets: list[tuple[str, list[Any]]] = [(zone, [])]
+    else:
+        targets = _targets(job, report, account_id)
+    out: list[compose.Prepared] = []
+    for zone, conditions in targets:
+        try:
+            chosen = parse_period(period, report.period, zone, now)
+        except PeriodError as exc:
+            raise RunError(str(exc)) from None
+        if report.contents == "low-balance":
+            out += sending.build(job, report, chosen, [], operators=True)
+            continue
+        for batch in accts.batches(engine, report, conditions, settings, 1):
+            out += sending.build(job, report, chosen, batch)
+    return out

@@ -31,7 +31,9 @@ from balancewatch.render.templates import (
     TemplateSet,
     read_template_files,
 )
+from balancewatch.rules.compiled import CompiledRule
 from balancewatch.rules.loader import check_files, read_files, rule_files
+from balancewatch.rules.reports import CompiledReport
 from balancewatch.runtime.loadset import SAMPLES, template_uses
 
 PREVIEW_NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)  # the Date header of previews: stable output
@@ -66,6 +68,8 @@ class Catalogue:
     settings: Settings
     problems: tuple[Problem, ...] = ()  # the templates' syntax errors and missing parts
     rule_problems: tuple[Problem, ...] = field(default=())
+    rules: tuple[CompiledRule, ...] = ()  # the configured rules that compile
+    reports: tuple[CompiledReport, ...] = ()
 
     @classmethod
     def load(cls, settings: Settings, templates_dir: Path | None = None) -> Catalogue:
@@ -75,9 +79,10 @@ class Catalogue:
         directory = templates_dir or settings.templates_dir
         templates = TemplateSet(read_template_files(directory), directory, settings.render.budget())
         problems = tuple(templates.compile_problems())
-        rule_uses, rule_problems = _rule_uses(settings.rules_dir)
+        rules, reports, rule_problems = _configured(settings.rules_dir)
+        rule_uses = template_uses(rules, reports)
         uses = {name: _kinds(name, rule_uses.get(name), templates) for name in sorted(templates.names)}
-        return cls(templates, uses, settings, problems, tuple(rule_problems))
+        return cls(templates, uses, settings, problems, tuple(rule_problems), tuple(rules), tuple(reports))
 
     @property
     def names(self) -> list[str]:
@@ -130,7 +135,15 @@ class Catalogue:
             rendered = self.templates.render(template, context)
         except RenderError as exc:
             return Preview(template, kind, name, title, problem=exc.problem)
-        to = tuple(recipients) or (_owner(context) or FALLBACK_RECIPIENT,)
+        return self.message(
+            template, kind, name, title, rendered, tuple(recipients) or (_owner(context) or "",)
+        )
+
+    def message(
+        self, template: str, kind: str, name: str, title: str, rendered: Rendered, recipients: Sequence[str]
+    ) -> Preview:
+        """The preview of a message already rendered, as it would go to ``recipients``."""
+        to = tuple(r for r in recipients if r) or (FALLBACK_RECIPIENT,)
         try:
             envelope = _envelope(self.settings, f"preview/{template}/{kind}/{name}", rendered, to)
         except TransportError as exc:
@@ -162,14 +175,13 @@ def _owner(context: Mapping[str, object]) -> str | None:
     return None
 
 
-def _rule_uses(rules_dir: Path) -> tuple[dict[str, set[str]], list[Problem]]:
-    """What the rules that compile use each template for, and the problems of the rest."""
+def _configured(rules_dir: Path) -> tuple[list[CompiledRule], list[CompiledReport], list[Problem]]:
+    """The rules and reports of ``rules_dir`` that compile, and the problems of the rest."""
     try:
         files = read_files(rule_files(rules_dir))
     except ProblemsError as exc:
-        return {}, list(exc.problems)
-    rules, reports, problems = check_files(files)
-    return template_uses(rules, reports), problems
+        return [], [], list(exc.problems)
+    return check_files(files)
 
 
 def _kinds(name: str, used_for: set[str] | None, templates: TemplateSet) -> tuple[str, ...]:
