@@ -66,6 +66,15 @@ def register(commands: Any) -> None:
     send.add_argument("--to", required=True, metavar="ADDR", help="recipient address")
     send.set_defaults(handler=cmd_send_test)
 
+    _register_demo(commands)
+
+    config = commands.add_parser("config", help="show the effective configuration")
+    config_cmds = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_cmds.add_parser("show", help="print the settings in effect, secrets masked")
+    show.set_defaults(handler=cmd_config_show)
+
+
+def _register_demo(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="a complete local run on SQLite with simulated usage",
@@ -90,11 +99,6 @@ def register(commands: Any) -> None:
     )
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: %(default)s)")
     demo.set_defaults(handler=cmd_demo)
-
-    config = commands.add_parser("config", help="show the effective configuration")
-    config_cmds = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    show = config_cmds.add_parser("show", help="print the settings in effect, secrets masked")
-    show.set_defaults(handler=cmd_config_show)
 
 
 def cmd_check(ctx: Ctx) -> int:
