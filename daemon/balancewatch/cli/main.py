@@ -17,6 +17,7 @@ from balancewatch.cli import (
     outbox,
     plan,
     prefs,
+    preview,
     recommend,
     render,
     report,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.register(commands)
     recommend.register(commands)
     render.register(commands)
+    preview.register(commands)
     unit.register(commands)
     return parser
 

@@ -1,0 +1,194 @@
+"""The catalogue a preview serves, kept in step with the files, and the clients told of each change.
+
+A ``Studio`` holds the latest ``Snapshot``: a ``Catalogue`` (itself an immutable snapshot of the
+templates directory) and its generation number. A watchdog ``Observer`` on the templates
+directory (and the rules directory, which says what each template is used for) wakes a debounce
+thread; once the files have been quiet for ``debounce`` seconds it loads a new catalogue and
+swaps the snapshot in one assignment, so a request always sees one whole catalogue, never a mix.
+A directory that cannot be read keeps the previous catalogue on show with the reason beside it.
+
+``Changes`` carries the generation from that thread to the event streams of the web server,
+which wait on it in their event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from balancewatch.config import Settings
+from balancewatch.core.problems import Problem, ProblemsError
+from balancewatch.runtime.reload import WRITE_EVENTS, _Events
+from balancewatch.tools.studio.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE = 0.12  # seconds of quiet after a file event: an editor's save is several events
+
+
+class Changes:
+    """A generation number that one thread advances and any number of asyncio tasks wait on.
+
+    ``publish`` and ``close`` may be called from any thread (or a signal handler); ``wait`` runs
+    in an event loop. Once closed, every wait returns at once: the streams end, so a server
+    shutting down never waits for a client."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._closed = False
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def publish(self) -> int:
+        """Advance the generation and wake every waiter; returns the new generation."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        self._wake()
+        return generation
+
+    def close(self) -> None:
+        """Wake every waiter for good: the server is stopping."""
+        with self._lock:
+            self._closed = True
+        self._wake()
+
+    async def wait(self, seen: int, timeout: float) -> int:
+        """The generation, once it differs from ``seen``, the changes are closed, or ``timeout``
+        seconds passed (then it is still ``seen``)."""
+        key = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if self._generation != seen or self._closed:
+                return self._generation
+            self._waiters.add(key)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(key[1].wait(), timeout)
+        finally:
+            with self._lock:
+                self._waiters.discard(key)
+        return self._generation
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            # A loop already closed has no waiter left to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the preview shows: ``catalogue`` as of ``generation``. ``stale`` says why the files
+    as they are now could not be loaded (the catalogue shown is then the last one that could)."""
+
+    catalogue: Catalogue
+    generation: int
+    stale: tuple[Problem, ...] = ()
+
+
+class Studio:
+    """The snapshot being served, reloaded after every change to the files.
+
+    The first catalogue is loaded by the constructor (raising ProblemsError when the templates
+    directory cannot be read); ``start`` begins watching, ``stop`` ends the watch and closes
+    ``changes``. ``clients`` counts the event streams open (kept by the web server)."""
+
+    def __init__(self, settings: Settings, templates_dir: Path | None = None, *, debounce: float = DEBOUNCE):
+        self.settings = settings
+        self.templates_dir = (templates_dir or settings.templates_dir).resolve()
+        self.debounce = debounce
+        self.changes = Changes()
+        self.clients = 0
+        self._snapshot = Snapshot(Catalogue.load(settings, self.templates_dir), 0)
+        self._loading = threading.Lock()  # one load and swap at a time
+        self._wake = threading.Condition()
+        self._due: float | None = None
+        self._stopping = False
+        self._observer: BaseObserver | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def start(self) -> None:
+        """Watch the templates (and rules) directories and reload after each change."""
+        observer = Observer()
+        observer.daemon = True
+        handler = _Events(self._on_event)
+        for directory in dict.fromkeys((self.templates_dir, self.settings.rules_dir.resolve())):
+            try:
+                observer.schedule(handler, str(directory), recursive=True, event_filter=WRITE_EVENTS)
+            except OSError as exc:  # missing, or inotify limits: the preview still serves
+                log.warning("cannot watch %s (%s): reload the page after editing", directory, exc)
+        observer.start()
+        self._observer = observer
+        self._thread = threading.Thread(target=self._loop, name="preview-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching and end every event stream; a load in progress finishes first."""
+        self.changes.close()
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def reload(self) -> Snapshot:
+        """Load the files as they are now, swap the snapshot and tell the clients."""
+        with self._loading:
+            return self._reload()
+
+    def _reload(self) -> Snapshot:
+        try:
+            catalogue = Catalogue.load(self.settings, self.templates_dir)
+            stale: tuple[Problem, ...] = ()
+        except ProblemsError as exc:
+            catalogue, stale = self._snapshot.catalogue, tuple(exc.problems)
+        except Exception as exc:  # a bug in a load must not end live reload for the session
+            log.exception("loading %s failed", self.templates_dir)
+            catalogue = self._snapshot.catalogue
+            stale = (Problem(str(self.templates_dir), 0, "", f"internal error while loading: {exc!r}"),)
+        # The generation is published after the swap: a client told of it fetches the new one.
+        self._snapshot = Snapshot(catalogue, self.changes.generation + 1, stale)
+        self.changes.publish()
+        return self._snapshot
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        log.debug("file event: %s %s", event.event_type, event.src_path)
+        with self._wake:
+            self._due = time.monotonic() + self.debounce
+            self._wake.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and (self._due is None or time.monotonic() < self._due):
+                    self._wake.wait(None if self._due is None else self._due - time.monotonic())
+                if self._stopping:
+                    return
+                self._due = None
+            self.reload()

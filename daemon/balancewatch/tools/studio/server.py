@@ -1,0 +1,194 @@
+"""The live preview web server: every template rendered with every sample, in a browser.
+
+Routes (all GET, nothing sends or writes anything):
+
+- ``/``: the index of templates, kinds and samples, with the problems of the files;
+- ``/m/TEMPLATE/KIND/SAMPLE``: one message (headers, size, HTML at 600 and 390 px, text);
+- ``/raw/...``: that message's HTML part alone, sandboxed (the frames of the message view);
+- ``/eml/...``: the whole message as the mail server would receive it;
+- ``/events``: server-sent events, one ``catalogue`` event with the generation now live on
+  connecting and after each change of the files;
+- ``/-/healthy``: 200 once serving; ``/-/status``: the generation and the open streams (JSON).
+
+Renders run in a worker thread: a slow template (bounded by the render budget) holds that
+thread, never the event loop that serves the other pages and the event streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from balancewatch.tools.studio.catalogue import Preview
+from balancewatch.tools.studio.live import Studio
+from balancewatch.tools.studio.pages import PAGE_POLICY, RAW_POLICY, index_page, message_page, missing_page
+
+KEEPALIVE = 15.0  # seconds between comments on an idle event stream: a gone client is noticed
+RETRY_MS = 1000  # how soon a browser reconnects a dropped event stream
+GRACE = 3  # seconds uvicorn waits for open connections at shutdown before cancelling them
+
+_PAGE_HEADERS = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-store"}
+
+
+def create_app(studio: Studio) -> Starlette:
+    """The preview's web app, serving ``studio``'s latest snapshot on every request."""
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(index_page(studio.snapshot), headers=_PAGE_HEADERS)
+
+    async def message(request: Request) -> Response:
+        found = await _render(studio, request)
+        if isinstance(found, Response):
+            return found
+        return HTMLResponse(message_page(studio.snapshot, found), headers=_PAGE_HEADERS)
+
+    async def raw(request: Request) -> Response:
+        found = await _render(studio, request)
+        if isinstance(found, Response):
+            return found
+        headers = {"Content-Security-Policy": RAW_POLICY, "Cache-Control": "no-store"}
+        if found.rendered is None or found.rendered.html is None:
+            reason = str(found.problem) if found.problem else "this template has no HTML part (body.html)"
+            return PlainTextResponse(reason, headers=headers)
+        return HTMLResponse(found.rendered.html, headers=headers)
+
+    async def eml(request: Request) -> Response:
+        found = await _render(studio, request)
+        if isinstance(found, Response):
+            return found
+        if found.message is None:
+            return PlainTextResponse(str(found.problem), status_code=422)
+        name = f"{found.template}-{found.sample}.eml"
+        return Response(
+            found.message.as_bytes(),
+            media_type="message/rfc822",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    async def events(request: Request) -> Response:
+        return StreamingResponse(
+            _stream(studio),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def healthy(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def status(request: Request) -> Response:
+        snapshot = studio.snapshot
+        return JSONResponse(
+            {
+                "generation": snapshot.generation,
+                "clients": studio.clients,
+                "templates": str(snapshot.catalogue.templates.directory),
+                "stale": [str(p) for p in snapshot.stale],
+            }
+        )
+
+    path = "/{template}/{kind}/{sample}"
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/m" + path, message),
+            Route("/raw" + path, raw),
+            Route("/eml" + path, eml),
+            Route("/events", events),
+            Route("/-/healthy", healthy),
+            Route("/-/status", status),
+        ]
+    )
+
+
+async def _render(studio: Studio, request: Request) -> Preview | Response:
+    """The preview a message URL names, or a 404 page saying what there is."""
+    snapshot = studio.snapshot
+    template, kind, sample = (request.path_params[k] for k in ("template", "kind", "sample"))
+    catalogue = snapshot.catalogue
+    try:
+        found_kind, found = catalogue.find(template, sample, kind)
+        if found_kind not in catalogue.uses[template]:
+            raise LookupError(f"template {template!r} is not used for {kind!r}")
+    except LookupError as exc:
+        return HTMLResponse(missing_page(snapshot, str(exc)), status_code=404, headers=_PAGE_HEADERS)
+    return await run_in_threadpool(catalogue.render, template, found_kind, found)
+
+
+async def _stream(studio: Studio) -> AsyncIterator[str]:
+    """One client's events until it goes (Starlette cancels this on disconnect) or the server
+    stops (``studio.changes`` is closed)."""
+    studio.clients += 1  # only the event loop's thread counts: no lock needed
+    try:
+        seen = studio.snapshot.generation
+        yield f"retry: {RETRY_MS}\nevent: catalogue\ndata: {seen}\n\n"
+        while not studio.changes.closed:
+            now = await studio.changes.wait(seen, KEEPALIVE)
+            if studio.changes.closed:
+                break
+            if now == seen:
+                yield ": keepalive\n\n"
+                continue
+            seen = studio.snapshot.generation
+            yield f"event: catalogue\ndata: {seen}\n\n"
+    finally:
+        studio.clients -= 1
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one). Raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=64)
+
+
+class PreviewServer(uvicorn.Server):
+    """uvicorn's server for the preview, stopped by ``stop()`` from any thread or, while
+    ``run`` is in the main thread, by SIGINT or SIGTERM.
+
+    Stopping ends the open event streams first (``studio.changes`` is closed), so shutdown never
+    waits on a browser tab; ``GRACE`` bounds it anyway. Unlike plain uvicorn, a signal is not
+    raised again after the shutdown: the command exits 0 when stopped as asked."""
+
+    def __init__(self, studio: Studio) -> None:
+        config = uvicorn.Config(
+            create_app(studio),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            http="h11",
+            loop="asyncio",
+            timeout_graceful_shutdown=GRACE,
+        )
+        super().__init__(config)
+        self.studio = studio
+
+    def stop(self) -> None:
+        self.studio.changes.close()
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for anything
+        self.stop()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only; whoever runs us there calls stop()
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
