@@ -3,12 +3,14 @@ controls reaching a header raw."""
 
 from __future__ import annotations
 
-import email.policy
-from collections.abc import Mapping
+import base64
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import format_datetime
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -16,7 +18,73 @@ from balancewatch.deliver.errors import TransportError
 from balancewatch.outbox import Claimed
 from balancewatch.render.templates import one_line
 
-POLICY = email.policy.SMTP
+# RFC 5322's limit on a header line, CRLF excluded.
+_MAX_LINE = 998
+_ENCODED = "=?utf-8?b?{}?="
+
+
+def subject_field(subject: str, linesep: str = "\r\n") -> str:
+    """The Subject header field for ``subject`` (one line, as ``one_line`` makes it), so that
+    every reader decodes exactly ``subject``: Python's ``email.policy.default`` and ``compat32``
+    parsers (with ``decode_header``) and mail clients alike.
+
+    Python's own folding may leave a space at the end of a line before an encoded-word, which
+    the default parser then reads as a second space ("0,20  €"), and folds a long ASCII subject
+    at a space that a ``compat32`` reader gets as a line break and a leading space. Instead:
+    an ASCII subject is written as it is on one line (up to 998 characters are allowed; subjects
+    are at most 250); any other is written wholly as UTF-8 encoded-words, one per line, each
+    holding whole characters, spaces included, so no whitespace between them is part of the
+    text (RFC 2047, 6.2)."""
+    head = "Subject: "
+    if subject.isascii() and "=?" not in subject and len(head) + len(subject) <= _MAX_LINE:
+        return head + subject + linesep
+    words = [_ENCODED.format(base64.b64encode(part).decode("ascii")) for part in _utf8_parts(subject)]
+    return head + (linesep + " ").join(words) + linesep
+
+
+def _utf8_parts(text: str) -> Iterator[bytes]:
+    """``text`` in UTF-8, cut between characters into pieces whose encoded-word, after the
+    ``Subject: `` it may follow, fits a line of 76 characters."""
+    # RFC 2047 allows 76 characters on a line holding an encoded-word: after "Subject: " and
+    # "=?utf-8?b??=", 55 for base64, 41 bytes. 39, a multiple of three, pads only the last piece.
+    most = 39
+    part = b""
+    for char in text:
+        encoded = char.encode("utf-8")
+        if len(part) + len(encoded) > most:
+            yield part
+            part = b""
+        part += encoded
+    if part or not text:
+        yield part
+
+
+class _Policy(EmailPolicy):
+    """``email.policy.SMTP`` with the Subject kept as the text given (the header registry would
+    decode anything in it that looks like an encoded-word) and written by :func:`subject_field`."""
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        if name.lower() == "subject" and isinstance(value, str):
+            return name, value
+        return super().header_store_parse(name, value)
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if name.lower() == "subject" and not hasattr(value, "name"):
+            return value
+        return super().header_fetch_parse(name, value)
+
+    def fold(self, name: str, value: Any) -> str:
+        if name.lower() == "subject":
+            return subject_field(str(value), self.linesep)
+        return str(super().fold(name, value))
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() == "subject":
+            return subject_field(str(value), self.linesep).encode("ascii")
+        return bytes(super().fold_binary(name, value))
+
+
+POLICY = _Policy(linesep="\r\n")  # as email.policy.SMTP
 
 
 @dataclass(frozen=True, slots=True)
