@@ -648,15 +648,19 @@ def test_the_low_balance_report_lists_every_balance_below_a_fired_step_most_urge
         )
         for r in b.context["balances"]
     ]
+    # Used up first, then by the share of the step left (e 10%, d 40%, a 50%, b 60% of its $5
+    # step, f 80%), then the balance whose only step follows usage.
     assert rows == [
         ("c", -20, 50, Decimal("0.0")),
-        ("b", 300, 200, Decimal("1.5")),
-        ("a", 500, 100, Decimal("5.0")),
-        ("h", 5_000, 1_000, Decimal("5.0")),
         ("e", 100, None, None),
         ("d", 400, None, None),
+        ("a", 500, 100, Decimal("5.0")),
+        ("b", 300, 200, Decimal("1.5")),
         ("f", 800, None, None),
+        ("h", 5_000, 1_000, Decimal("5.0")),
     ]
+    left = {r["account"]["id"]: r["step_left_percent"] for r in b.context["balances"]}
+    assert left == {"c": 0, "e": 10, "d": 40, "a": 50, "b": 60, "f": 80, "h": None}
     steps = {r["account"]["id"]: (r["step"], r["follows_usage"], r["rules"]) for r in b.context["balances"]}
     assert steps["c"] == (usd(0), False, ["ladder"])
     assert steps["b"] == (usd(500), False, ["ladder"])
@@ -671,6 +675,7 @@ def test_the_low_balance_report_lists_every_balance_below_a_fired_step_most_urge
         "adu": "0.50",
         "runway_days": "0.0",
         "step": "0.00",
+        "step_left_percent": "0",
         "rules": "ladder",
         "fired_at": "2026-03-31T06:00:00+00:00",
     }
@@ -681,7 +686,7 @@ def test_the_low_balance_report_counts_only_the_rules_it_is_given_and_the_accoun
 ) -> None:
     now = Period("now", APRIL_1, APRIL_1, "UTC", "now")
     [b] = built(engine, report("low-balance"), [], now, settings, rule_ids=["ladder", "recommended"])
-    assert [r["account"]["id"] for r in b.context["balances"]] == ["c", "b", "a", "h", "e", "d"]
+    assert [r["account"]["id"] for r in b.context["balances"]] == ["c", "e", "d", "a", "b", "h"]
     [only] = built(engine, report("low-balance", accounts={"ids": ["a", "g"]}), [], now, settings)
     assert [r["account"]["id"] for r in only.context["balances"]] == ["a"]
     [none] = built(engine, report("low-balance"), [], now, settings, rule_ids=[])

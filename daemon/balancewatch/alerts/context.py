@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from balancewatch.config import EmailSettings
 from balancewatch.evaluate.decide import Decision, Kind
 from balancewatch.evaluate.load import Subject
 from balancewatch.evaluate.services import Credit, LedgerPrice, SubaccountUsage
@@ -114,12 +115,13 @@ def alert_context(
     default_locale: str,
     default_timezone: str,
     extras: Extras | None = None,
+    email: EmailSettings | None = None,
 ) -> dict[str, Any]:
     """Everything an alert, reminder or restored template may use; see docs/templates.md.
 
     The keys every balance email has come from :func:`balance_context` (the account's locale
-    and timezone made safe there); this adds ``messages_left``, ``subaccounts``, ``credits``
-    and ``alert``.
+    and timezone made safe there, ``email`` from the ``email:`` settings given, else their
+    defaults); this adds ``messages_left``, ``subaccounts``, ``credits`` and ``alert``.
     """
     extras = extras or Extras()
     context = balance_context(
@@ -130,6 +132,7 @@ def alert_context(
         extras,
         default_locale=default_locale,
         default_timezone=default_timezone,
+        email=email,
     )
     currency = context["currency"]
     money = money_in(currency)

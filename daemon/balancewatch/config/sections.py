@@ -89,6 +89,30 @@ class DefaultsSettings(_Section):
     locale: Locale = "en_US"
 
 
+class EmailSettings(_Section):
+    """What recipients see about who sends the emails: the shipped templates sign with
+    ``product_name`` and end with ``footer``; both empty by default, so an email names neither
+    balancewatch nor a rule (docs/templates.md, "The footer")."""
+
+    # The sender's name as recipients know it ("Acme Messaging"); one line.
+    product_name: str = Field(default="", max_length=100)
+    # Small print at the end of every email (support address, legal line); plain text, lines kept.
+    footer: str = Field(default="", max_length=2000)
+
+    @field_validator("product_name")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if any(c in value for c in "\r\n\x0b\x0c\x85\u2028\u2029"):
+            raise ValueError("write the product name on one line")
+        return value.strip()
+
+    @field_validator("footer")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        # A YAML block scalar (footer: |) ends with a line break; the templates add their own.
+        return "\n".join(line.rstrip() for line in value.strip().splitlines())
+
+
 class UsageSettings(_Section):
     """Average daily usage: the window emails and recommendations use, and how it is kept."""
 

@@ -24,6 +24,7 @@ from balancewatch.config.sections import (
     DatabaseSettings,
     DefaultsSettings,
     DeliverySettings,
+    EmailSettings,
     FilesSettings,
     LogSettings,
     MetricsSettings,
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     files: FilesSettings = FilesSettings()
     delivery: DeliverySettings = DeliverySettings()
     defaults: DefaultsSettings = DefaultsSettings()
+    email: EmailSettings = EmailSettings()
     usage: UsageSettings = UsageSettings()
     # Unit prices per currency and service (major units), for "messages left"; see config.example.yaml.
     prices: dict[PriceCurrency, dict[Service, Price]] = Field(default_factory=dict)

@@ -19,10 +19,12 @@ from typing import Any
 
 from babel.numbers import format_currency
 
+from balancewatch.config import EmailSettings
 from balancewatch.core.money import Money
 from balancewatch.evaluate.load import Subject
 from balancewatch.evaluate.services import Credit, LedgerPrice, SubaccountUsage, messages_left
 from balancewatch.evaluate.usage import NONE, OK, SHORT, Figures
+from balancewatch.render.filters import plain_spaces
 from balancewatch.rules.compiled import CompiledRule
 
 # The moment every invented sample context is made at.
@@ -151,6 +153,13 @@ def account_context(
     return {"id": account_id, "name": name, "owner_email": owner_email, **platform, "labels": dict(labels)}
 
 
+def email_context(email: EmailSettings | None = None) -> dict[str, str]:
+    """The ``email`` key every message's context has: the ``email:`` settings, what the operator
+    wants recipients to see about who sends it (``product_name``, ``footer``; "" when not set)."""
+    email = email or EmailSettings()
+    return {"product_name": email.product_name, "footer": email.footer}
+
+
 def balance_context(
     subject: Subject,
     now: datetime,
@@ -160,13 +169,17 @@ def balance_context(
     *,
     default_locale: str,
     default_timezone: str,
+    email: EmailSettings | None = None,
 ) -> dict[str, Any]:
     """The keys every email about one balance has (alerts, restored notices, top-up failures):
-    ``locale``, ``timezone``, ``now``, ``account``, ``currency``, ``balance``, ``rule`` and ``usage``.
+    ``locale``, ``timezone``, ``now``, ``email``, ``account``, ``currency``, ``balance``, ``rule``
+    and ``usage``.
 
     ``locale`` and ``timezone`` are the account's when Babel and zoneinfo know them, else the
     defaults (with a warning once per account): a value the billing platform wrote never keeps
-    the email from rendering.
+    the email from rendering. ``rule`` is there for templates that want it; the shipped ones
+    show recipients no rule id or description. ``email`` is :func:`email_context` of ``email``
+    (the defaults when None).
     """
     currency = subject.checked_currency()
     return {
@@ -174,6 +187,7 @@ def balance_context(
         "locale": subject.locale_or(default_locale),
         "timezone": subject.timezone_or(default_timezone),
         "now": now,
+        "email": email_context(email),
         "account": account_context(
             subject.account_id,
             subject.name,
@@ -202,8 +216,9 @@ def _days(span: timedelta) -> Decimal:
 
 @lru_cache(maxsize=4096)
 def format_price(price: Decimal, currency: str, locale: str) -> str:
-    """A unit price in ``locale`` with every decimal it has: ``$0.0075``, ``₹0.25``."""
-    return format_currency(price, currency, locale=locale, decimal_quantization=False)
+    """A unit price in ``locale`` with every decimal it has: ``$0.0075``, ``₹0.25``; spaced as
+    the ``money`` filter spaces amounts (no narrow no-break space)."""
+    return plain_spaces(format_currency(price, currency, locale=locale, decimal_quantization=False))
 
 
 def messages_left_context(extras: Extras, balance: int, currency: str, locale: str) -> list[dict[str, Any]]:

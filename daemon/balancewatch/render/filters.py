@@ -35,6 +35,17 @@ MAX_SUBJECT = 250
 TEMPLATE_NAMES_HINT = "a template is a directory holding subject.txt, body.txt and optionally body.html"
 _TEXT_SUFFIXES = (".txt", ".html", ".htm")
 
+# CLDR puts a narrow no-break space (U+202F) before AM/PM (en_US "8:00:00 AM") and between digit
+# groups (fr_FR "1 234,50 €"); many fonts mail clients use have no glyph for it and show
+# "8:00:00AM" or a box. The no-break space (U+00A0) every font has keeps the parts together as well.
+_NARROW_NO_BREAK = str.maketrans({"\u202f": "\u00a0"})
+
+
+def plain_spaces(text: str) -> str:
+    """``text`` with each narrow no-break space (U+202F) made a no-break space (U+00A0): what
+    every date, time, number and amount formatted for an email goes through."""
+    return text.translate(_NARROW_NO_BREAK)
+
 
 # --- Jinja's filters that can make a large value in one step, checked first ---------------------------
 
@@ -144,7 +155,7 @@ def _money(ctx: Context, value: Money) -> str:
         value._fail_with_undefined_error()  # "'typo' is undefined", not a type complaint
     if not isinstance(value, Money):
         raise TypeError(f"money filter needs an amount with its currency, not {type(value).__name__}")
-    return format_money(value.minor, value.currency, _locale(ctx))
+    return plain_spaces(format_money(value.minor, value.currency, _locale(ctx)))
 
 
 @pass_context
@@ -156,13 +167,13 @@ def _datetime(ctx: Context, value: datetime, fmt: str = "medium") -> str:
 # Babel's formatting is the costly part of rendering an email.
 @lru_cache(maxsize=4096)
 def _format_datetime(value: datetime, fmt: str, tz: str, locale: str) -> str:
-    return format_datetime(value, fmt, tzinfo=_zone(tz), locale=locale)
+    return plain_spaces(format_datetime(value, fmt, tzinfo=_zone(tz), locale=locale))
 
 
 @pass_context
 def _date(ctx: Context, value: datetime, fmt: str = "medium") -> str:
     local = value.astimezone(_zone(_tz(ctx))) if isinstance(value, datetime) else value
-    return format_date(local, fmt, locale=_locale(ctx))
+    return plain_spaces(format_date(local, fmt, locale=_locale(ctx)))
 
 
 @pass_context
@@ -170,19 +181,19 @@ def _skeleton(ctx: Context, value: datetime | date, skeleton: str) -> str:
     # A skeleton names the fields ("MMMd": month and day), the locale orders and spells
     # them: "Mar 2", "2 Mar", "2. März", "3月2日".
     if isinstance(value, datetime):
-        return format_skeleton(skeleton, value, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx))
+        return plain_spaces(format_skeleton(skeleton, value, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx)))
     noon = datetime(value.year, value.month, value.day, 12)  # a calendar day: no zone to convert
-    return format_skeleton(skeleton, noon, locale=_locale(ctx))
+    return plain_spaces(format_skeleton(skeleton, noon, locale=_locale(ctx)))
 
 
 @pass_context
 def _time(ctx: Context, value: datetime, fmt: str = "short") -> str:
-    return format_time(value, fmt, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx))
+    return plain_spaces(format_time(value, fmt, tzinfo=_zone(_tz(ctx)), locale=_locale(ctx)))
 
 
 @pass_context
 def _number(ctx: Context, value: Any) -> str:
-    return format_decimal(value, locale=_locale(ctx))
+    return plain_spaces(format_decimal(value, locale=_locale(ctx)))
 
 
 def _duration(value: timedelta) -> str:

@@ -286,9 +286,25 @@ def load_templates(directory: Path, budget: RenderBudget = DEFAULT_BUDGET) -> Te
     return templates
 
 
+# No-break spaces: one between an amount and its symbol ("0,20 €" in de_DE) keeps them together.
+_NO_BREAK = frozenset("\u00a0\u202f\u2007")
+_WHITESPACE = re.compile(r"\s+")  # Unicode whitespace: no-break spaces included
+
+
+def _one_space(run: re.Match[str]) -> str:
+    """A run of whitespace as one space: a no-break space when the run is only no-break spaces
+    (the locale's, inside an amount or a time), else a plain space (line breaks, template
+    indentation, a space beside a no-break space)."""
+    return "\u00a0" if set(run.group()) <= _NO_BREAK else " "
+
+
 def one_line(text: str) -> str:
-    """Collapse ``text`` to one line of at most MAX_SUBJECT characters: no header can be injected."""
-    flat = re.sub(r"\s+", " ", text).strip()
+    """Collapse ``text`` to one line of at most MAX_SUBJECT characters: no header can be injected.
+
+    Every run of whitespace (line breaks, tabs, the spaces template tags leave, no-break spaces
+    beside plain ones) becomes a single space, so a subject never shows a double space; a run
+    of no-break spaces alone becomes one no-break space (U+00A0)."""
+    flat = _WHITESPACE.sub(_one_space, text).strip()
     return flat if len(flat) <= MAX_SUBJECT else flat[: MAX_SUBJECT - 1].rstrip() + "…"
 
 

@@ -24,12 +24,13 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from balancewatch import outbox
-from balancewatch.config import Settings
+from balancewatch.config import EmailSettings, Settings
 from balancewatch.core.money import Money
 from balancewatch.evaluate import usage
 from balancewatch.evaluate.dynamic import load_preferences
 from balancewatch.evaluate.load import Subject, subaccount_owners
 from balancewatch.render.context import SAMPLE_NOW, Extras, balance_context, recipients, sample_usage
+from balancewatch.render.filters import plain_spaces
 from balancewatch.render.templates import RenderError, TemplateSet
 from balancewatch.rules.compiled import CompiledRule
 from balancewatch.store.tables import ACCOUNT_TABLE, BALANCE_TABLE
@@ -58,9 +59,11 @@ def failure_context(
     extras: Extras,
     default_locale: str,
     default_timezone: str,
+    email: EmailSettings | None = None,
 ) -> dict[str, Any]:
     """Everything a ``topup-failed`` template may use (see the module docstring): the keys every
-    balance email has, from ``extras.usage`` and the usage settings in ``extras``, and ``topup``."""
+    balance email has, from ``extras.usage`` and the usage settings in ``extras`` (``email`` from
+    the ``email:`` settings given, else their defaults), and ``topup``."""
     context = balance_context(
         subject,
         now,
@@ -69,6 +72,7 @@ def failure_context(
         extras,
         default_locale=default_locale,
         default_timezone=default_timezone,
+        email=email,
     )
     context["topup"] = {
         "id": request.id,
@@ -155,6 +159,7 @@ def failure_message(
         extras=_usage_extras(conn, settings, request, now),
         default_locale=settings.defaults.locale,
         default_timezone=settings.defaults.timezone,
+        email=settings.email,
     )
     template = (rule.topup_template if rule else None) or DEFAULT_TEMPLATE
     try:
@@ -205,7 +210,7 @@ def _recipients(conn: Connection, rule: CompiledRule | None, subject: Subject) -
 def _plain(context: dict[str, Any], default_locale: str) -> tuple[str, str, None]:
     locale = context.get("locale") or default_locale
     topup, account = context["topup"], context["account"]
-    amount, balance = topup["amount"].format(locale), context["balance"].format(locale)
+    amount, balance = (plain_spaces(m.format(locale)) for m in (topup["amount"], context["balance"]))
     subject = f"{account['name']}: automatic recharge of {amount} failed"
     text = (
         f"Hello {account['name']},\n\n"

@@ -13,8 +13,10 @@ from zoneinfo import ZoneInfo
 
 from babel.dates import format_datetime
 
+from balancewatch.config import EmailSettings
 from balancewatch.core.money import Money
-from balancewatch.render.context import account_context
+from balancewatch.render.context import account_context, email_context
+from balancewatch.render.filters import plain_spaces
 from balancewatch.reports.base import AccountInfo, Built, Period
 from balancewatch.reports.contents.batch import Holding
 from balancewatch.reports.contents.localdays import LocalDay, day_label, local_days, span_label
@@ -51,7 +53,7 @@ def period_context(period: Period, now: datetime, locale: str) -> dict[str, Any]
         label = span_label(period.kind, first, last, locale)
     else:
         first = last = now.astimezone(zone).date()
-        label = format_datetime(now, "medium", tzinfo=zone, locale=locale)
+        label = plain_spaces(format_datetime(now, "medium", tzinfo=zone, locale=locale))
     return {
         "kind": period.kind,
         "key": period.key,
@@ -70,13 +72,16 @@ def base_context(
     period: Period,
     now: datetime,
     locale: str,
+    *,
+    email: EmailSettings | None = None,
 ) -> dict[str, Any]:
-    """The keys every report context has: locale, timezone, now, report, period and (for an
-    owner's report) account."""
+    """The keys every report context has: locale, timezone, now, email (the ``email:`` settings
+    given, else their defaults), report, period and (for an owner's report) account."""
     context: dict[str, Any] = {
         "locale": locale,
         "timezone": period.timezone,
         "now": now,
+        "email": email_context(email),
         "report": report_context(report),
         "period": period_context(period, now, locale),
     }

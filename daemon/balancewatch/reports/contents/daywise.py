@@ -74,7 +74,7 @@ def account_report(
     balances (``holdings``, whose ``at`` holds the balance at the period's end)."""
     locale = locale_of(account, options)
     days = local_days(period)
-    context = base_context(report, account, period, now, locale)
+    context = base_context(report, account, period, now, locale, email=options.email)
     return assemble(
         account,
         context,

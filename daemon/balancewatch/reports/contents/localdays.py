@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from babel.dates import format_interval, format_skeleton
 
+from balancewatch.render.filters import plain_spaces
 from balancewatch.reports.base import Period
 
 
@@ -92,14 +93,14 @@ def previous_span(period: Period) -> Span:
 def span_label(kind: str, first: date, last: date, locale: str) -> str:
     """``March 2026``, ``Mar 9 – 15, 2026`` or ``Sat, Mar 14, 2026`` in ``locale``."""
     if kind == "month":
-        return format_skeleton("yMMMM", first, locale=locale)
+        return plain_spaces(format_skeleton("yMMMM", first, locale=locale))
     if kind == "week":
-        return format_interval(first, last, "yMMMd", locale=locale)
-    return format_skeleton("yMMMEd", first, locale=locale)
+        return plain_spaces(format_interval(first, last, "yMMMd", locale=locale))
+    return plain_spaces(format_skeleton("yMMMEd", first, locale=locale))
 
 
 # A batch formats the same few dates in a few locales for thousands of accounts.
 @lru_cache(maxsize=8192)
 def day_label(day: date, locale: str) -> str:
     """``Sun, Mar 1`` in en_US, ``So., 1. März`` in de_DE."""
-    return format_skeleton("MMMEd", day, locale=locale)
+    return plain_spaces(format_skeleton("MMMEd", day, locale=locale))

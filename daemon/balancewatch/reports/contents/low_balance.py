@@ -3,10 +3,18 @@
 A balance is low when a rule's step is fired for it and the balance is at or
 below that step; a step that follows usage (stored under a negative key, its
 amount moving with usage) counts while it is fired. Each balance appears once,
-with the lowest such fixed step (``step``), the rules, its average daily usage
+with the lowest such fixed step (``step``), the share of that step the balance
+still holds (``step_left_percent``), the rules, its average daily usage
 (``usage.window_days``) and runway (balance / ADU in days, rounded down to a
-tenth), most urgent first: the shortest runway, then balances without an ADU,
-each by the lowest balance.
+tenth).
+
+Most urgent first, in an order that compares balances of different currencies
+by ratios only, never by their amounts (₹1,371 is not "lower" than $239.17):
+used-up balances first; then balances with a fixed step, by the fraction of
+the step left (balance ÷ step), smallest first; then balances whose only fired
+steps follow usage (their amount is not stored), by runway. Ties go to the
+shorter runway, a balance without one after, then to the account id and
+currency.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ CSV_HEADER = (
     "adu",
     "runway_days",
     "step",
+    "step_left_percent",
     "rules",
     "fired_at",
 )
@@ -67,12 +76,40 @@ class Low:
         """Days the balance lasts at its ADU, rounded down to a tenth; None without an ADU."""
         return runway_days(self.balance, self.adu)
 
+    @property
+    def step(self) -> int | None:
+        """The lowest fired fixed step (minor units); None when only steps that follow usage fired."""
+        return min((s for s in self.steps if s >= 0), default=None)
+
+    @property
+    def step_left(self) -> Fraction | None:
+        """The fraction of :attr:`step` the balance still holds, from 0 (used up, or a step of
+        0 reached) to 1 (at the step); None without a fixed step. A ratio: the same measure in
+        every currency."""
+        step = self.step
+        if step is None:
+            return None
+        return Fraction(max(self.balance, 0), step) if step > 0 else Fraction(0)
+
+    @property
+    def step_left_percent(self) -> Decimal | None:
+        """:attr:`step_left` in percent, rounded down to a whole number (so 99.9 % reads 99)."""
+        left = self.step_left
+        return None if left is None else Decimal(int(left * 100))
+
     def urgency(self) -> tuple[Any, ...]:
-        """The sort key: the shortest runway first, then balances without an ADU, each by the
-        lowest balance."""
-        if self.adu:
-            return (0, Fraction(max(self.balance, 0), self.adu), self.balance, self.account_id, self.currency)
-        return (1, 0, self.balance, self.account_id, self.currency)
+        """The sort key (see the module docstring): used up first, then by the fraction of the
+        step left, then balances with usage steps only; ties by runway, account id, currency.
+        Amounts are compared only as ratios, so currencies never rank against each other."""
+        runway = (0, Fraction(max(self.balance, 0), self.adu)) if self.adu else (1, Fraction(0))
+        left = self.step_left
+        if self.balance <= 0:
+            group = (0, Fraction(0))
+        elif left is not None:
+            group = (1, left)
+        else:
+            group = (2, Fraction(0))
+        return (*group, *runway, self.account_id, self.currency)
 
 
 def build(
@@ -157,13 +194,12 @@ def report_of(
     report: CompiledReport, period: Period, now: datetime, options: Options, lows: Sequence[Low]
 ) -> Built:
     """The operators' report of ``lows`` (already in order)."""
-    context = base_context(report, None, period, now, options.default_locale)
+    context = base_context(report, None, period, now, options.default_locale, email=options.email)
     zone = ZoneInfo(period.timezone)
     balances: list[dict[str, Any]] = []
     rows: list[tuple[str, ...]] = []
     for rank, low in enumerate(lows, start=1):
-        fixed = [s for s in low.steps if s >= 0]
-        step = min(fixed) if fixed else None
+        step = low.step
         balances.append(
             {
                 "rank": rank,
@@ -173,6 +209,7 @@ def report_of(
                 "adu": None if low.adu is None else Money(low.adu, low.currency),
                 "runway_days": low.runway,
                 "step": None if step is None else Money(step, low.currency),
+                "step_left_percent": low.step_left_percent,
                 "follows_usage": any(s < 0 for s in low.steps),
                 "exhausted": low.balance <= 0,
                 "rules": sorted(low.rules),
@@ -190,6 +227,7 @@ def report_of(
                 "" if low.adu is None else major_text(low.adu, low.currency),
                 "" if low.runway is None else str(low.runway),
                 "" if step is None else major_text(step, low.currency),
+                "" if low.step_left_percent is None else str(low.step_left_percent),
                 " ".join(sorted(low.rules)),
                 "" if low.fired_at is None else low.fired_at.astimezone(zone).isoformat(timespec="seconds"),
             )

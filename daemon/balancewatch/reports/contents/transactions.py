@@ -176,7 +176,7 @@ def account_report(
     """The report of one account from its entries in time order and its balances (``holdings``,
     whose ``at`` holds the balances at the period's start and end)."""
     locale = locale_of(account, options)
-    context = base_context(report, account, period, now, locale)
+    context = base_context(report, account, period, now, locale, email=options.email)
     zone = ZoneInfo(period.timezone)
     return assemble(
         account,

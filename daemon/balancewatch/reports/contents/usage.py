@@ -109,7 +109,7 @@ def account_report(
     locale = locale_of(account, options)
     days = local_days(period)
     previous = previous_span(period)
-    context = base_context(report, account, period, now, locale)
+    context = base_context(report, account, period, now, locale, email=options.email)
     context["previous_period"] = previous_context(period.kind, previous, locale)
     return assemble(
         account,
