@@ -26,6 +26,7 @@ from balancewatch.config import EmailSettings, Settings, load_settings
 from balancewatch.core import shipped
 from balancewatch.core.problems import ProblemsError
 from balancewatch.deliver.message import build as build_message
+from balancewatch.liveset import LiveSet
 from balancewatch.outbox.rows import Claimed
 from balancewatch.render.context import SAMPLE_NOW
 from balancewatch.render.templates import Rendered, TemplateSet, load_templates, one_line
@@ -35,9 +36,11 @@ from balancewatch.reports.contents.context import period_context
 from balancewatch.reports.contents.csv_attachment import csv_text
 from balancewatch.reports.samples import sample_contexts as report_samples
 from balancewatch.rules.reports import ReportRule, compile_report
+from balancewatch.runtime.service import build_pipeline
 from balancewatch.store.tables import AlertState
 from balancewatch.topup.notify import sample_contexts as topup_samples
-from tests.helpers import account, set_balance
+from tests.conftest import Clock
+from tests.helpers import account, outbox, post, set_balance
 
 STATE = AlertState.__table__  # type: ignore[attr-defined]
 ALERT_TEMPLATES = ("low-balance", "runway", "recommended-threshold")
@@ -362,3 +365,21 @@ def test_no_email_holds_a_narrow_no_break_space(templates: TemplateSet, locale: 
         assert re.search(r"\d:\d\d:\d\d\u00a0AM", text), text
     label = period_context(Period("now", SAMPLE_NOW, SAMPLE_NOW, "UTC", "now"), SAMPLE_NOW, locale)["label"]
     assert "\u202f" not in label
+
+
+def test_the_daemons_alerts_carry_the_configured_footer(
+    engine: Engine,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    live_from: Callable[[str], LiveSet],
+    clock: Clock,
+) -> None:
+    settings = make_settings(db_url, email__product_name="Acme Messaging", email__footer="Call 555-0100")
+    rules = "alerts:\n  - id: ladder\n    accounts: {currency: USD}\n    below: [100]\n"
+    pipeline = build_pipeline(engine, settings, live_from(rules))
+    account(engine, "acme")
+    post(engine, "acme", "USD", 5_000, clock())
+    pipeline.evaluate(clock.advance(minutes=1))
+    [sent] = outbox(engine, "acme")
+    assert sent.text.endswith("--\nAcme Messaging\nCall 555-0100\n")
+    assert "ladder" not in sent.text

@@ -275,6 +275,7 @@ def _render(
         default_locale=defaults.locale,
         default_timezone=defaults.timezone,
         extras=extras,
+        email=deciding.settings.email,
     )
     template = rule.restored_template if decision.kind is Kind.restored else rule.template
     rendered = deciding.live.templates.render(template or rule.template, context)
@@ -358,5 +359,6 @@ def _first_alert(
         default_locale=defaults.locale,
         default_timezone=defaults.timezone,
         extras=extras,
+        email=deciding.settings.email,
     )
     return Preview(rule, subject, alerts[0], context, recipients(rule, subject, extras), placed)

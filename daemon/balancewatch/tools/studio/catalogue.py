@@ -24,6 +24,7 @@ from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope, build
 from balancewatch.liveset import Sample
 from balancewatch.outbox import Claimed, message_domain, message_id
+from balancewatch.render.context import email_context
 from balancewatch.render.templates import (
     OverBudgetError,
     Rendered,
@@ -131,6 +132,8 @@ class Catalogue:
     ) -> Preview:
         """``template`` rendered with ``context`` as the message it would make for ``recipients``
         (default: the context's account owner)."""
+        # The samples carry the default footer; a preview shows the configured one.
+        context = {**context, "email": email_context(self.settings.email)}
         try:
             rendered = self.templates.render(template, context)
         except RenderError as exc:
