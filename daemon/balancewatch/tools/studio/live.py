@@ -23,7 +23,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from balancewatch.config import Settings
 from balancewatch.core.problems import Problem, ProblemsError
@@ -33,6 +33,7 @@ from balancewatch.tools.studio.catalogue import Catalogue
 log = logging.getLogger(__name__)
 
 DEBOUNCE = 0.12  # seconds of quiet after a file event: an editor's save is several events
+STALE_RETRY = 1.0  # seconds between loads while the templates directory cannot be read
 
 
 class Changes:
@@ -112,10 +113,17 @@ class Studio:
     directory cannot be read); ``start`` begins watching, ``stop`` ends the watch and closes
     ``changes``. ``clients`` counts the event streams open (kept by the web server)."""
 
-    def __init__(self, settings: Settings, templates_dir: Path | None = None, *, debounce: float = DEBOUNCE):
+    def __init__(
+        self,
+        settings: Settings,
+        templates_dir: Path | None = None,
+        *,
+        debounce: float = DEBOUNCE,
+        stale_retry: float = STALE_RETRY,
+    ) -> None:
         self.settings = settings
         self.templates_dir = (templates_dir or settings.templates_dir).resolve()
-        self.debounce = debounce
+        self.debounce, self.stale_retry = debounce, stale_retry
         self.changes = Changes()
         self.clients = 0
         self._snapshot = Snapshot(Catalogue.load(settings, self.templates_dir), 0)
@@ -124,6 +132,8 @@ class Studio:
         self._due: float | None = None
         self._stopping = False
         self._observer: BaseObserver | None = None
+        self._handler = _Events(self._on_event)
+        self._watched: dict[Path, tuple[ObservedWatch | None, tuple[int, int]]] = {}
         self._thread: threading.Thread | None = None
 
     @property
@@ -134,16 +144,37 @@ class Studio:
         """Watch the templates (and rules) directories and reload after each change."""
         observer = Observer()
         observer.daemon = True
-        handler = _Events(self._on_event)
-        for directory in dict.fromkeys((self.templates_dir, self.settings.rules_dir.resolve())):
-            try:
-                observer.schedule(handler, str(directory), recursive=True, event_filter=WRITE_EVENTS)
-            except OSError as exc:  # missing, or inotify limits: the preview still serves
-                log.warning("cannot watch %s (%s): reload the page after editing", directory, exc)
         observer.start()
         self._observer = observer
+        self._watch()
         self._thread = threading.Thread(target=self._loop, name="preview-reload", daemon=True)
         self._thread.start()
+
+    def _watch(self) -> None:
+        """Watch each directory not watched yet, or replaced since (removed and made again, renamed
+        over): a watch follows the old directory, which no longer changes."""
+        if self._observer is None:
+            return
+        for directory in dict.fromkeys((self.templates_dir, self.settings.rules_dir.resolve())):
+            try:
+                st = directory.stat()
+            except OSError:
+                continue  # missing: watched once it is back (a stale snapshot is retried)
+            ident = (st.st_dev, st.st_ino)
+            watched = self._watched.get(directory)
+            if watched is not None and watched[1] == ident:
+                continue
+            if watched is not None and watched[0] is not None:
+                with contextlib.suppress(KeyError):  # already gone with its directory
+                    self._observer.unschedule(watched[0])
+            try:
+                watch = self._observer.schedule(
+                    self._handler, str(directory), recursive=True, event_filter=WRITE_EVENTS
+                )
+            except OSError as exc:  # inotify limits: the preview still serves
+                log.warning("cannot watch %s (%s): reload the page after editing", directory, exc)
+                watch = None
+            self._watched[directory] = (watch, ident)
 
     def stop(self) -> None:
         """Stop watching and end every event stream; a load in progress finishes first."""
@@ -158,11 +189,13 @@ class Studio:
             self._thread.join(timeout=5)
 
     def reload(self) -> Snapshot:
-        """Load the files as they are now, swap the snapshot and tell the clients."""
+        """Load the files as they are now, swap the snapshot and tell the clients (not when the
+        directory is still unreadable for the reason already shown)."""
         with self._loading:
             return self._reload()
 
     def _reload(self) -> Snapshot:
+        self._watch()
         try:
             catalogue = Catalogue.load(self.settings, self.templates_dir)
             stale: tuple[Problem, ...] = ()
@@ -172,6 +205,8 @@ class Studio:
             log.exception("loading %s failed", self.templates_dir)
             catalogue = self._snapshot.catalogue
             stale = (Problem(str(self.templates_dir), 0, "", f"internal error while loading: {exc!r}"),)
+        if stale and stale == self._snapshot.stale:
+            return self._snapshot  # still unreadable, for the same reason: nothing new to show
         # The generation is published after the swap: a client told of it fetches the new one.
         self._snapshot = Snapshot(catalogue, self.changes.generation + 1, stale)
         self.changes.publish()
@@ -186,6 +221,9 @@ class Studio:
     def _loop(self) -> None:
         while True:
             with self._wake:
+                if self._snapshot.stale and self._due is None:
+                    # No event comes from a directory that is gone: look again until it is back.
+                    self._due = time.monotonic() + self.stale_retry
                 while not self._stopping and (self._due is None or time.monotonic() < self._due):
                     self._wake.wait(None if self._due is None else self._due - time.monotonic())
                 if self._stopping:

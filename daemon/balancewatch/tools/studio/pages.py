@@ -74,6 +74,15 @@ iframe.desktop { width: 600px; }
 iframe.phone { width: 390px; }
 pre.text { width: 36rem; max-width: 100%; margin: 0; padding: .6rem; background: #fff;
   border: 1px solid #d9dee5; white-space: pre-wrap; overflow-wrap: anywhere; }
+@media (max-width: 440px) {
+  /* On a phone the phone frame takes the whole width: the email is seen at the width it gets. */
+  .parts { margin: 1rem -1rem 0; }
+  .parts figure { width: 100%; }
+  .parts figcaption { padding: 0 1rem; }
+  iframe { border-width: 1px 0; }
+  iframe.phone { width: 100%; }
+  pre.text { border-width: 1px 0; }
+}
 """
 
 _LAYOUT = """<!doctype html>
