@@ -95,7 +95,9 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Events(FileSystemEventHandler):
+class FileEvents(FileSystemEventHandler):
+    """Passes every file event that may change a file to ``seen``; reads are left out."""
+
     def __init__(self, seen: Callable[[FileSystemEvent], None]) -> None:
         self.seen = seen
 
@@ -149,7 +151,7 @@ class Reloader:
         self.checks = 0  # checks the thread finished, changed or not
         self._seen: deque[str] = deque(maxlen=256)
         self._observer: BaseObserver | None = None
-        self._handler = _Events(self._on_event)
+        self._handler = FileEvents(self._on_event)
         self._watched: dict[Path, tuple[ObservedWatch | None, tuple[int, int]]] = {}
         self._thread: threading.Thread | None = None
 

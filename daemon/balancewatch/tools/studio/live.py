@@ -27,7 +27,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from balancewatch.config import Settings
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.runtime.reload import WRITE_EVENTS, _Events
+from balancewatch.runtime.reload import WRITE_EVENTS, FileEvents
 from balancewatch.tools.studio.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Studio:
         self._due: float | None = None
         self._stopping = False
         self._observer: BaseObserver | None = None
-        self._handler = _Events(self._on_event)
+        self._handler = FileEvents(self._on_event)
         self._watched: dict[Path, tuple[ObservedWatch | None, tuple[int, int]]] = {}
         self._thread: threading.Thread | None = None
 
