@@ -22,15 +22,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
 from balancewatch.config import Settings, load_settings
 from balancewatch.core import shipped
-from balancewatch.tools.studio.live import Studio
+from balancewatch.tools.studio.live import AccountSource, Studio
 from balancewatch.tools.studio.server import PreviewServer, bind
+from tests.helpers import account, all_states, outbox, post
 from tests.test_cli import Cli, base_env, run
 
 __all__ = ["base_env", "run"]  # fixtures used by name
@@ -308,3 +311,36 @@ def test_a_port_in_use_is_one_line_naming_listen(run: Cli) -> None:
 def test_a_listen_address_that_is_not_host_and_port_is_refused(run: Cli) -> None:
     result = run("preview", "--listen", "8025")
     assert result.code == 1 and "--listen '8025': write HOST:PORT" in result.err
+
+
+# --- a real account ----------------------------------------------------------------------------------
+
+
+def test_with_an_account_each_template_shows_its_messages_for_that_account(
+    tmp_path: Path, engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    account(engine, "acme", name="Acme Ltd")
+    post(engine, "acme", "USD", 50_000, now - timedelta(days=40))
+    post(engine, "acme", "USD", -41_000, now - timedelta(days=1))  # $90.00 left
+    settings = settings_for(tmp_path)
+    studio = Studio(settings, copied_templates(tmp_path), account=AccountSource(engine, "acme"))
+    sock = bind("127.0.0.1", 0)
+    server = PreviewServer(studio)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, "the server to start")
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        index = httpx.get(url + "/", timeout=WAIT).text
+        assert "account acme" in index and "/m/low-balance/account/default-ladder-usd" in index
+        assert "no rule or report sends template &#39;topup-failed&#39; to account &#39;acme&#39;" in index
+        page = httpx.get(url + "/m/low-balance/account/default-ladder-usd", timeout=WAIT)
+        assert page.status_code == 200
+        assert "Acme Ltd" in page.text and "$90.00" in page.text and "acme@owner.example" in page.text
+        assert httpx.get(url + "/m/low-balance/account/nosuch", timeout=WAIT).status_code == 404
+    finally:
+        server.stop()
+        thread.join(WAIT)
+        sock.close()
+    assert outbox(engine) == [] and all_states(engine) == []  # read only

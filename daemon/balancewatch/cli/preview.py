@@ -12,7 +12,7 @@ from typing import Any
 
 from balancewatch.cli.common import CommandError, Ctx
 from balancewatch.tools.studio.catalogue import Catalogue
-from balancewatch.tools.studio.live import Studio
+from balancewatch.tools.studio.live import AccountSource, Studio
 from balancewatch.tools.studio.screenshots import CHROMIUM, ScreenshotError, take
 from balancewatch.tools.studio.server import PreviewServer, bind
 
@@ -48,6 +48,11 @@ def register(commands: Any) -> None:
     )
     cmd.add_argument("--open", action="store_true", help="open the preview in the default web browser")
     cmd.add_argument(
+        "--account",
+        metavar="ID",
+        help="also show each template's messages for this account, from the configured database (read only)",
+    )
+    cmd.add_argument(
         "--screenshots",
         metavar="DIR",
         help="instead of serving, write PNGs of each template's emails at 600 and 390 px into DIR "
@@ -70,7 +75,8 @@ def cmd_preview(ctx: Ctx) -> int:
             ctx, Catalogue.load(ctx.settings, templates), Path(args.screenshots), args.browser
         )
     host, port = parse_listen(args.listen)
-    studio = Studio(ctx.settings, templates)
+    account = AccountSource(ctx.read_engine, args.account) if args.account else None
+    studio = Studio(ctx.settings, templates, account=account)
     try:
         sock = bind(host, port)
     except OSError as exc:

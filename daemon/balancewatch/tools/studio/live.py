@@ -19,8 +19,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import Engine
 from watchdog.events import FileSystemEvent
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
@@ -28,7 +30,8 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from balancewatch.config import Settings
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.runtime.reload import WRITE_EVENTS, FileEvents
-from balancewatch.tools.studio.catalogue import Catalogue
+from balancewatch.tools.studio.accounts import AccountPreviewError, account_previews
+from balancewatch.tools.studio.catalogue import Catalogue, Preview
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,14 @@ class Changes:
 
 
 @dataclass(frozen=True)
+class AccountSource:
+    """The account ``preview --account`` shows, and the database it is read from (read only)."""
+
+    engine: Engine
+    id: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the preview shows: ``catalogue`` as of ``generation``. ``stale`` says why the files
     as they are now could not be loaded (the catalogue shown is then the last one that could)."""
@@ -120,8 +131,10 @@ class Studio:
         *,
         debounce: float = DEBOUNCE,
         stale_retry: float = STALE_RETRY,
+        account: AccountSource | None = None,
     ) -> None:
         self.settings = settings
+        self.account = account
         self.templates_dir = (templates_dir or settings.templates_dir).resolve()
         self.debounce, self.stale_retry = debounce, stale_retry
         self.changes = Changes()
@@ -135,6 +148,20 @@ class Studio:
         self._handler = FileEvents(self._on_event)
         self._watched: dict[Path, tuple[ObservedWatch | None, tuple[int, int]]] = {}
         self._thread: threading.Thread | None = None
+
+    def account_messages(self, template: str) -> tuple[list[Preview], str | None]:
+        """The messages ``template`` would make for the ``--account`` account, rendered with the
+        current snapshot, and why there are none (None when there is no account to show)."""
+        if self.account is None:
+            return [], None
+        catalogue = self.snapshot.catalogue
+        try:
+            found = account_previews(
+                catalogue, self.account.engine, template, self.account.id, datetime.now(UTC)
+            )
+        except AccountPreviewError as exc:
+            return [], str(exc)
+        return found, None
 
     @property
     def snapshot(self) -> Snapshot:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -121,6 +121,10 @@ _INDEX = """{% extends "layout" %}{% block main %}
 <ul class="samples">{% for s in samples %}
 <li><a href="{{ s.url }}">{{ s.title }}</a> <code class="muted">{{ s.name }}</code></li>{% endfor %}
 </ul>{% endfor %}
+{% if t.account %}<h3>account {{ t.account.account }}</h3>
+{% if t.account.links %}<ul class="samples">{% for s in t.account.links %}
+<li><a href="{{ s.url }}">{{ s.title }}</a> <code class="muted">{{ s.name }}</code></li>{% endfor %}
+</ul>{% else %}<p class="muted">{{ t.account.why }}</p>{% endif %}{% endif %}
 </section>{% endfor %}
 {% endblock %}"""
 
@@ -163,26 +167,42 @@ def message_path(template: str, kind: str, sample: str, view: str = "m") -> str:
     return f"/{view}/{quote(template, safe='')}/{quote(kind, safe='')}/{quote(sample, safe='')}"
 
 
+ACCOUNT_KIND = "account"  # the kind in a message URL for ``preview --account``'s messages
+
+
 @dataclass(frozen=True)
-class _Link:
+class Link:
+    """A link to one message view: the sample's (or account message's) name, what it shows."""
+
     name: str
     title: str
     url: str
 
 
-def index_page(snapshot: Snapshot) -> str:
-    """Every template with each of its kinds and samples, and the problems of the files."""
+@dataclass(frozen=True)
+class AccountLinks:
+    """A template's messages for the ``--account`` account, or ``why`` there are none."""
+
+    account: str
+    links: list[Link]
+    why: str | None = None
+
+
+def index_page(snapshot: Snapshot, accounts: Mapping[str, AccountLinks] | None = None) -> str:
+    """Every template with each of its kinds and samples (and, with ``accounts``, its messages for
+    a real account), and the problems of the files."""
     catalogue = snapshot.catalogue
     broken = {_template_of(p, catalogue.templates.directory) for p in catalogue.problems}
     templates = [
         {
             "name": name,
             "broken": name in broken,
+            "account": (accounts or {}).get(name),
             "kinds": [
                 (
                     kind,
                     [
-                        _Link(s.name, s.title, message_path(name, kind, s.name))
+                        Link(s.name, s.title, message_path(name, kind, s.name))
                         for s in catalogue.samples(kind)
                     ],
                 )
@@ -201,8 +221,8 @@ def index_page(snapshot: Snapshot) -> str:
     )
 
 
-def _links(template: str, kind: str, samples: Sequence[Sample]) -> list[_Link]:
-    return [_Link(s.name, s.title, message_path(template, kind, s.name)) for s in samples]
+def _links(template: str, kind: str, samples: Sequence[Sample]) -> list[Link]:
+    return [Link(s.name, s.title, message_path(template, kind, s.name)) for s in samples]
 
 
 def message_page(snapshot: Snapshot, preview: Preview) -> str:

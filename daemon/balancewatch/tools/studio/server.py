@@ -32,7 +32,17 @@ from starlette.routing import Route
 
 from balancewatch.tools.studio.catalogue import Preview
 from balancewatch.tools.studio.live import Studio
-from balancewatch.tools.studio.pages import PAGE_POLICY, RAW_POLICY, index_page, message_page, missing_page
+from balancewatch.tools.studio.pages import (
+    ACCOUNT_KIND,
+    PAGE_POLICY,
+    RAW_POLICY,
+    AccountLinks,
+    Link,
+    index_page,
+    message_page,
+    message_path,
+    missing_page,
+)
 
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream: a gone client is noticed
 RETRY_MS = 1000  # how soon a browser reconnects a dropped event stream
@@ -45,7 +55,9 @@ def create_app(studio: Studio) -> Starlette:
     """The preview's web app, serving ``studio``'s latest snapshot on every request."""
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(index_page(studio.snapshot), headers=_PAGE_HEADERS)
+        snapshot = studio.snapshot
+        accounts = await run_in_threadpool(_account_links, studio, snapshot.catalogue.names)
+        return HTMLResponse(index_page(snapshot, accounts), headers=_PAGE_HEADERS)
 
     async def message(request: Request) -> Response:
         found = await _render(studio, request)
@@ -116,6 +128,15 @@ async def _render(studio: Studio, request: Request) -> Preview | Response:
     snapshot = studio.snapshot
     template, kind, sample = (request.path_params[k] for k in ("template", "kind", "sample"))
     catalogue = snapshot.catalogue
+    if kind == ACCOUNT_KIND and studio.account is not None:
+        messages, why = await run_in_threadpool(studio.account_messages, template)
+        found_message = next((m for m in messages if m.sample == sample), None)
+        if found_message is None:
+            reason = (
+                why or f"no message {sample!r} of template {template!r} for account {studio.account.id!r}"
+            )
+            return HTMLResponse(missing_page(snapshot, reason), status_code=404, headers=_PAGE_HEADERS)
+        return found_message
     try:
         found_kind, found = catalogue.find(template, sample, kind)
         if found_kind not in catalogue.uses[template]:
@@ -123,6 +144,21 @@ async def _render(studio: Studio, request: Request) -> Preview | Response:
     except LookupError as exc:
         return HTMLResponse(missing_page(snapshot, str(exc)), status_code=404, headers=_PAGE_HEADERS)
     return await run_in_threadpool(catalogue.render, template, found_kind, found)
+
+
+def _account_links(studio: Studio, templates: list[str]) -> dict[str, AccountLinks]:
+    """For ``preview --account``: each template's messages for the account, or why there are none."""
+    if studio.account is None:
+        return {}
+    out = {}
+    for template in templates:
+        messages, why = studio.account_messages(template)
+        out[template] = AccountLinks(
+            studio.account.id,
+            [Link(m.sample, m.title, message_path(template, ACCOUNT_KIND, m.sample)) for m in messages],
+            why,
+        )
+    return out
 
 
 async def _stream(studio: Studio) -> AsyncIterator[str]:
