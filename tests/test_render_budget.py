@@ -25,6 +25,7 @@ from balancewatch.core import shipped
 from balancewatch.core.limits import RenderBudget
 from balancewatch.core.problems import ProblemsError
 from balancewatch.render.budget import WATCHDOG, OverrunBreaker
+from balancewatch.render.inline import inline_css
 from balancewatch.render.templates import OverBudgetError, RenderError, TemplateSet, load_templates
 from balancewatch.runtime.loadset import load_set
 from tests.test_daemon import wait_until
@@ -254,7 +255,7 @@ def test_a_render_that_finishes_renders_exactly_what_jinja_renders(tmp_path: Pat
     }
     rendered = templates.render("low-balance", context)
     assert rendered.text == plain["body.txt"].strip() + "\n"
-    assert rendered.html == plain["body.html"]
+    assert rendered.html == inline_css(plain["body.html"]) + "\n"  # the HTML part, its CSS inlined
     assert rendered.subject == plain["subject.txt"].strip()
 
 

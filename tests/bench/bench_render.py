@@ -1,7 +1,9 @@
-"""Render budget benchmark: what the time and size budget costs one email, against rendering without it.
+"""Render budget benchmark: what the time and size budget costs one email, against rendering without it,
+and what inlining the HTML part's CSS costs.
 
 Not a test: it prints microseconds per message both ways and their ratio, and
-exits 0. The figures and the command are recorded in docs/performance.md.
+the inlining's cost, and exits 0. The figures and the command are recorded in
+docs/performance.md.
 
     python tests/bench/bench_render.py                       # 20,000 messages
     python tests/bench/bench_render.py --messages 20000 --rounds 40
@@ -18,6 +20,10 @@ for every alert it decides.
 - *With the budget*: ``TemplateSet.render``, what every caller uses: the
   watchdog's registration, streamed output counted against the size limit,
   the checked operators and filters.
+
+Both include inlining the HTML part's CSS (``render.inline.inline_css``), as
+every render does. The inlining is also timed alone, on the HTML part as the
+template renders it, with the HTML part's size before and after.
 
 Both run in this one process, alternating in ``--rounds`` short rounds (each
 renders ``messages / rounds`` emails each way, after a warm-up): on a busy
@@ -45,6 +51,7 @@ from balancewatch.alerts.context import sample_alert_context
 from balancewatch.core import shipped
 from balancewatch.render.budget import WATCHDOG
 from balancewatch.render.filters import FILTERS
+from balancewatch.render.inline import inline_css
 from balancewatch.render.templates import Rendered, TemplateSet, load_templates, one_line
 
 try:
@@ -64,10 +71,14 @@ class Figures:
     with_us: float
     ratio: float
     registration_us: float  # WATCHDOG.run of a no-op, per call
+    inline_us: float  # inline_css of the HTML part alone, per message
+    html_chars: int  # the HTML part as the template renders it
+    inlined_chars: int  # the same, its CSS inlined
 
 
-def plain_renderer(templates: TemplateSet) -> Callable[[dict[str, Any]], Rendered]:
-    """The floor: the template's three files in an environment as balancewatch built it before."""
+def plain_renderer(templates: TemplateSet, inline: bool = True) -> Callable[[dict[str, Any]], Rendered]:
+    """The floor: the template's three files in an environment as balancewatch built it before
+    the budget, the HTML part's CSS inlined as TemplateSet.render does (unless not ``inline``)."""
     env = ImmutableSandboxedEnvironment(
         loader=DictLoader(templates.files),
         autoescape=lambda name: bool(name and name.endswith((".html", ".htm"))),
@@ -82,10 +93,11 @@ def plain_renderer(templates: TemplateSet) -> Callable[[dict[str, Any]], Rendere
 
     def render(context: dict[str, Any]) -> Rendered:
         # As TemplateSet.render did: each part fetched from the environment's cache, then rendered.
+        body = env.get_template(html).render(context)
         return Rendered(
             subject=one_line(env.get_template(subject).render(context)),
             text=env.get_template(text).render(context).strip() + "\n",
-            html=env.get_template(html).render(context),
+            html=inline_css(body) + "\n" if inline else body,
         )
 
     return render
@@ -111,6 +123,14 @@ def _nothing() -> None:
     return None
 
 
+def inline_us(html: str, n: int) -> float:
+    """CPU microseconds of this thread per ``inline_css(html)``, over ``n`` calls."""
+    t = time.thread_time()
+    for _ in range(n):
+        inline_css(html)
+    return (time.thread_time() - t) / n * 1e6
+
+
 def measure(messages: int, rounds: int) -> Figures:
     templates = load_templates(shipped.templates_dir())
     context = sample_alert_context()
@@ -120,6 +140,7 @@ def measure(messages: int, rounds: int) -> Figures:
         return templates.render(TEMPLATE, ctx)
 
     assert budgeted(context) == plain(context), "both ways must render the same email"
+    raw_html = plain_renderer(templates, inline=False)(context).html or ""
     per_round = max(1, messages // rounds)
     warm = min(per_round, 200)
     per_message_us(plain, context, warm)
@@ -139,6 +160,9 @@ def measure(messages: int, rounds: int) -> Figures:
         with_us=statistics.median(with_),
         ratio=statistics.median(b / a for a, b in zip(without, with_, strict=True)),
         registration_us=statistics.median(registration_us(max(per_round, 1000)) for _ in range(3)),
+        inline_us=statistics.median(inline_us(raw_html, max(per_round, 100)) for _ in range(3)),
+        html_chars=len(raw_html),
+        inlined_chars=len(inline_css(raw_html)),
     )
 
 
@@ -154,6 +178,12 @@ def report(f: Figures, command: str) -> str:
             f"  ratio (median of the rounds' ratios)                 {f.ratio:8.3f}x  "
             f"({f.with_us - f.without_us:+.1f} µs/message between the medians)",
             f"  the watchdog's registration alone                    {f.registration_us:8.2f} µs/render",
+            "",
+            "CSS inlining (included in both figures above):",
+            f"  inline_css of the HTML part alone                    {f.inline_us:8.1f} µs/message (CPU)",
+            f"  its share of a render with the budget                {f.inline_us / f.with_us:8.1%}",
+            f"  the HTML part before and after inlining              "
+            f"{f.html_chars:,} -> {f.inlined_chars:,} characters",
         ]
     )
 

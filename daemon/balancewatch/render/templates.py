@@ -14,6 +14,10 @@ stopped past ``render.timeout``, stopped once its parts together pass
 ``render.max_size``, and single steps that would make a value larger than that
 (``"x" * 10**9``, a huge format width) refused before they run. Each is a
 RenderError naming the template file and line.
+
+The HTML part's ``<style>`` rules are then inlined into its elements
+(``balancewatch.render.inline``), and the email is measured against ``render.max_size``
+again: inlining makes it larger. CSS that cannot be inlined is a RenderError too.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from jinja2.sandbox import (
 from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.render.budget import WATCHDOG, OverrunBreaker, RenderTimeoutError
+from balancewatch.render.inline import CssError, inline_css
 from balancewatch.render.sandbox import environment
 from balancewatch.render.sizes import ValueTooLargeError
 
@@ -221,7 +226,38 @@ class TemplateSet:
         # Every template set has a subject and a text part; the HTML part is optional.
         subject, text = rendered[0] or "", rendered[1] or ""
         html = rendered[2] if len(rendered) > 2 else None
+        if html is not None:
+            html = self._inlined(name, html, output.size - len(html))
         return Rendered(subject=one_line(subject), text=text.strip() + "\n", html=html)
+
+    def _inlined(self, name: str, html: str, others: int) -> str:
+        """``html`` with its CSS inlined, within the size budget with the ``others`` characters
+        of the subject and text. Raises RenderError naming the file (and the line when the
+        offending CSS is found in the source), OverBudgetError when inlining made it too large."""
+        file = f"{name}/{HTML}"
+        try:
+            inlined = inline_css(html)
+            inlined += "\n" if html.endswith("\n") and not inlined.endswith("\n") else ""
+        except CssError as exc:
+            raise RenderError(self._problem(*self._source_of(exc.snippet, file), str(exc))) from None
+        if others + len(inlined) > self.budget.max_size:
+            message = (
+                f"the email (subject, text and HTML together) came to {others + len(inlined):,} characters "
+                f"once its CSS was inlined, more than {self.budget.size_text()} (render.max_size)"
+            )
+            raise OverBudgetError(self._problem(file, 0, message))
+        return inlined
+
+    def _source_of(self, snippet: str, file: str) -> tuple[str, int]:
+        """The first line holding ``snippet`` in ``file`` or a shared HTML file (the layout's
+        ``<style>`` block), else ``file`` without a line."""
+        if snippet:
+            shared = sorted(n for n in self.files if "/" not in n and n.endswith((".html", ".htm")))
+            for candidate in (file, *shared):
+                for number, line in enumerate(self.files.get(candidate, "").splitlines(), 1):
+                    if snippet in line:
+                        return candidate, number
+        return file, 0
 
     def _still_refused(self, last: Problem, in_a_row: int) -> Problem:
         retry = f"{self.breaker.retry_after:g}s"
