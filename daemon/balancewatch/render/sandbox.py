@@ -32,6 +32,7 @@ from markupsafe import Markup
 
 from balancewatch.core.limits import format_size
 from balancewatch.render.filters import BOUNDED_FILTERS, FILTERS, lipsum
+from balancewatch.render.i18n import Catalogs, install
 from balancewatch.render.sizes import ValueTooLargeError, check_binop, check_format_spec, check_method_call
 
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
@@ -179,9 +180,11 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return update_wrapper(wrapper, value)
 
 
-def environment(files: Mapping[str, str], max_size: int) -> _BoundedSandbox:
+def environment(files: Mapping[str, str], max_size: int, catalogs: Catalogs | None = None) -> _BoundedSandbox:
+    """The sandbox ``files`` render in, translating into each context's ``locale`` with ``catalogs``."""
     env = _BoundedSandbox(
         loader=_MemoryLoader(files),
+        extensions=["jinja2.ext.i18n"],
         bytecode_cache=_COMPILED,
         autoescape=lambda name: bool(name and name.endswith((".html", ".htm"))),
         undefined=StrictUndefined,
@@ -194,4 +197,5 @@ def environment(files: Mapping[str, str], max_size: int) -> _BoundedSandbox:
     env.filters.update(FILTERS)
     env.filters.update(BOUNDED_FILTERS)
     env.globals["lipsum"] = lipsum
+    install(env, catalogs or Catalogs())
     return env

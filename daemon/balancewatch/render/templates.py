@@ -44,6 +44,7 @@ from jinja2.sandbox import (
 from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.render.budget import WATCHDOG, OverrunBreaker, RenderTimeoutError
+from balancewatch.render.i18n import load_catalogs
 from balancewatch.render.inline import CssError, inline_css
 from balancewatch.render.sandbox import environment
 from balancewatch.render.sizes import ValueTooLargeError
@@ -51,7 +52,7 @@ from balancewatch.render.sizes import ValueTooLargeError
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
 MAX_SUBJECT = 250
 TEMPLATE_NAMES_HINT = "a template is a directory holding subject.txt, body.txt and optionally body.html"
-_TEXT_SUFFIXES = (".txt", ".html", ".htm")
+_TEXT_SUFFIXES = (".txt", ".html", ".htm", ".po")  # .po: the message catalogs (render/i18n.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +169,16 @@ class TemplateSet:
         self.files = dict(files)
         self.budget = budget
         self.breaker = OverrunBreaker()
-        self.env = environment(self.files, budget.max_size)
+        self.catalogs, self.catalog_problems = load_catalogs(self.files, str(directory))
+        self.env = environment(self.files, budget.max_size, self.catalogs)
         self.names = frozenset(name.rsplit("/", 1)[0] for name in self.files if name.endswith("/" + SUBJECT))
 
     def compile_problems(self) -> list[Problem]:
         """Syntax errors in every file, and templates missing a required part."""
-        problems = []
+        problems = list(self.catalog_problems)
         for name in self.files:
+            if name.endswith(".po"):
+                continue  # a catalog, checked by load_catalogs
             try:
                 self.env.get_template(name)
             except TemplateSyntaxError as exc:

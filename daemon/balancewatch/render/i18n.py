@@ -1,0 +1,159 @@
+"""Emails in the account's language: Jinja's i18n extension with Babel message catalogs.
+
+Templates mark their words with ``{% trans %}…{% endtrans %}`` (and ``_()``);
+``pybabel extract`` collects them (``templates/babel.cfg``), ``pybabel init``
+and ``update`` keep one catalog per language in the templates directory:
+``locale/<language>/LC_MESSAGES/messages.po``. The ``.po`` files are read with
+the templates (no ``pybabel compile`` step: they are compiled in memory when
+the set loads, so a reload picks up a translation like any other edit).
+
+The context's ``locale`` (the account's, as every email context has it) picks
+the catalog: the exact locale (``de_AT``), else its language (``de``), else
+none, and the words stay as written in the template (English). A message a
+catalog leaves untranslated (or marks fuzzy) stays as written too.
+
+A catalog is a designer's file, so it is checked like a template: syntax errors,
+and translations whose ``%(name)s`` placeholders differ from the original's or
+carry a width or precision (``%(n)999999999d`` would allocate gigabytes outside
+the sandbox's checks), are problems with the file and line, and the set does
+not load.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from gettext import NullTranslations
+from typing import Any
+
+from babel.messages.catalog import Catalog, Message
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import PoFileError, read_po
+from babel.support import Translations
+from jinja2 import Environment, pass_context
+from jinja2.runtime import Context
+
+from balancewatch.core.problems import Problem
+
+CATALOG = re.compile(r"^locale/(?P<language>[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,4})*)/LC_MESSAGES/messages\.po$")
+# %(name)s with its flags, width and precision; %% is not a placeholder.
+_PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]*)\))?(?P<spec>[-#0 +]*\d*(?:\.\d*)?)[a-zA-Z%]")
+_NULL = NullTranslations()
+# The lines a catalog may hold: babel's reader guesses at others (``msgstr Hallo`` reads as
+# "all"), so they are refused here first, with their line.
+_STRING = r'"(?:\\.|[^"\\])*"'
+_PO_LINE = re.compile(
+    rf"^\s*(?:#.*|(?:msgctxt|msgid|msgid_plural|msgstr(?:\[\d+\])?)\s+{_STRING}|{_STRING})?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Catalogs:
+    """The translations of one template set, by locale as the catalogs' directories name it."""
+
+    by_locale: Mapping[str, NullTranslations] = field(default_factory=dict)
+
+    def for_locale(self, locale: str | None) -> NullTranslations:
+        """The translations for ``locale`` (``de_DE``, ``de-de`` or ``de``): exact, else its
+        language's, else none (the template's own words)."""
+        if not locale or not self.by_locale:
+            return _NULL
+        wanted = locale.replace("-", "_")
+        for candidate in (wanted, wanted.split("_")[0]):
+            for name, translations in self.by_locale.items():
+                if name.lower() == candidate.lower():
+                    return translations
+        return _NULL
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self.by_locale)
+
+
+def load_catalogs(files: Mapping[str, str], directory: str) -> tuple[Catalogs, list[Problem]]:
+    """The catalogs among ``files`` (a templates directory's text files by relative path), and
+    the problems of those that cannot be used (paths shown under ``directory``)."""
+    by_locale: dict[str, NullTranslations] = {}
+    problems: list[Problem] = []
+    for name, text in sorted(files.items()):
+        found = CATALOG.match(name)
+        if found is None:
+            continue
+        path = f"{directory}/{name}"
+        bad = next((n for n, line in enumerate(text.splitlines(), 1) if not _PO_LINE.match(line)), None)
+        if bad is not None:
+            problems.append(
+                Problem(path, bad, "", 'not a valid message catalog line; write msgid "..." / msgstr "..."')
+            )
+            continue
+        try:
+            catalog = read_po(io.StringIO(text), locale=None, abort_invalid=True)
+        except PoFileError as exc:
+            problems.append(Problem(path, exc.lineno, "", f"not a valid message catalog: {exc}"))
+            continue
+        except Exception as exc:  # babel's parser raises what it meets (ValueError, UnknownLocaleError)
+            problems.append(Problem(path, 0, "", f"not a valid message catalog: {exc}"))
+            continue
+        found_problems = [_placeholder_problem(path, m) for m in catalog if m.id and m.string]
+        problems += [p for p in found_problems if p is not None]
+        by_locale[found["language"]] = _compiled(catalog)
+    return Catalogs(by_locale), problems
+
+
+def install(env: Environment, catalogs: Catalogs) -> None:
+    """Give ``env`` (built with the ``jinja2.ext.i18n`` extension) gettext functions that
+    translate into the rendering context's ``locale``."""
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext=_by_context(catalogs, lambda t, *a: t.gettext(*a)),
+        ngettext=_by_context(catalogs, lambda t, *a: t.ngettext(*a)),
+        pgettext=_by_context(catalogs, lambda t, *a: t.pgettext(*a)),
+        npgettext=_by_context(catalogs, lambda t, *a: t.npgettext(*a)),
+        newstyle=True,
+    )
+
+
+def _by_context(catalogs: Catalogs, call: Callable[..., str]) -> Callable[..., str]:
+    @pass_context
+    def translate(context: Context, *args: Any) -> str:
+        return call(catalogs.for_locale(context.get("locale")), *args)
+
+    return translate
+
+
+def _compiled(catalog: Catalog) -> Translations:
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog, use_fuzzy=False)
+    buffer.seek(0)
+    return Translations(buffer)
+
+
+def _placeholder_problem(path: str, message: Message) -> Problem | None:
+    """A problem when a translation's placeholders are not the original's, or are sized."""
+    originals = message.id if isinstance(message.id, (list, tuple)) else (message.id,)
+    translations = message.string if isinstance(message.string, (list, tuple)) else (message.string,)
+    wanted = set().union(*(_names(o) for o in originals if o))
+    for text in (t for t in translations if t):
+        sized = [m.group(0) for m in _PLACEHOLDER.finditer(text) if m.group("spec")]
+        if sized:
+            return Problem(
+                path,
+                message.lineno or 0,
+                "",
+                f"{sized[0]!r}: write placeholders as %(name)s, without a width or precision",
+            )
+        if _names(text) != wanted:
+            have = ", ".join(sorted(_names(text))) or "none"
+            need = ", ".join(sorted(wanted)) or "none"
+            return Problem(
+                path,
+                message.lineno or 0,
+                "",
+                f"the translation of {originals[0]!r} has the placeholders {have}; the original has {need}",
+            )
+    return None
+
+
+def _names(text: str) -> set[str]:
+    return {m.group("name") or "" for m in _PLACEHOLDER.finditer(text) if not m.group(0).endswith("%")}

@@ -1,0 +1,119 @@
+"""Emails in the account's language: catalogs in the templates directory, picked by the locale."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from balancewatch.core import shipped
+from balancewatch.render.templates import TemplateSet, read_template_files
+
+GERMAN = r"""
+msgid ""
+msgstr ""
+"Content-Type: text/plain; charset=UTF-8\n"
+"Plural-Forms: nplurals=2; plural=(n != 1);\n"
+
+msgid "Your balance is low"
+msgstr "Ihr Guthaben ist niedrig"
+
+msgid "Hello %(name)s,"
+msgstr "Hallo %(name)s,"
+
+msgid "%(num)s day left"
+msgid_plural "%(num)s days left"
+msgstr[0] "noch %(num)s Tag"
+msgstr[1] "noch %(num)s Tage"
+
+msgid "Not translated yet"
+msgstr ""
+"""
+
+# A block tag eats the line break after it (trim_blocks): a {% trans %} block ending a line is
+# followed by an empty one; a line of its own reads better as {{ _("...") }}.
+BODY = """\
+{{ _("Hello %(name)s,", name=name) }}
+{% trans num=days %}{{ num }} day left{% pluralize %}{{ num }} days left{% endtrans %}
+
+{{ _("Not translated yet") }}
+"""
+
+
+def directory(tmp_path: Path, catalog: str = GERMAN, language: str = "de") -> Path:
+    root = tmp_path / "templates"
+    (root / "greet").mkdir(parents=True)
+    (root / "greet" / "subject.txt").write_text("{% trans %}Your balance is low{% endtrans %}")
+    (root / "greet" / "body.txt").write_text(BODY)
+    (root / "greet" / "body.html").write_text("<p>{% trans name=name %}Hello {{ name }},{% endtrans %}</p>")
+    po = root / "locale" / language / "LC_MESSAGES" / "messages.po"
+    po.parent.mkdir(parents=True)
+    po.write_text(textwrap.dedent(catalog).lstrip())
+    return root
+
+
+def render(root: Path, locale: str, days: int = 2, name: str = "Acme") -> tuple[str, str, str | None]:
+    templates = TemplateSet(read_template_files(root), root)
+    assert templates.compile_problems() == []
+    rendered = templates.render("greet", {"locale": locale, "days": days, "name": name})
+    return rendered.subject, rendered.text, rendered.html
+
+
+@pytest.mark.parametrize("locale", ["de_DE", "de_AT", "de", "de-DE"])
+def test_the_accounts_language_picks_the_catalog(tmp_path: Path, locale: str) -> None:
+    subject, text, _html = render(directory(tmp_path), locale)
+    assert subject == "Ihr Guthaben ist niedrig"
+    assert text == "Hallo Acme,\nnoch 2 Tage\nNot translated yet\n"
+
+
+@pytest.mark.parametrize("locale", ["en_US", "fr_FR", "", "hi_IN"])
+def test_without_a_catalog_for_the_language_the_words_stay_as_written(tmp_path: Path, locale: str) -> None:
+    subject, text, _html = render(directory(tmp_path), locale)
+    assert (subject, text) == ("Your balance is low", "Hello Acme,\n2 days left\nNot translated yet\n")
+
+
+def test_plurals_follow_the_catalogs_rule(tmp_path: Path) -> None:
+    assert render(directory(tmp_path), "de_DE", days=1)[1].splitlines()[1] == "noch 1 Tag"
+
+
+def test_values_in_a_translated_html_sentence_are_escaped(tmp_path: Path) -> None:
+    _subject, _text, html = render(directory(tmp_path), "de_DE", name="<b>Acme</b>")
+    assert html is not None and "<p>Hallo &lt;b&gt;Acme&lt;/b&gt;,</p>" in html
+
+
+@pytest.mark.parametrize(
+    ("broken", "complaint"),
+    [
+        (
+            'msgid "Hello %(name)s,"\nmsgstr "Hallo %(nom)s,"\n',
+            "has the placeholders nom; the original has name",
+        ),
+        ('msgid "Hello %(name)s,"\nmsgstr "Hallo %(name)999999999s,"\n', "without a width or precision"),
+        ('msgid "Hello %(name)s,"\nmsgstr "Hallo\n', "not a valid message catalog line"),
+        ('msgid "Hello %(name)s,"\nmsgstr Hallo\n', "not a valid message catalog line"),
+    ],
+)
+def test_a_catalog_a_designer_broke_is_a_problem_naming_its_file_and_line(
+    tmp_path: Path, broken: str, complaint: str
+) -> None:
+    root = directory(tmp_path, catalog=broken)
+    [problem] = TemplateSet(read_template_files(root), root).compile_problems()
+    assert problem.path == f"{root}/locale/de/LC_MESSAGES/messages.po"
+    assert problem.line in (1, 2) and complaint in problem.message
+
+
+def test_pybabel_extracts_the_words_of_the_templates_with_the_shipped_config(tmp_path: Path) -> None:
+    root = directory(tmp_path)
+    pot = tmp_path / "messages.pot"
+    config = shipped.templates_dir() / "babel.cfg"
+    pybabel = Path(__import__("sys").executable).parent / "pybabel"
+    subprocess.run(
+        [str(pybabel), "extract", "-F", str(config), "-o", str(pot), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    extracted = pot.read_text()
+    for message in ("Your balance is low", "Hello %(name)s,", "%(num)s days left", "Not translated yet"):
+        assert f'"{message}"' in extracted
