@@ -53,73 +53,92 @@ _PAGE_HEADERS = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-st
 
 def create_app(studio: Studio) -> Starlette:
     """The preview's web app, serving ``studio``'s latest snapshot on every request."""
-
-    async def index(request: Request) -> Response:
-        snapshot = studio.snapshot
-        accounts = await run_in_threadpool(_account_links, studio, snapshot.catalogue.names)
-        return HTMLResponse(index_page(snapshot, accounts), headers=_PAGE_HEADERS)
-
-    async def message(request: Request) -> Response:
-        found = await _render(studio, request)
-        if isinstance(found, Response):
-            return found
-        return HTMLResponse(message_page(studio.snapshot, found), headers=_PAGE_HEADERS)
-
-    async def raw(request: Request) -> Response:
-        found = await _render(studio, request)
-        if isinstance(found, Response):
-            return found
-        headers = {"Content-Security-Policy": RAW_POLICY, "Cache-Control": "no-store"}
-        if found.rendered is None or found.rendered.html is None:
-            reason = str(found.problem) if found.problem else "this template has no HTML part (body.html)"
-            return PlainTextResponse(reason, headers=headers)
-        return HTMLResponse(found.rendered.html, headers=headers)
-
-    async def eml(request: Request) -> Response:
-        found = await _render(studio, request)
-        if isinstance(found, Response):
-            return found
-        if found.message is None:
-            return PlainTextResponse(str(found.problem), status_code=422)
-        name = f"{found.template}-{found.sample}.eml"
-        return Response(
-            found.message.as_bytes(),
-            media_type="message/rfc822",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
-
-    async def events(request: Request) -> Response:
-        return StreamingResponse(
-            _stream(studio),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
-
-    async def healthy(request: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
-    async def status(request: Request) -> Response:
-        snapshot = studio.snapshot
-        return JSONResponse(
-            {
-                "generation": snapshot.generation,
-                "clients": studio.clients,
-                "templates": str(snapshot.catalogue.templates.directory),
-                "stale": [str(p) for p in snapshot.stale],
-            }
-        )
-
     path = "/{template}/{kind}/{sample}"
-    return Starlette(
+    app = Starlette(
         routes=[
-            Route("/", index),
-            Route("/m" + path, message),
-            Route("/raw" + path, raw),
-            Route("/eml" + path, eml),
-            Route("/events", events),
-            Route("/-/healthy", healthy),
-            Route("/-/status", status),
+            Route("/", _index),
+            Route("/m" + path, _message),
+            Route("/raw" + path, _raw),
+            Route("/eml" + path, _eml),
+            Route("/events", _events),
+            Route("/-/healthy", _healthy),
+            Route("/-/status", _status),
         ]
+    )
+    app.state.studio = studio
+    return app
+
+
+def _studio(request: Request) -> Studio:
+    studio: Studio = request.app.state.studio
+    return studio
+
+
+async def _index(request: Request) -> Response:
+    studio = _studio(request)
+    snapshot = studio.snapshot
+    accounts = await run_in_threadpool(_account_links, studio, snapshot.catalogue.names)
+    return HTMLResponse(index_page(snapshot, accounts), headers=_PAGE_HEADERS)
+
+
+async def _message(request: Request) -> Response:
+    studio = _studio(request)
+    found = await _render(studio, request)
+    if isinstance(found, Response):
+        return found
+    return HTMLResponse(message_page(studio.snapshot, found), headers=_PAGE_HEADERS)
+
+
+async def _raw(request: Request) -> Response:
+    studio = _studio(request)
+    found = await _render(studio, request)
+    if isinstance(found, Response):
+        return found
+    headers = {"Content-Security-Policy": RAW_POLICY, "Cache-Control": "no-store"}
+    if found.rendered is None or found.rendered.html is None:
+        reason = str(found.problem) if found.problem else "this template has no HTML part (body.html)"
+        return PlainTextResponse(reason, headers=headers)
+    return HTMLResponse(found.rendered.html, headers=headers)
+
+
+async def _eml(request: Request) -> Response:
+    studio = _studio(request)
+    found = await _render(studio, request)
+    if isinstance(found, Response):
+        return found
+    if found.message is None:
+        return PlainTextResponse(str(found.problem), status_code=422)
+    name = f"{found.template}-{found.sample}.eml"
+    return Response(
+        found.message.as_bytes(),
+        media_type="message/rfc822",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def _events(request: Request) -> Response:
+    studio = _studio(request)
+    return StreamingResponse(
+        _stream(studio),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _healthy(request: Request) -> Response:
+    return PlainTextResponse("ok\n")
+
+
+async def _status(request: Request) -> Response:
+    studio = _studio(request)
+    snapshot = studio.snapshot
+    return JSONResponse(
+        {
+            "generation": snapshot.generation,
+            "clients": studio.clients,
+            "templates": str(snapshot.catalogue.templates.directory),
+            "stale": [str(p) for p in snapshot.stale],
+        }
     )
 
 
