@@ -28,6 +28,7 @@ ACCOUNT_VARIANTS = (
     ("in-kwd", "first alert in KWD (three decimals)", "KWD", "en_US", "Acme Messaging Ltd"),
     ("in-inr-en-in", "first alert in INR, en_IN (lakh grouping)", "INR", "en_IN", "Acme India Pvt Ltd"),
     ("in-eur-de-de", "first alert in EUR, de_DE", "EUR", "de_DE", "Acme Deutschland GmbH"),
+    ("in-inr-hi-in", "first alert in INR, hi_IN", "INR", "hi_IN", "Acme India Pvt Ltd"),
     (
         "long-name",
         "first alert for an account with a very long name",
