@@ -51,6 +51,7 @@ from balancewatch.alerts.context import sample_alert_context
 from balancewatch.core import shipped
 from balancewatch.render.budget import WATCHDOG
 from balancewatch.render.filters import FILTERS
+from balancewatch.render.i18n import install
 from balancewatch.render.inline import inline_css
 from balancewatch.render.templates import Rendered, TemplateSet, load_templates, one_line
 
@@ -87,8 +88,10 @@ def plain_renderer(templates: TemplateSet, inline: bool = True) -> Callable[[dic
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,
+        extensions=["jinja2.ext.i18n"],
     )
     env.filters.update(FILTERS)
+    install(env, templates.catalogs)  # the templates mark their words for translation
     subject, text, html = (f"{TEMPLATE}/{part}" for part in PARTS)
 
     def render(context: dict[str, Any]) -> Rendered:
