@@ -54,18 +54,23 @@ class Catalogs:
     """The translations of one template set, by locale as the catalogs' directories name it."""
 
     by_locale: Mapping[str, NullTranslations] = field(default_factory=dict)
+    # locale as written -> its translations: a render asks dozens of times for the same locale.
+    _chosen: dict[str, NullTranslations] = field(default_factory=dict, compare=False, repr=False)
 
     def for_locale(self, locale: str | None) -> NullTranslations:
         """The translations for ``locale`` (``de_DE``, ``de-de`` or ``de``): exact, else its
         language's, else none (the template's own words)."""
         if not locale or not self.by_locale:
             return _NULL
-        wanted = locale.replace("-", "_")
-        for candidate in (wanted, wanted.split("_")[0]):
-            for name, translations in self.by_locale.items():
-                if name.lower() == candidate.lower():
-                    return translations
-        return _NULL
+        chosen = self._chosen.get(locale)
+        if chosen is None:
+            chosen = self._chosen[locale] = self._choose(locale)
+        return chosen
+
+    def _choose(self, locale: str) -> NullTranslations:
+        lowered = {name.lower(): translations for name, translations in self.by_locale.items()}
+        wanted = locale.replace("-", "_").lower()
+        return lowered.get(wanted) or lowered.get(wanted.split("_")[0]) or _NULL
 
     @property
     def languages(self) -> list[str]:
