@@ -75,9 +75,9 @@ class Served:
         return int(self.get("/-/status").json()["generation"])
 
 
-def serve(templates: Path, settings: Settings) -> Iterator[Served]:
+def serve(templates: Path, settings: Settings, account: AccountSource | None = None) -> Iterator[Served]:
     """Start the real server on a free port; stop it, and check it stopped, afterwards."""
-    studio = Studio(settings, templates, stale_retry=0.2)
+    studio = Studio(settings, templates, stale_retry=0.2, account=account)
     studio.start()
     sock = bind("127.0.0.1", 0)
     server = PreviewServer(studio)
@@ -323,24 +323,12 @@ def test_with_an_account_each_template_shows_its_messages_for_that_account(
     account(engine, "acme", name="Acme Ltd")
     post(engine, "acme", "USD", 50_000, now - timedelta(days=40))
     post(engine, "acme", "USD", -41_000, now - timedelta(days=1))  # $90.00 left
-    settings = settings_for(tmp_path)
-    studio = Studio(settings, copied_templates(tmp_path), account=AccountSource(engine, "acme"))
-    sock = bind("127.0.0.1", 0)
-    server = PreviewServer(studio)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, "the server to start")
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        index = httpx.get(url + "/", timeout=WAIT).text
+    for site in serve(copied_templates(tmp_path), settings_for(tmp_path), AccountSource(engine, "acme")):
+        index = site.get("/").text
         assert "account acme" in index and "/m/low-balance/account/default-ladder-usd" in index
         assert "no rule or report sends template &#39;topup-failed&#39; to account &#39;acme&#39;" in index
-        page = httpx.get(url + "/m/low-balance/account/default-ladder-usd", timeout=WAIT)
+        page = site.get("/m/low-balance/account/default-ladder-usd")
         assert page.status_code == 200
         assert "Acme Ltd" in page.text and "$90.00" in page.text and "acme@owner.example" in page.text
-        assert httpx.get(url + "/m/low-balance/account/nosuch", timeout=WAIT).status_code == 404
-    finally:
-        server.stop()
-        thread.join(WAIT)
-        sock.close()
+        assert site.get("/m/low-balance/account/nosuch").status_code == 404
     assert outbox(engine) == [] and all_states(engine) == []  # read only
