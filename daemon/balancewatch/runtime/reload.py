@@ -22,7 +22,6 @@ valid YAML) names them in a warning: silence would look like success.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -32,42 +31,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.events import FileSystemEvent
 
 from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.liveset import LiveSet
 from balancewatch.runtime.loadset import fingerprint, load_set
+from balancewatch.runtime.watch import DirectoryWatch
 
 log = logging.getLogger(__name__)
-
-# Only what a write, a rename or a removal produces: opening and reading a file
-# (which every check does) must not wake the reloader, or it would wake itself.
-WRITE_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileDeletedEvent,
-    FileMovedEvent,
-    FileClosedEvent,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    DirModifiedEvent,
-]
 
 
 @dataclass(frozen=True)
@@ -93,18 +65,6 @@ StatusCallback = Callable[[ReloadStatus, LiveSet], None]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class FileEvents(FileSystemEventHandler):
-    """Passes every file event that may change a file to ``seen``; reads are left out."""
-
-    def __init__(self, seen: Callable[[FileSystemEvent], None]) -> None:
-        self.seen = seen
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return  # reads change nothing
-        self.seen(event)
 
 
 class Reloader:
@@ -150,9 +110,7 @@ class Reloader:
         self._stopping = False
         self.checks = 0  # checks the thread finished, changed or not
         self._seen: deque[str] = deque(maxlen=256)
-        self._observer: BaseObserver | None = None
-        self._handler = FileEvents(self._on_event)
-        self._watched: dict[Path, tuple[ObservedWatch | None, tuple[int, int]]] = {}
+        self._dirs = DirectoryWatch(self._on_event, self._unwatchable)
         self._thread: threading.Thread | None = None
 
     def start(self, watch: bool = True) -> None:
@@ -163,57 +121,31 @@ class Reloader:
         is logged and left to the backstop.
         """
         if watch:
-            observer = Observer()
-            observer.daemon = True
-            observer.start()
-            self._observer = observer
+            self._dirs.start()
             with self._lock:
                 self._watch_dirs()
         self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
         self._thread.start()
 
     def _watch_dirs(self) -> None:
-        """Watch each directory not watched yet, or replaced since (renamed over, re-created,
-        a symlink pointed elsewhere): a watch follows the old directory, which no longer
-        changes. Called with ``_lock`` held, at start and before every check."""
-        if self._observer is None:
-            return
-        for directory in dict.fromkeys(d.resolve() for d in (self.rules_dir, self.templates_dir)):
-            try:
-                st = directory.stat()
-            except OSError:
-                continue  # missing: the check reports it; watched again once it is back
-            ident = (st.st_dev, st.st_ino)
-            watched = self._watched.get(directory)
-            if watched is not None and watched[1] == ident:
-                continue
-            if watched is not None and watched[0] is not None:
-                log.info("%s was replaced: watching the new directory", directory)
-                with contextlib.suppress(KeyError):  # already gone with its directory
-                    self._observer.unschedule(watched[0])
-            try:
-                # Recursive: a ConfigMap's files live in a ..data subdirectory.
-                watch = self._observer.schedule(
-                    self._handler, str(directory), recursive=True, event_filter=WRITE_EVENTS
-                )
-            except OSError as exc:
-                log.warning(
-                    "cannot watch %s (%s): its changes are noticed every %gs by the backstop only",
-                    directory,
-                    exc.strerror or exc,
-                    self.backstop,
-                )
-                watch = None
-            self._watched[directory] = (watch, ident)
+        """Watch the rules and templates directories, anew where one was replaced. Called with
+        ``_lock`` held, at start and before every check."""
+        self._dirs.follow((self.rules_dir, self.templates_dir))
+
+    def _unwatchable(self, directory: Path, exc: OSError) -> None:
+        log.warning(
+            "cannot watch %s (%s): its changes are noticed every %gs by the backstop only",
+            directory,
+            exc.strerror or exc,
+            self.backstop,
+        )
 
     def stop(self) -> None:
         """Stop watching; a check in progress finishes first."""
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+        self._dirs.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -24,12 +24,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 from watchdog.events import FileSystemEvent
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from balancewatch.config import Settings
 from balancewatch.core.problems import Problem, ProblemsError
-from balancewatch.runtime.reload import WRITE_EVENTS, FileEvents
+from balancewatch.runtime.watch import DirectoryWatch
 from balancewatch.tools.studio.accounts import AccountPreviewError, account_previews
 from balancewatch.tools.studio.catalogue import Catalogue, Preview
 
@@ -144,9 +142,7 @@ class Studio:
         self._wake = threading.Condition()
         self._due: float | None = None
         self._stopping = False
-        self._observer: BaseObserver | None = None
-        self._handler = FileEvents(self._on_event)
-        self._watched: dict[Path, tuple[ObservedWatch | None, tuple[int, int]]] = {}
+        self._dirs = DirectoryWatch(self._on_event, _unwatchable)
         self._thread: threading.Thread | None = None
 
     def account_messages(self, template: str) -> tuple[list[Preview], str | None]:
@@ -169,39 +165,15 @@ class Studio:
 
     def start(self) -> None:
         """Watch the templates (and rules) directories and reload after each change."""
-        observer = Observer()
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._dirs.start()
         self._watch()
         self._thread = threading.Thread(target=self._loop, name="preview-reload", daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
-        """Watch each directory not watched yet, or replaced since (removed and made again, renamed
-        over): a watch follows the old directory, which no longer changes."""
-        if self._observer is None:
-            return
-        for directory in dict.fromkeys((self.templates_dir, self.settings.rules_dir.resolve())):
-            try:
-                st = directory.stat()
-            except OSError:
-                continue  # missing: watched once it is back (a stale snapshot is retried)
-            ident = (st.st_dev, st.st_ino)
-            watched = self._watched.get(directory)
-            if watched is not None and watched[1] == ident:
-                continue
-            if watched is not None and watched[0] is not None:
-                with contextlib.suppress(KeyError):  # already gone with its directory
-                    self._observer.unschedule(watched[0])
-            try:
-                watch = self._observer.schedule(
-                    self._handler, str(directory), recursive=True, event_filter=WRITE_EVENTS
-                )
-            except OSError as exc:  # inotify limits: the preview still serves
-                log.warning("cannot watch %s (%s): reload the page after editing", directory, exc)
-                watch = None
-            self._watched[directory] = (watch, ident)
+        """Watch the templates and rules directories, anew where one was replaced; a missing one
+        is watched once it is back (a stale snapshot is retried)."""
+        self._dirs.follow((self.templates_dir, self.settings.rules_dir))
 
     def stop(self) -> None:
         """Stop watching and end every event stream; a load in progress finishes first."""
@@ -209,9 +181,7 @@ class Studio:
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+        self._dirs.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -257,3 +227,8 @@ class Studio:
                     return
                 self._due = None
             self.reload()
+
+
+def _unwatchable(directory: Path, exc: OSError) -> None:
+    # inotify limits: the preview still serves, without live reload.
+    log.warning("cannot watch %s (%s): reload the page after editing", directory, exc.strerror or exc)
