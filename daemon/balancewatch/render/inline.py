@@ -21,13 +21,16 @@ designer's typo is a problem ``check`` reports rather than a style that quietly 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from html import unescape
 
 import css_inline
 
 MAX_DEPTH = 256  # elements nested in one another; real emails nest about 15
+DEEP_STACK = 1 << 30  # bytes of stack for the inliner's thread: see _on_a_deep_stack
 MAX_MATCHING = 200_000_000  # estimated steps (see _check_work): about a second of the inliner's time
 PAIR = 8  # steps for one selector tried on one element
 
@@ -69,9 +72,47 @@ def inline_css(html: str) -> str:
     selectors = [s for block in styles for s in inlined_selectors(block)]
     _check_work(markup, selectors)
     try:
-        return str(_INLINER.inline(html))
+        return _on_a_deep_stack(html)
     except (css_inline.InlineError, ValueError) as exc:
         raise _attribute_error(html, exc) from None
+
+
+def _on_a_deep_stack(html: str) -> str:
+    """The inliner's output, computed in a thread with a 1 GiB stack (reserved, not used).
+
+    The inliner's HTML parser recurses once per level of nesting, and a nesting the checks
+    above misjudge (HTML5's parsing rules keep elements open in ways a scan cannot follow)
+    would overflow a normal thread's stack and crash the whole process. 1 GiB holds more
+    than 200,000 levels, beyond what a render's size limit lets a template write.
+    """
+    job = _Job(html)
+    with _DEEP_LOCK:  # stack_size is process-wide: set only around this thread's start
+        previous = threading.stack_size(DEEP_STACK)
+        try:
+            thread = threading.Thread(target=job.run, name="css-inline", daemon=True)
+            thread.start()
+        finally:
+            threading.stack_size(previous)
+    thread.join()
+    if job.error is not None:
+        raise job.error
+    return job.result
+
+
+_DEEP_LOCK = threading.Lock()
+
+
+@dataclass
+class _Job:
+    html: str
+    result: str = ""
+    error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = str(_INLINER.inline(self.html))
+        except (css_inline.InlineError, ValueError) as exc:
+            self.error = exc
 
 
 def inlined_selectors(css: str) -> tuple[str, ...]:
@@ -161,8 +202,8 @@ def _check_work(markup: str, selectors: list[str]) -> None:
     elements, depth, ancestors = _shape(markup)
     if depth > MAX_DEPTH:
         raise CssError(
-            f"the HTML nests elements {depth:,} deep; refused before its CSS was inlined: at most "
-            f"{MAX_DEPTH} (is a closing tag missing in a loop?)"
+            f"the HTML nests elements more than {MAX_DEPTH} deep; refused before its CSS was inlined "
+            "(is a closing tag missing in a loop?)"
         )
     steps = 0
     for selector in selectors:
@@ -189,7 +230,12 @@ def _shape(markup: str) -> tuple[int, int, int]:
         tag = name.lower()
         if closing:
             if tag in stack:
-                del stack[len(stack) - 1 - stack[::-1].index(tag) :]
+                at = len(stack) - 1 - stack[::-1].index(tag)
+                # Closed only through elements an end tag closes implicitly: a parser keeps an
+                # element open behind others (<div><object></div>, <i><div></i>), and an
+                # estimate too shallow would let the inliner's recursion overflow.
+                if all(open_tag in _IMPLIED_END for open_tag in stack[at + 1 :]):
+                    del stack[at:]
             continue
         elements += 1
         ancestors += len(stack)
@@ -199,26 +245,35 @@ def _shape(markup: str) -> tuple[int, int, int]:
             stack.pop()
         stack.append(tag)
         deepest = max(deepest, len(stack))
+        if deepest > MAX_DEPTH:
+            break  # refused anyway; a deeper scan of a runaway loop's output costs quadratic time
     return elements, deepest, ancestors
 
 
 def _split(html: str) -> tuple[str, list[str]]:
-    """``html`` without comments and the text of style, script, title and textarea elements
-    (their tags kept), and the text of its style elements."""
+    """``html`` without its comments, and the text of its style elements.
+
+    The text of style, script, title and textarea elements stays in the markup: inside
+    ``<svg>`` or ``<math>`` a parser reads it as markup, so its tags count towards the
+    nesting (an overcount at worst). ``<!-->`` and ``<!--->`` are whole, empty comments.
+    """
     lower, pieces, styles, at = html.lower(), [], [], 0
     while (opening := _RAW_OPEN.search(lower, at)) is not None:
         name = opening.group(1)
-        closing = "-->" if name == "!--" else f"</{name}"
-        end = lower.find(closing, opening.end())
-        end = len(html) if end < 0 else end
         if name == "!--":
             pieces.append(html[at : opening.start()])
-            at = min(end + len(closing), len(html))
+            if lower.startswith(">", opening.end()) or lower.startswith("->", opening.end()):
+                at = lower.index(">", opening.end()) + 1
+                continue
+            end = lower.find("-->", opening.end())
+            at = len(html) if end < 0 else end + 3
             continue
-        pieces.append(html[at : opening.end()])
-        content_start = html.find(">", opening.end(), end) + 1 or end
+        end = lower.find(f"</{name}", opening.end())
+        end = len(html) if end < 0 else end
         if name == "style":
+            content_start = html.find(">", opening.end(), end) + 1 or end
             styles.append(html[content_start:end])
+        pieces.append(html[at:end])
         at = end
     pieces.append(html[at:])
     return " ".join(pieces), styles
