@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from balancewatch.core import shipped
-from balancewatch.render.templates import TemplateSet, read_template_files
+from balancewatch.render.templates import RenderError, TemplateSet, read_template_files
 
 GERMAN = r"""
 msgid ""
@@ -117,3 +117,61 @@ def test_pybabel_extracts_the_words_of_the_templates_with_the_shipped_config(tmp
     extracted = pot.read_text()
     for message in ("Your balance is low", "Hello %(name)s,", "%(num)s days left", "Not translated yet"):
         assert f'"{message}"' in extracted
+
+
+# --- what a template or a catalog may not do ----------------------------------------------------
+
+
+def one_template(tmp_path: Path, body: str, catalog: str = GERMAN) -> TemplateSet:
+    root = directory(tmp_path, catalog=catalog)
+    (root / "greet" / "body.txt").write_text(body)
+    return TemplateSet(read_template_files(root), root)
+
+
+def test_a_sized_placeholder_in_a_templates_own_text_is_refused_before_it_allocates(tmp_path: Path) -> None:
+    templates = one_template(tmp_path, 'Hi\n{{ _("%(n)300000000d", n=1) | length }}\n')
+    with pytest.raises(RenderError) as caught:
+        templates.render("greet", {"locale": "en_US", "days": 1, "name": "A"})
+    problem = caught.value.problem
+    assert problem.path.endswith("greet/body.txt") and problem.line == 2
+    assert "write placeholders as %(name)s" in problem.message
+
+
+def test_too_many_placeholders_in_one_message_are_refused(tmp_path: Path) -> None:
+    templates = one_template(tmp_path, "{{ _(" + repr("%(x)s" * 40) + ", x=name) }}\n")
+    with pytest.raises(RenderError, match="40 placeholders; at most 32"):
+        templates.render("greet", {"locale": "en_US", "days": 1, "name": "A"})
+
+
+def test_translating_a_value_rather_than_literal_text_is_a_problem_with_its_line(tmp_path: Path) -> None:
+    templates = one_template(tmp_path, "Hi\n{{ _(name) }}\n{{ ngettext(name, 'b', 2) }}\n")
+    problems = [p for p in templates.compile_problems() if "literal text only" in p.message]
+    assert [(p.line, p.message.split("()")[0]) for p in problems] == [(2, "_"), (3, "ngettext")]
+
+
+def test_a_translation_may_not_add_markup_its_original_lacks(tmp_path: Path) -> None:
+    evil = GERMAN.replace(
+        'msgstr "Hallo %(name)s,"', 'msgstr "Hallo %(name)s, <a href=\\"https://evil.example\\">hier</a>"'
+    )
+    [problem] = TemplateSet(read_template_files(directory(tmp_path, evil)), tmp_path).compile_problems()
+    assert "adds the markup" in problem.message and "a translation may use only the tags" in problem.message
+
+
+def test_a_catalog_header_that_cannot_be_used_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    broken = GERMAN.replace("plural=(n != 1);", "plural=(n != 1")
+    root = directory(tmp_path, broken)
+    [problem] = TemplateSet(read_template_files(root), root).compile_problems()
+    assert problem.path.endswith("messages.po") and "its header cannot be used" in problem.message
+
+
+def test_a_fuzzy_translation_is_not_used_and_never_blocks_the_set(tmp_path: Path) -> None:
+    fuzzy = GERMAN.replace(
+        'msgid "Hello %(name)s,"\nmsgstr "Hallo %(name)s,"',
+        '#, fuzzy\nmsgid "Hello %(name)s,"\nmsgstr "Hallo %(nom)s,"',
+    )
+    root = directory(tmp_path, fuzzy)
+    templates = TemplateSet(read_template_files(root), root)
+    assert templates.compile_problems() == []
+    assert templates.render("greet", {"locale": "de_DE", "days": 2, "name": "Acme"}).text.startswith(
+        "Hello Acme,\n"
+    )

@@ -32,8 +32,9 @@ from babel.messages.catalog import Catalog, Message
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import PoFileError, read_po
 from babel.support import Translations
-from jinja2 import Environment, pass_context
+from jinja2 import Environment, TemplateSyntaxError, nodes, pass_context
 from jinja2.runtime import Context
+from jinja2.sandbox import SecurityError
 
 from balancewatch.core.problems import Problem
 
@@ -41,6 +42,8 @@ CATALOG = re.compile(r"^locale/(?P<language>[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,4})*)
 # %(name)s with its flags, width and precision; %% is not a placeholder.
 _PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]*)\))?(?P<spec>[-#0 +]*\d*(?:\.\d*)?)[a-zA-Z%]")
 _NULL = NullTranslations()
+_TAG = re.compile(r"<[^>]*>")
+MAX_PLACEHOLDERS = 32  # in one message: real ones have a handful
 # The lines a catalog may hold: babel's reader guesses at others (``msgstr Hallo`` reads as
 # "all"), so they are refused here first, with their line.
 _STRING = r'"(?:\\.|[^"\\])*"'
@@ -101,9 +104,16 @@ def load_catalogs(files: Mapping[str, str], directory: str) -> tuple[Catalogs, l
         except Exception as exc:  # babel's parser raises what it meets (ValueError, UnknownLocaleError)
             problems.append(Problem(path, 0, "", f"not a valid message catalog: {exc}"))
             continue
-        found_problems = [_placeholder_problem(path, m) for m in catalog if m.id and m.string]
+        # Fuzzy entries are not used (they render the template's own words), so a wording
+        # change that `pybabel update` marks fuzzy never blocks a set from loading.
+        used = [m for m in catalog if m.id and m.string and not m.fuzzy]
+        found_problems = [_placeholder_problem(path, m) or _markup_problem(path, m) for m in used]
         problems += [p for p in found_problems if p is not None]
-        by_locale[found["language"]] = _compiled(catalog)
+        try:
+            catalog.charset = "utf-8"  # the text was read as UTF-8 already, whatever the header says
+            by_locale[found["language"]] = _compiled(catalog)
+        except (ValueError, LookupError, UnicodeError) as exc:  # e.g. a Plural-Forms that does not parse
+            problems.append(Problem(path, 1, "", f"its header cannot be used: {exc}"))
     return Catalogs(by_locale), problems
 
 
@@ -119,12 +129,47 @@ def install(env: Environment, catalogs: Catalogs) -> None:
     )
 
 
+_GETTEXT = {"_": 1, "gettext": 1, "ngettext": 2, "pgettext": 2, "npgettext": 3}  # name -> literal args
+
+
+def literal_problems(env: Environment, name: str, source: str, path: str) -> list[Problem]:
+    """A problem for each ``_()``/``gettext()`` call in template ``name`` whose text is not a
+    literal: the text given is trusted as markup in HTML (it is a translator's string), so a
+    value from the data there would reach the email unescaped."""
+    try:
+        tree = env.parse(source, name)
+    except TemplateSyntaxError:
+        return []  # reported as a syntax error
+    out = []
+    for call in tree.find_all(nodes.Call):
+        function = call.node.name if isinstance(call.node, nodes.Name) else ""
+        if any(not isinstance(arg, nodes.Const) for arg in call.args[: _GETTEXT.get(function, 0)]):
+            message = f'{function}() translates literal text only: write _("... %(name)s ...", name=value)'
+            out.append(Problem(path, call.lineno, "", message))
+    return out
+
+
 def _by_context(catalogs: Catalogs, call: Callable[..., str]) -> Callable[..., str]:
     @pass_context
     def translate(context: Context, *args: Any) -> str:
-        return call(catalogs.for_locale(context.get("locale")), *args)
+        return _formattable(call(catalogs.for_locale(context.get("locale")), *args))
 
     return translate
+
+
+def _formattable(text: str) -> str:
+    """``text`` if Jinja may format it with the render's values, which it does outside the
+    sandbox's size checks: no placeholder with a width or precision (``%(n)999999999d``), and
+    not so many that the values repeated could outgrow the render's size limit."""
+    found = list(_PLACEHOLDER.finditer(text))
+    sized = next((m.group(0) for m in found if m.group("spec")), None)
+    if sized is not None:
+        raise SecurityError(f"{sized!r} in a translated text: write placeholders as %(name)s")
+    if len(found) > MAX_PLACEHOLDERS:
+        raise SecurityError(
+            f"a translated text has {len(found)} placeholders; at most {MAX_PLACEHOLDERS} in one message"
+        )
+    return text
 
 
 def _compiled(catalog: Catalog) -> Translations:
@@ -158,6 +203,29 @@ def _placeholder_problem(path: str, message: Message) -> Problem | None:
                 f"the translation of {originals[0]!r} has the placeholders {have}; the original has {need}",
             )
     return None
+
+
+def _markup_problem(path: str, message: Message) -> Problem | None:
+    """A problem when a translation holds markup its original does not: a catalog could
+    otherwise add links or images to the HTML of every email in its language."""
+    originals = message.id if isinstance(message.id, (list, tuple)) else (message.id,)
+    translations = message.string if isinstance(message.string, (list, tuple)) else (message.string,)
+    allowed = set().union(*(_tags(o) for o in originals if o))
+    for text in (t for t in translations if t):
+        extra = sorted(_tags(text) - allowed)
+        if extra:
+            return Problem(
+                path,
+                message.lineno or 0,
+                "",
+                f"the translation of {originals[0]!r} adds the markup {extra[0]!r}; "
+                "a translation may use only the tags of its original",
+            )
+    return None
+
+
+def _tags(text: str) -> set[str]:
+    return {" ".join(m.group(0).split()) for m in _TAG.finditer(text)}
 
 
 def _names(text: str) -> set[str]:

@@ -44,7 +44,7 @@ from jinja2.sandbox import (
 from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.render.budget import WATCHDOG, OverrunBreaker, RenderTimeoutError
-from balancewatch.render.i18n import load_catalogs
+from balancewatch.render.i18n import literal_problems, load_catalogs
 from balancewatch.render.inline import CssError, inline_css
 from balancewatch.render.sandbox import environment
 from balancewatch.render.sizes import ValueTooLargeError
@@ -179,6 +179,7 @@ class TemplateSet:
         for name in self.files:
             if name.endswith(".po"):
                 continue  # a catalog, checked by load_catalogs
+            problems += literal_problems(self.env, name, self.files[name], f"{self.directory}/{name}")
             try:
                 self.env.get_template(name)
             except TemplateSyntaxError as exc:
