@@ -171,3 +171,23 @@ def test_an_account_no_rule_sends_the_template_to_is_one_line(cli: Cli, acme: da
         "balancewatch render: no rule or report sends template 'low-balance' to account 'nobody' now: "
         "no such account, no balance a rule using it selects, or no report using it goes to the account"
     ]
+
+
+def test_an_account_is_shown_only_the_alerts_its_rules_would_send_for_each_currency(
+    cli: Cli, engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    account(engine, "duo", name="Duo Ltd")
+    post(engine, "duo", "USD", 5_000, now)  # $50: default-ladder (USD) fires
+    post(engine, "duo", "EUR", 500, now)  # 5 €: ladder-inr-eur (INR and EUR) fires
+    listed = ok(cli("render", "low-balance", "--account", "duo", "--list"))
+    names = [line.split()[0] for line in listed.splitlines()[1:]]
+    assert len(names) == len(set(names))
+    assert {"default-ladder-usd", "ladder-inr-eur-eur"} <= set(names)
+    assert not {"default-ladder-eur", "ladder-inr-eur-usd"} & set(names)
+    eur = ok(
+        cli(
+            "render", "low-balance", "--account", "duo", "--sample", "ladder-inr-eur-eur", "--part", "subject"
+        )
+    )
+    assert "€" in eur and "$" not in eur

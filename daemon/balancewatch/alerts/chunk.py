@@ -315,14 +315,13 @@ def would_send(conn: Connection, deciding: Deciding, rule: CompiledRule, account
     as it would be just below the highest step (``placed``). A balance the rule
     does not select, or one without a step, gives nothing.
     """
-    keys = [
-        (account_id, currency)
-        for (currency,) in conn.execute(
-            select(BALANCE_TABLE.c.currency).where(BALANCE_TABLE.c.account_id == account_id)
-        )
-    ]
     out: list[Preview] = []
     for step_set in rule.step_sets:
+        # The balances this step set watches: its own currency, or the rule's.
+        query = select(BALANCE_TABLE.c.currency).where(
+            BALANCE_TABLE.c.account_id == account_id, *candidates.currency_filter(step_set, rule.selector)
+        )
+        keys = [(account_id, currency) for (currency,) in conn.execute(query)]
         subjects = load_subjects(conn, rule, step_set, keys, lock=False)
         chunk = _load_chunk(conn, deciding, rule, step_set, [s.key for s in subjects])
         for subject in subjects:

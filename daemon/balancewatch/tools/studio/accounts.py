@@ -49,7 +49,7 @@ def account_previews(
 def _alerts(
     catalogue: Catalogue, engine: Engine, live: LiveSet, template: str, account_id: str, now: datetime
 ) -> list[Preview]:
-    rules = [r for r in catalogue.rules if r.template == template]
+    rules = [r for r in catalogue.rules if r.template == template and r.enabled]
     if not rules:
         return []
     deciding = Deciding(live, catalogue.settings, now)
@@ -72,7 +72,7 @@ def _reports(
     catalogue: Catalogue, engine: Engine, live: LiveSet, template: str, account_id: str, now: datetime
 ) -> list[Preview]:
     out = []
-    for report in (r for r in catalogue.reports if r.template == template):
+    for report in (r for r in catalogue.reports if r.template == template and r.enabled):
         try:
             prepared = runner.would_send(engine, live, catalogue.settings, report, now, account_id)
         except runner.RunError:
