@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -31,6 +32,7 @@ from sqlalchemy import Engine
 
 from balancewatch.config import Settings, load_settings
 from balancewatch.core import shipped
+from balancewatch.store.db import make_engine
 from balancewatch.tools.studio.live import AccountSource, Studio
 from balancewatch.tools.studio.server import PreviewServer, bind
 from tests.helpers import account, all_states, outbox, post
@@ -218,7 +220,7 @@ def test_many_clients_come_and_go_and_the_server_counts_none_left(served: Served
     clients = []
     for _ in range(12):
         client = socket.create_connection(address, timeout=WAIT)
-        client.sendall(b"GET /events HTTP/1.1\r\nHost: preview\r\n\r\n")
+        client.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         clients.append(client)
     for client in clients:
         received = b""
@@ -332,3 +334,41 @@ def test_with_an_account_each_template_shows_its_messages_for_that_account(
         assert "Acme Ltd" in page.text and "$90.00" in page.text and "acme@owner.example" in page.text
         assert site.get("/m/low-balance/account/nosuch").status_code == 404
     assert outbox(engine) == [] and all_states(engine) == []  # read only
+
+
+def test_a_request_for_another_host_name_is_refused(served: Served) -> None:
+    port = served.url.rsplit(":", 1)[1].strip("/")
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert httpx.get(served.url, headers={"Host": host}, timeout=WAIT).status_code == 200, host
+    rebound = httpx.get(served.url + "-/status", headers={"Host": f"attacker.example:{port}"}, timeout=WAIT)
+    assert rebound.status_code == 400 and "localhost" in rebound.text
+
+
+def test_account_data_is_never_served_beyond_this_machine(run: Cli) -> None:
+    result = run("preview", "--listen", "0.0.0.0:0", "--account", "acme")
+    assert (result.code, result.out) == (1, "")
+    assert result.err.splitlines() == [
+        "balancewatch preview: --listen 0.0.0.0:0: --account shows customers' data; "
+        "serve it on 127.0.0.1 only"
+    ]
+
+
+def test_a_database_out_of_reach_leaves_the_samples_served_and_says_why(tmp_path: Path) -> None:
+    unreachable = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/test?connect_timeout=2")
+    for site in serve(copied_templates(tmp_path), settings_for(tmp_path), AccountSource(unreachable, "acme")):
+        index = site.get("/")
+        assert index.status_code == 200 and "/m/low-balance/alert/crossed" in index.text
+        assert "the database cannot be read now:" in index.text
+        assert site.get("/m/low-balance/alert/crossed").status_code == 200
+
+
+def test_an_email_of_a_template_with_any_name_downloads(tmp_path: Path) -> None:
+    templates = copied_templates(tmp_path)
+    shutil.copytree(templates / "low-balance", templates / '残高 "alert"')
+    for site in serve(templates, settings_for(tmp_path)):
+        path = "/eml/" + quote('残高 "alert"', safe="") + "/alert/crossed"
+        response = site.get(path)
+        assert response.status_code == 200
+        disposition = response.headers["Content-Disposition"]
+        assert disposition.startswith('attachment; filename="') and "filename*=UTF-8''" in disposition
+        assert email.message_from_bytes(response.content, policy=email.policy.default)["Subject"]

@@ -5,6 +5,7 @@ database."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import webbrowser
 from pathlib import Path
@@ -75,6 +76,11 @@ def cmd_preview(ctx: Ctx) -> int:
             ctx, Catalogue.load(ctx.settings, templates), Path(args.screenshots), args.browser
         )
     host, port = parse_listen(args.listen)
+    local = _is_loopback(host)
+    if args.account and not local:
+        raise CommandError(
+            f"--listen {args.listen}: --account shows customers' data; serve it on 127.0.0.1 only"
+        )
     account = AccountSource(ctx.read_engine, args.account) if args.account else None
     studio = Studio(ctx.settings, templates, account=account)
     try:
@@ -86,7 +92,9 @@ def cmd_preview(ctx: Ctx) -> int:
         ) from None
     # uvicorn's start-up and shutdown chatter is not for a designer; its warnings are.
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
-    server = PreviewServer(studio)
+    server = PreviewServer(studio, local_only=local)
+    if not local:
+        ctx.warn(f"preview: --listen {args.listen} serves the preview to the network, without a login")
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
     ctx.out.write(f"preview: serving {url} (templates: {studio.templates_dir}); Ctrl-C stops\n")
@@ -129,3 +137,10 @@ def _screenshots(ctx: Ctx, catalogue: Catalogue, directory: Path, browser: str) 
             ctx.say(" ".join(str(p) for p in shot.files))
     ctx.say(f"screenshots: {sum(len(s.files) for s in shots)} files in {directory}")
     return 1 if failed else 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

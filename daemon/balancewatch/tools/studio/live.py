@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from watchdog.events import FileSystemEvent
 
 from balancewatch.config import Settings
@@ -157,6 +158,9 @@ class Studio:
             )
         except AccountPreviewError as exc:
             return [], str(exc)
+        except SQLAlchemyError as exc:  # the samples stay served while the database is away
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            return [], f"the database cannot be read now: {reason}"
         return found, None
 
     @property

@@ -22,13 +22,16 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from types import FrameType
+from urllib.parse import quote
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancewatch.tools.studio.catalogue import Preview
 from balancewatch.tools.studio.live import Studio
@@ -51,8 +54,15 @@ GRACE = 3  # seconds uvicorn waits for open connections at shutdown before cance
 _PAGE_HEADERS = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-store"}
 
 
-def create_app(studio: Studio) -> Starlette:
-    """The preview's web app, serving ``studio``'s latest snapshot on every request."""
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def create_app(studio: Studio, *, local_only: bool = True) -> Starlette:
+    """The preview's web app, serving ``studio``'s latest snapshot on every request.
+
+    ``local_only`` (serving on a loopback address) answers only requests whose Host is a
+    loopback name: a web page elsewhere could otherwise point its own name at 127.0.0.1 (DNS
+    rebinding) and read the preview, account data included."""
     path = "/{template}/{kind}/{sample}"
     app = Starlette(
         routes=[
@@ -66,7 +76,39 @@ def create_app(studio: Studio) -> Starlette:
         ]
     )
     app.state.studio = studio
+    if local_only:
+        app.add_middleware(_LocalHostOnly)
     return app
+
+
+class _LocalHostOnly:
+    """Refuses (400) a request whose Host header is not a loopback name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and host_name(Headers(scope=scope).get("host", "")) not in LOCAL_NAMES:
+            response = PlainTextResponse(
+                "the preview answers only at localhost or 127.0.0.1\n", status_code=400
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition for ``name``, whatever characters the template's name has: an ASCII
+    fallback, and the name itself in RFC 5987 form."""
+    fallback = "".join(c if c.isascii() and (c.isalnum() or c in "-._") else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def host_name(host: str) -> str:
+    """The name of a Host header without its port: ``[::1]:8025`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _studio(request: Request) -> Studio:
@@ -112,7 +154,7 @@ async def _eml(request: Request) -> Response:
     return Response(
         found.message.as_bytes(),
         media_type="message/rfc822",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        headers={"Content-Disposition": _attachment(name), "X-Content-Type-Options": "nosniff"},
     )
 
 
@@ -214,9 +256,9 @@ class PreviewServer(uvicorn.Server):
     waits on a browser tab; ``GRACE`` bounds it anyway. Unlike plain uvicorn, a signal is not
     raised again after the shutdown: the command exits 0 when stopped as asked."""
 
-    def __init__(self, studio: Studio) -> None:
+    def __init__(self, studio: Studio, *, local_only: bool = True) -> None:
         config = uvicorn.Config(
-            create_app(studio),
+            create_app(studio, local_only=local_only),
             lifespan="off",
             log_config=None,
             access_log=False,
