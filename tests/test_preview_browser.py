@@ -9,6 +9,8 @@ preview server serve the whole module; tests that edit a template put it back.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import struct
 import sys
 import time
@@ -18,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from balancewatch.config import load_settings
+from balancewatch.core import shipped
+from balancewatch.tools.studio.catalogue import Catalogue
 from balancewatch.tools.studio.screenshots import CHROMIUM, shoot
 from tests.test_preview import Served, copied_templates, serve, settings_for, wait_until
 
@@ -219,3 +224,17 @@ def test_no_shipped_email_of_any_sample_is_wider_than_a_phone(site: Served, brow
             too_wide[f"{template}/{kind}/{sample.name}"] = width
     context.close()
     assert too_wide == {}
+
+
+def test_a_screenshot_never_waits_on_a_remote_image(browser: Browser, tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(shipped.templates_dir(), templates)
+    body = templates / "_base.html"
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/logo.png"
+        body.write_text(body.read_text().replace("<body>", f'<body><img src="{url}">', 1))
+        catalogue = Catalogue.load(load_settings(environ={}, search=()), templates)
+        started = time.monotonic()
+        [shot] = shoot(catalogue, tmp_path / "shots", browser, only=["low-balance"])
+    assert shot.problem == "" and len(shot.files) == 2
+    assert time.monotonic() - started < 10

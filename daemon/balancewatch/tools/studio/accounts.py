@@ -91,4 +91,6 @@ def _reports(
 
 
 def _note_problem(note: str | None) -> Problem:
-    return Problem("", 0, "", note or "the report was not built")
+    # A template's problem comes as "path:line: message"; an outcome such as "nothing happened
+    # in this period" is a sentence of its own.
+    return Problem("report", 0, "", note or "the report was not built")

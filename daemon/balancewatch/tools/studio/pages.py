@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -19,7 +19,6 @@ from jinja2 import DictLoader, Environment, StrictUndefined
 from markupsafe import Markup
 
 from balancewatch.core.problems import Problem
-from balancewatch.liveset import Sample
 from balancewatch.tools.studio.catalogue import Preview
 from balancewatch.tools.studio.live import Snapshot
 
@@ -219,10 +218,6 @@ def index_page(snapshot: Snapshot, accounts: Mapping[str, AccountLinks] | None =
         problems=[str(p) for p in catalogue.problems],
         rule_problems=[str(p) for p in catalogue.rule_problems],
     )
-
-
-def _links(template: str, kind: str, samples: Sequence[Sample]) -> list[Link]:
-    return [Link(s.name, s.title, message_path(template, kind, s.name)) for s in samples]
 
 
 def message_page(snapshot: Snapshot, preview: Preview) -> str:

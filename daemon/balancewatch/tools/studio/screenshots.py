@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from balancewatch.tools.studio.catalogue import Catalogue
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Route
 
 CHROMIUM = "/usr/bin/chromium"
 WIDTHS = {"desktop": 600, "phone": 390}
@@ -74,6 +74,13 @@ def shoot(
         width: browser.new_context(java_script_enabled=False, viewport={"width": pixels, "height": 800})
         for width, pixels in WIDTHS.items()
     }
+    for context in contexts.values():
+        # Offline, as the preview: an image or font on a server that never answers must not
+        # hold a screenshot (it shows as missing, as in a mail client that blocks remote content).
+        context.route(
+            "**/*",
+            lambda route: route.abort() if not route.request.url.startswith("data:") else route.continue_(),
+        )
     try:
         for name in catalogue.names:
             if wanted is not None and name not in wanted:
@@ -102,3 +109,10 @@ def shoot(
         for context in contexts.values():
             context.close()
     return shots
+
+
+def _offline(route: Route) -> None:
+    if route.request.url.startswith("data:"):
+        route.continue_()
+    else:
+        route.abort()
