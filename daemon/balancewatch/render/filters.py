@@ -30,11 +30,6 @@ from balancewatch.core.limits import DEFAULT_BUDGET
 from balancewatch.core.money import Money, format_money
 from balancewatch.render.sizes import ValueTooLargeError, check_printf, joined_size, replaced_size, too_large
 
-SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
-MAX_SUBJECT = 250
-TEMPLATE_NAMES_HINT = "a template is a directory holding subject.txt, body.txt and optionally body.html"
-_TEXT_SUFFIXES = (".txt", ".html", ".htm")
-
 # CLDR puts a narrow no-break space (U+202F) before AM/PM (en_US "8:00:00 AM") and between digit
 # groups (fr_FR "1 234,50 €"); many fonts mail clients use have no glyph for it and show
 # "8:00:00AM" or a box. The no-break space (U+00A0) every font has keeps the parts together as well.

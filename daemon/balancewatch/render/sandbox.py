@@ -35,11 +35,6 @@ from balancewatch.render.filters import BOUNDED_FILTERS, FILTERS, lipsum
 from balancewatch.render.i18n import Catalogs, install
 from balancewatch.render.sizes import ValueTooLargeError, check_binop, check_format_spec, check_method_call
 
-SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
-MAX_SUBJECT = 250
-TEMPLATE_NAMES_HINT = "a template is a directory holding subject.txt, body.txt and optionally body.html"
-_TEXT_SUFFIXES = (".txt", ".html", ".htm")
-
 
 class _MemoryLoader(BaseLoader):
     """The loaded files only; each template's filename is its relative path, so an error
