@@ -175,3 +175,15 @@ def test_a_fuzzy_translation_is_not_used_and_never_blocks_the_set(tmp_path: Path
     assert templates.render("greet", {"locale": "de_DE", "days": 2, "name": "Acme"}).text.startswith(
         "Hello Acme,\n"
     )
+
+
+def test_a_catalog_where_none_is_read_is_a_problem_rather_than_ignored(tmp_path: Path) -> None:
+    root = directory(tmp_path)
+    misplaced = root / "locale" / "de-DE" / "LC_MESSAGES" / "messages.po"
+    misplaced.parent.mkdir(parents=True)
+    misplaced.write_text(textwrap.dedent(GERMAN).lstrip())
+    [problem] = TemplateSet(read_template_files(root), root).compile_problems()
+    assert (
+        problem.path == str(misplaced)
+        and "a catalog is locale/<language>/LC_MESSAGES/messages.po" in problem.message
+    )

@@ -191,3 +191,10 @@ def test_an_account_is_shown_only_the_alerts_its_rules_would_send_for_each_curre
         )
     )
     assert "€" in eur and "$" not in eur
+
+
+def test_a_kind_the_template_is_not_used_for_is_one_line_naming_its_uses(run: Cli) -> None:
+    result = run("render", "low-balance", "--kind", "report-usage")
+    assert result.code == 1 and result.err.splitlines() == [
+        "balancewatch render: template 'low-balance' is not used for 'report-usage'; it is used for: alert"
+    ]

@@ -88,6 +88,15 @@ def load_catalogs(files: Mapping[str, str], directory: str) -> tuple[Catalogs, l
     for name, text in sorted(files.items()):
         found = CATALOG.match(name)
         if found is None:
+            if name.endswith(".po"):
+                problems.append(
+                    Problem(
+                        f"{directory}/{name}",
+                        0,
+                        "",
+                        "not read: a catalog is locale/<language>/LC_MESSAGES/messages.po",
+                    )
+                )
             continue
         path = f"{directory}/{name}"
         bad = next((n for n, line in enumerate(text.splitlines(), 1) if not _PO_LINE.match(line)), None)

@@ -110,6 +110,9 @@ class Catalogue:
         kinds = self.uses[template] if kind is None else (kind,)
         if kind is not None and kind not in SAMPLES:
             raise LookupError(f"no kind {kind!r}; kinds: {', '.join(sorted(SAMPLES))}")
+        if kind is not None and kind not in self.uses[template]:
+            uses = ", ".join(self.uses[template])
+            raise LookupError(f"template {template!r} is not used for {kind!r}; it is used for: {uses}")
         for each in kinds:
             for s in self.samples(each):
                 if sample is None or s.name == sample:
