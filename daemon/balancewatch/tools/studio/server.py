@@ -34,7 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancewatch.tools.studio.catalogue import Preview
-from balancewatch.tools.studio.live import Studio
+from balancewatch.tools.studio.live import Snapshot, Studio
 from balancewatch.tools.studio.pages import (
     ACCOUNT_KIND,
     PAGE_POLICY,
@@ -125,15 +125,18 @@ async def _index(request: Request) -> Response:
 
 async def _message(request: Request) -> Response:
     studio = _studio(request)
-    found = await _render(studio, request)
+    # One snapshot for the render and the page: the page's generation then says which files it
+    # shows, so a save during the render still reloads it.
+    snapshot = studio.snapshot
+    found = await _render(studio, request, snapshot)
     if isinstance(found, Response):
         return found
-    return HTMLResponse(message_page(studio.snapshot, found), headers=_PAGE_HEADERS)
+    return HTMLResponse(message_page(snapshot, found), headers=_PAGE_HEADERS)
 
 
 async def _raw(request: Request) -> Response:
     studio = _studio(request)
-    found = await _render(studio, request)
+    found = await _render(studio, request, studio.snapshot)
     if isinstance(found, Response):
         return found
     headers = {"Content-Security-Policy": RAW_POLICY, "Cache-Control": "no-store"}
@@ -145,7 +148,7 @@ async def _raw(request: Request) -> Response:
 
 async def _eml(request: Request) -> Response:
     studio = _studio(request)
-    found = await _render(studio, request)
+    found = await _render(studio, request, studio.snapshot)
     if isinstance(found, Response):
         return found
     if found.message is None:
@@ -184,9 +187,8 @@ async def _status(request: Request) -> Response:
     )
 
 
-async def _render(studio: Studio, request: Request) -> Preview | Response:
-    """The preview a message URL names, or a 404 page saying what there is."""
-    snapshot = studio.snapshot
+async def _render(studio: Studio, request: Request, snapshot: Snapshot) -> Preview | Response:
+    """The preview a message URL names in ``snapshot``, or a 404 page saying what there is."""
     template, kind, sample = (request.path_params[k] for k in ("template", "kind", "sample"))
     catalogue = snapshot.catalogue
     if kind == ACCOUNT_KIND and studio.account is not None:
