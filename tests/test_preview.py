@@ -37,6 +37,7 @@ from balancewatch.tools.studio.live import AccountSource, Studio
 from balancewatch.tools.studio.server import PreviewServer, bind
 from tests.helpers import account, all_states, outbox, post
 from tests.test_cli import Cli, base_env, run
+from tests.test_daemon import wait_until as wait_for
 
 __all__ = ["base_env", "run"]  # fixtures used by name
 
@@ -54,11 +55,8 @@ def copied_templates(tmp_path: Path) -> Path:
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    """The daemon tests' bounded wait, with this module's deadline."""
+    wait_for(condition, what, timeout)
 
 
 @dataclass
