@@ -12,12 +12,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 
 from sqlalchemy import Connection, select
 
 from balancewatch import outbox
 from balancewatch.alerts.context import alert_context, idem_key, topup_key
+from balancewatch.alerts.events import alert_event
 from balancewatch.config import Settings
 from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.evaluate import candidates, services, usage
@@ -33,6 +34,7 @@ from balancewatch.evaluate.load import (
 )
 from balancewatch.liveset import LiveSet
 from balancewatch.render.context import Extras, recipients
+from balancewatch.render.fanout import fan_out, wants_chat
 from balancewatch.render.templates import RenderError
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store import topup_requests as topups
@@ -196,7 +198,7 @@ def _decide_one(
         # recorded without its state change would be decided again, under the same key.
         # The email states the interval this balance is reminded at (an owner may have none).
         told = rule if remind == rule.remind or not transition.decisions else replace(rule, remind=remind)
-        rendered = [_render(deciding, told, subject, d, extras) for d in transition.decisions]
+        rendered = [m for d in transition.decisions for m in _render(deciding, told, subject, d, extras)]
     except RenderError as exc:
         # Leave this balance's state untouched so a later cycle decides it again: a
         # poll while its change is inside the overlap, else the next sweep.
@@ -265,7 +267,8 @@ def _extras(deciding: Deciding, chunk: _Chunk, subject: Subject, prefs: Preferen
 
 def _render(
     deciding: Deciding, rule: CompiledRule, subject: Subject, decision: Decision, extras: Extras
-) -> outbox.NewMessage:
+) -> list[outbox.NewMessage]:
+    """The rows of one decision: its email, and one per channel the rule names."""
     defaults = deciding.settings.defaults
     context = alert_context(
         rule,
@@ -278,8 +281,10 @@ def _render(
         email=deciding.settings.email,
     )
     template = rule.restored_template if decision.kind is Kind.restored else rule.template
-    rendered = deciding.live.templates.render(template or rule.template, context)
-    return outbox.NewMessage(
+    configured = deciding.settings.channels
+    chat = wants_chat(rule.channels, configured)
+    rendered = deciding.live.templates.render(template or rule.template, context, chat=chat)
+    email = outbox.NewMessage(
         idem_key=idem_key(rule.id, subject, decision),
         kind=decision.kind.value,
         sender=deciding.settings.delivery.sender,
@@ -292,6 +297,8 @@ def _render(
         currency=subject.currency,
         step=decision.step.amount,
     )
+    event = partial(alert_event, rule, subject, decision, extras, deciding.now)
+    return fan_out(email, rule.channels, configured, event, lambda: rendered.chat)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from balancewatch.cli import (
     report,
     ruletest,
     schema,
+    sendtest,
     status,
     topup,
     unit,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     init.register(commands)
     ops.register(commands)
+    sendtest.register(commands)
     db.register(commands)
     status.register(commands)
     plan.register(commands)

@@ -8,28 +8,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
-from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, report_problems
 from balancewatch.config import Settings, load_settings, safe_url
 from balancewatch.core.problems import ProblemsError
 from balancewatch.deliver.errors import TransportError
-from balancewatch.deliver.message import build
-from balancewatch.deliver.outcome import DELIVERED, settle
-from balancewatch.deliver.registry import make_transport
 from balancewatch.deliver.smtp import probe as probe_smtp
-from balancewatch.deliver.transport import Envelope, Transport
 from balancewatch.runtime.preflight import Ready, SettingsProblemsError, preflight
 from balancewatch.runtime.service import (
     Daemon,
     build_pipeline,
     describe_transport,
-    instance_name,
     stop_on_signals,
 )
 from balancewatch.store.probe import DatabaseCheckError, probe_database
-from balancewatch.store.tables import OUTBOX_TABLE
 
 log = logging.getLogger("balancewatch")
 
@@ -61,10 +52,6 @@ def register(commands: Any) -> None:
         help="then also reach the database (creating nothing) and the SMTP server (sending nothing)",
     )
     check.set_defaults(handler=cmd_check)
-
-    send = commands.add_parser("send-test", help="send one real email through the configured transport")
-    send.add_argument("--to", required=True, metavar="ADDR", help="recipient address")
-    send.set_defaults(handler=cmd_send_test)
 
     _register_demo(commands)
 
@@ -207,61 +194,6 @@ def args_once(ctx: Ctx) -> bool:
 
 def _safe_url(url: str) -> str:
     return safe_url(url)
-
-
-def cmd_send_test(ctx: Ctx) -> int:
-    """Send straight through the transport, then record the message as sent: one that fails
-    leaves nothing in the outbox for the daemon to retry later."""
-    settings = ctx.settings
-    engine = ctx.engine  # before sending: a database that fails now has not cost an email
-    now = ctx.now()
-    message = outbox.NewMessage(
-        idem_key=f"test/{ctx.args.to}/{now.isoformat()}",
-        kind="test",
-        sender=settings.delivery.sender,
-        recipients=(ctx.args.to,),
-        subject="balancewatch test message",
-        text=f"This is a test message from balancewatch ({instance_name(settings)}).\n"
-        f"Transport: {describe_transport(settings)}\n",
-        html=None,
-    )
-    domain = outbox.message_domain(settings)
-    row = outbox.Claimed(
-        id=0,
-        idem_key=message.idem_key,
-        message_id=outbox.message_id(message.idem_key, domain),
-        sender=message.sender,
-        recipients=message.recipients,
-        subject=message.subject,
-        text=message.text,
-        html=None,
-        attempts=0,
-        created_at=now,
-    )
-    _send_now(make_transport(settings), build(row, now, settings.delivery.reply_to))
-    deliveries = settle(row, {ctx.args.to: DELIVERED}, now, settings.delivery.retry).deliveries
-    with engine.begin() as conn:
-        outbox.add(conn, [message], now, domain)
-        conn.execute(
-            update(OUTBOX_TABLE)
-            .where(OUTBOX_TABLE.c.idem_key == message.idem_key)
-            .values(status=outbox.SENT, attempts=1, sent_at=now, deliveries=deliveries)
-        )
-    ctx.say(f"sent to {ctx.args.to} via {describe_transport(settings)}")
-    return 0
-
-
-def _send_now(transport: Transport, envelope: Envelope) -> None:
-    """Hand ``envelope`` to ``transport``; raises CommandError with the reason in one line."""
-    if envelope.rejected:
-        raise CommandError("; ".join(f"{a}: {why}" for a, why in envelope.rejected.items()))
-    try:
-        with transport:
-            refused = transport.send(envelope)
-    except TransportError as exc:
-        raise CommandError(f"not sent: {exc}") from None
-    if refused:
-        raise CommandError("not sent: " + "; ".join(f"{a}: {err}" for a, err in refused.items()))
 
 
 def cmd_config_show(ctx: Ctx) -> int:

@@ -81,6 +81,9 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--account", metavar="ID", help="only this account's messages")
     parser.add_argument("--rule", metavar="ID", help="only messages decided by this rule or report")
     parser.add_argument(
+        "--channel", metavar="NAME", help="only messages of this channel (email, or a name from channels:)"
+    )
+    parser.add_argument(
         "--since",
         type=_since,
         metavar="WHEN",
@@ -133,7 +136,9 @@ def _filters(ctx: Ctx, statuses: list[list[str]] | None = None) -> outbox.Filter
     a = ctx.args
     since = ctx.now() - a.since if isinstance(a.since, timedelta) else a.since
     chosen = tuple(dict.fromkeys(s for group in statuses or [] for s in group))
-    return outbox.Filters(statuses=chosen, account_id=a.account, rule_id=a.rule, since=since)
+    return outbox.Filters(
+        statuses=chosen, account_id=a.account, rule_id=a.rule, since=since, channel=a.channel
+    )
 
 
 def recipient_states(row: Outbox) -> list[tuple[str, str]]:

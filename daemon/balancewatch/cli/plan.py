@@ -103,7 +103,12 @@ def cmd_plan(ctx: Ctx) -> int:
     args, settings = ctx.args, ctx.settings
     new_dir: Path = args.rules or settings.rules_dir
     try:
-        live = load_set(new_dir, settings.templates_dir, budget=settings.render.budget())
+        live = load_set(
+            new_dir,
+            settings.templates_dir,
+            budget=settings.render.budget(),
+            channels=tuple(settings.channels),
+        )
     except ProblemsError as exc:
         return report_problems(ctx, exc, f"plan: the rules in {new_dir} have problems")
     against: Baseline | None = None

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
+from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.core.progress import Progress
 from balancewatch.deliver.worker import deliver_batch, make_transport
@@ -64,7 +65,12 @@ def register(commands: Any) -> None:
 def _live(ctx: Ctx) -> LiveSet:
     """The rules and templates as ``check`` loads them; ProblemsError lists what is wrong."""
     settings = ctx.settings
-    return load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
+    return load_set(
+        settings.rules_dir,
+        settings.templates_dir,
+        budget=settings.render.budget(),
+        channels=tuple(settings.channels),
+    )
 
 
 def _report(live: LiveSet, report_id: str) -> CompiledReport:
@@ -105,8 +111,7 @@ def cmd_run(ctx: Ctx) -> int:
     failed = _summarise(ctx, report, runs, args.dry_run)
     if args.dry_run:
         return 1 if failed else 0
-    # A report with a message has its outbox key; the test only narrows the type.
-    keys = [p.outcome.idem_key for r in runs for p in r.done if p.message is not None and p.outcome.idem_key]
+    keys = [m.idem_key for r in runs for p in r.done for m in p.messages]
     delivered = _deliver(ctx, keys)
     return 1 if failed or not delivered else 0
 
@@ -123,17 +128,20 @@ def _accounts_to_do(ctx: Ctx, report: CompiledReport, account_id: str | None) ->
 
 def _print_dry(ctx: Ctx, report: CompiledReport, run: ZoneRun) -> None:
     for p in run.done:
-        if p.message is None:
-            continue
-        m = p.message
-        ctx.say(f"--- report {report.id}, {_who(p)}, period {run.period.key} ({run.zone})")
-        ctx.say(f"To: {', '.join(m.recipients)}")
-        ctx.say(f"Subject: {m.subject}")
-        for a in m.attachments:
-            ctx.say(f"Attachment: {a.filename} ({a.content_type}, {len(a.content.encode())} bytes)")
-        ctx.say()
-        ctx.say(m.text.rstrip("\n"))
-        ctx.say()
+        for m in p.messages:
+            _print_message(ctx, report, run, p, m)
+
+
+def _print_message(ctx: Ctx, report: CompiledReport, run: ZoneRun, p: Prepared, m: outbox.NewMessage) -> None:
+    ctx.say(f"--- report {report.id}, {_who(p)}, period {run.period.key} ({run.zone})")
+    to = f"channel {m.channel}" if m.channel != outbox.EMAIL else ", ".join(m.recipients)
+    ctx.say(f"To: {to}")
+    ctx.say(f"Subject: {m.subject}")
+    for a in m.attachments:
+        ctx.say(f"Attachment: {a.filename} ({a.content_type}, {len(a.content.encode())} bytes)")
+    ctx.say()
+    ctx.say(m.text.rstrip("\n"))
+    ctx.say()
 
 
 def _who(p: Prepared) -> str:

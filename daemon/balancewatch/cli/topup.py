@@ -125,7 +125,12 @@ def cmd_fail(ctx: Ctx) -> int:
         raise CommandError("--reason: say why the charge failed; the owner reads it")
     settings = ctx.settings
     try:
-        live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
+        live = load_set(
+            settings.rules_dir,
+            settings.templates_dir,
+            budget=settings.render.budget(),
+            channels=tuple(settings.channels),
+        )
     except ProblemsError as exc:
         return report_problems(
             ctx, exc, "cannot write the failure email: the rules or templates have problems"

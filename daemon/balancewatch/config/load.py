@@ -14,6 +14,7 @@ from typing import Any, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from balancewatch.config.channels import ChatChannel, WebhookChannel, read_secret
 from balancewatch.config.settings import (
     CREDENTIAL_NAME,
     ENV_PREFIX,
@@ -98,7 +99,27 @@ def load_settings(
     _find_password(settings, located, environ)
     _check_header_files(settings, located, environ)
     _check_smtp(settings)
+    _read_channel_secrets(settings, environ)
     return settings
+
+
+def _read_channel_secrets(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Each channel's secret, read now: one that cannot be is a problem at its key, not a
+    failure at the first send."""
+    problems, secrets = [], {}
+    for name, channel in settings.channels.items():
+        if isinstance(channel, WebhookChannel | ChatChannel):
+            key = "secret" if isinstance(channel, WebhookChannel) else "url"
+            try:
+                secrets[name] = read_secret(name, channel, environ)
+            except ValueError as exc:
+                loc: tuple[str, ...] = ("channels", name, key)
+                if not settings.is_set(loc):
+                    loc = ("channels", name)
+                problems.append(settings.problem(loc, str(exc)))
+    if problems:
+        raise ProblemsError(problems)
+    settings.keep_channel_secrets(secrets)
 
 
 def _check_smtp(settings: Settings) -> None:
@@ -252,6 +273,11 @@ def _absolutise(settings: Settings, base: Path) -> None:
     hook.header_files = {name: (base / path).resolve() for name, path in hook.header_files.items()}
     if hook.ca_file is not None:
         hook.ca_file = (base / hook.ca_file).resolve()
+    for channel in settings.channels.values():
+        for attr in ("secret_file", "url_file", "ca_file"):
+            path = getattr(channel, attr, None)
+            if path is not None:
+                setattr(channel, attr, (base / path).resolve())
 
 
 def _problems(exc: ValidationError, located: yamlfile.Located, environ: Mapping[str, str]) -> list[Problem]:

@@ -20,6 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from balancewatch.config.channels import Channel, ChannelName
 from balancewatch.config.sections import (
     DatabaseSettings,
     DefaultsSettings,
@@ -73,12 +74,16 @@ class Settings(BaseSettings):
     render: RenderSettings = RenderSettings()
     reports: ReportSettings = ReportSettings()
     topup: TopupSettings = TopupSettings()
+    # Named channels a rule may send to as channel:NAME (config/channels.py).
+    channels: dict[ChannelName, Channel] = Field(default_factory=dict)
 
     # Set by load_settings; not a key of the file.
     source: Path | None = Field(default=None, exclude=True)
     # Where each value came from, for problems found after loading (see ``where``).
     _located: yamlfile.Located = PrivateAttr(default_factory=lambda: yamlfile.Located("<defaults>", {}))
     _environ: Mapping[str, str] = PrivateAttr(default_factory=dict)
+    # Each webhook's signing secret and each chat channel's URL, read when the config loads.
+    _channel_secrets: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -142,6 +147,14 @@ class Settings(BaseSettings):
             return (Path(creds) / CREDENTIAL_NAME).read_text().rstrip("\r\n")
         return None
 
+    def channel_secret(self, name: str) -> str:
+        """The secret of channel ``name`` read at load (a webhook's signing secret, a chat URL);
+        raises KeyError for a channel without one, or one that was not loaded by ``load_settings``."""
+        return self._channel_secrets[name]
+
+    def keep_channel_secrets(self, secrets: Mapping[str, str]) -> None:
+        self._channel_secrets = dict(secrets)
+
     def redacted(self) -> dict[str, Any]:
         """The settings as data with every secret masked, for ``config show`` and logs.
 
@@ -154,6 +167,9 @@ class Settings(BaseSettings):
             data["database"]["url"] = safe_url(self.database.url)
         if urlsplit(self.topup.hook.url).query:
             data["topup"]["hook"]["url"] = f"{shown_url(self.topup.hook.url)}?{MASK}"
+        for channel in data["channels"].values():
+            if channel.get("type") == "webhook" and urlsplit(str(channel["url"])).query:
+                channel["url"] = f"{shown_url(str(channel['url']))}?{MASK}"
         return data
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from balancewatch.config import RetrySettings
@@ -22,11 +22,13 @@ from balancewatch.outbox import PARKED, PENDING, SENT, Claimed, RowUpdate, backo
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """How one recipient fared: delivered, or the error and whether it is for good."""
+    """How one recipient fared: delivered, or the error, whether it is for good, and how long
+    the other side asked us to wait before trying again (``retry_after``)."""
 
     delivered: bool
     error: str | None = None
     permanent: bool = False
+    retry_after: timedelta | None = None
 
 
 DELIVERED = Attempt(True)
@@ -59,6 +61,10 @@ def settle(row: Claimed, attempts: Mapping[str, Attempt], now: datetime, retry: 
         return RowUpdate(PARKED, deliveries, last_error=summary, sent_at=sent_at)
     if due:
         delay = backoff(row.attempts, retry.initial, retry.max, row.id)
+        asked = [a.retry_after for a in attempts.values() if a.retry_after is not None]
+        if asked:
+            # Honour the longest wait asked for, within the window left before giving up.
+            delay = max(delay, min(max(asked), retry.give_up_after))
         return RowUpdate(PENDING, deliveries, now + delay, errors(due, deliveries), sent_at)
     parked = [a for a in row.recipients if deliveries[a].get("status") == PARKED]
     return RowUpdate(

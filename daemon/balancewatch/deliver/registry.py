@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any, Generic
 
 from balancewatch.config import Settings
+from balancewatch.config.channels import ChatChannel, WebhookChannel
+from balancewatch.core.problems import ProblemsError
+from balancewatch.deliver.chat import ChatTransport, build_chat
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.files import FileTransport
 from balancewatch.deliver.message import EmailEnvelope, build
 from balancewatch.deliver.outcome import DELIVERED, Attempt
+from balancewatch.deliver.ratelimit import RateLimit
 from balancewatch.deliver.smtp import SmtpTransport
 from balancewatch.deliver.transport import EnvelopeT, Transport
+from balancewatch.deliver.webhook import WebhookTransport, build_webhook
 from balancewatch.outbox import Claimed
 
 EMAIL = "email"
@@ -25,14 +32,23 @@ Builder = Callable[[Claimed, datetime], EnvelopeT]
 
 @dataclass(frozen=True, slots=True)
 class Route(Generic[EnvelopeT]):
-    """A channel's transport with the builder of the envelopes it sends."""
+    """A channel's transport with the builder of the envelopes it sends, and the pace the
+    channel allows (``limit``: its ``rate``, messages a second)."""
 
     transport: Transport[EnvelopeT]
     envelope: Builder[EnvelopeT]
+    limit: RateLimit | None = None
 
     @property
     def channel(self) -> str:
         return self.transport.channel
+
+    def pace(self, stopping: threading.Event) -> bool:
+        """Wait until the channel's rate allows the next message; False if ``stopping`` was set
+        meanwhile (send nothing more then)."""
+        if self.limit is None:
+            return not stopping.is_set()
+        return self.limit.wait(stopping)
 
     def attempt(self, row: Claimed, now: datetime) -> dict[str, Attempt]:
         """Send ``row`` to its due recipients, in an open session; how each fared, by address
@@ -44,14 +60,16 @@ class Route(Generic[EnvelopeT]):
         except TransportError as exc:
             if exc.connection:
                 raise
-            return {a: Attempt(False, str(exc), exc.permanent) for a in row.due_recipients}
+            return {a: Attempt(False, str(exc), exc.permanent, exc.retry_after) for a in row.due_recipients}
         attempts: dict[str, Attempt] = {}
         for address in row.due_recipients:
             if address in envelope.rejected:
                 attempts[address] = Attempt(False, envelope.rejected[address], permanent=True)
                 continue
             error = refused.get(envelope.due[address])
-            attempts[address] = DELIVERED if error is None else Attempt(False, str(error), error.permanent)
+            attempts[address] = (
+                DELIVERED if error is None else Attempt(False, str(error), error.permanent, error.retry_after)
+            )
         return attempts
 
 
@@ -66,14 +84,16 @@ class Registry:
     def __init__(self) -> None:
         self._routes: dict[str, Route[Any]] = {}
 
-    def register(self, transport: Transport[EnvelopeT], envelope: Builder[EnvelopeT]) -> None:
+    def register(
+        self, transport: Transport[EnvelopeT], envelope: Builder[EnvelopeT], rate: Decimal = Decimal(0)
+    ) -> None:
         """Deliver ``transport.channel`` through ``transport``; raises ValueError if that channel
         has a transport already (two ways of delivering one channel are a configuration choice,
         not both at once)."""
         if transport.channel in self._routes:
             held = self._routes[transport.channel].transport.name
             raise ValueError(f"channel {transport.channel!r} is delivered by {held} already")
-        self._routes[transport.channel] = Route(transport, envelope)
+        self._routes[transport.channel] = Route(transport, envelope, RateLimit(rate) if rate else None)
 
     def route(self, channel: str) -> Route[Any] | None:
         """The route of ``channel``; None when this daemon has no transport for it."""
@@ -123,5 +143,22 @@ def email_registry(transport: Transport[EmailEnvelope], settings: Settings) -> R
 
 
 def make_registry(settings: Settings) -> Registry:
-    """Every channel this daemon is configured to deliver: today email (SMTP or files)."""
-    return email_registry(make_transport(settings), settings)
+    """Every channel this daemon is configured to deliver: email (SMTP or files), then each
+    webhook and chat channel of ``channels:`` (an email channel is addresses, delivered as email).
+    Raises ProblemsError naming each chat channel whose URL Apprise does not know."""
+    registry = email_registry(make_transport(settings), settings)
+    problems = []
+    for name, channel in settings.channels.items():
+        if isinstance(channel, WebhookChannel):
+            hook = WebhookTransport(name, channel, settings.channel_secret(name))
+            registry.register(hook, build_webhook, channel.rate)
+        elif isinstance(channel, ChatChannel):
+            try:
+                chat = ChatTransport(name, channel, settings.channel_secret(name))
+            except TransportError as exc:  # a URL Apprise cannot read: the config's problem
+                problems.append(settings.problem(("channels", name), str(exc)))
+                continue
+            registry.register(chat, build_chat, channel.rate)
+    if problems:
+        raise ProblemsError(problems)
+    return registry

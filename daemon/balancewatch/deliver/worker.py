@@ -35,7 +35,7 @@ from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
 from balancewatch.deliver.outcome import Attempt, failure_class, settle, shown
-from balancewatch.deliver.registry import Registry, Route, Sessions, email_registry, make_transport
+from balancewatch.deliver.registry import EMAIL, Registry, Route, Sessions, email_registry, make_transport
 from balancewatch.deliver.transport import Transport
 from balancewatch.store import status as instance_status
 
@@ -73,8 +73,11 @@ class Courier:
     taken yet across batches (so one Courier per process, shared by its delivery runs).
 
     ``transports`` maps each channel to its transport; a bare email transport stands for the
-    registry of the email channel alone. ``metrics`` counts each message attempt and each that
-    failed, by transport and class (``failure_class``).
+    registry of the email channel alone. ``lane`` is the channels this courier claims (default:
+    all of them): the daemon runs one courier per lane, so a slow or failing channel never holds
+    back another. The courier whose lane holds ``email`` (or that has no lane) also notes on rows
+    of channels no transport here delivers why they wait. ``metrics`` counts each message
+    attempt and each that failed, by transport and class (``failure_class``).
     """
 
     def __init__(
@@ -85,10 +88,13 @@ class Courier:
         worker: str,
         stopping: threading.Event | None = None,
         metrics: Recorder = NOOP,
+        lane: Collection[str] | None = None,
     ) -> None:
         if not isinstance(transports, Registry):
             transports = email_registry(transports, settings)
         self.engine, self.transports, self.settings, self.worker = engine, transports, settings, worker
+        self.lane = tuple(transports.channels if lane is None else lane)
+        self._notes = lane is None or EMAIL in self.lane
         self.stopping = stopping or threading.Event()
         self.metrics = metrics
         self.unrecorded = Unrecorded()
@@ -122,9 +128,9 @@ class Courier:
             others = outbox.claimers(conn, self.worker)
             dead = instance_status.dead(conn, others, now, stale_after) if others else set()
             self._log_takeover(dead)
-            channels = self.transports.channels
-            outbox.note_undeliverable(conn, channels, now, self._no_transport)
-            batch = outbox.claim(conn, self.worker, now, d.batch_size, d.lease, key, dead, channels)
+            if self._notes:
+                outbox.note_undeliverable(conn, self.transports.channels, now, self._no_transport)
+            batch = outbox.claim(conn, self.worker, now, d.batch_size, d.lease, key, dead, self.lane)
         stats.claimed = len(batch)
         if batch:
             self._send_batch(batch, now, clock, stats)
@@ -163,6 +169,8 @@ class Courier:
                 route = self._route(row)
                 try:
                     sessions.open(route)
+                    if not route.pace(self.stopping):
+                        continue  # stopping: the next round hands the rest back
                     stamp = clock()
                     if stamp >= lease_end - lease / 2:
                         lease_end = stamp + lease
@@ -303,16 +311,21 @@ class Courier:
         )
         self.unrecorded = Unrecorded()
 
-    def hand_back(self, conn: Connection) -> tuple[int, int]:
-        """At a stop: record the outcomes still kept in memory, then hand back every row this
-        worker holds. Returns (outcomes recorded, rows handed back)."""
+    def record_kept(self, conn: Connection) -> int:
+        """Record the outcomes still kept in memory; returns how many were."""
         recorded = sum(
             outbox.record(conn, row_id, self.worker, update)
             for row_id, (_key, update) in self.unrecorded.outcomes.items()
         )
-        released = outbox.release(conn, self.worker, attempted=False)
         self.unrecorded = Unrecorded()
-        return recorded, released
+        return recorded
+
+    def hand_back(self, conn: Connection) -> tuple[int, int]:
+        """At a stop: record the outcomes still kept in memory, then hand back every row this
+        worker holds (of every lane: record the other couriers' kept outcomes first). Returns
+        (outcomes recorded, rows handed back)."""
+        recorded = self.record_kept(conn)
+        return recorded, outbox.release(conn, self.worker, attempted=False)
 
     def _log_takeover(self, dead: Collection[str]) -> None:
         for name in sorted(set(dead) - self._taken_over):

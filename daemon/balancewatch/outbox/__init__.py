@@ -30,7 +30,15 @@ lease: claim, renew, record, release), ``retry`` (backoff and giving up),
 
 from __future__ import annotations
 
-from balancewatch.outbox.add import add, message_domain, message_id, unique_addresses
+from balancewatch.outbox.add import (
+    add,
+    channel_key,
+    decision_key,
+    event_id,
+    message_domain,
+    message_id,
+    unique_addresses,
+)
 from balancewatch.outbox.claim import (
     claim,
     claimers,
@@ -72,8 +80,11 @@ __all__ = [
     "RowUpdate",
     "add",
     "backoff",
+    "channel_key",
     "claim",
     "claimers",
+    "decision_key",
+    "event_id",
     "give_up_from",
     "message_domain",
     "message_id",

@@ -36,6 +36,24 @@ def message_id(idem_key: str, domain: str) -> str:
     return f"<{digest}@{domain}>"
 
 
+def channel_key(decision_key: str, channel: str) -> str:
+    """The idempotency key of a decision's row on a named channel; the email row keeps the
+    decision's own key."""
+    return f"{decision_key}#{channel}"
+
+
+def decision_key(idem_key: str) -> str:
+    """The decision a row's key belongs to (``channel_key`` undone; an email row's key is its own)."""
+    head, sep, channel = idem_key.rpartition("#")
+    return head if sep and channel and "/" not in channel else idem_key
+
+
+def event_id(key: str) -> str:
+    """The id an event about the decision ``key`` carries on every channel and every delivery
+    (a webhook's ``webhook-id``): receivers deduplicate on it."""
+    return "msg_" + hashlib.sha256(decision_key(key).encode()).hexdigest()[:32]
+
+
 def message_domain(settings: Settings) -> str:
     """The right-hand side of Message-IDs: configured, else the sender's domain."""
     if settings.delivery.message_id_domain:

@@ -24,32 +24,27 @@ from __future__ import annotations
 
 import os
 import re
-import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from jinja2 import (
     Template,
     TemplateError,
-    TemplateNotFound,
     TemplateSyntaxError,
-)
-from jinja2.sandbox import (
-    SecurityError,
 )
 
 from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.render.budget import WATCHDOG, OverrunBreaker, RenderTimeoutError
+from balancewatch.render.frames import describe, suspended_at, template_frame
 from balancewatch.render.i18n import literal_problems, load_catalogs
 from balancewatch.render.inline import CssError, inline_css
 from balancewatch.render.sandbox import environment
-from balancewatch.render.sizes import ValueTooLargeError
 
 SUBJECT, TEXT, HTML = "subject.txt", "body.txt", "body.html"
+CHAT = "chat.txt"  # optional: the short message chat channels get (else the subject)
 MAX_SUBJECT = 250
 TEMPLATE_NAMES_HINT = "a template is a directory holding subject.txt, body.txt and optionally body.html"
 _TEXT_SUFFIXES = (".txt", ".html", ".htm", ".po")  # .po: the message catalogs (render/i18n.py)
@@ -62,6 +57,7 @@ class Rendered:
     subject: str
     text: str
     html: str | None
+    chat: str | None = None  # rendered only when asked for, and only if the template has chat.txt
 
 
 class RenderError(Exception):
@@ -105,7 +101,7 @@ class _Output:
 
     def position(self, files: Mapping[str, str]) -> tuple[str, int]:
         """Where the render had got to when it was stopped between two pieces of output."""
-        suspended = _suspended_at(self.chunks, files) if self.chunks is not None else None
+        suspended = suspended_at(self.chunks, files) if self.chunks is not None else None
         return suspended or (self.file, 0)
 
 
@@ -193,15 +189,16 @@ class TemplateSet:
                 )
         return problems
 
-    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+    def render(self, name: str, context: Mapping[str, Any], *, chat: bool = False) -> Rendered:
         """Render template ``name`` within the budget; raises RenderError naming the file and line
-        (OverBudgetError when the render was stopped for its time or size)."""
+        (OverBudgetError when the render was stopped for its time or size). With ``chat``, its
+        ``chat.txt`` too, when it has one (``Rendered.chat``), within the same budget."""
         if name not in self.names:
             raise RenderError(self._problem(f"{name}/{SUBJECT}", 0, "template not found"))
         refusal = self.breaker.refusal(name)
         if refusal is not None:
             raise TemplateSuspendedError(self._still_refused(*refusal))
-        parts = self._compiled(name)  # outside the guarded region: no compiling on the clock
+        parts = self._compiled(name, chat)  # outside the guarded region: no compiling on the clock
         output = _Output(self.budget.max_size)
         try:
             rendered = WATCHDOG.run(
@@ -211,7 +208,7 @@ class TemplateSet:
         except RenderTimeoutError as exc:
             # Stopped inside the template, or in the loop reading its output (a loop writing
             # nothing but empty strings): the generator then knows where it was.
-            where, line = _template_frame(exc.__cause__, self.files) or output.position(self.files)
+            where, line = template_frame(exc.__cause__, self.files) or output.position(self.files)
             message = (
                 f"rendering took longer than {self.budget.timeout_text()} (render.timeout); "
                 "a loop may never end"
@@ -228,12 +225,20 @@ class TemplateSet:
         except Exception as exc:  # a template can raise anything its expressions do
             raise RenderError(self._render_problem(exc, output.file)) from None
         self.breaker.finished(name)
-        # Every template set has a subject and a text part; the HTML part is optional.
-        subject, text = rendered[0] or "", rendered[1] or ""
-        html = rendered[2] if len(rendered) > 2 else None
+        # Every template set has a subject and a text part; the HTML and chat parts are optional.
+        by_part = {
+            file.rsplit("/", 1)[1]: text for (file, _template), text in zip(parts, rendered, strict=True)
+        }
+        html = by_part.get(HTML)
         if html is not None:
             html = self._inlined(name, html, output.size - len(html))
-        return Rendered(subject=one_line(subject), text=text.strip() + "\n", html=html)
+        chat_text = by_part.get(CHAT)
+        return Rendered(
+            subject=one_line(by_part[SUBJECT] or ""),
+            text=(by_part[TEXT] or "").strip() + "\n",
+            html=html,
+            chat=None if chat_text is None else chat_text.strip(),
+        )
 
     def _inlined(self, name: str, html: str, others: int) -> str:
         """``html`` with its CSS inlined, within the size budget with the ``others`` characters
@@ -272,12 +277,13 @@ class TemplateSet:
             f"again for {retry} (fix it: a reload starts afresh)",
         )
 
-    def _compiled(self, name: str) -> list[tuple[str, Template]]:
-        """The subject, text and (when there is one) HTML templates of ``name``."""
+    def _compiled(self, name: str, chat: bool = False) -> list[tuple[str, Template]]:
+        """The subject, text and (when there is one) HTML templates of ``name``; with ``chat``,
+        its chat template when there is one."""
         out: list[tuple[str, Template]] = []
-        for part in (SUBJECT, TEXT, HTML):
+        for part in (SUBJECT, TEXT, HTML, CHAT) if chat else (SUBJECT, TEXT, HTML):
             file = f"{name}/{part}"
-            if part == HTML and file not in self.files:
+            if part in (HTML, CHAT) and file not in self.files:
                 continue
             try:
                 out.append((file, self.env.get_template(file)))
@@ -311,8 +317,8 @@ class TemplateSet:
     def _render_problem(self, exc: Exception, file: str) -> Problem:
         if isinstance(exc, TemplateSyntaxError):  # an included or extended file that does not compile
             return self._problem(exc.name or file, exc.lineno, exc.message or str(exc))
-        where, line = _template_frame(exc, self.files) or (file, 0)
-        return self._problem(where, line, _describe(exc, self.files))
+        where, line = template_frame(exc, self.files) or (file, 0)
+        return self._problem(where, line, describe(exc, self.files))
 
     def _problem(self, name: str, line: int, message: str) -> Problem:
         return Problem(str(self.directory / name), line, "", message)
@@ -347,54 +353,3 @@ def one_line(text: str) -> str:
     of no-break spaces alone becomes one no-break space (U+00A0)."""
     flat = _WHITESPACE.sub(_one_space, text).strip()
     return flat if len(flat) <= MAX_SUBJECT else flat[: MAX_SUBJECT - 1].rstrip() + "…"
-
-
-def _describe(exc: Exception, files: Mapping[str, str]) -> str:
-    if isinstance(exc, TemplateNotFound):
-        shared = ", ".join(sorted(n for n in files if "/" not in n)) or "none"
-        return (
-            f"template {exc.name!r} not found: a template may include or extend only files of the "
-            f"templates directory, named relative to it (shared files here: {shared})"
-        )
-    if isinstance(exc, SecurityError):
-        what = (exc.message or "unsafe").rstrip(".")
-        return f"{what}; templates run in a sandbox: no private attributes, no changing data"
-    if isinstance(exc, TemplateError):
-        return exc.message or type(exc).__name__
-    if isinstance(exc, ValueTooLargeError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _template_frame(exc: BaseException | None, files: Mapping[str, str]) -> tuple[str, int] | None:
-    # Jinja rewrites the tracebacks of exceptions it handles so template lines appear as
-    # frames of the template file; the watchdog's interrupt passes Jinja by, so its frames
-    # are the compiled code's, mapped back to template lines here.
-    # walk_tb, not extract_tb: no source lookup, so nothing on disk is read for a name.
-    if exc is None:
-        return None
-    frames = list(traceback.walk_tb(exc.__traceback__))
-    for frame, line in reversed(frames):
-        if frame.f_code.co_filename in files:
-            return frame.f_code.co_filename, _template_line(frame, line)
-    return None
-
-
-def _suspended_at(generator: Iterator[str], files: Mapping[str, str]) -> tuple[str, int] | None:
-    """The template file and line a suspended render generator stopped at (the innermost one,
-    through ``yield from`` of blocks and includes)."""
-    found = None
-    current: Any = generator
-    while current is not None:
-        frame = getattr(current, "gi_frame", None)
-        if frame is not None and frame.f_code.co_filename in files:
-            found = frame.f_code.co_filename, _template_line(frame, frame.f_lineno)
-        current = getattr(current, "gi_yieldfrom", None)
-    return found
-
-
-def _template_line(frame: FrameType, line: int | None) -> int:
-    template = frame.f_globals.get("__jinja_template__")
-    if template is not None and line:
-        return int(template.get_corresponding_lineno(line))
-    return line or 0

@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from balancewatch import outbox
 from balancewatch.config import Settings
+from balancewatch.render.fanout import Event, fan_out, wants_chat
 from balancewatch.render.templates import RenderError, TemplateSet, TemplateSuspendedError
 from balancewatch.reports.base import Built, Period
 from balancewatch.reports.claims import FAILED, OPERATORS, SENT, SKIPPED, ClaimOutcome, idem_key
@@ -35,7 +37,13 @@ class Prepared:
     """One report ready to record: its outcome, and the message when it is to be sent."""
 
     outcome: ClaimOutcome
-    message: outbox.NewMessage | None = None
+    # The email (when it has an address) and a row for each channel the report names.
+    messages: tuple[outbox.NewMessage, ...] = ()
+
+    @property
+    def message(self) -> outbox.NewMessage | None:
+        """The email among ``messages``; None when the report goes to channels only, or nowhere."""
+        return next((m for m in self.messages if m.channel == outbox.EMAIL), None)
 
 
 def context(
@@ -82,10 +90,11 @@ def prepare(
     if built.empty and not report.send_empty:
         return Prepared(ClaimOutcome(account_id, SKIPPED, note=EMPTY))
     to = recipients(report, built)
-    if not to:
+    if not to and not report.channels:
         return Prepared(ClaimOutcome(account_id, SKIPPED, note=NO_RECIPIENT))
+    chat = wants_chat(report.channels, settings.channels)
     try:
-        rendered = templates.render(report.template, context(report, period, built, now, settings))
+        rendered = templates.render(report.template, context(report, period, built, now, settings), chat=chat)
     except TemplateSuspendedError:
         raise  # not this account's fault: the batch is tried again later, not failed
     except RenderError as exc:
@@ -109,4 +118,27 @@ def prepare(
         account_id=built.account.id if built.account is not None else None,
         attachments=attachments,
     )
-    return Prepared(ClaimOutcome(account_id, SENT, key), message)
+    event = partial(ready_event, report, period, built, now)
+    messages = fan_out(message, report.channels, settings.channels, event, lambda: rendered.chat)
+    return Prepared(ClaimOutcome(account_id, SENT, key), tuple(messages))
+
+
+def ready_event(report: CompiledReport, period: Period, built: Built, now: datetime) -> Event:
+    """The ``report.ready`` event of one account's report (or the operators' one): which report,
+    which period, whose, and whether anything happened in it."""
+    account = built.account
+    data = {
+        "report": report.id,
+        "contents": report.contents,
+        "period": {
+            "kind": period.kind,
+            "key": period.key,
+            "start": period.start.isoformat(),
+            "end": period.end.isoformat(),
+            "timezone": period.timezone,
+        },
+        "account": None if account is None else {"id": account.id, "name": account.name},
+        "empty": built.empty,
+        "rows": len(built.csv_rows),
+    }
+    return Event("report.ready", now, data)

@@ -215,7 +215,7 @@ def record(
                 with job.engine.begin() as conn:
                     kept += _record_in(conn, job, report, period, [compose.Prepared(decided)], domain)
     for p in kept:
-        if p.outcome.status == claims.SENT and p.message is not None:
+        if p.outcome.status == claims.SENT and p.messages:
             stats.sent[report.id] += 1
             job.metrics.report_sent(report.id)
         elif p.outcome.status == claims.SKIPPED:
@@ -236,5 +236,5 @@ def _record_in(
 ) -> list[compose.Prepared]:
     held = claims.finish(conn, report.id, period.key, job.worker, [p.outcome for p in prepared], job.now)
     kept = [p for p in prepared if p.outcome.account_id in held]
-    outbox.add(conn, [p.message for p in kept if p.message is not None], job.now, domain)
+    outbox.add(conn, [m for p in kept for m in p.messages], job.now, domain)
     return kept

@@ -10,10 +10,12 @@ position of the usage item in the rule's ladder).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 
+from balancewatch.config.channels import reference
 from balancewatch.core.money import MoneyError, to_minor
 from balancewatch.rules.fields import OWNER, OWNER_THRESHOLDS, PREFERENCES, SUBACCOUNT_OWNERS
 from balancewatch.rules.models import AlertRule, UsageStep
@@ -97,6 +99,9 @@ class CompiledRule:
     source: str = ""
     line: int = 0
     model: AlertRule | None = field(default=None, compare=False, repr=False)
+    # The config's channels named in notify (channel:NAME), each with the line naming it.
+    channels: tuple[str, ...] = ()
+    channel_lines: tuple[int, ...] = field(default=(), compare=False)
     inhibited_by: tuple[str, ...] = ()
     unless_owner_configured: bool = False
     notify_preferences: bool = False
@@ -131,6 +136,17 @@ class CompiledRule:
         return dict(self.topup or ()).get(currency)
 
 
+def addresses(notify: Iterable[str]) -> tuple[str, ...]:
+    """The email addresses a notify list names, without repeats."""
+    words = (OWNER, PREFERENCES, SUBACCOUNT_OWNERS)
+    return tuple(dict.fromkeys(a for a in notify if a not in words and reference(a) is None))
+
+
+def channel_references(notify: Iterable[str]) -> tuple[str, ...]:
+    """The channels a notify list names (``channel:NAME``), without repeats."""
+    return tuple(dict.fromkeys(name for a in notify if (name := reference(a)) is not None))
+
+
 class CompileError(ValueError):
     """A rule that validated but cannot be turned into minor units.
 
@@ -154,9 +170,8 @@ def compile_rule(rule: AlertRule, source: str = "", line: int = 0) -> CompiledRu
         step_sets=_step_sets(rule),
         remind=rule.remind,
         notify_owner=OWNER in rule.notify,
-        recipients=tuple(
-            dict.fromkeys(a for a in rule.notify if a not in (OWNER, PREFERENCES, SUBACCOUNT_OWNERS))
-        ),
+        recipients=addresses(rule.notify),
+        channels=channel_references(rule.notify),
         template=rule.template,
         source=source,
         line=line,

@@ -118,3 +118,20 @@ def inhibitors_first(rules: Sequence[CompiledRule]) -> list[CompiledRule]:
         place(rule, frozenset())
     placed_ids = set(placed)
     return [*placed.values(), *(r for r in rules if r.id not in placed_ids)]
+
+
+def unknown_channels(rules: Sequence[Any], channels: Sequence[str]) -> list[Problem]:
+    """A problem at each ``channel:NAME`` of ``rules`` (alert rules and reports) that names no
+    channel of the config (``channels``), with the closest name when one is close."""
+    known = ", ".join(sorted(channels)) or "none: add a channels: section to config.yaml"
+    out = []
+    for rule in rules:
+        lines = rule.channel_lines or (rule.line,) * len(rule.channels)
+        for name, line in zip(rule.channels, lines, strict=False):
+            if name in channels:
+                continue
+            close = difflib.get_close_matches(name, list(channels), n=1)
+            hint = f"did you mean channel:{close[0]}? " if close else ""
+            message = f"channel {name!r} is not in the config; {hint}(channels: {known})"
+            out.append(Problem(rule.source, line, "notify", message))
+    return out

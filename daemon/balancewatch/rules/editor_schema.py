@@ -19,7 +19,9 @@ PERCENT_TEXT = rf"^\s*{_NUMBER}\s*%\s*$"
 CURRENCY_CODE = r"^[A-Z]{3}$"
 _DURATION_PART = r"[0-9]+(\.[0-9]+)? *([mM][sS]|[sSmMhHdDwW])"
 DURATION_TEXT = rf"^ *(({_DURATION_PART} *)+|[0-9]+(\.[0-9]+)? *)$"
-_RECIPIENT = r"(owner|preferences|subaccount-owners|[^\s@,;]+@[^\s@,;]+\.[^\s@,;]+)"
+_RECIPIENT = (
+    r"(owner|preferences|subaccount-owners|channel:[a-z0-9][a-z0-9_-]{0,15}|[^\s@,;]+@[^\s@,;]+\.[^\s@,;]+)"
+)
 RECIPIENTS_TEXT = rf"^[\s,]*{_RECIPIENT}(\s*,[\s,]*{_RECIPIENT})*[\s,]*$"
 _TEXT_OR_NUMBER = {"type": ["string", "integer"]}
 
@@ -122,7 +124,8 @@ PERCENT_SCHEMA: dict[str, Any] = {
 RECIPIENTS_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {
-            "description": "owner and/or addresses, comma-separated: 'owner, ops@example.com'.",
+            "description": "owner, addresses and channels, comma-separated: "
+            "'owner, ops@example.com, channel:ops-chat'.",
             "type": "string",
             "pattern": RECIPIENTS_TEXT,
         },
@@ -130,14 +133,15 @@ RECIPIENTS_SCHEMA: dict[str, Any] = {
             "type": "array",
             "minItems": 1,
             "items": {
-                "description": "owner (the account owner's address) or an email address.",
+                "description": "owner (the account owner's address), an email address, or a channel "
+                "of the config (channel:NAME).",
                 "type": "string",
                 "pattern": RECIPIENTS_TEXT,
-                "examples": ["owner", "ops@example.com"],
+                "examples": ["owner", "ops@example.com", "channel:ops-chat"],
             },
         },
     ],
-    "examples": [["owner"], ["owner", "ops@example.com"]],
+    "examples": [["owner"], ["owner", "ops@example.com"], ["owner", "channel:ops-chat"]],
 }
 TEXTS_SCHEMA: dict[str, Any] = {
     "anyOf": [_TEXT_OR_NUMBER, {"type": "array", "items": _TEXT_OR_NUMBER}],

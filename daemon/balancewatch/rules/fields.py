@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 
+from balancewatch.config.channels import CHANNEL_NAME, REFERENCE_PREFIX
 from balancewatch.core.durations import parse_duration
 from balancewatch.core.money import MoneyError, check_currency
 from balancewatch.rules.editor_schema import AMOUNT_SCHEMA, CURRENCY_SCHEMA, REMIND_SCHEMA, TEXTS_SCHEMA
@@ -71,6 +72,14 @@ def _address(value: Any) -> str:
     text = value.strip()
     if text in RECIPIENT_WORDS:
         return text
+    if text.startswith(REFERENCE_PREFIX):
+        name = text[len(REFERENCE_PREFIX) :].strip()
+        if not CHANNEL_NAME.fullmatch(name):
+            raise ValueError(
+                f"{text!r} does not name a channel: write channel: and a channel's name from the "
+                "config's channels (lower-case letters, digits, '-' and '_'), e.g. channel:ops-chat"
+            )
+        return REFERENCE_PREFIX + name
     if ";" in text:
         raise ValueError(f"{text!r}: separate recipients with commas, not ';'")
     try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from balancewatch.config.channels import reference
 from balancewatch.core import yamlfile
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.rules.compiled import CompiledRule, CompileError, compile_rule
@@ -206,6 +207,9 @@ def _parse_alerts(f: SourceFile, located: yamlfile.Located, items: Any) -> tuple
         try:
             rule = AlertRule.model_validate(item)
             compiled = compile_rule(rule, str(f.path), located.line_of(("alerts", i)))
+            compiled = replace(
+                compiled, channel_lines=reference_lines(located, ("alerts", i), compiled.channels)
+            )
             id_at = ("alerts", i, "id")
             out.append(Parsed(compiled, located.line_of(id_at), located.field_of(id_at)))
         except ValidationError as exc:
@@ -235,8 +239,30 @@ def _parse_reports(
             continue
         at = ("reports", i, "id")
         compiled = compile_report(report, str(f.path), located.line_of(("reports", i)))
+        compiled = replace(
+            compiled, channel_lines=reference_lines(located, ("reports", i), compiled.channels)
+        )
         out.append(Parsed(compiled, located.line_of(at), located.field_of(at)))
     return out, problems
+
+
+def reference_lines(located: yamlfile.Located, at: tuple[str, int], names: Sequence[str]) -> tuple[int, ...]:
+    """The line naming each channel of ``names`` in the notify of the entry at ``at``."""
+    entry = located.data
+    for part in at:
+        entry = entry[part]
+    notify = entry.get("notify") if isinstance(entry, dict) else None
+    items = notify if isinstance(notify, list) else [notify]
+    lines = []
+    for name in names:
+        line = located.line_of((*at, "notify"))
+        for k, item in enumerate(items):
+            words = [w.strip() for w in item.split(",")] if isinstance(item, str) else []
+            if any((reference(w) or "").strip() == name for w in words):
+                line = located.line_of((*at, "notify", k)) if isinstance(notify, list) else line
+                break
+        lines.append(line)
+    return tuple(lines)
 
 
 def _parts(field: str) -> tuple[str | int, ...]:

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
-from balancewatch.rules.compiled import Selector, compile_selector
+from balancewatch.rules.compiled import Selector, addresses, channel_references, compile_selector
 from balancewatch.rules.crontab import SCHEDULE_HINT, to_cron
 from balancewatch.rules.models import (
     OWNER,
@@ -155,6 +155,9 @@ class CompiledReport:
     source: str = ""
     line: int = 0
     model: ReportRule | None = field(default=None, compare=False, repr=False)
+    # The config's channels named in notify (channel:NAME), each with the line naming it.
+    channels: tuple[str, ...] = ()
+    channel_lines: tuple[int, ...] = field(default=(), compare=False)
 
 
 def compile_report(report: ReportRule, source: str = "", line: int = 0) -> CompiledReport:
@@ -169,7 +172,8 @@ def compile_report(report: ReportRule, source: str = "", line: int = 0) -> Compi
         contents=report.contents,
         period=None if report.contents == "low-balance" else _period(report),
         notify_owner=OWNER in report.notify,
-        recipients=tuple(dict.fromkeys(a for a in report.notify if a != OWNER)),
+        recipients=addresses(report.notify),
+        channels=channel_references(report.notify),
         template=report.template or DEFAULT_TEMPLATES[report.contents],
         attach_csv=report.attach_csv,
         send_empty=report.empty == "send",

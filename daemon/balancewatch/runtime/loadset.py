@@ -29,6 +29,7 @@ from balancewatch.render.templates import (
 )
 from balancewatch.reports.kinds import SAMPLES as REPORT_SAMPLES
 from balancewatch.rules.compiled import CompiledRule
+from balancewatch.rules.crosscheck import unknown_channels
 from balancewatch.rules.loader import SourceFile, check_files, digest, read_files, rule_files
 from balancewatch.rules.reports import CompiledReport
 from balancewatch.topup.kinds import SAMPLES as TOPUP_SAMPLES
@@ -44,9 +45,11 @@ def load_set(
     paths: Sequence[Path] | None = None,
     *,
     budget: RenderBudget = DEFAULT_BUDGET,
+    channels: Sequence[str] = (),
 ) -> LiveSet:
     """Load and cross-check the rule files of ``rules_dir`` (or exactly ``paths``) with the
-    templates of ``templates_dir``; raises ProblemsError listing every problem.
+    templates of ``templates_dir`` and the config's ``channels`` (their names); raises
+    ProblemsError listing every problem.
 
     The set's templates render within ``budget`` (``render:`` in config.yaml), its test
     renders included."""
@@ -60,6 +63,7 @@ def load_set(
     # The rules that compiled are cross-checked even when others did not: every problem at once.
     rules, reports, rule_problems = check_files(files)
     problems.extend(rule_problems)
+    problems.extend(unknown_channels([*rules, *reports], channels))
     try:
         template_files = read_template_files(templates_dir)
     except ProblemsError as exc:

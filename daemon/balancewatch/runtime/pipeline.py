@@ -17,7 +17,8 @@ from sqlalchemy import Engine
 from balancewatch.alerts.cycle import CycleStats, poll
 from balancewatch.config import Settings
 from balancewatch.core.metrics import NOOP, Metrics, Recorder
-from balancewatch.deliver.worker import Courier, DeliveryStats, Transport, make_transport
+from balancewatch.deliver.registry import EMAIL, Registry, email_registry, make_registry
+from balancewatch.deliver.worker import Courier, DeliveryStats, Transport
 from balancewatch.liveset import LiveSet
 from balancewatch.reports.accounts import ZoneCache
 from balancewatch.reports.runner import ReportStats, run_due
@@ -49,7 +50,7 @@ class Pipeline:
     engine: Engine
     settings: Settings
     live: LiveSet
-    transport: Transport
+    transport: Registry | Transport
     worker: str
     last_sweep: datetime | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,14 +65,38 @@ class Pipeline:
     metrics: Recorder = NOOP
     # Called as an evaluation moves on (each query and chunk): the systemd watchdog's proof of life.
     progressed: Callable[[], None] | None = None
-    courier: Courier = field(init=False, repr=False)
+    # One courier per channel this instance delivers (its lane), so a slow channel holds up no other.
+    couriers: dict[str, Courier] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.hook is None:
             self.hook = make_hook(self.settings)
-        self.courier = Courier(
-            self.engine, self.transport, self.settings, self.worker, self.stopping, metrics=self.metrics
-        )
+        registry = self.transport
+        if not isinstance(registry, Registry):
+            registry = email_registry(registry, self.settings)
+        self.registry = registry
+        self.couriers = {
+            channel: Courier(
+                self.engine,
+                registry,
+                self.settings,
+                self.worker,
+                self.stopping,
+                metrics=self.metrics,
+                lane=(channel,),
+            )
+            for channel in registry.channels
+        }
+
+    @property
+    def courier(self) -> Courier:
+        """The email channel's courier (which also notes rows no transport here delivers)."""
+        return self.couriers[EMAIL]
+
+    @property
+    def lanes(self) -> tuple[str, ...]:
+        """The channels delivered here, each by a courier of its own."""
+        return tuple(self.couriers)
 
     def evaluate(self, now: datetime) -> CycleStats:
         """A poll, or a full sweep when one is due (and the first time, and after a swap).
@@ -98,10 +123,10 @@ class Pipeline:
                     self.last_sweep = now
         return stats
 
-    def deliver(self, now: datetime, clock: Clock | None = None) -> DeliveryStats:
-        """Deliver due rows, batch after batch, until none is due, a batch made no
-        progress, or ``stopping`` is set (the message in flight is finished; the rest of
-        its batch is handed back).
+    def deliver(self, now: datetime, clock: Clock | None = None, lane: str | None = None) -> DeliveryStats:
+        """Deliver the due rows of ``lane`` (a channel; default: every channel in turn), batch
+        after batch, until none is due, a batch made no progress, or ``stopping`` is set (the
+        message in flight is finished; the rest of its batch is handed back).
 
         ``now`` claims the first batch; each later one reads ``clock`` again, so
         its lease starts when it is claimed, not when the first batch was.
@@ -109,8 +134,16 @@ class Pipeline:
         and recorded by the next call that reaches it.
         """
         total = DeliveryStats()
+        for courier in self.couriers.values() if lane is None else (self.couriers[lane],):
+            stats = self._deliver_lane(courier, now, clock)
+            total.claimed += stats.claimed
+            total.outcomes.update(stats.outcomes)
+        return total
+
+    def _deliver_lane(self, courier: Courier, now: datetime, clock: Clock | None) -> DeliveryStats:
+        total = DeliveryStats()
         while not self.stopping.is_set():
-            stats = self.courier.deliver_batch(now, clock, stale_after=self.stale_after(now))
+            stats = courier.deliver_batch(now, clock, stale_after=self.stale_after(now))
             total.claimed += stats.claimed
             total.outcomes.update(stats.outcomes)
             done = stats.outcomes["sent"] + stats.outcomes["parked"]
@@ -178,7 +211,7 @@ def build_pipeline(
 ) -> Pipeline:
     """The pipeline for ``settings``; with ``metrics.listen`` set it records into a registry of its
     own, with the outbox gauges read from ``engine`` at each scrape."""
-    transport = make_transport(settings)
+    transport = make_registry(settings)
     metrics: Recorder = NOOP
     if settings.metrics.listen:
         registry = Metrics()
@@ -194,6 +227,11 @@ def build_pipeline(
         stopping=stopping or threading.Event(),
         metrics=metrics,
     )
+
+
+def lane_job(lane: str) -> str:
+    """The scheduler job delivering ``lane``: ``deliver`` for email, ``deliver:NAME`` for a channel."""
+    return "deliver" if lane == EMAIL else f"deliver:{lane}"
 
 
 def describe_transport(settings: Settings) -> str:

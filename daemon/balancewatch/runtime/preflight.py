@@ -22,6 +22,7 @@ from pathlib import Path
 
 from balancewatch.config import Settings, os_reason
 from balancewatch.core.problems import Problem, ProblemsError
+from balancewatch.deliver.registry import make_registry
 from balancewatch.liveset import LiveSet
 from balancewatch.runtime.loadset import load_set
 from balancewatch.topup.hook import check_topup_hook
@@ -45,13 +46,27 @@ def preflight(settings: Settings) -> Ready:
     Raises SettingsProblemsError (stage 1) or ProblemsError (stage 2), listing every
     problem of that stage as one line each.
     """
-    problems = [*directory_problems(settings), *login_problems(settings)]
+    problems = [*directory_problems(settings), *login_problems(settings), *channel_problems(settings)]
     if problems:
         raise SettingsProblemsError(problems)
-    live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
+    live = load_set(
+        settings.rules_dir,
+        settings.templates_dir,
+        budget=settings.render.budget(),
+        channels=tuple(settings.channels),
+    )
     check_topup_hook(settings, live.rules)
     warnings = () if live.rules else (f"{settings.rules_dir}: no rules: nothing will ever alert",)
     return Ready(live, warnings)
+
+
+def channel_problems(settings: Settings) -> list[Problem]:
+    """What stops a channel's transport from being made (a chat URL Apprise does not know)."""
+    try:
+        make_registry(settings)
+    except ProblemsError as exc:
+        return list(exc.problems)
+    return []
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,10 +89,12 @@ class Reloader:
         on_status: StatusCallback | None = None,
         clock: Callable[[], datetime] = _utc_now,
         metrics: Recorder = NOOP,
+        channels: Sequence[str] = (),
     ) -> None:
         if debounce < 0 or backstop <= 0:
             raise ValueError("debounce must be >= 0 and backstop > 0 seconds")
         self.rules_dir, self.templates_dir = rules_dir, templates_dir
+        self.channels = tuple(channels)  # the config's channels, which rules may name
         self.swap = swap
         self.debounce, self.backstop = debounce, backstop
         self.on_status = on_status
@@ -222,7 +224,12 @@ class Reloader:
             if digest == self._refused and not force:
                 return self.status
             try:
-                live = load_set(self.rules_dir, self.templates_dir, budget=self.live.templates.budget)
+                live = load_set(
+                    self.rules_dir,
+                    self.templates_dir,
+                    budget=self.live.templates.budget,
+                    channels=self.channels,
+                )
             except ProblemsError as exc:
                 return self._refuse(reason, exc, digest, force)
             except Exception as exc:  # a bug in a check must not take the running rules down

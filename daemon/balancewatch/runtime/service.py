@@ -6,17 +6,17 @@ Four jobs run on an APScheduler 3 background scheduler, each with
 - *evaluate*, every ``poll_interval``: balances changed since the last poll,
   and every ``sweep_interval`` (and at start) a full sweep;
 - *deliver*, every ``delivery.interval`` and right after decisions: due
-  outbox rows out through the transport;
+  email rows out through the transport; each named webhook or chat channel
+  has a job of its own (``deliver:NAME``), so none holds up another;
 - *topup*, every ``delivery.interval`` and right after new top-up requests:
   top-ups that arrived in the ledger, then due requests to the hook
   (``topup.worker``); a failure email it records is delivered right away;
 - *reports*, every minute: the scheduled reports whose send time is due
   (``reports.runner``), then delivery right away.
 
-A fifth job, *heartbeat*, every 5 seconds (``store.status.HEARTBEAT``),
-updates this instance's row in ``instance_status`` (``balancewatch status``,
-and how other instances tell that it is alive); the row is also written at
-start and after every reload attempt. Job failures are logged through
+A fifth job, *heartbeat*, every 5 seconds (``store.status.HEARTBEAT``), updates this
+instance's row in ``instance_status`` (``balancewatch status``, and how other instances
+tell that it is alive); also written at start and after every reload attempt. Job failures are logged through
 ``outage.FailureLog``: a database outage is one warning a minute.
 
 Rules and templates reload when their files change (``reload.Reloader``,
@@ -31,6 +31,7 @@ database: a restart repeats nothing and loses nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -50,6 +51,7 @@ from balancewatch.alerts.cycle import CycleStats
 from balancewatch.config import Settings
 from balancewatch.core import sdnotify
 from balancewatch.core.metrics import Metrics, Readiness
+from balancewatch.deliver.registry import EMAIL
 from balancewatch.runtime import health, httpserve, presence, watchdog
 from balancewatch.runtime.health import changed_settings
 from balancewatch.runtime.heartbeat import InstanceRow
@@ -60,6 +62,7 @@ from balancewatch.runtime.pipeline import (
     build_pipeline,
     describe_transport,
     instance_name,
+    lane_job,
     utc_clock,
 )
 from balancewatch.runtime.reload import Reloader, ReloadStatus
@@ -116,12 +119,14 @@ class Daemon:
             on_status=self.row.record_reload,
             clock=clock,
             metrics=pipeline.metrics,
+            channels=tuple(s.channels),
         )
         self.http: httpserve.MetricsServer | None = None
         self.scheduler = BackgroundScheduler(
             # A worker per job: a long sweep, a slow delivery or a slow top-up hook must not
             # hold up the others or the heartbeat.
-            executors={"default": ThreadPoolExecutor(5)},
+            # (and one more for each channel's delivery lane beside email's)
+            executors={"default": ThreadPoolExecutor(4 + len(pipeline.lanes))},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -172,12 +177,12 @@ class Daemon:
             log.info("reports: %s", ", ".join(f"{k} {v} sent" for k, v in sorted(stats.sent.items())))
             self._run_soon("deliver")
 
-    def deliver_job(self) -> None:
+    def deliver_job(self, lane: str = EMAIL) -> None:
         if not self.row.written:
             # Until this run's row is in, the row of an earlier run under a fixed name may still
             # say "stopped": another instance would take over whatever this one claims.
             self.row.write(self.row.whole())
-        self.pipeline.deliver(self.clock(), self.clock)
+        self.pipeline.deliver(self.clock(), self.clock, lane=lane)
 
     def _poll_ended(self, stats: CycleStats | None) -> None:
         """An evaluation ended (``stats`` None: it failed): the poll loop made progress."""
@@ -193,9 +198,13 @@ class Daemon:
         return self.row.status_line()
 
     def _run_soon(self, job_id: str) -> None:
-        if not self.stopping.is_set():
+        """Run ``job_id`` now (``deliver``: every channel's delivery lane)."""
+        if self.stopping.is_set():
+            return
+        ids = [lane_job(lane) for lane in self.pipeline.lanes] if job_id == "deliver" else [job_id]
+        for one in ids:
             with contextlib.suppress(JobLookupError):  # the scheduler is shutting down
-                self.scheduler.modify_job(job_id, next_run_time=self.clock())
+                self.scheduler.modify_job(one, next_run_time=self.clock())
 
     @property
     def started_at(self) -> datetime:
@@ -296,12 +305,6 @@ class Daemon:
         jobs: list[tuple[str, Callable[[], None], float, datetime | None]] = [
             ("evaluate", self.evaluate_job, s.poll_interval.total_seconds(), start),
             (
-                "deliver",
-                self.deliver_job,
-                s.delivery.interval.total_seconds(),
-                start + timedelta(milliseconds=100),
-            ),
-            (
                 "topup",
                 self.topup_job,
                 s.delivery.interval.total_seconds(),
@@ -310,6 +313,12 @@ class Daemon:
             ("reports", self.reports_job, 60.0, start + timedelta(seconds=1)),
             ("heartbeat", self.heartbeat_job, HEARTBEAT.total_seconds(), None),
         ]
+        # Each channel delivers on a job of its own: a webhook timing out or a chat service's
+        # rate limit never delays email, nor each other.
+        soon = start + timedelta(milliseconds=100)
+        for lane in self.pipeline.lanes:
+            deliver = functools.partial(self.deliver_job, lane)
+            jobs.append((lane_job(lane), deliver, s.delivery.interval.total_seconds(), soon))
         for job_id, work, seconds, first in jobs:
             extra: dict[str, Any] = {"next_run_time": first} if first is not None else {}
             self.scheduler.add_job(

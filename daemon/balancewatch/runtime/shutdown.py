@@ -69,11 +69,14 @@ def hand_back(pipeline: Pipeline, clock: Clock, row: dict[str, object]) -> None:
     """Record what the courier still keeps, hand back what this instance holds, and mark it
     stopped (writing ``row`` too: the whole row when none was written yet). A database that
     fails is logged, never raised: another instance takes over once the heartbeat is stale."""
-    courier = pipeline.courier
-    kept = len(courier.unrecorded.outcomes)
+    couriers = list(pipeline.couriers.values())
+    kept = sum(len(courier.unrecorded.outcomes) for courier in couriers)
     try:
         with pipeline.engine.begin() as conn:
-            recorded, released = courier.hand_back(conn)
+            # Every lane's kept outcomes first: handing back releases the rows of all lanes.
+            recorded = sum(c.record_kept(conn) for c in couriers if c is not pipeline.courier)
+            email_recorded, released = pipeline.courier.hand_back(conn)
+            recorded += email_recorded
             instance_status.expire_report_claims(conn, [pipeline.worker], clock())
             instance_status.publish(conn, pipeline.worker, {**row, "stopped_at": clock()})
     except SQLAlchemyError as exc:

@@ -199,7 +199,12 @@ def run_demo(directory: Path, days: int = 10, seed: int = 7, *, settings: Settin
     source = configured.source.resolve() if configured.source is not None else None
     settings = demo_settings(configured, directory)
     _refuse_overlap(directory, settings)
-    live = load_set(settings.rules_dir, settings.templates_dir, budget=settings.render.budget())
+    live = load_set(
+        settings.rules_dir,
+        settings.templates_dir,
+        budget=settings.render.budget(),
+        channels=tuple(settings.channels),
+    )
     prepare(
         directory,
         CONFIG.format(

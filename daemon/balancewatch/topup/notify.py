@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -30,6 +31,7 @@ from balancewatch.evaluate import usage
 from balancewatch.evaluate.dynamic import load_preferences
 from balancewatch.evaluate.load import Subject, subaccount_owners
 from balancewatch.render.context import SAMPLE_NOW, Extras, balance_context, recipients, sample_usage
+from balancewatch.render.fanout import Event, amount, fan_out, wants_chat
 from balancewatch.render.filters import plain_spaces
 from balancewatch.render.templates import RenderError, TemplateSet
 from balancewatch.rules.compiled import CompiledRule
@@ -129,10 +131,11 @@ def failure_message(
     reason: str,
     cause: str,
     now: datetime,
-) -> outbox.NewMessage | None:
+) -> list[outbox.NewMessage]:
     """The failure email of ``request``, rendered with the rule's ``topup.template``
     (``topup-failed`` when the rule is gone), to whom the rule notifies (the owner
-    when the rule is gone). None when the account is gone or nobody is to be told.
+    when the rule is gone), and a row for each channel the rule names (a ``topup.failed``
+    event). Empty when the account is gone or nobody is to be told.
 
     A template that fails to render with these data is logged, and a plain
     message stands in for it: the owner is told either way.
@@ -142,13 +145,15 @@ def failure_message(
         log.error(
             "top-up request %d failed, but account %s is gone: no email", request.id, request.account_id
         )
-        return None
+        return []
     to = _recipients(conn, rule, subject)
-    if not to:
+    channels = rule.channels if rule is not None else ()
+    if not to and not channels:
         log.warning(
             "top-up request %d failed; rule %s notifies nobody: no email", request.id, request.rule_id
         )
-        return None
+        return []
+    extras = _usage_extras(conn, settings, request, now)
     context = failure_context(
         request,
         subject,
@@ -156,19 +161,14 @@ def failure_message(
         reason,
         cause,
         now,
-        extras=_usage_extras(conn, settings, request, now),
+        extras=extras,
         default_locale=settings.defaults.locale,
         default_timezone=settings.defaults.timezone,
         email=settings.email,
     )
     template = (rule.topup_template if rule else None) or DEFAULT_TEMPLATE
-    try:
-        rendered = templates.render(template, context)
-        parts = (rendered.subject, rendered.text, rendered.html)
-    except RenderError as exc:
-        log.error("top-up request %d: %s; sending a plain failure email instead", request.id, exc.problem)
-        parts = _plain(context, settings.defaults.locale)
-    return outbox.NewMessage(
+    parts, chat = _rendered(templates, template, context, request, settings, channels)
+    email = outbox.NewMessage(
         idem_key=email_key(request.id),
         kind=KIND,
         sender=settings.delivery.sender,
@@ -180,6 +180,46 @@ def failure_message(
         account_id=request.account_id,
         currency=request.currency,
     )
+    event = partial(failure_event, request, subject, reason, cause, extras, now)
+    return fan_out(email, channels, settings.channels, event, lambda: chat)
+
+
+def _rendered(
+    templates: TemplateSet,
+    template: str,
+    context: dict[str, Any],
+    request: Request,
+    settings: Settings,
+    channels: tuple[str, ...],
+) -> tuple[tuple[str, str, str | None], str | None]:
+    """The email's subject, text and HTML, and the chat text when a chat channel is named; a
+    plain message when the template fails (logged)."""
+    try:
+        rendered = templates.render(template, context, chat=wants_chat(channels, settings.channels))
+    except RenderError as exc:
+        log.error("top-up request %d: %s; sending a plain failure email instead", request.id, exc.problem)
+        return _plain(context, settings.defaults.locale), None
+    return (rendered.subject, rendered.text, rendered.html), rendered.chat
+
+
+def failure_event(
+    request: Request, subject: Subject, reason: str, cause: str, extras: Extras, now: datetime
+) -> Event:
+    """The ``topup.failed`` event of ``request``: the balance, the recharge asked for, why it failed."""
+    currency = request.currency
+    adu = extras.usage.adu if extras.usage is not None else None
+    data = {
+        "account": {"id": subject.account_id, "name": subject.name, "parent_id": subject.parent_id},
+        "currency": currency,
+        "balance": amount(subject.amount, currency),
+        "requested": amount(request.amount, currency),
+        "rule": request.rule_id,
+        "request_id": request.id,
+        "cause": cause,
+        "reason": reason,
+        "average_daily_usage": amount(adu, currency),
+    }
+    return Event("topup.failed", now, data)
 
 
 def _usage_extras(conn: Connection, settings: Settings, request: Request, now: datetime) -> Extras:
@@ -236,12 +276,13 @@ def record_failure(
     """Put the failure email of ``request`` (already closed as failed, in this transaction)
     in the outbox, unless its key is there already; return the message recorded."""
     assert request.status == FAILED
-    if conn.execute(outbox.select_by_key(email_key(request.id))).first() is not None:
+    key = email_key(request.id)
+    keys = [key, *(outbox.channel_key(key, name) for name in (rule.channels if rule else ()))]
+    if any(conn.execute(outbox.select_by_key(k)).first() is not None for k in keys):
         return None
-    message = failure_message(conn, templates, rule, settings, request, reason, cause, now)
-    if message is not None:
-        outbox.add(conn, [message], now, domain)
-    return message
+    messages = failure_message(conn, templates, rule, settings, request, reason, cause, now)
+    outbox.add(conn, messages, now, domain)
+    return next((m for m in messages if m.channel == outbox.EMAIL), messages[0] if messages else None)
 
 
 # --- samples for `check` ------------------------------------------------------------------------------

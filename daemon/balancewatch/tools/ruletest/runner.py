@@ -107,7 +107,13 @@ def rule_set(test_file: TestFile, settings: Settings) -> LiveSet:
     Raises ProblemsError listing every problem.
     """
     templates_dir = test_file.templates or settings.templates_dir
-    return load_set(settings.rules_dir, templates_dir, test_file.rule_files, budget=settings.render.budget())
+    return load_set(
+        settings.rules_dir,
+        templates_dir,
+        test_file.rule_files,
+        budget=settings.render.budget(),
+        channels=tuple(settings.channels),
+    )
 
 
 def _check_names(test_file: TestFile, live: LiveSet) -> None:
