@@ -174,3 +174,29 @@ def test_check_refuses_a_chat_url_apprise_does_not_know(
     err = capsys.readouterr().err
     assert f"{path}:3: channels.room: " in err
     assert "hunter2" not in err and "secret-path" not in err
+
+
+def test_every_shipped_template_has_a_chat_message_for_each_of_its_samples() -> None:
+    from balancewatch.render.templates import load_templates
+    from balancewatch.runtime.loadset import SAMPLES
+
+    templates = load_templates(shipped.templates_dir())
+    uses = {
+        "low-balance": "alert",
+        "runway": "alert",
+        "recommended-threshold": "alert",
+        "balance-restored": "restored",
+        "topup-failed": "topup-failed",
+        "usage-report": "report-usage",
+        "daywise-report": "report-daywise",
+        "transactions-report": "report-transactions",
+        "low-balance-report": "report-low-balance",
+    }
+    assert set(uses) == set(templates.names)
+    for name, kind in uses.items():
+        for sample in SAMPLES[kind]():
+            rendered = templates.render(name, sample.context, chat=True)
+            assert rendered.chat is not None
+            first, *rest = rendered.chat.splitlines()
+            assert first == rendered.subject, (name, sample.name)
+            assert rest and "None" not in rendered.chat, (name, sample.name, rendered.chat)

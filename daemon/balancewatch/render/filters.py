@@ -5,6 +5,7 @@ dates and times in the account's zone and locale, numbers, durations).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -201,7 +202,26 @@ def _zone(name: str) -> tzinfo:
     return ZoneInfo(name)
 
 
+# No-break spaces: one between an amount and its symbol ("0,20 €" in de_DE) keeps them together.
+_NO_BREAK = frozenset("\u00a0\u202f\u2007")
+_WHITESPACE = re.compile(r"\s+")  # Unicode whitespace: no-break spaces included
+
+
+def _one_space(run: re.Match[str]) -> str:
+    """A run of whitespace as one space: a no-break space when the run is only no-break spaces
+    (the locale's, inside an amount or a time), else a plain space (line breaks, template
+    indentation, a space beside a no-break space)."""
+    return "\u00a0" if set(run.group()) <= _NO_BREAK else " "
+
+
+def one_line_of(text: str) -> str:
+    """``text`` on one line: every run of whitespace one space (a run of no-break spaces alone,
+    one no-break space), trimmed. The ``one_line`` filter: ``{% filter one_line %}``."""
+    return _WHITESPACE.sub(_one_space, str(text)).strip()
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
+    "one_line": one_line_of,
     "money": _money,
     "datetime": _datetime,
     "date": _date,

@@ -23,7 +23,6 @@ again: inlining makes it larger. CSS that cannot be inlined is a RenderError too
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from jinja2 import (
 from balancewatch.core.limits import DEFAULT_BUDGET, RenderBudget
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.render.budget import WATCHDOG, OverrunBreaker, RenderTimeoutError
+from balancewatch.render.filters import one_line_of
 from balancewatch.render.frames import describe, suspended_at, template_frame
 from balancewatch.render.i18n import literal_problems, load_catalogs
 from balancewatch.render.inline import CssError, inline_css
@@ -333,23 +333,11 @@ def load_templates(directory: Path, budget: RenderBudget = DEFAULT_BUDGET) -> Te
     return templates
 
 
-# No-break spaces: one between an amount and its symbol ("0,20 €" in de_DE) keeps them together.
-_NO_BREAK = frozenset("\u00a0\u202f\u2007")
-_WHITESPACE = re.compile(r"\s+")  # Unicode whitespace: no-break spaces included
-
-
-def _one_space(run: re.Match[str]) -> str:
-    """A run of whitespace as one space: a no-break space when the run is only no-break spaces
-    (the locale's, inside an amount or a time), else a plain space (line breaks, template
-    indentation, a space beside a no-break space)."""
-    return "\u00a0" if set(run.group()) <= _NO_BREAK else " "
-
-
 def one_line(text: str) -> str:
     """Collapse ``text`` to one line of at most MAX_SUBJECT characters: no header can be injected.
 
     Every run of whitespace (line breaks, tabs, the spaces template tags leave, no-break spaces
     beside plain ones) becomes a single space, so a subject never shows a double space; a run
     of no-break spaces alone becomes one no-break space (U+00A0)."""
-    flat = _WHITESPACE.sub(_one_space, text).strip()
+    flat = one_line_of(text)
     return flat if len(flat) <= MAX_SUBJECT else flat[: MAX_SUBJECT - 1].rstrip() + "…"

@@ -147,14 +147,15 @@ def _missing_templates(rules: list[CompiledRule], templates: TemplateSet) -> lis
 
 
 def sample_render_problems(templates: TemplateSet, uses: Mapping[str, set[str]]) -> list[Problem]:
-    """Render each used template with every sample context of its uses; report what fails.
+    """Render each used template (its chat message too) with every sample context of its uses;
+    report what fails.
 
     A template stopped by the render budget is reported once and not rendered again."""
     out: dict[Problem, None] = {}
     for name in sorted(set(uses) & templates.names):
         for sample in _samples(uses[name]):
             try:
-                templates.render(name, sample.context)
+                templates.render(name, sample.context, chat=True)
             except OverBudgetError as exc:
                 out[exc.problem] = None
                 break  # each further sample could take the whole budget again
