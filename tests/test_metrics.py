@@ -317,7 +317,7 @@ def test_delivery_counts_attempts_and_failures_by_class_and_the_outbox_by_status
     }
     assert failures == {"permanent": 1, "temporary": 1, "connection": 0}
     rows = {
-        s: value(samples, "balancewatch_outbox_messages", status=s, transport="smtp")
+        s: value(samples, "balancewatch_outbox_messages", status=s, channel="email", transport="smtp")
         for s in ("pending", "sending", "sent", "parked")
     }
     assert rows == {"pending": 1, "sending": 0, "sent": 1, "parked": 1}
@@ -356,11 +356,14 @@ def test_the_outbox_gauges_count_rows_by_status_and_age_the_oldest_undone(
     finally:
         running.close()
     rows = {
-        s: value(samples, "balancewatch_outbox_messages", status=s, transport="files")
+        s: value(samples, "balancewatch_outbox_messages", status=s, channel="email", transport="files")
         for s in ("pending", "sending", "sent", "parked")
     }
     assert rows == {"pending": 1, "sending": 1, "sent": 2, "parked": 0}
-    assert value(samples, "balancewatch_outbox_oldest_pending_age_seconds", transport="files") == 3900
+    assert (
+        value(samples, "balancewatch_outbox_oldest_pending_age_seconds", channel="email", transport="files")
+        == 3900
+    )
     assert value(samples, "balancewatch_database_up") == 1
 
 
@@ -374,8 +377,14 @@ def test_an_empty_outbox_has_no_age(engine: Engine, metrics: Metrics) -> None:
         samples = scrape(running)
     finally:
         running.close()
-    assert value(samples, "balancewatch_outbox_oldest_pending_age_seconds", transport="smtp") == 0
-    assert value(samples, "balancewatch_outbox_messages", status="pending", transport="smtp") == 0
+    assert (
+        value(samples, "balancewatch_outbox_oldest_pending_age_seconds", channel="email", transport="smtp")
+        == 0
+    )
+    assert (
+        value(samples, "balancewatch_outbox_messages", status="pending", channel="email", transport="smtp")
+        == 0
+    )
 
 
 def test_a_reading_is_reused_within_the_cache_time(engine: Engine) -> None:

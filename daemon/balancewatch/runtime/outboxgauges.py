@@ -1,6 +1,7 @@
 """Outbox gauges read from the database at scrape time, cached briefly, never holding up a scrape.
 
-A scrape reads two grouped queries (rows by status; the oldest row not done yet)
+A scrape reads two grouped queries (rows by channel and status; each channel's oldest row
+not done yet)
 at most once per ``cache`` seconds, whichever instance or scrape asks. The query
 runs in a thread of its own and the scrape waits for it at most ``timeout``
 seconds: a database that is down or hanging makes the scrape answer at once with
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -40,39 +41,58 @@ class Reading:
 
     up: bool
     taken: float  # time.monotonic() when it was taken
-    by_status: dict[str, int] = field(default_factory=dict)
-    oldest_undone: datetime | None = None
+    by_channel: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, status) -> rows
+    oldest_by_channel: dict[str, datetime] = field(default_factory=dict)  # of the rows not done
+
+    @property
+    def by_status(self) -> dict[str, int]:
+        """Rows by status, every channel together."""
+        out: dict[str, int] = {}
+        for (_channel, status), count in self.by_channel.items():
+            out[status] = out.get(status, 0) + count
+        return out
+
+    @property
+    def oldest_undone(self) -> datetime | None:
+        """When the oldest row not done yet, of any channel, was decided."""
+        return min(self.oldest_by_channel.values(), default=None)
 
 
-def read_outbox(engine: Engine) -> tuple[dict[str, int], datetime | None]:
-    """Rows by status, and when the oldest pending or sending row was created. Raises SQLAlchemyError."""
+def read_outbox(engine: Engine) -> tuple[dict[tuple[str, str], int], dict[str, datetime]]:
+    """Rows by channel and status, and when each channel's oldest pending or sending row was
+    created. Raises SQLAlchemyError."""
     c = OUTBOX_TABLE.c
     with engine.connect().execution_options(readonly=True) as conn:
-        grouped = conn.execute(select(c.status, func.count().label("n")).group_by(c.status))
-        counts = {row.status: int(row.n) for row in grouped}
-        oldest = conn.execute(select(func.min(c.created_at)).where(c.status.in_(NOT_DONE))).scalar()
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)  # SQLite hands back what was stored, in UTC
-    return counts, oldest
+        grouped = conn.execute(
+            select(c.channel, c.status, func.count().label("n")).group_by(c.channel, c.status)
+        )
+        counts = {(row.channel, row.status): int(row.n) for row in grouped}
+        undone = select(c.channel, func.min(c.created_at).label("oldest")).where(c.status.in_(NOT_DONE))
+        oldest = {row.channel: row.oldest for row in conn.execute(undone.group_by(c.channel))}
+    # SQLite hands back what was stored, in UTC, without the zone.
+    return counts, {k: v if v.tzinfo else v.replace(tzinfo=UTC) for k, v in oldest.items()}
 
 
 class OutboxCollector:
     """A prometheus_client collector of the outbox gauges (see the module docstring).
 
-    ``transport`` labels every row: all of an instance's messages go through its one
-    configured transport. ``now`` gives the wall clock the ages are measured with.
+    Each gauge is labelled by ``channel`` and by the ``transport`` that delivers it here:
+    ``transports`` maps each channel to it (a bare name stands for the email channel's); a
+    channel no transport here delivers is ``none``. ``now`` gives the wall clock the ages are
+    measured with.
     """
 
     def __init__(
         self,
         engine: Engine,
-        transport: str,
+        transports: str | Mapping[str, str],
         *,
         timeout: float = TIMEOUT,
         cache: float = CACHE,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.engine, self.transport = engine, transport
+        self.engine = engine
+        self.transports = {outbox.EMAIL: transports} if isinstance(transports, str) else dict(transports)
         self.timeout, self.cache, self.now = timeout, cache, now
         self._lock = threading.Lock()
         self._last: Reading | None = None
@@ -135,28 +155,43 @@ class OutboxCollector:
             "balancewatch_database_up", "1 when the database answered the last scrape's outbox query in time."
         )
         rows = GaugeMetricFamily(
-            "balancewatch_outbox_messages", "Outbox rows by delivery status.", labels=["status", "transport"]
+            "balancewatch_outbox_messages",
+            "Outbox rows by delivery status and channel.",
+            labels=["status", "channel", "transport"],
         )
         age = GaugeMetricFamily(
             "balancewatch_outbox_oldest_pending_age_seconds",
-            "Age of the oldest outbox row not delivered yet (pending or sending); 0 when there is none.",
-            labels=["transport"],
+            "Age of the oldest outbox row not delivered yet (pending or sending), by channel; 0 when "
+            "there is none.",
+            labels=["channel", "transport"],
         )
         if reading is not None:
             up.add_metric([], 1 if reading.up else 0)
             if reading.up:
-                for status in sorted({*STATUSES, *reading.by_status}):
-                    rows.add_metric([status, self.transport], reading.by_status.get(status, 0))
-                oldest = reading.oldest_undone
-                waited = (self.now() - oldest).total_seconds() if oldest else 0.0
-                age.add_metric([self.transport], max(0.0, waited))
+                channels = sorted({*self.transports, *(channel for channel, _ in reading.by_channel)})
+                for channel in channels:
+                    transport = self.transports.get(channel, "none")
+                    for status in STATUSES + tuple(
+                        sorted({s for c, s in reading.by_channel if c == channel} - set(STATUSES))
+                    ):
+                        rows.add_metric(
+                            [status, channel, transport], reading.by_channel.get((channel, status), 0)
+                        )
+                    oldest = reading.oldest_by_channel.get(channel)
+                    waited = (self.now() - oldest).total_seconds() if oldest else 0.0
+                    age.add_metric([channel, transport], max(0.0, waited))
         yield from (up, rows, age)
 
 
 def register(
-    metrics: Metrics, engine: Engine, transport: str, *, timeout: float = TIMEOUT, cache: float = CACHE
+    metrics: Metrics,
+    engine: Engine,
+    transports: str | Mapping[str, str],
+    *,
+    timeout: float = TIMEOUT,
+    cache: float = CACHE,
 ) -> OutboxCollector:
     """Add the outbox gauges of ``engine`` to ``metrics`` and return their collector."""
-    collector = OutboxCollector(engine, transport, timeout=timeout, cache=cache)
+    collector = OutboxCollector(engine, transports, timeout=timeout, cache=cache)
     metrics.register(collector)
     return collector

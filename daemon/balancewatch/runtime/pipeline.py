@@ -215,7 +215,7 @@ def build_pipeline(
     metrics: Recorder = NOOP
     if settings.metrics.listen:
         registry = Metrics()
-        outboxgauges.register(registry, engine, settings.transport)
+        outboxgauges.register(registry, engine, {route.channel: route.transport.name for route in transport})
         datagauges.register(registry)
         metrics = registry
     return Pipeline(
