@@ -220,3 +220,62 @@ def test_send_test_to_a_channel_the_config_lacks_says_which_exist(
     assert capsys.readouterr().err.strip() == (
         "balancewatch send-test: no channel 'nowhere' in the config (channels: finance, ops-chat, platform)"
     )
+
+
+def test_a_failed_top_up_and_a_report_reach_the_webhook_as_their_events(
+    setup: Setup, engine: Engine, hook: WebhookReceiver, db_url: str
+) -> None:
+    rules = (
+        "alerts:\n  - id: auto-recharge\n    accounts: {currency: USD}\n    below: [50]\n"
+        "    topup: {amount: 200}\n    notify: [owner, channel:platform]\n"
+        "reports:\n  - id: monthly\n    schedule: monthly\n    contents: usage\n    empty: send\n"
+        "    notify: channel:platform\n"
+    )
+    # The top-up hook is the same receiver: it answers 202 (accepted, waiting for the credit).
+    hook.respond = lambda request: (
+        Reply(202, body=b'{"status": "requested"}') if request.path == "/topups" else Reply(200)
+    )
+    settings, pipeline = setup(rules, BALANCEWATCH_TOPUP__HOOK__URL=f"{hook.url}/topups")
+    account(engine, "acme")
+    set_balance(engine, "acme", "USD", 40_00, T0)
+    pipeline.evaluate(T0)
+    pipeline.topups(T0)
+    environ = {"BALANCEWATCH_CONFIG": str(settings.source), "HOOK_SECRET": SECRET}
+    environ |= {"BALANCEWATCH_DATABASE__URL": db_url, "BALANCEWATCH_TOPUP__HOOK__URL": f"{hook.url}/topups"}
+    assert main(["topup", "fail", "1", "--reason", "Card expired"], environ) == 0
+    assert main(["report", "run", "monthly", "--account", "acme"], environ) == 0
+    pipeline.deliver(datetime.now(UTC))
+
+    events = {}
+    for request in hook.wait_for(3):
+        if request.path == "/hooks":
+            assert request.verified
+            event = json.loads(request.body)
+            jsonschema.validate(event, SCHEMA)
+            events[event["type"]] = event["data"]
+    assert set(events) == {"topup.failed", "report.ready"}
+    assert events["topup.failed"]["requested"] == {"minor": 20000, "decimal": "200.00"}
+    assert events["topup.failed"]["reason"] == "Card expired"
+    assert events["report.ready"]["report"] == "monthly"
+    assert events["report.ready"]["account"]["id"] == "acme"
+
+
+def test_a_drop_to_zero_and_the_credit_after_it_are_exhausted_and_restored_events(
+    setup: Setup, engine: Engine, hook: WebhookReceiver
+) -> None:
+    rules = (
+        "alerts:\n  - id: out\n    accounts: {currency: USD}\n    exhausted: true\n    restored: true\n"
+        "    notify: channel:platform\n"
+    )
+    _settings, pipeline = setup(rules)
+    account(engine, "acme")
+    set_balance(engine, "acme", "USD", 0, T0)
+    pipeline.evaluate(T0)
+    set_balance(engine, "acme", "USD", 50_00, T0 + timedelta(minutes=1))
+    pipeline.evaluate(T0 + timedelta(hours=1))
+    pipeline.deliver(T0 + timedelta(hours=1))
+    events = [json.loads(r.body) for r in hook.wait_for(2)]
+    for event in events:
+        jsonschema.validate(event, SCHEMA)
+    assert [e["type"] for e in events] == ["balance.exhausted", "balance.restored"]
+    assert events[0]["data"]["step"] == {"minor": 0, "decimal": "0.00", "exhausted": True, "follows": "fixed"}

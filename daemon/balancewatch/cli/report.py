@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from balancewatch import outbox
 from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.core.progress import Progress
-from balancewatch.deliver.worker import deliver_batch, make_transport
+from balancewatch.deliver.registry import make_registry
+from balancewatch.deliver.worker import deliver_batch
 from balancewatch.liveset import LiveSet
 from balancewatch.render.templates import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
@@ -178,7 +179,7 @@ def _deliver(ctx: Ctx, keys: Sequence[str]) -> bool:
     if len(keys) > settings.delivery.batch_size:
         ctx.say(f"{len(keys)} messages are in the outbox; the running daemon delivers them")
         return True
-    transport, worker, ok = make_transport(settings), instance_name(settings), True
+    transport, worker, ok = make_registry(settings), instance_name(settings), True
     for key in keys:
         stats = deliver_batch(ctx.engine, transport, settings, ctx.now(), worker, key=key)
         outcome = next(iter(stats.outcomes), "not claimed")
