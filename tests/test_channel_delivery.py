@@ -9,6 +9,7 @@ generic ``json://`` form; the receiver verifies every signature with ``standardw
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,7 +65,7 @@ def setup(
 ) -> Setup:
     """Settings with the channels pointed at the receivers, the rules ``rules``, and a pipeline."""
 
-    def make(rules: str = RULE, **extra: str) -> tuple[Settings, Pipeline]:
+    def make(rules: str = RULE, chat_rate: int = 0, **extra: str) -> tuple[Settings, Pipeline]:
         rules_dir = tmp_path / "rules"
         rules_dir.mkdir(exist_ok=True)
         (rules_dir / "rules.yaml").write_text(rules)
@@ -74,7 +75,7 @@ def setup(
             "delivery: {from: alerts@platform.example, retry: {initial: 30s, max: 10m}}\n"
             "channels:\n"
             "  finance: {type: email, to: [Finance@Example.com, acme@owner.example]}\n"
-            f"  ops-chat: {{type: chat, url: 'json://127.0.0.1:{chat.port}/room'}}\n"
+            f"  ops-chat: {{type: chat, url: 'json://127.0.0.1:{chat.port}/room', rate: {chat_rate}}}\n"
             f"  platform: {{type: webhook, url: '{hook.url}/hooks', secret_env: HOOK_SECRET, timeout: 2s}}\n"
         )
         environ = {
@@ -279,3 +280,19 @@ def test_a_drop_to_zero_and_the_credit_after_it_are_exhausted_and_restored_event
         jsonschema.validate(event, SCHEMA)
     assert [e["type"] for e in events] == ["balance.exhausted", "balance.restored"]
     assert events[0]["data"]["step"] == {"minor": 0, "decimal": "0.00", "exhausted": True, "follows": "fixed"}
+
+
+def test_a_chat_channel_is_sent_no_faster_than_its_rate(
+    setup: Setup, engine: Engine, chat: WebhookReceiver
+) -> None:
+    rules = RULE.replace("[owner, channel:finance, channel:ops-chat, channel:platform]", "channel:ops-chat")
+    _settings, pipeline = setup(rules, chat_rate=10)
+    for number in range(6):
+        account(engine, f"acct-{number}")
+        set_balance(engine, f"acct-{number}", "USD", 5_00, T0)
+    pipeline.evaluate(T0)
+    started = time.monotonic()
+    assert pipeline.deliver(T0, lane="ops-chat").outcomes["sent"] == 6
+    # 10 a second, evenly spaced: six messages span at least five intervals of 0.1 s.
+    assert time.monotonic() - started >= 0.5
+    assert len(chat.wait_for(6)) == 6
