@@ -28,7 +28,8 @@ from balancewatch.store.tables import SCHEMA_VERSION
 from tests.conftest import _schema_url, postgres_engine
 
 SNAPSHOTS = Path(__file__).resolve().parent / "schema_snapshots"
-ENVIRON = {"BALANCEWATCH_LOG__LEVEL": "warning"}
+# The trigger db upgrade installs on PostgreSQL is tests/test_push.py's: here, the schema alone.
+ENVIRON = {"BALANCEWATCH_LOG__LEVEL": "warning", "BALANCEWATCH_DATABASE__LISTEN": "off"}
 
 Blank = Callable[[], tuple[str, Engine]]
 

@@ -27,7 +27,9 @@ def cmd_db_upgrade(ctx: Ctx) -> int:
     # Neither ctx.engine nor ctx.read_engine: both refuse the very schemas this command upgrades.
     engine = ctx.bare_engine
     try:
-        upgrade(engine, announce=ctx.say)
+        database = ctx.settings.database
+        channel = database.notify_channel if database.listen == "trigger" else None
+        upgrade(engine, announce=ctx.say, notify_channel=channel)
     except SchemaError as exc:
         raise CommandError(str(exc)) from exc
     status = schema_status(engine)

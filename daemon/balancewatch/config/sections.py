@@ -6,6 +6,7 @@ problem at load rather than a setting silently left at its default.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -28,6 +29,8 @@ from balancewatch.config.values import (
 )
 from balancewatch.core.durations import Duration, format_duration
 from balancewatch.core.limits import RenderBudget, Size, check_timeout
+
+_NOTIFY_CHANNEL = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # an unquoted PostgreSQL identifier
 
 
 class _Section(BaseModel):
@@ -125,6 +128,21 @@ class UsageSettings(_Section):
 class DatabaseSettings(_Section):
     url: str = Field(default="", repr=False)  # may hold a password
     pool_size: int = Field(default=5, ge=1, le=100)
+    # PostgreSQL only: how the daemon hears of changed balances at once (polling goes on as the
+    # safety net). trigger: `db upgrade` installs a trigger on balance that NOTIFYs; platform:
+    # the platform runs NOTIFY <notify_channel> after its commits; off: polling only.
+    listen: Literal["trigger", "platform", "off"] = "trigger"
+    notify_channel: str = "balancewatch_balances"
+
+    @field_validator("notify_channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        if not _NOTIFY_CHANNEL.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a notification channel name: use lower-case letters, digits and "
+                "'_', starting with a letter (at most 63 characters)"
+            )
+        return value
 
     @field_validator("url")
     @classmethod

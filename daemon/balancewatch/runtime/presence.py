@@ -7,6 +7,8 @@ when the database fails, unless it says otherwise.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -16,6 +18,8 @@ from balancewatch import outbox
 from balancewatch.core import procinfo
 from balancewatch.store import status as instance_status
 from balancewatch.store.status import STALE_AFTER
+
+log = logging.getLogger("balancewatch.runtime.service")  # the daemon's lines keep its name
 
 
 def live_namesake(engine: Engine, worker: str, now: datetime) -> str | None:
@@ -40,6 +44,29 @@ def take_back_previous_claims(engine: Engine, worker: str, now: datetime) -> int
         taken = outbox.release(conn, worker, attempted=True)
         instance_status.expire_report_claims(conn, [worker], now)
     return taken
+
+
+def settle_name(
+    engine: Engine, worker: str, namesake: str | None, now: datetime, failed: Callable[[Exception], None]
+) -> None:
+    """At start: with no other live process going by ``worker`` (``namesake`` None), take back
+    what an earlier run of it held; else log that two instances share the name and leave the
+    other's work alone. A database failure goes to ``failed``."""
+    if namesake is not None:
+        log.error(
+            "another instance is running as %s (process %s): give each instance its own `instance` "
+            "name; its messages are left to it",
+            worker,
+            namesake,
+        )
+        return
+    try:
+        taken = take_back_previous_claims(engine, worker, now)
+    except SQLAlchemyError as exc:
+        failed(exc)
+        return
+    if taken:
+        log.warning("%d messages an earlier run of %s was sending are due again", taken, worker)
 
 
 def end_dead_report_claims(

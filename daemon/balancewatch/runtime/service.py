@@ -45,7 +45,6 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy.exc import SQLAlchemyError
 
 from balancewatch.alerts.cycle import CycleStats
 from balancewatch.config import Settings
@@ -55,6 +54,7 @@ from balancewatch.deliver.registry import EMAIL
 from balancewatch.runtime import health, httpserve, presence, watchdog
 from balancewatch.runtime.health import changed_settings
 from balancewatch.runtime.heartbeat import InstanceRow
+from balancewatch.runtime.listen import BalanceListener
 from balancewatch.runtime.outage import FailureLog
 from balancewatch.runtime.pipeline import (
     Clock,
@@ -76,6 +76,7 @@ from balancewatch.runtime.shutdown import (
     hand_back,
     stop_on_signals,
 )
+from balancewatch.store.db import is_postgres
 from balancewatch.store.status import HEARTBEAT
 
 # Names other modules and tests import from here.
@@ -108,6 +109,8 @@ class Daemon:
             pipeline, clock, self.failures, lambda: (self.reloader.status, self.reloader.live)
         )
         self.watchdog: watchdog.Watchdog | None = None
+        self._evaluating = threading.Lock()
+        self.listener: BalanceListener | None = None
         s = self.settings
         self.reloader = Reloader(
             s.rules_dir,
@@ -148,11 +151,12 @@ class Daemon:
         return run
 
     def evaluate_job(self) -> None:
-        try:
-            stats = self.pipeline.evaluate(self.clock())
-        except Exception:
-            self._poll_ended(None)
-            raise
+        with self._evaluating:  # one evaluation at a time: the timer's or a notification's
+            try:
+                stats = self.pipeline.evaluate(self.clock())
+            except Exception:
+                self._poll_ended(None)
+                raise
         self._poll_ended(stats)
         if stats.notifications:
             log.info(
@@ -237,19 +241,18 @@ class Daemon:
         namesake = self._live_namesake(start)
         if self.row.publish(self.row.whole()):
             self.pipeline.beating_since = start
-        if namesake is None:
-            self._take_back_previous_claims()
-        else:
-            log.error(
-                "another instance is running as %s (process %s): give each instance its own `instance` "
-                "name; its messages are left to it",
-                self.pipeline.worker,
-                namesake,
-            )
+        presence.settle_name(
+            self.pipeline.engine,
+            self.pipeline.worker,
+            namesake,
+            start,
+            functools.partial(self.failures.failed, "start"),
+        )
         if s.reload.watch:
             self.reloader.start()
         self._schedule(start)
         self.scheduler.start()
+        self._listen()
         self._start_watchdog()
         self._serve_http()
         sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
@@ -268,6 +271,17 @@ class Daemon:
         while not self.stopping.wait(SIGNAL_CHECK):
             pass
         return self.shut_down()
+
+    def _listen(self) -> None:
+        """On PostgreSQL (unless ``database.listen: off``), poll at once when a balance changes."""
+        database = self.settings.database
+        if database.listen == "off" or not is_postgres(self.pipeline.engine):
+            return
+        evaluate = self.job("evaluate", self.evaluate_job)
+        self.listener = BalanceListener(
+            self.settings.database_url, database.notify_channel, evaluate, self.stopping
+        )
+        self.listener.start()
 
     def _serve_http(self) -> None:
         """Metrics and health over HTTP when ``metrics.listen`` is set (checked at load: a port
@@ -328,21 +342,6 @@ class Daemon:
     def _live_namesake(self, now: datetime) -> str | None:
         """The process of another live instance going by this one's name (``presence.live_namesake``)."""
         return presence.live_namesake(self.pipeline.engine, self.pipeline.worker, now)
-
-    def _take_back_previous_claims(self) -> None:
-        """Rows still claimed under this instance's name come from an earlier run of it (a
-        fixed ``instance`` name, killed): nothing of this run holds any yet, so take them back."""
-        try:
-            taken = presence.take_back_previous_claims(
-                self.pipeline.engine, self.pipeline.worker, self.clock()
-            )
-        except SQLAlchemyError as exc:
-            self.failures.failed("start", exc)
-            return
-        if taken:
-            log.warning(
-                "%d messages an earlier run of %s was sending are due again", taken, self.pipeline.worker
-            )
 
     def shut_down(self) -> int:
         """Stop within SHUTDOWN_GRACE + ABORT_GRACE + HAND_BACK_GRACE seconds whatever the servers'

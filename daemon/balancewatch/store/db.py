@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlmodel import Session, SQLModel
 
-from balancewatch.store import drift
+from balancewatch.store import drift, notify
 from balancewatch.store.drift import SchemaError
 from balancewatch.store.tables import META_TABLE, SCHEMA_VERSION, utcnow
 
@@ -205,7 +205,7 @@ def schema_status(engine: Engine) -> SchemaStatus:
 Announce = Callable[[str], None]
 
 
-def upgrade(engine: Engine, announce: Announce | None = None) -> int:
+def upgrade(engine: Engine, announce: Announce | None = None, *, notify_channel: str | None = None) -> int:
     """Bring the schema to this version's (Alembic ``upgrade head``); return the version now in place.
 
     ``engine`` comes from :func:`make_engine`. An empty database gets the whole
@@ -216,7 +216,9 @@ def upgrade(engine: Engine, announce: Announce | None = None) -> int:
     column, an index) is created, and ``schema_version`` is recorded in
     ``balancewatch_meta`` for older tools. A revision that replaces a column
     carries its values over first. On a database already up to date nothing
-    is written. ``announce`` is told each step as it starts, one line.
+    is written. ``announce`` is told each step as it starts, one line. On PostgreSQL with
+    ``notify_channel``, the trigger that announces changed balances on it is installed
+    (``store.notify``); with None, one installed before is left as it is.
 
     Safe to run concurrently, from any number of processes: the whole upgrade
     is one transaction that first takes a lock (PostgreSQL: an advisory lock on
@@ -250,6 +252,8 @@ def upgrade(engine: Engine, announce: Announce | None = None) -> int:
                 command.upgrade(alembic_config(conn), revision)
         for line in drift.repair(conn):
             say(f"repairing: {line}")
+        if notify_channel is not None and is_postgres(conn.engine) and notify.install(conn, notify_channel):
+            say(f"installing the trigger that announces balance changes (NOTIFY {notify_channel})")
         left = drift.differences(conn)
         if left:
             raise SchemaError(f"after upgrading, the schema still differs from {HEAD}'s: {'; '.join(left)}")
