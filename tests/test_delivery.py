@@ -339,18 +339,21 @@ def test_the_file_transport_writes_eml_files_a_mail_client_can_read(
 ) -> None:
     [key] = add_messages(engine, clock(), ["owner@acme.example", "billing@acme.example"])
     assert files_pipeline.deliver(clock()).outcomes == {"sent": 1}
-    [path] = files_pipeline.settings.mail_dir.iterdir()
-    assert path.suffix == ".eml"
-    msg = read_eml(path)
-    assert msg.get_content_type() == "multipart/alternative"
-    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
-    assert msg.get_body(("plain",)).get_content() == "Your USD balance has fallen to $90.00 (message 1).\n"
-    assert "<b>$90.00</b>" in msg.get_body(("html",)).get_content()
-    assert msg["Subject"] == "Message 1: USD balance $90.00 is below $100.00"
-    assert msg["To"] == "owner@acme.example, billing@acme.example"
-    assert msg["From"] == SENDER
-    assert msg["Message-ID"] == outbox.message_id(key, DOMAIN)
-    assert msg["Auto-Submitted"] == "auto-generated"
+    paths = sorted(files_pipeline.settings.mail_dir.iterdir())
+    assert [p.suffix for p in paths] == [".eml", ".eml"]  # a copy for each recipient
+    copies = {str(msg["To"]): msg for msg in map(read_eml, paths)}
+    assert sorted(copies) == ["billing@acme.example", "owner@acme.example"]
+    for msg in copies.values():
+        assert msg.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        plain, html = msg.get_body(("plain",)), msg.get_body(("html",))
+        assert plain is not None and html is not None
+        assert plain.get_content() == "Your USD balance has fallen to $90.00 (message 1).\n"
+        assert "<b>$90.00</b>" in html.get_content()
+        assert msg["Subject"] == "Message 1: USD balance $90.00 is below $100.00"
+        assert msg["From"] == SENDER
+        assert msg["Message-ID"] == outbox.message_id(key, DOMAIN)
+        assert msg["Auto-Submitted"] == "auto-generated"
     assert outbox_rows(engine)[key].status == "sent"
 
 

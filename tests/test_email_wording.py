@@ -334,7 +334,7 @@ def test_every_subject_is_read_back_exactly_as_rendered(templates: TemplateSet) 
         row = Claimed(
             1, "k", "<1@x.example>", "alerts@x.example", ("o@x.example",), subject, "t", None, 0, now
         )
-        data = build_message(row, now).as_bytes()
+        data = build_message(row, now).as_bytes("o@x.example")
         assert read_back(data) == (subject, subject), subject
         header = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
         assert all(len(line) <= 998 for line in header.split("\r\n"))
@@ -345,7 +345,7 @@ def test_every_subject_is_read_back_exactly_as_rendered(templates: TemplateSet) 
 def test_text_that_looks_like_an_encoded_word_stays_as_written() -> None:
     now = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
     subject = "Acme =?utf-8?q?Evil?= Ltd: USD balance $84.12 is below $100.00"
-    assert read_back(build_message(claimed(subject, now), now).as_bytes()) == (subject, subject)
+    assert read_back(build_message(claimed(subject, now), now).as_bytes("o@x.example")) == (subject, subject)
 
 
 # --- 6. no narrow no-break space: "8:00:00AM" in fonts without it --------------------------------------

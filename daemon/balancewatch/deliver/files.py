@@ -1,8 +1,9 @@
-"""The file transport: one ``.eml`` per message, a file any mail client opens.
+"""The file transport: one ``.eml`` per recipient of a message, a file any mail client opens.
 
-The file name derives from the Message-ID, so delivering a message twice
-(at-least-once after a crash) rewrites the same file instead of adding one.
-Files are written to a temporary name and renamed, so a reader never sees half.
+Each recipient's copy names only them in To, as over SMTP. The file name derives from the
+Message-ID and the recipient, so delivering a message twice (at-least-once after a crash)
+rewrites the same files instead of adding some. Files are written to a temporary name and
+renamed, so a reader never sees half.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
 
 
-def eml_name(envelope: EmailEnvelope) -> str:
-    message_id = str(envelope.message["Message-ID"])
-    digest = hashlib.sha256(message_id.encode()).hexdigest()[:16]
+def eml_name(message_id: str, recipient: str) -> str:
+    """The file name of ``recipient``'s copy of the message ``message_id``: the same for the
+    same pair, whenever it is written; a digest, so neither shows in a directory listing."""
+    digest = hashlib.sha256(f"{message_id}\n{recipient}".encode()).hexdigest()[:16]
     return f"{digest}.eml"
 
 
@@ -37,14 +39,24 @@ class FileTransport:
         return self
 
     def send(self, envelope: EmailEnvelope) -> dict[str, TransportError]:
-        """Write the message; return no refusals. Raises TransportError if the disk fails."""
-        final = self.directory / eml_name(envelope)
-        temp = final.with_suffix(".eml.tmp")
-        try:
-            temp.write_bytes(envelope.as_bytes())
-            temp.replace(final)
-        except OSError as exc:
-            raise TransportError(f"write {final}: {exc}", connection=True) from exc
+        """Write each recipient's copy to a file of its own. Returns no refusals unless the disk
+        fails after the first copy: the copies written keep their outcome and the rest are
+        returned with the error (temporary), as the SMTP transport does when its session breaks.
+
+        Raises TransportError (``connection``) if the disk fails at the first copy.
+        """
+        message_id = str(envelope.message["Message-ID"])
+        for i, recipient in enumerate(envelope.recipients):
+            final = self.directory / eml_name(message_id, recipient)
+            temp = final.with_suffix(".eml.tmp")
+            try:
+                temp.write_bytes(envelope.as_bytes(recipient))
+                temp.replace(final)
+            except OSError as exc:
+                error = TransportError(f"write {final}: {exc}", connection=True)
+                if i == 0:
+                    raise error from exc
+                return dict.fromkeys(envelope.recipients[i:], error)
         return {}
 
     def abort(self) -> None:

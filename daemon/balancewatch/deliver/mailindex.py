@@ -1,8 +1,10 @@
 """An ``index.html`` for a folder of ``.eml`` files, so a browser can read what was sent.
 
-Each message's HTML part is also written to ``html/<name>.html`` (its plain
-text when it has none), because browsers download ``.eml`` files rather
-than show them.
+One line per file: each recipient's copy of a message is a file of its own
+(To naming only them), and the copies of one message are listed together,
+by recipient. Each file's HTML part is also written to ``html/<name>.html``
+(its plain text when it has none), because browsers download ``.eml`` files
+rather than show them.
 """
 
 from __future__ import annotations
@@ -56,15 +58,17 @@ def write_index(directory: Path) -> Path:
         msg = _read(path)
         (views / f"{path.stem}.html").write_text(_body(msg), encoding="utf-8")
         when = parsedate_to_datetime(msg["Date"]) if msg["Date"] else None
+        stamp = when.isoformat() if when else ""
         entries.append(
-            (when.isoformat() if when else "", str(msg["To"] or ""), str(msg["Subject"] or ""), path)
+            (stamp, str(msg["Message-ID"] or ""), str(msg["To"] or ""), str(msg["Subject"] or ""), path)
         )
-    entries.sort(key=lambda e: (e[0], e[3].name))
+    # The copies of one message share its Date and Message-ID: together, ordered by recipient.
+    entries.sort(key=lambda e: (e[0], e[1], e[2], e[4].name))
     rows = "\n".join(
         f"<tr><td>{html.escape(when[:16].replace('T', ' '))}</td><td>{html.escape(to)}</td>"
         f"<td><a href='html/{path.stem}.html'>{html.escape(subject)}</a></td>"
         f"<td><a href='{path.name}'>{path.name}</a></td></tr>"
-        for when, to, subject, path in entries
+        for when, _message_id, to, subject, path in entries
     )
     index = directory / "index.html"
     index.write_text(PAGE.format(count=len(entries), rows=rows), encoding="utf-8")

@@ -1,10 +1,11 @@
-"""The email channel's envelopes: outbox rows as RFC 5322 messages, with nothing a user
-controls reaching a header raw."""
+"""The email channel's envelopes: outbox rows as RFC 5322 messages, a copy per recipient whose
+To names that recipient alone, with nothing a user controls reaching a header raw."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator, Mapping
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -89,20 +90,49 @@ POLICY = _Policy(linesep="\r\n")  # as email.policy.SMTP
 
 @dataclass(frozen=True, slots=True)
 class EmailEnvelope:
-    """A message ready for an email transport and the addresses it goes to this time (``recipients``,
-    normalized). ``due`` maps each due address of the row, as the row spells it, to the
-    normalized address it goes out as; ``rejected`` holds the due ones that are not addresses
-    at all, with the reason."""
+    """A message ready for an email transport and the addresses it goes to this time.
+
+    Each recipient gets a copy of its own (``for_recipient``), whose To names that recipient
+    alone, so nobody learns who else was told; ``message`` is what the copies share, without a
+    To, and is never sent as it is. The copies keep the row's Message-ID, as Bcc copies would:
+    a second delivery to the same person stays detectable as a duplicate.
+
+    ``recipients`` are the addresses, normalized and each once, that get a copy this time;
+    ``due`` maps each due address of the row, as the row spells it, to the one of those it
+    goes out as; ``rejected`` holds the due ones that are not addresses at all, with the reason.
+    """
 
     message: EmailMessage
     recipients: tuple[str, ...]
     rejected: Mapping[str, str] = field(default_factory=dict)
     due: Mapping[str, str] = field(default_factory=dict)
 
-    def as_bytes(self) -> bytes:
-        """The message as a file holds it; UTF-8 headers only when an address needs them."""
-        ascii_only = all(a.isascii() for a in self.recipients)
-        return self.message.as_bytes(policy=POLICY if ascii_only else POLICY.clone(utf8=True))
+    def for_recipient(self, address: str) -> EmailMessage:
+        """The copy ``address`` (one of ``recipients``) gets: ``message`` with ``To: address``.
+
+        Raises ValueError for an address that is not one of ``recipients``, so no copy can name
+        anyone the row does not send to.
+        """
+        if address not in self.recipients:
+            raise ValueError(f"{address!r} is not a recipient of this message")
+        mine = deepcopy(self.message)
+        # EmailMessage only appends a header; To goes where it always stood, before Subject (a
+        # reader of the raw message looks for it there), so the headers from Subject on are
+        # taken off and put back after it. They are parsed header objects: nothing is re-parsed.
+        headers = mine.items()
+        moved = headers[[name for name, _ in headers].index("Subject") :]
+        for name in dict.fromkeys(name for name, _ in moved):
+            del mine[name]
+        mine["To"] = address
+        for name, value in moved:
+            mine[name] = value
+        return mine
+
+    def as_bytes(self, recipient: str) -> bytes:
+        """The copy for ``recipient`` as a file holds it; UTF-8 headers only when its address
+        needs them. Raises ValueError as ``for_recipient`` does."""
+        policy = POLICY if recipient.isascii() else POLICY.clone(utf8=True)
+        return self.for_recipient(recipient).as_bytes(policy=policy)
 
 
 def normalize(address: str) -> str:
@@ -121,20 +151,34 @@ def normalize(address: str) -> str:
 
 
 def build(row: Claimed, now: datetime, reply_to: str = "") -> EmailEnvelope:
-    """The message for ``row``, addressed (in the To header) to every valid recipient of the
-    row and sent (in the envelope) to those still due.
+    """The envelope of ``row``: the message its recipients share (no To: each copy gets its own,
+    see ``EmailEnvelope.for_recipient``), to go to the row's due recipients, each once.
+
+    Addresses that normalize to the same one, or differ only in capitals (``outbox.add`` keeps
+    one of those already, but a row may predate that), get one copy between them.
 
     Raises a permanent TransportError if the sender cannot be a From header.
     """
     due = set(row.due_recipients)
     normalized: dict[str, str] = {}
     rejected: dict[str, str] = {}
+    first: dict[str, str] = {}  # casefolded -> the normalized address first seen so
     for address in row.recipients:
         try:
-            normalized[address] = normalize(address)
+            norm = normalize(address)
         except ValueError as exc:
             if address in due:
                 rejected[address] = f"invalid address: {exc}"
+            continue
+        normalized[address] = first.setdefault(norm.casefold(), norm)
+    msg = _shared(row, now, reply_to)
+    sending = {address: norm for address, norm in normalized.items() if address in due}
+    return EmailEnvelope(msg, tuple(dict.fromkeys(sending.values())), rejected, sending)
+
+
+def _shared(row: Claimed, now: datetime, reply_to: str) -> EmailMessage:
+    """The message of ``row`` without a To. Raises a permanent TransportError if the sender
+    cannot be a From header."""
     msg = EmailMessage(policy=POLICY)
     try:
         msg["From"] = row.sender
@@ -144,8 +188,6 @@ def build(row: Claimed, now: datetime, reply_to: str = "") -> EmailEnvelope:
         raise TransportError(
             f"sender {row.sender!r} cannot be a From header: {exc}", permanent=True
         ) from None
-    if normalized:
-        msg["To"] = ", ".join(dict.fromkeys(normalized.values()))
     msg["Subject"] = one_line(row.subject)
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = row.message_id
@@ -162,5 +204,4 @@ def build(row: Claimed, now: datetime, reply_to: str = "") -> EmailEnvelope:
             subtype=subtype or "octet-stream",
             filename=a.filename,
         )
-    sending = {address: norm for address, norm in normalized.items() if address in due}
-    return EmailEnvelope(msg, tuple(dict.fromkeys(sending.values())), rejected, sending)
+    return msg

@@ -1,4 +1,5 @@
-"""SMTP with verified TLS (STARTTLS or implicit), one connection per batch."""
+"""SMTP with verified TLS (STARTTLS or implicit), one connection per batch, a message per
+recipient (its own copy, To naming only them)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class SmtpTransport:
         self.password = password
         self.local_hostname = local_hostname
         self._smtp: smtplib.SMTP | None = None
+        self._broken: str | None = None  # why the session broke in a send, until the next opens
 
     @property
     def where(self) -> str:
@@ -64,6 +66,7 @@ class SmtpTransport:
     def __enter__(self) -> SmtpTransport:
         s = self.settings
         timeout = s.timeout.total_seconds()
+        self._broken = None
         try:
             if s.security is Security.tls:
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(
@@ -96,46 +99,74 @@ class SmtpTransport:
         return self
 
     def send(self, envelope: EmailEnvelope) -> dict[str, TransportError]:
-        """Send one message; return the recipients the server refused, each with its reply
-        (``permanent`` for a 5xx). The others have the message.
+        """Send each recipient its own copy (``envelope.for_recipient``, To naming only them),
+        one after another over this session; return the recipients whose copy did not go, each
+        with its error (``permanent`` for a 5xx). The others have their copy.
 
-        Raises TransportError when the whole message failed: ``permanent`` on a 5xx reply to
-        MAIL FROM or DATA, with ``connection`` set when the session broke (a 421 included).
+        A refusal of one copy (its RCPT, MAIL FROM or DATA answered 4xx or 5xx; SMTPUTF8 not
+        offered for a non-ASCII mailbox, permanent) is that recipient's alone: the next goes on.
+        When the session breaks (a dropped connection, a 421, ``abort``), at the first copy
+        nothing is known of the message: raises TransportError with ``connection`` set. At a
+        later copy the copies already answered keep their outcome (one the server accepted must
+        not be sent again as if it had failed), the rest are returned with that error
+        (temporary, ``connection`` set), and the session stays closed: the next send raises.
         """
         if self._smtp is None:
-            raise TransportError("send without a connection", connection=True)
+            raise TransportError(self._broken or "send without a connection", connection=True)
+        failed: dict[str, TransportError] = {}
+        for i, recipient in enumerate(envelope.recipients):
+            try:
+                error = self._send_copy(envelope, recipient)
+            except TransportError as exc:  # the session broke
+                if i == 0:
+                    raise
+                failed.update(dict.fromkeys(envelope.recipients[i:], exc))
+                return failed
+            if error is not None:
+                failed[recipient] = error
+        return failed
+
+    def _send_copy(self, envelope: EmailEnvelope, recipient: str) -> TransportError | None:
+        """Send ``recipient``'s copy; None once the server accepted it, else its refusal.
+        Raises TransportError with ``connection`` set, the session closed, when it broke."""
+        smtp = self._smtp
+        if smtp is None:
+            raise TransportError(self._broken or "send without a connection", connection=True)
         try:
-            refused = self._smtp.send_message(envelope.message, to_addrs=list(envelope.recipients))
+            refused = smtp.send_message(envelope.for_recipient(recipient), to_addrs=[recipient])
         except smtplib.SMTPRecipientsRefused as exc:
             if any(code == CLOSING for code, _ in exc.recipients.values()):
-                self._close()  # smtplib has closed it already on a 421
-                raise TransportError(
-                    f"RCPT: server closing: {_refusals(exc.recipients)}", connection=True
-                ) from exc
-            return _per_recipient(exc.recipients)
+                raise self._broke(f"RCPT: server closing: {_refusals(exc.recipients)}") from exc
+            return _per_recipient(exc.recipients)[recipient]
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             step = "MAIL FROM" if isinstance(exc, smtplib.SMTPSenderRefused) else "DATA"
-            raise TransportError(
-                f"{step} refused: {_text(exc.smtp_code, exc.smtp_error)}",
-                permanent=_permanent(exc.smtp_code),
-                connection=exc.smtp_code == CLOSING,
-            ) from exc
+            return self._refused(f"{step} refused:", exc)
         except smtplib.SMTPNotSupportedError as exc:
-            # Raised before MAIL FROM: the session is intact, only this message cannot go.
-            raise TransportError(
-                f"{self.where} does not offer SMTPUTF8, which {', '.join(envelope.recipients)} needs: {exc}",
-                permanent=True,
-            ) from exc
+            # Raised before MAIL FROM: the session is intact, only this copy cannot go.
+            return TransportError(
+                f"{self.where} does not offer SMTPUTF8, which {recipient} needs: {exc}", permanent=True
+            )
         except smtplib.SMTPResponseException as exc:
-            raise TransportError(
-                f"server replied {_text(exc.smtp_code, exc.smtp_error)}",
-                permanent=_permanent(exc.smtp_code),
-                connection=exc.smtp_code == CLOSING,
-            ) from exc
+            return self._refused("server replied", exc)
         except (smtplib.SMTPException, OSError) as exc:
-            self._close()
-            raise TransportError(f"send to {self.where}: {exc}", connection=True) from exc
-        return _per_recipient(refused)
+            raise self._broke(f"send to {self.where}: {exc}") from exc
+        # One recipient: a refusal comes as SMTPRecipientsRefused; this is in case it does not.
+        return _per_recipient(refused).get(recipient)
+
+    def _refused(self, step: str, exc: smtplib.SMTPResponseException) -> TransportError:
+        """The refusal of one copy at ``step``, ``permanent`` for a 5xx. Raises as ``_broke``
+        on a 421: the server is closing the session (smtplib has closed it then)."""
+        text = f"{step} {_text(exc.smtp_code, exc.smtp_error)}"
+        if exc.smtp_code == CLOSING:
+            raise self._broke(text) from exc
+        return TransportError(text, permanent=_permanent(exc.smtp_code))
+
+    def _broke(self, why: str) -> TransportError:
+        """Close the broken session and keep why: this send fails with it, and so does the
+        next one until the batch opens a new session."""
+        self._close()
+        self._broken = f"{why} (the session with {self.where} broke)"
+        return TransportError(why, connection=True)
 
     def abort(self) -> None:
         """Break off the session from another thread (a shutdown that cannot wait): a send in

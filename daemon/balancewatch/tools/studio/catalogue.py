@@ -45,10 +45,10 @@ FALLBACK_RECIPIENT = "recipient@example.com"
 class Preview:
     """One message as a customer would receive it, or the problem that stops it.
 
-    ``message`` is the email as the daemon would hand it to the mail server (the
-    recipients in To from the sample's account, or ``recipient@example.com``);
-    ``size`` its size in bytes. ``problem`` is set (and the rest empty) when the
-    template does not render."""
+    ``message`` is the email as the daemon would hand it to the mail server: the
+    copy of the first recipient (each gets one naming only them in To; from the
+    sample's account, or ``recipient@example.com``); ``size`` its size in bytes.
+    ``problem`` is set (and the rest empty) when the template does not render."""
 
     template: str
     kind: str
@@ -154,7 +154,11 @@ class Catalogue:
             envelope = _envelope(self.settings, f"preview/{template}/{kind}/{name}", rendered, to)
         except TransportError as exc:
             return Preview(template, kind, name, title, rendered, problem=Problem("", 0, "", str(exc)))
-        return Preview(template, kind, name, title, rendered, envelope.message, len(envelope.as_bytes()))
+        # Each recipient gets a copy naming only them: the preview is the first one's.
+        first = envelope.recipients[0] if envelope.recipients else None
+        message = envelope.for_recipient(first) if first else envelope.message
+        size = len(envelope.as_bytes(first) if first else message.as_bytes())
+        return Preview(template, kind, name, title, rendered, message, size)
 
 
 def _envelope(settings: Settings, key: str, rendered: Rendered, to: tuple[str, ...]) -> EmailEnvelope:
