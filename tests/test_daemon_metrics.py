@@ -71,7 +71,8 @@ def test_the_daemon_serves_metrics_and_health_that_follow_its_work(
 
     def delivered() -> bool:
         scrape = samples(base)
-        return value(scrape, "balancewatch_outbox_messages", status="sent", channel="email", transport="smtp") == 1
+        sent = value(scrape, "balancewatch_outbox_messages", status="sent", channel="email", transport="smtp")
+        return sent == 1
 
     wait_until(delivered, "the sent row in the outbox gauges")
     after = samples(base)
