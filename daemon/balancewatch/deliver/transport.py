@@ -47,7 +47,10 @@ class Transport(Protocol[EnvelopeT_contra]):
     def send(self, envelope: EnvelopeT_contra) -> dict[str, TransportError]:
         """Deliver ``envelope``; return the recipients refused (by ``envelope.recipients``
         spelling), each with its error. Raises TransportError when the whole envelope failed:
-        ``permanent`` if trying again cannot help, ``connection`` if the session is unusable."""
+        ``permanent`` if trying again cannot help, ``connection`` if the session is unusable.
+        A transport that sends in parts (a copy per recipient) and loses its session after some
+        were accepted does not raise: it returns the rest with connection errors (retried), so
+        the accepted ones are recorded as sent and never sent again, and raises at the next send."""
         ...
 
     def abort(self) -> None:
