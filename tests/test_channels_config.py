@@ -200,3 +200,10 @@ def test_every_shipped_template_has_a_chat_message_for_each_of_its_samples() -> 
             first, *rest = rendered.chat.splitlines()
             assert first == rendered.subject, (name, sample.name)
             assert rest and "None" not in rendered.chat, (name, sample.name, rendered.chat)
+
+
+def test_render_prints_the_chat_message_a_designer_edits(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "low-balance", "--sample", "crossed", "--part", "chat"], {}) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == "Acme Messaging Ltd: USD balance $84.12 is below $100.00"
+    assert second.startswith("Acme Messaging Ltd (acme-42) · $84.12")

@@ -16,7 +16,7 @@ from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.tools.studio.accounts import AccountPreviewError, account_previews
 from balancewatch.tools.studio.catalogue import Catalogue, Preview
 
-PARTS = ("subject", "text", "html", "eml")
+PARTS = ("subject", "text", "html", "chat", "eml")
 
 DESCRIPTION = """\
 Render a template offline and print one part of the email it makes: the
@@ -114,6 +114,9 @@ def _print(ctx: Ctx, preview: Preview, part: str) -> int:
         if rendered.html is None:
             raise CommandError(f"template {preview.template!r} has no HTML part (body.html)")
         ctx.out.write(rendered.html)
+    elif part == "chat":
+        # What a chat channel gets: chat.txt, or the subject when the template has none.
+        ctx.say(rendered.chat if rendered.chat is not None else rendered.subject)
     else:
         ctx.out.write(preview.message.as_bytes().decode("utf-8"))
     return 0

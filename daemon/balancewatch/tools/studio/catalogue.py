@@ -138,7 +138,7 @@ class Catalogue:
         # The samples carry the default footer; a preview shows the configured one.
         context = {**context, "email": email_context(self.settings.email)}
         try:
-            rendered = self.templates.render(template, context)
+            rendered = self.templates.render(template, context, chat=True)
         except RenderError as exc:
             return Preview(template, kind, name, title, problem=exc.problem)
         return self.message(

@@ -147,6 +147,8 @@ _MESSAGE = """{% extends "layout" %}{% block main %}
 <iframe class="phone" sandbox="" src="{{ raw }}" title="HTML part at 390 px"></iframe></figure>
 {% else %}<p class="muted">No HTML part (body.html): mail clients show the text.</p>{% endif %}
 <figure><figcaption>text part</figcaption><pre class="text">{{ text }}</pre></figure>
+<figure><figcaption>chat message (chat.txt{% if not has_chat %}: none, so the subject{% endif %})</figcaption>
+<pre class="chat">{{ chat }}</pre></figure>
 </div>{% endif %}
 {% endblock %}"""
 
@@ -242,6 +244,8 @@ def message_page(snapshot: Snapshot, preview: Preview) -> str:
         problem=str(preview.problem) if preview.problem is not None else None,
         subject=rendered.subject if rendered is not None else None,
         text=rendered.text if rendered is not None else None,
+        chat=(rendered.chat or rendered.subject) if rendered is not None else None,
+        has_chat=rendered is not None and rendered.chat is not None,
         has_html=rendered is not None and rendered.html is not None,
         headers=[(k, str(v)) for k, v in message.items()] if message is not None else [],
         size=kilobytes(preview.size),
