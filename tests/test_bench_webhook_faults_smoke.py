@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from balancewatch.deliver.registry import DEDUPLICATED_EVERY
 from tests.bench import bench_webhook_faults
 
 ALERTS = 20
@@ -30,7 +31,8 @@ def test_the_webhook_fault_drill_loses_nothing_and_every_duplicate_is_the_same_s
     (drill,) = json.loads(result.read_text())["drills"]
     for side in (drill["email"], drill["webhook"]):
         assert (side["lost"], side["decided_twice"], side["distinct"]) == (0, 0, ALERTS), drill
-        assert side["duplicated"] <= drill["kills"], drill
+    assert drill["email"]["duplicated"] <= drill["kills"], drill
+    assert drill["webhook"]["duplicated"] <= drill["kills"] * DEDUPLICATED_EVERY, drill
     assert (drill["unverified"], drill["mismatched"], drill["unknown_ids"]) == (0, 0, 0), drill
     assert drill["tracebacks"] == 0, drill
     assert drill["takeover_s"] < 60, drill  # a lease is 300 s

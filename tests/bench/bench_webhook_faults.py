@@ -25,8 +25,10 @@ body as the first delivery of its event. A request a kill cut short (its body sh
 Content-Length: the daemon died while writing it) was never delivered, since no endpoint can read
 it; such requests are counted apart and left out of the rest.
 
-Goal: 0 lost and 0 decided twice on either channel, at most one duplicate per kill on each
-channel (the message in flight), every signature verified, every duplicate identical, no
+Goal: 0 lost and 0 decided twice on either channel; at most one duplicate per kill by email
+(the message in flight) and at most ``DEDUPLICATED_EVERY`` per kill on the webhook (its outcomes
+are written in groups of that many: receivers deduplicate on the id); every signature verified,
+every duplicate identical, no
 traceback, and delivery taken up again within one poll plus ``GRACE`` seconds of the restart:
 every row the killed daemon held is sent by then.
 """
@@ -49,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: the tests package lives at the repository's top
     sys.path.insert(0, str(ROOT))
 
+from balancewatch.deliver.registry import DEDUPLICATED_EVERY  # noqa: E402
 from balancewatch.outbox import event_id  # noqa: E402
 from tests.bench import common  # noqa: E402
 from tests.bench.bench_faults import (  # noqa: E402
@@ -115,7 +118,9 @@ class Figures:
         """The goal of the module's docstring."""
         sides = (self.email, self.webhook)
         return (
-            all(s.lost == 0 and s.decided_twice == 0 and s.duplicated <= self.kills for s in sides)
+            all(s.lost == 0 and s.decided_twice == 0 for s in sides)
+            and self.email.duplicated <= self.kills
+            and self.webhook.duplicated <= self.kills * DEDUPLICATED_EVERY
             and self.unverified == self.unknown_ids == self.mismatched == self.tracebacks == 0
             and self.takeover_s <= POLL + GRACE
         )

@@ -26,6 +26,9 @@ from balancewatch.deliver.webhook import WebhookTransport, build_webhook
 from balancewatch.outbox import Claimed
 
 EMAIL = "email"
+# Outcomes of a webhook or chat channel written per transaction: its receiver deduplicates on
+# the event id, so a crash repeating up to this many deliveries costs nothing but the repeat.
+DEDUPLICATED_EVERY = 20
 
 Builder = Callable[[Claimed, datetime], EnvelopeT]
 
@@ -38,6 +41,8 @@ class Route(Generic[EnvelopeT]):
     transport: Transport[EnvelopeT]
     envelope: Builder[EnvelopeT]
     limit: RateLimit | None = None
+    # How many outcomes are written in one transaction (deliver/pending.py): 1 for email.
+    record_every: int = 1
 
     @property
     def channel(self) -> str:
@@ -85,7 +90,11 @@ class Registry:
         self._routes: dict[str, Route[Any]] = {}
 
     def register(
-        self, transport: Transport[EnvelopeT], envelope: Builder[EnvelopeT], rate: Decimal = Decimal(0)
+        self,
+        transport: Transport[EnvelopeT],
+        envelope: Builder[EnvelopeT],
+        rate: Decimal = Decimal(0),
+        record_every: int = 1,
     ) -> None:
         """Deliver ``transport.channel`` through ``transport``; raises ValueError if that channel
         has a transport already (two ways of delivering one channel are a configuration choice,
@@ -93,7 +102,8 @@ class Registry:
         if transport.channel in self._routes:
             held = self._routes[transport.channel].transport.name
             raise ValueError(f"channel {transport.channel!r} is delivered by {held} already")
-        self._routes[transport.channel] = Route(transport, envelope, RateLimit(rate) if rate else None)
+        limit = RateLimit(rate) if rate else None
+        self._routes[transport.channel] = Route(transport, envelope, limit, record_every)
 
     def route(self, channel: str) -> Route[Any] | None:
         """The route of ``channel``; None when this daemon has no transport for it."""
@@ -151,14 +161,14 @@ def make_registry(settings: Settings) -> Registry:
     for name, channel in settings.channels.items():
         if isinstance(channel, WebhookChannel):
             hook = WebhookTransport(name, channel, settings.channel_secret(name))
-            registry.register(hook, build_webhook, channel.rate)
+            registry.register(hook, build_webhook, channel.rate, DEDUPLICATED_EVERY)
         elif isinstance(channel, ChatChannel):
             try:
                 chat = ChatTransport(name, channel, settings.channel_secret(name))
             except TransportError as exc:  # a URL Apprise cannot read: the config's problem
                 problems.append(settings.problem(("channels", name), str(exc)))
                 continue
-            registry.register(chat, build_chat, channel.rate)
+            registry.register(chat, build_chat, channel.rate, DEDUPLICATED_EVERY)
     if problems:
         raise ProblemsError(problems)
     return registry

@@ -35,6 +35,7 @@ from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
 from balancewatch.deliver.outcome import Attempt, failure_class, settle, shown
+from balancewatch.deliver.pending import Pending
 from balancewatch.deliver.registry import EMAIL, Registry, Route, Sessions, email_registry, make_transport
 from balancewatch.deliver.transport import Transport
 from balancewatch.store import status as instance_status
@@ -95,6 +96,7 @@ class Courier:
         self.engine, self.transports, self.settings, self.worker = engine, transports, settings, worker
         self.lane = tuple(transports.channels if lane is None else lane)
         self._notes = lane is None or EMAIL in self.lane
+        self._pending = Pending()  # outcomes settled, not written yet (deliver/pending.py)
         self.stopping = stopping or threading.Event()
         self.metrics = metrics
         self.unrecorded = Unrecorded()
@@ -133,7 +135,10 @@ class Courier:
             batch = outbox.claim(conn, self.worker, now, d.batch_size, d.lease, key, dead, self.lane)
         stats.claimed = len(batch)
         if batch:
-            self._send_batch(batch, now, clock, stats)
+            try:
+                self._send_batch(batch, now, clock, stats)
+            finally:
+                self._write_pending(stats)
         return stats
 
     def _no_transport(self, channel: str) -> str:
@@ -212,18 +217,27 @@ class Courier:
         unsent: list[outbox.Claimed],
         stats: DeliveryStats,
     ) -> bool:
-        """Log, count and record ``attempts``, extending the lease of the row to send next (the
-        first of ``unsent``) in the same transaction; returns whether this worker still holds it."""
+        """Log, count and record ``attempts`` once the route's outcomes are due to be written
+        (``route.record_every``), extending the lease of the row to send next (the first of
+        ``unsent``) in the same transaction; returns whether this worker still holds it."""
         self._count(route, attempts)
         self._log_attempt(row, route, attempts)
-        settled = [(row, settle(row, attempts, stamp, self.settings.delivery.retry))]
+        self._pending.add(row, settle(row, attempts, stamp, self.settings.delivery.retry))
+        if not self._pending.due(route.record_every):
+            return True
         confirm = (unsent[0].id, stamp + self.settings.delivery.lease) if unsent else None
         try:
-            return self._record(settled, stats, confirm)
+            return self._record(self._pending.take(), stats, confirm)
         except SQLAlchemyError:
             # Its outcome is kept; the rows not sent yet go back once the database answers.
             self.unrecorded.releases.update(r.id for r in unsent)
             raise
+
+    def _write_pending(self, stats: DeliveryStats) -> None:
+        """Write the outcomes still waiting (the end of a batch, however it ended); raises
+        SQLAlchemyError with them kept in memory (``unrecorded``)."""
+        if self._pending:
+            self._record(self._pending.take(), stats)
 
     def _connection_failed(
         self,
@@ -261,7 +275,7 @@ class Courier:
         a row another has taken over, and only the message it had in flight can arrive twice."""
         try:
             with self.engine.begin() as conn:
-                kept = [outbox.record(conn, row.id, self.worker, update) for row, update in settled]
+                kept = outbox.record_many(conn, self.worker, [(row.id, update) for row, update in settled])
                 holds = confirm is None or bool(outbox.renew(conn, [confirm[0]], self.worker, confirm[1]))
         except SQLAlchemyError:
             for row, update in settled:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Row, Select, and_, bindparam, func, or_, select, update
 
 from balancewatch.outbox.rows import PENDING, SENDING, Attachment, Claimed, RowUpdate
 from balancewatch.store.tables import OUTBOX_TABLE
@@ -166,6 +166,51 @@ def record(conn: Connection, row_id: int, worker: str, outcome: RowUpdate) -> bo
     if outcome.sent_at is not None:
         values["sent_at"] = outcome.sent_at
     return conn.execute(update(OUTBOX_TABLE).where(_mine(row_id, worker)).values(**values)).rowcount == 1
+
+
+_RECORD_MANY = (
+    update(OUTBOX_TABLE)
+    .where(
+        outbox.id == bindparam("row_id"), outbox.status == SENDING, outbox.claimed_by == bindparam("worker")
+    )
+    .values(
+        status=bindparam("new_status"),
+        deliveries=bindparam("new_deliveries", type_=outbox.deliveries.type),
+        lease_until=None,
+        last_error=bindparam("new_error", type_=outbox.last_error.type),
+        # Left as they are where the outcome has none (as ``record`` leaves them out).
+        next_attempt_at=func.coalesce(
+            bindparam("new_next", type_=outbox.next_attempt_at.type), outbox.next_attempt_at
+        ),
+        sent_at=func.coalesce(bindparam("new_sent", type_=outbox.sent_at.type), outbox.sent_at),
+    )
+)
+
+
+def record_many(conn: Connection, worker: str, outcomes: Sequence[tuple[int, RowUpdate]]) -> list[bool]:
+    """``record`` for many rows in one statement executed for each (a group of outcomes written
+    in one transaction); for each row, whether ``worker`` still held it."""
+    if len(outcomes) < 2:
+        return [record(conn, row_id, worker, outcome) for row_id, outcome in outcomes]
+    params = [
+        {
+            "row_id": row_id,
+            "worker": worker,
+            "new_status": outcome.status,
+            "new_deliveries": {address: dict(entry) for address, entry in outcome.deliveries.items()},
+            "new_error": outcome.last_error,
+            "new_next": outcome.next_attempt_at,
+            "new_sent": outcome.sent_at,
+        }
+        for row_id, outcome in outcomes
+    ]
+    if conn.execute(_RECORD_MANY, params).rowcount == len(params):
+        return [True] * len(params)
+    # Some row went to another worker meanwhile: which ones, the rows themselves say.
+    ids = [row_id for row_id, _outcome in outcomes]
+    held = select(outbox.id).where(outbox.id.in_(ids), outbox.claimed_by == worker, outbox.status != SENDING)
+    kept = set(conn.execute(held).scalars())
+    return [row_id in kept for row_id in ids]
 
 
 def release(conn: Connection, worker: str, row_ids: Sequence[int] | None = None, *, attempted: bool) -> int:
