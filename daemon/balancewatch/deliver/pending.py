@@ -5,7 +5,10 @@ repeats at most the message in flight, and a person cannot tell a repeated email
 one. A webhook or chat channel's receiver deduplicates on the event id (``webhook-id``), so
 its outcomes are written together, every ``every`` rows or once the oldest has waited
 ``within`` seconds, whichever comes first: one transaction for many deliveries, at the cost
-of repeating at most those after a crash (each with its id).
+of repeating at most those after a crash (each with its id). On PostgreSQL those transactions
+also do not wait for the disk (``synchronous_commit`` off): a crash of the database server
+itself may forget the last outcomes written, and the events are then delivered again, never
+lost: a row whose outcome is forgotten is still claimed, or pending again, and is sent again.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from balancewatch.deliver.pending import Pending
 from balancewatch.deliver.registry import EMAIL, Registry, Route, Sessions, email_registry, make_transport
 from balancewatch.deliver.transport import Transport
 from balancewatch.store import status as instance_status
+from balancewatch.store.db import is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class Courier:
         self.lane = tuple(transports.channels if lane is None else lane)
         self._notes = lane is None or EMAIL in self.lane
         self._pending = Pending()  # outcomes settled, not written yet (deliver/pending.py)
+        # A lane of channels whose receivers deduplicate (no email) need not wait for PostgreSQL
+        # to flush each group of outcomes to disk: a server crash then repeats a few events.
+        self._relaxed = EMAIL not in self.lane and is_postgres(engine)
         self.stopping = stopping or threading.Event()
         self.metrics = metrics
         self.unrecorded = Unrecorded()
@@ -127,6 +131,8 @@ class Courier:
             self._flush(stats)
         d = self.settings.delivery
         with self.engine.begin() as conn:
+            if self._relaxed:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             others = outbox.claimers(conn, self.worker)
             dead = instance_status.dead(conn, others, now, stale_after) if others else set()
             self._log_takeover(dead)
@@ -275,6 +281,8 @@ class Courier:
         a row another has taken over, and only the message it had in flight can arrive twice."""
         try:
             with self.engine.begin() as conn:
+                if self._relaxed:
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                 kept = outbox.record_many(conn, self.worker, [(row.id, update) for row, update in settled])
                 holds = confirm is None or bool(outbox.renew(conn, [confirm[0]], self.worker, confirm[1]))
         except SQLAlchemyError:

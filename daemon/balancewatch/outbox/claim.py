@@ -44,6 +44,19 @@ def _due(now: datetime, dead: Collection[str] = ()) -> ColumnElement[bool]:
     )
 
 
+def _due_ids(now: datetime, dead: Collection[str], limit: int) -> tuple[Select[Any], Select[Any]]:
+    """The two queries picking due rows, in the order they are asked: rows whose claim is to
+    be taken over (few: an index on status finds them), then pending rows whose next attempt
+    has come, earliest first, so the index on (status, next_attempt_at) is read in order and
+    stops at ``limit``: a claim costs the same with ten thousand rows waiting as with ten."""
+    taken_over = outbox.lease_until < now
+    if dead:
+        taken_over = or_(taken_over, outbox.claimed_by.in_(list(dead)))
+    held = select(outbox.id).where(outbox.status == SENDING, taken_over).order_by(outbox.id)
+    waiting = select(outbox.id).where(outbox.status == PENDING, outbox.next_attempt_at <= now)
+    return held, waiting.order_by(outbox.next_attempt_at)
+
+
 def claim(
     conn: Connection,
     worker: str,
@@ -57,23 +70,26 @@ def claim(
     """Claim up to ``limit`` due rows (or just the row of ``key``) for ``worker`` until ``now + lease``,
     only of ``channels`` when given (those ``worker`` can deliver).
 
-    Due: pending rows whose next attempt has come, and rows still claimed by
+    Due: pending rows whose next attempt has come (earliest first), and rows still claimed by
     another worker whose lease has run out or which is in ``dead`` (known to
-    have died or stopped). The ids are picked first (locking them with ``SKIP
+    have died or stopped; taken first). The ids are picked first (locking them with ``SKIP
     LOCKED`` on PostgreSQL, so concurrent workers take different rows without
     waiting), then updated only where still due: a row claimed meanwhile is
     not handed out twice. Picking in a statement of its own keeps ``limit``
     exact; as a subquery of the UPDATE, PostgreSQL may scan it again and claim
     far more rows.
     """
-    ids = select(outbox.id).where(_due(now, dead)).order_by(outbox.id).limit(limit)
-    if key is not None:
-        ids = ids.where(outbox.idem_key == key)
-    if channels is not None:
-        ids = ids.where(outbox.channel.in_(list(channels)))
-    if conn.dialect.name == "postgresql":
-        ids = ids.with_for_update(skip_locked=True)
-    picked = list(conn.execute(ids).scalars())
+    picked: list[int] = []
+    for ids in _due_ids(now, dead, limit):
+        if key is not None:
+            ids = ids.where(outbox.idem_key == key)
+        if channels is not None:
+            ids = ids.where(outbox.channel.in_(list(channels)))
+        if conn.dialect.name == "postgresql":
+            ids = ids.with_for_update(skip_locked=True)
+        picked += conn.execute(ids.limit(limit - len(picked))).scalars()
+        if len(picked) >= limit:
+            break
     if not picked:
         return []
     stmt = (
