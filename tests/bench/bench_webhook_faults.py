@@ -263,8 +263,10 @@ def describe(f: Figures) -> str:
             f"(not counted) {f.broken}",
             f"  delivery taken up again {f.takeover_s:.1f} s after a restart (slowest); every email "
             f"and event arrived {f.seconds_to_all:.1f} s after the last kill; tracebacks {f.tracebacks}",
-            f"  0 lost, 0 decided twice, duplicated <= {f.kills} a channel, every duplicate the same "
-            f"event, every signature verified, taken up within {POLL + GRACE:g} s: {common.verdict(f.meets)}",
+            f"  0 lost, 0 decided twice, duplicated <= {f.kills} by email and <= "
+            f"{f.kills * DEDUPLICATED_EVERY} on the webhook ({DEDUPLICATED_EVERY} a kill), every duplicate "
+            f"the same event, every signature verified, taken up within {POLL + GRACE:g} s: "
+            f"{common.verdict(f.meets)}",
         ]
     )
 
