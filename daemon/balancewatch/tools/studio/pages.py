@@ -71,7 +71,7 @@ figcaption { font-size: .85rem; color: #5b6675; margin-bottom: .2rem; }
 iframe { display: block; height: 760px; max-width: 100%; border: 1px solid #d9dee5; background: #fff; }
 iframe.desktop { width: 600px; }
 iframe.phone { width: 390px; }
-pre.text { width: 36rem; max-width: 100%; margin: 0; padding: .6rem; background: #fff;
+pre.text, pre.chat { width: 36rem; max-width: 100%; margin: 0; padding: .6rem; background: #fff;
   border: 1px solid #d9dee5; white-space: pre-wrap; overflow-wrap: anywhere; }
 @media (max-width: 440px) {
   /* On a phone the phone frame takes the whole width: the email is seen at the width it gets. */
@@ -80,7 +80,7 @@ pre.text { width: 36rem; max-width: 100%; margin: 0; padding: .6rem; background:
   .parts figcaption { padding: 0 1rem; }
   iframe { border-width: 1px 0; }
   iframe.phone { width: 100%; }
-  pre.text { border-width: 1px 0; }
+  pre.text, pre.chat { border-width: 1px 0; }
 }
 """
 
