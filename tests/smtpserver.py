@@ -48,10 +48,11 @@ class Received:
     peer: tuple[str, int] | None = None  # the client's address: one per connection
     tls: bool = False
     login: str | None = None
+    accepted_at: float = 0.0  # time.time() when DATA was accepted (0.0 where not recorded)
 
     @property
     def message(self) -> EmailMessage:
-        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+        return email.message_from_bytes(self.data, policy=email.policy.default)
 
 
 class _Handler:
@@ -78,9 +79,10 @@ class _Handler:
             envelope.mail_from,
             tuple(envelope.rcpt_tos),
             bytes(envelope.original_content),
-            peer,  # type: ignore[arg-type]
+            peer,
             server.transport.get_extra_info("sslcontext") is not None,
             session.auth_data if session.authenticated else None,
+            accepted_at=time.time(),
         )
         with self.server.cond:
             self.server.received.append(received)
