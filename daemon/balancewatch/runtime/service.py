@@ -1,7 +1,8 @@
 """The daemon: scheduler jobs, signals, readiness. Wiring only; the work lives in the stages.
 
 Four jobs run on an APScheduler 3 background scheduler, each with
-``max_instances=1`` and coalescing, so a slow run is never stacked:
+``max_instances=1`` and coalescing, so a slow run is never stacked (a run asked for
+while one is in progress follows it, ``rerun.Reruns``):
 
 - *evaluate*, every ``poll_interval``: balances changed since the last poll,
   and every ``sweep_interval`` (and at start) a full sweep;
@@ -15,9 +16,9 @@ Four jobs run on an APScheduler 3 background scheduler, each with
   (``reports.runner``), then delivery right away.
 
 A fifth job, *heartbeat*, every 5 seconds (``store.status.HEARTBEAT``), updates this
-instance's row in ``instance_status`` (``balancewatch status``, and how other instances
-tell that it is alive); also written at start and after every reload attempt. Job failures are logged through
-``outage.FailureLog``: a database outage is one warning a minute.
+instance's row in ``instance_status`` (``balancewatch status``, how other instances tell
+it is alive); also written at start and after every reload attempt. Job failures are
+logged through ``outage.FailureLog``: a database outage is one warning a minute.
 
 Rules and templates reload when their files change (``reload.Reloader``,
 when ``reload.watch``) and at once on SIGHUP; the old set keeps running if
@@ -25,8 +26,7 @@ the new one fails. SIGHUP also reads the config again, only to log each
 changed setting as needing a restart. SIGTERM or SIGINT stops within a bound
 (``Daemon.shut_down``): the message in flight is finished or broken off, the
 rest handed back, the instance marked stopped, exit 0. All state is in the
-database: a restart repeats nothing and loses nothing.
-"""
+database: a restart repeats nothing and loses nothing."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ from balancewatch.runtime.pipeline import (
     utc_clock,
 )
 from balancewatch.runtime.reload import Reloader, ReloadStatus
+from balancewatch.runtime.rerun import Reruns
 from balancewatch.runtime.shutdown import (
     ABORT_GRACE,
     HAND_BACK_GRACE,
@@ -105,6 +106,7 @@ class Daemon:
         self.stopping = pipeline.stopping
         self.failures = FailureLog()
         self.running = RunningJobs()
+        self.reruns = Reruns()
         self.row = InstanceRow(
             pipeline, clock, self.failures, lambda: (self.reloader.status, self.reloader.live)
         )
@@ -126,9 +128,8 @@ class Daemon:
         )
         self.http: httpserve.MetricsServer | None = None
         self.scheduler = BackgroundScheduler(
-            # A worker per job: a long sweep, a slow delivery or a slow top-up hook must not
-            # hold up the others or the heartbeat.
-            # (and one more for each channel's delivery lane beside email's)
+            # A worker per job (and per channel's delivery lane): a long sweep, a slow delivery
+            # or a slow top-up hook must not hold up the others or the heartbeat.
             executors={"default": ThreadPoolExecutor(4 + len(pipeline.lanes))},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
@@ -141,7 +142,7 @@ class Daemon:
         def run() -> None:
             with self.running.running():
                 try:
-                    work()
+                    self.reruns.run(name, work, self.stopping)
                 except Exception as exc:
                     # It runs again at its next interval; the database holds all progress.
                     self.failures.failed(name, exc)
@@ -206,7 +207,7 @@ class Daemon:
         if self.stopping.is_set():
             return
         ids = [lane_job(lane) for lane in self.pipeline.lanes] if job_id == "deliver" else [job_id]
-        for one in ids:
+        for one in (job for job in ids if not self.reruns.request(job)):
             with contextlib.suppress(JobLookupError):  # the scheduler is shutting down
                 self.scheduler.modify_job(one, next_run_time=self.clock())
 
