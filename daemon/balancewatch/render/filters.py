@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, tzinfo
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -151,7 +152,12 @@ def _money(ctx: Context, value: Money) -> str:
         value._fail_with_undefined_error()  # "'typo' is undefined", not a type complaint
     if not isinstance(value, Money):
         raise TypeError(f"money filter needs an amount with its currency, not {type(value).__name__}")
-    return plain_spaces(format_money(value.minor, value.currency, _locale(ctx)))
+    return _money_text(value.minor, value.currency, _locale(ctx))
+
+
+@lru_cache(maxsize=16_384)
+def _money_text(minor: int, currency: str, locale: str) -> str:
+    return plain_spaces(format_money(minor, currency, locale))
 
 
 @pass_context
@@ -168,8 +174,20 @@ def _format_datetime(value: datetime, fmt: str, tz: str, locale: str) -> str:
 
 @pass_context
 def _date(ctx: Context, value: datetime, fmt: str = "medium") -> str:
-    local = value.astimezone(_zone(_tz(ctx))) if isinstance(value, datetime) else value
-    return plain_spaces(format_date(local, fmt, locale=_locale(ctx)))
+    if type(value) in (date, datetime) and type(fmt) is str:  # exact types: the cache keys on them
+        return _format_date(type(value).__name__, value, fmt, _tz(ctx), _locale(ctx))
+    return _format_date_now(value, fmt, _tz(ctx), _locale(ctx))
+
+
+# A report's chart labels the same 31 days in every account's email.
+@lru_cache(maxsize=4096)
+def _format_date(_kind: str, value: datetime, fmt: str, tz: str, locale: str) -> str:
+    return _format_date_now(value, fmt, tz, locale)
+
+
+def _format_date_now(value: datetime, fmt: str, tz: str, locale: str) -> str:
+    local = value.astimezone(_zone(tz)) if isinstance(value, datetime) else value
+    return plain_spaces(format_date(local, fmt, locale=locale))
 
 
 @pass_context
@@ -189,7 +207,15 @@ def _time(ctx: Context, value: datetime, fmt: str = "short") -> str:
 
 @pass_context
 def _number(ctx: Context, value: Any) -> str:
+    if type(value) in (int, Decimal):
+        # Keyed by the text: Decimal("1.0") equals Decimal("1.00") but need not format the same.
+        return _format_number(type(value) is Decimal, str(value), _locale(ctx))
     return plain_spaces(format_decimal(value, locale=_locale(ctx)))
+
+
+@lru_cache(maxsize=16_384)
+def _format_number(is_decimal: bool, text: str, locale: str) -> str:
+    return plain_spaces(format_decimal(Decimal(text) if is_decimal else int(text), locale=locale))
 
 
 def _duration(value: timedelta) -> str:

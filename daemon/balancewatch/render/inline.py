@@ -20,10 +20,12 @@ designer's typo is a problem ``check`` reports rather than a style that quietly 
 
 from __future__ import annotations
 
+import os
+import queue
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from html import unescape
 
@@ -84,19 +86,51 @@ def _on_a_deep_stack(html: str) -> str:
     above misjudge (HTML5's parsing rules keep elements open in ways a scan cannot follow)
     would overflow a normal thread's stack and crash the whole process. 1 GiB holds more
     than 200,000 levels, beyond what a render's size limit lets a template write.
+
+    The thread lives as long as the process (started again in a forked child): starting one
+    per email cost more than the inlining itself. Jobs from several threads queue for it.
     """
-    job = _Job(html)
-    with _DEEP_LOCK:  # stack_size is process-wide: set only around this thread's start
-        previous = threading.stack_size(DEEP_STACK)
-        try:
-            thread = threading.Thread(target=job.run, name="css-inline", daemon=True)
-            thread.start()
-        finally:
-            threading.stack_size(previous)
-    thread.join()
-    if job.error is not None:
-        raise job.error
-    return job.result
+    return _DEEP.run(html)
+
+
+class _DeepThread:
+    """The long-lived deep-stack thread and the queue of jobs it runs one after the other."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._start = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, html: str) -> str:
+        job = _Job(html)
+        self._ensure_started()
+        self._jobs.put(job)
+        while not job.done.wait(1.0):
+            if self._thread is None or not self._thread.is_alive():
+                raise ValueError("the CSS inliner's thread ended")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _ensure_started(self) -> None:
+        with self._start:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            with _DEEP_LOCK:  # stack_size is process-wide: set only around this thread's start
+                previous = threading.stack_size(DEEP_STACK)
+                try:
+                    self._thread = threading.Thread(target=self._serve, name="css-inline", daemon=True)
+                    self._thread.start()
+                finally:
+                    threading.stack_size(previous)
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get().run()
 
 
 _DEEP_LOCK = threading.Lock()
@@ -107,12 +141,20 @@ class _Job:
     html: str
     result: str = ""
     error: Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         try:
             self.result = str(_INLINER.inline(self.html))
         except (css_inline.InlineError, ValueError) as exc:
             self.error = exc
+        except BaseException as exc:  # the serving thread must outlive any job, or callers would wait
+            self.error = ValueError(f"the CSS inliner failed: {exc!r}")
+        finally:
+            self.done.set()
+
+
+_DEEP = _DeepThread()
 
 
 def inlined_selectors(css: str) -> tuple[str, ...]:
@@ -205,13 +247,8 @@ def _check_work(markup: str, selectors: list[str]) -> None:
             f"the HTML nests elements more than {MAX_DEPTH} deep; refused before its CSS was inlined "
             "(is a closing tag missing in a loop?)"
         )
-    steps = 0
-    for selector in selectors:
-        steps += PAIR * elements
-        if _COMBINATOR.search(selector):
-            steps += ancestors
-        if _WALKING.search(selector):
-            steps += elements * elements
+    count, combining, walking = _selector_kinds(tuple(selectors))
+    steps = PAIR * elements * count + ancestors * combining + elements * elements * walking
     if steps > MAX_MATCHING:
         raise CssError(
             f"inlining {len(selectors):,} CSS selectors into {elements:,} elements would take about "
@@ -220,13 +257,41 @@ def _check_work(markup: str, selectors: list[str]) -> None:
         )
 
 
+@lru_cache(maxsize=64)
+def _selector_kinds(selectors: tuple[str, ...]) -> tuple[int, int, int]:
+    """How many ``selectors`` there are, how many have a combinator, how many walk siblings or
+    descendants; a layout's selectors are the same in every email it renders."""
+    combining = sum(1 for s in selectors if _COMBINATOR.search(s))
+    walking = sum(1 for s in selectors if _WALKING.search(s))
+    return len(selectors), combining, walking
+
+
 def _shape(markup: str) -> tuple[int, int, int]:
     """How many elements ``markup`` has, about how deep they nest and the sum of their depths, as
     an HTML parser would build them: an end tag closes what it closes, and a new p, li, td, tr
-    and the like closes one left open just before it."""
+    and the like closes one left open just before it.
+
+    The answer depends only on the sequence of tags, which the emails of one template mostly
+    share (the text between the tags differs): it is kept for the sequences seen last."""
+    tags = "".join(_TAG_TEXT.findall(markup))
+    if len(tags) <= _CACHED_TAGS:
+        return _cached_shape(tags)
+    return _shape_of_tags(tags)
+
+
+_TAG_TEXT = re.compile(r"</?[a-zA-Z][a-zA-Z0-9-]*")  # what _TAG matches, whole: "<td", "</td"
+_CACHED_TAGS = 65_536
+
+
+@lru_cache(maxsize=256)
+def _cached_shape(tags: str) -> tuple[int, int, int]:
+    return _shape_of_tags(tags)
+
+
+def _shape_of_tags(tags: str) -> tuple[int, int, int]:
     stack: list[str] = []
     elements = deepest = ancestors = 0
-    for closing, name in _TAG.findall(markup):
+    for closing, name in _TAG.findall(tags):
         tag = name.lower()
         if closing:
             if tag in stack:

@@ -31,6 +31,7 @@ from jinja2.sandbox import (
 from markupsafe import Markup
 
 from balancewatch.core.limits import format_size
+from balancewatch.core.money import Money
 from balancewatch.render.filters import BOUNDED_FILTERS, FILTERS, lipsum
 from balancewatch.render.i18n import Catalogs, install
 from balancewatch.render.sizes import ValueTooLargeError, check_binop, check_format_spec, check_method_call
@@ -116,6 +117,8 @@ class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
 
 
 _METHOD_TYPES = frozenset({BuiltinMethodType, MethodType})  # "x".ljust, and Markup's methods
+_DICT_ATTRIBUTES = frozenset(dir(dict))  # d.items is the method, whatever d["items"] holds
+_MONEY_FIELDS = frozenset({"minor", "currency"})
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -129,6 +132,21 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_size = max_size
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # ``a.b`` on the context's dicts and amounts is nearly every attribute a template reads;
+        # Jinja's path raises and catches an AttributeError for each key of a dict. These give
+        # what that path gives: a key of a plain dict that no dict attribute shadows, and the
+        # fields of Money; everything else takes Jinja's path, checks included.
+        kind = type(obj)
+        if kind is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except (KeyError, TypeError):
+                pass
+        elif kind is Money and attribute in _MONEY_FIELDS:
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         check_binop(operator, left, right, self.max_size)
