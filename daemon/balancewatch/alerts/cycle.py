@@ -22,7 +22,7 @@ from sqlmodel import Session
 from balancewatch.alerts.chunk import CycleStats, Deciding, decide_in
 from balancewatch.config import Settings
 from balancewatch.core.metrics import NOOP, PollKind, Recorder
-from balancewatch.evaluate import candidates, usage
+from balancewatch.evaluate import candidates, usage_delta
 from balancewatch.liveset import LiveSet
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store.db import get_meta, set_meta
@@ -84,8 +84,11 @@ def _start(engine: Engine, live: LiveSet, settings: Settings, now: datetime, ful
     if _usage_due(refreshed, windows, now, settings):
         # Thresholds that follow usage may have moved for balances that did not:
         # a fresh summary is always followed by a full sweep.
+        refreshed_usage = usage_delta.catch_up(
+            engine, now, windows, settings.usage.min_history, settings.usage.full_refresh
+        )
+        log.debug("usage: %s", refreshed_usage)
         with engine.begin() as conn:
-            usage.refresh(conn, now, windows, settings.usage.min_history)
             set_meta(
                 conn, USAGE_REFRESHED, json.dumps({"at": now.isoformat(), "windows": sorted(windows)}), now
             )

@@ -122,6 +122,9 @@ class UsageSettings(_Section):
     window_days: int = Field(default=30, ge=1, le=365)
     min_history: Duration = timedelta(days=3)
     refresh: Duration = timedelta(hours=1)
+    # Each refresh reads only the ledger entries new since the one before; this often, one
+    # reads the whole window instead (and puts right what reading new entries cannot see).
+    full_refresh: Duration = timedelta(hours=24)
     recommend_days: Decimal = Field(default=Decimal(1), gt=0, le=365)
 
 

@@ -119,8 +119,16 @@ def _grouped(now: datetime, window_days: int, payers: Collection[str] | None = N
         )
         used = used.where(LEDGER_TABLE.c.account_id.in_(family))
         balances = balances.where(BALANCE_TABLE.c.account_id.in_(chosen))
+    return with_firsts(used.group_by(paying, LEDGER_TABLE.c.currency), balances, now)
+
+
+def with_firsts(used: Select[Any], balances: Select[Any], now: datetime) -> Select[Any]:
+    """One row per pair of ``balances`` (payer, currency) and of ``used`` (payer, currency,
+    used; grouped): the payer, the currency, ``used`` (null where it has no row) and
+    ``first_at``, the earliest entry up to ``now`` of the payer or an account whose parent
+    it is, in that currency: one index seek per family member."""
     # Materialized: both the pairs and the final join read it; the scan runs once.
-    u = used.group_by(paying, LEDGER_TABLE.c.currency).cte("window_usage").prefix_with("MATERIALIZED")
+    u = used.cte("window_usage").prefix_with("MATERIALIZED")
     pairs = union(balances, select(u.c.payer, u.c.currency)).subquery("pairs")
     member = ACCOUNT_TABLE.alias("member")
     first = (
@@ -155,22 +163,12 @@ def refresh(conn: Connection, now: datetime, windows: Iterable[int], min_history
     written = 0
     for window in sorted(set(windows)):
         rows = [
-            _row(figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history), now)
+            summary_row(
+                figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history), now
+            )
             for r in conn.execute(_grouped(now, window))
         ]
-        # An upsert, not delete-and-insert: instances refreshing together must not collide.
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(USAGE_SUMMARY_TABLE)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[
-                USAGE_SUMMARY_TABLE.c.account_id,
-                USAGE_SUMMARY_TABLE.c.currency,
-                USAGE_SUMMARY_TABLE.c.window_days,
-            ],
-            set_={c: stmt.excluded[c] for c in _UPDATED},
-        )
-        for i in range(0, len(rows), 5000):
-            conn.execute(stmt, rows[i : i + 5000])
+        write_rows(conn, rows)
         conn.execute(
             delete(USAGE_SUMMARY_TABLE).where(
                 USAGE_SUMMARY_TABLE.c.window_days == window, USAGE_SUMMARY_TABLE.c.computed_at < now
@@ -183,7 +181,24 @@ def refresh(conn: Connection, now: datetime, windows: Iterable[int], min_history
 _UPDATED = ("usage_total", "first_at", "days_counted", "adu", "status", "computed_at")
 
 
-def _row(f: Figures, now: datetime) -> dict[str, object]:
+def write_rows(conn: Connection, rows: Sequence[dict[str, object]]) -> None:
+    """Insert or update summary rows (``summary_row``'s), in batches."""
+    # An upsert, not delete-and-insert: instances refreshing together must not collide.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(USAGE_SUMMARY_TABLE)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[
+            USAGE_SUMMARY_TABLE.c.account_id,
+            USAGE_SUMMARY_TABLE.c.currency,
+            USAGE_SUMMARY_TABLE.c.window_days,
+        ],
+        set_={c: stmt.excluded[c] for c in _UPDATED},
+    )
+    for i in range(0, len(rows), 5000):
+        conn.execute(stmt, rows[i : i + 5000])
+
+
+def summary_row(f: Figures, now: datetime) -> dict[str, object]:
     return {
         "account_id": f.account_id,
         "currency": f.currency,

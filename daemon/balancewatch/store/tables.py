@@ -10,57 +10,29 @@ next full sweep. See docs/schema.md.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     Index,
-    Integer,
     String,
-    Table,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
-# SQLite autoincrements only an INTEGER PRIMARY KEY (the rowid alias).
-ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware UTC datetimes in Python; timestamptz on PostgreSQL, naive UTC on SQLite."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> Any:
-        if dialect.name == "sqlite":
-            return dialect.type_descriptor(DateTime(timezone=False))
-        return dialect.type_descriptor(DateTime(timezone=True))
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: pass an aware UTC time")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+from balancewatch.store.columns import ROW_ID as ROW_ID
+from balancewatch.store.columns import UTCDateTime as UTCDateTime
+from balancewatch.store.columns import core_table
+from balancewatch.store.columns import utcnow as utcnow
+from balancewatch.store.usage_tables import USAGE_MARK_TABLE as USAGE_MARK_TABLE
+from balancewatch.store.usage_tables import USAGE_MEMBER_TABLE as USAGE_MEMBER_TABLE
+from balancewatch.store.usage_tables import USAGE_SUMMARY_TABLE as USAGE_SUMMARY_TABLE
+from balancewatch.store.usage_tables import UsageSummary as UsageSummary
 
 
 class Account(SQLModel, table=True):
@@ -102,6 +74,8 @@ class LedgerEntry(SQLModel, table=True):
     __tablename__ = "ledger_entry"
     __table_args__ = (
         Index("ix_ledger_account_time", "account_id", "currency", "occurred_at"),
+        # Entries entering and leaving the usage window by time (``evaluate.usage_delta``).
+        Index("ix_ledger_occurred_at", "occurred_at"),
         UniqueConstraint("account_id", "reference", name="uq_ledger_reference"),
     )
 
@@ -143,27 +117,6 @@ class OwnerPreference(SQLModel, table=True):
         """The thresholds set, highest first."""
         values = (self.threshold_1, self.threshold_2, self.threshold_3)
         return sorted((v for v in values if v is not None), reverse=True)
-
-
-class UsageSummary(SQLModel, table=True):
-    """Average daily usage per paying account, currency and window, refreshed by the daemon.
-
-    ``adu`` is null when there is not enough history (``status`` says why):
-    ``ok``, ``short-history`` (fewer days than the minimum since the first
-    entry) or ``no-usage`` (no usage in the window).
-    """
-
-    __tablename__ = "usage_summary"
-
-    account_id: str = Field(primary_key=True, max_length=64)
-    currency: str = Field(primary_key=True, max_length=3)
-    window_days: int = Field(primary_key=True)
-    usage_total: int = Field(default=0, sa_type=BigInteger)
-    first_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    days_counted: float = 0.0  # a span of time, not money
-    adu: int | None = Field(default=None, sa_type=BigInteger)
-    status: str = Field(default="ok", max_length=16)
-    computed_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class TopupRequest(SQLModel, table=True):
@@ -357,25 +310,19 @@ class ReportCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
-SCHEMA_VERSION = 6
-
-
-def _table(model: type[SQLModel]) -> Table:
-    """The Core table of ``model``, typed (SQLModel does not declare ``__table__``)."""
-    return SQLModel.metadata.tables[str(model.__tablename__)]
+SCHEMA_VERSION = 7
 
 
 # One typed Core table per model, used by name in SQL built with SQLAlchemy Core:
 # ``OUTBOX_TABLE.c.status``, never a letter alias.
-ACCOUNT_TABLE = _table(Account)
-BALANCE_TABLE = _table(Balance)
-LEDGER_TABLE = _table(LedgerEntry)
-OWNER_PREFERENCE_TABLE = _table(OwnerPreference)
-USAGE_SUMMARY_TABLE = _table(UsageSummary)
-TOPUP_REQUEST_TABLE = _table(TopupRequest)
-ALERT_STATE_TABLE = _table(AlertState)
-OUTBOX_TABLE = _table(Outbox)
-META_TABLE = _table(Meta)
-INSTANCE_STATUS_TABLE = _table(InstanceStatus)
-REPORT_RUN_TABLE = _table(ReportRun)
-REPORT_CURSOR_TABLE = _table(ReportCursor)
+ACCOUNT_TABLE = core_table(Account)
+BALANCE_TABLE = core_table(Balance)
+LEDGER_TABLE = core_table(LedgerEntry)
+OWNER_PREFERENCE_TABLE = core_table(OwnerPreference)
+TOPUP_REQUEST_TABLE = core_table(TopupRequest)
+ALERT_STATE_TABLE = core_table(AlertState)
+OUTBOX_TABLE = core_table(Outbox)
+META_TABLE = core_table(Meta)
+INSTANCE_STATUS_TABLE = core_table(InstanceStatus)
+REPORT_RUN_TABLE = core_table(ReportRun)
+REPORT_CURSOR_TABLE = core_table(ReportCursor)

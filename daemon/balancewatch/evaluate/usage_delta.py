@@ -1,0 +1,197 @@
+"""Average daily usage brought up to date from what changed in the ledger since the last refresh.
+
+A full refresh (``usage.refresh``) reads every entry of the window: minutes at
+tens of millions of entries. ``catch_up`` reads only what changed:
+
+- the entries written since the last refresh, found by their insertion order
+  (the id), whatever their ``occurred_at``: a back-dated entry counts in the
+  window it falls in, one dated before it only moves the first entry;
+- the entries the window's start has passed since (``occurred_at`` between the
+  old start and the new), and future-dated entries whose time has come;
+
+adds them to each account's own totals (``usage_member``), then recomputes the
+summary of the paying accounts they belong to, of those whose figures move
+with time alone (history shorter than the window or the minimum) and of those
+whose balances changed (a new balance gets its row). The result equals a full
+refresh at the same moment (``tests/test_usage_delta.py`` compares them).
+
+Ids on PostgreSQL come from a sequence and commit out of order: an id below the
+last one read may belong to a transaction still open. Every id missing below
+the mark is a gap, read again at each refresh for ``GAP_PATIENCE``; an entry
+committed later than that counts from the next full refresh. Each refresh reads
+one snapshot (REPEATABLE READ), and instances take turns (an advisory lock),
+so no entry is added twice.
+
+A full refresh runs instead the first time, when the windows or the minimum
+history change, when the clock went back, after more than the shortest window
+or ``full_every`` since the last full one, or when more than ``MAX_NEW`` entries
+are new: it also puts right what reading by id cannot see (an account moved
+under another parent, an entry edited or deleted, a balance removed).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, Integer, delete, func, insert, literal, select
+
+from balancewatch.evaluate import usage
+from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, write_mark
+from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, recompute, touched_payers
+from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
+
+MAX_NEW = 200_000  # more new entries than this: one full pass costs less than reading each
+LOCK_KEY = zlib.crc32(b"balancewatch usage refresh")  # pg_advisory_lock: one refresh at a time
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """What a refresh did: ``full`` or from changes; entries read; summary rows written."""
+
+    full: bool
+    entries: int
+    rows: int
+
+
+def catch_up(
+    engine: Engine, now: datetime, windows: set[int], min_history: timedelta, full_every: timedelta
+) -> CaughtUp:
+    """Bring ``usage_summary`` (every window of ``windows``) up to ``now``, in one transaction."""
+    with _one_at_a_time(engine) as conn:
+        mark = read_mark(conn)
+        shape = shape_of(windows, min_history)
+        if mark is not None and _incremental_fits(conn, mark, now, windows, shape, full_every):
+            return _from_changes(conn, mark, now, sorted(windows), min_history)
+        return _full(conn, now, sorted(windows), min_history, shape)
+
+
+def _incremental_fits(
+    conn: Connection, mark: Mark, now: datetime, windows: set[int], shape: str, full_every: timedelta
+) -> bool:
+    if mark.shape != shape or now < mark.marked_at or now - mark.full_at >= full_every:
+        return False
+    if now - mark.marked_at >= min(windows) * DAY:
+        return False
+    new = conn.execute(select(func.count()).where(LEDGER_TABLE.c.id > mark.last_entry_id)).scalar_one()
+    return int(new) <= MAX_NEW
+
+
+@contextmanager
+def _one_at_a_time(engine: Engine) -> Iterator[Connection]:
+    """A transaction on one snapshot, no other instance refreshing meanwhile.
+
+    SQLite: its write lock (the store begins with BEGIN IMMEDIATE). PostgreSQL: a session
+    advisory lock taken before the REPEATABLE READ transaction starts, so its snapshot
+    already holds what the instance before this one wrote.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name != "postgresql":
+            with conn.begin():
+                yield conn
+            return
+        conn.exec_driver_sql(f"SELECT pg_advisory_lock({LOCK_KEY})")
+        conn.commit()
+        try:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({LOCK_KEY})")
+            conn.commit()
+
+
+def _full(
+    conn: Connection, now: datetime, windows: list[int], min_history: timedelta, shape: str
+) -> CaughtUp:
+    rows = usage.refresh(conn, now, windows, min_history)
+    for window in windows:
+        _rebuild_members(conn, now, window)
+    last = conn.execute(select(func.max(LEDGER_TABLE.c.id))).scalar_one() or 0
+    gaps = gaps_after(conn, max(0, last - 100_000), last, {}, now)
+    write_mark(conn, Mark(now, now, last, shape, gaps))
+    return CaughtUp(True, 0, rows)
+
+
+def _rebuild_members(conn: Connection, now: datetime, window: int) -> None:
+    """Each account's own usage in the window, from the window's entries (one grouped scan)."""
+    conn.execute(delete(USAGE_MEMBER_TABLE).where(USAGE_MEMBER_TABLE.c.window_days == window))
+    grouped = (
+        select(
+            LEDGER_TABLE.c.account_id,
+            LEDGER_TABLE.c.currency,
+            literal(window, Integer()),
+            func.sum(-LEDGER_TABLE.c.amount),
+            func.count(),
+        )
+        .where(
+            LEDGER_TABLE.c.kind == "usage",
+            LEDGER_TABLE.c.occurred_at >= now - window * DAY,
+            LEDGER_TABLE.c.occurred_at <= now,
+        )
+        .group_by(LEDGER_TABLE.c.account_id, LEDGER_TABLE.c.currency)
+    )
+    columns = ["account_id", "currency", "window_days", "used", "entries"]
+    conn.execute(insert(USAGE_MEMBER_TABLE).from_select(columns, grouped))
+
+
+def _from_changes(
+    conn: Connection, mark: Mark, now: datetime, windows: list[int], min_history: timedelta
+) -> CaughtUp:
+    new = _new_entries(conn, mark)
+    arrived = _arrived_entries(conn, mark, now)
+    rows, read = 0, len(new) + len(arrived)
+    for window in windows:
+        leaving = _leaving_entries(conn, mark, now, window)
+        read += len(leaving)
+        deltas = Deltas.of(new, arrived, leaving, now - window * DAY, now)
+        deltas.apply(conn, window)
+        payers = touched_payers(conn, deltas.accounts, mark, now, window, min_history)
+        rows += recompute(conn, payers, now, window, min_history)
+    last = max([mark.last_entry_id, *(entry.id for entry in new)])
+    seen = {entry.id for entry in new}
+    still_missing = {gap: noticed for gap, noticed in mark.gaps.items() if gap not in seen}
+    gaps = gaps_after(conn, mark.last_entry_id, last, still_missing, now)
+    write_mark(conn, Mark(now, mark.full_at, last, mark.shape, gaps))
+    return CaughtUp(False, read, rows)
+
+
+_ENTRY = (
+    LEDGER_TABLE.c.id,
+    LEDGER_TABLE.c.account_id,
+    LEDGER_TABLE.c.currency,
+    LEDGER_TABLE.c.kind,
+    LEDGER_TABLE.c.amount,
+    LEDGER_TABLE.c.occurred_at,
+)
+
+
+def _new_entries(conn: Connection, mark: Mark) -> list[Entry]:
+    """Entries written since the mark (by id), and the gaps that are now visible."""
+    after = LEDGER_TABLE.c.id > mark.last_entry_id
+    where = after | LEDGER_TABLE.c.id.in_(sorted(mark.gaps)) if mark.gaps else after
+    return [Entry(*row) for row in conn.execute(select(*_ENTRY).where(where))]
+
+
+def _arrived_entries(conn: Connection, mark: Mark, now: datetime) -> list[Entry]:
+    """Entries read before, dated after the last refresh and up to now: future-dated ones."""
+    query = select(*_ENTRY).where(
+        LEDGER_TABLE.c.id <= mark.last_entry_id,
+        LEDGER_TABLE.c.occurred_at > mark.marked_at,
+        LEDGER_TABLE.c.occurred_at <= now,
+    )
+    return [Entry(*row) for row in conn.execute(query) if row.id not in mark.gaps]
+
+
+def _leaving_entries(conn: Connection, mark: Mark, now: datetime, window: int) -> list[Entry]:
+    """Usage read before that the window's start has passed since the last refresh."""
+    query = select(*_ENTRY).where(
+        LEDGER_TABLE.c.id <= mark.last_entry_id,
+        LEDGER_TABLE.c.kind == "usage",
+        LEDGER_TABLE.c.occurred_at >= mark.marked_at - window * DAY,
+        LEDGER_TABLE.c.occurred_at < now - window * DAY,
+    )
+    return [Entry(*row) for row in conn.execute(query) if row.id not in mark.gaps]
