@@ -82,13 +82,16 @@ def grouped(
         yield from ((a, []) for a in batch.accounts)
         return
     wanted = set(batch.keys())
+    make = _maker(by)
 
     def groups(rows: Iterable[Any]) -> list[Group]:
-        return [_group(r, by) for r in rows if (r.payer, r.currency) in wanted]
+        return [make(r) for r in rows if (r[0], r[1]) in wanted]
 
     result = conn.execute(_grouped_query(conn, batch, days, since, by), execution_options={"yield_per": 2000})
     try:
-        yield from per_account(batch.accounts, ((r.payer, r) for r in result), groups)
+        # Whole partitions and positions: a row's attributes by name cost more than the rest of it.
+        rows = (r for part in result.partitions() for r in part)
+        yield from per_account(batch.accounts, ((r[0], r) for r in rows), groups)
     finally:
         result.close()
 
@@ -132,18 +135,28 @@ def _grouped_query(
     )
 
 
-def _group(row: Any, by: Sequence[str]) -> Group:
-    return Group(
-        row.currency,
-        int(row.day),
-        int(row.credit or 0),
-        int(row.debit or 0),
-        int(row.entries),
-        row.member if "member" in by else "",
-        row.kind if "kind" in by else "",
-        row.service if "service" in by else None,
-        None if row.quantity is None else int(row.quantity),
-    )
+def _maker(by: Sequence[str]) -> Callable[[Any], Group]:
+    """A Group from a row of ``_grouped_query(..., by)``, reading its columns by position:
+    payer, currency, day, the ``by`` columns, credit, debit, quantity, entries."""
+    at = {name: 3 + i for i, name in enumerate(by)}
+    member, kind, service = at.get("member"), at.get("kind"), at.get("service")
+    sums = 3 + len(by)
+
+    def make(row: Any) -> Group:
+        quantity = row[sums + 2]
+        return Group(
+            row[1],
+            int(row[2]),
+            int(row[sums] or 0),
+            int(row[sums + 1] or 0),
+            int(row[sums + 3]),
+            "" if member is None else row[member],
+            "" if kind is None else row[kind],
+            None if service is None else row[service],
+            None if quantity is None else int(quantity),
+        )
+
+    return make
 
 
 def per_account(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from balancewatch.core.money import to_major
+from balancewatch.core.money import exponent, to_major
 
 
 def percent(part: int, whole: int) -> Decimal | None:
@@ -27,8 +27,14 @@ def divide(minor: int, by: int) -> int:
 
 
 def major_text(minor: int, currency: str) -> str:
-    """An amount for a CSV cell: major units as a plain decimal (``-12.50``, ``1200`` JPY)."""
-    return format(to_major(minor, currency), "f")
+    """An amount for a CSV cell: major units as a plain decimal (``-12.50``, ``1200`` JPY), as
+    ``format(to_major(minor, currency), "f")`` writes it, in integer arithmetic (a CSV has a
+    cell like this for every row, and a Decimal per cell was most of building one)."""
+    digits = exponent(currency)
+    if digits <= 0:
+        return format(to_major(minor, currency), "f")
+    whole, fraction = divmod(abs(minor), 10**digits)
+    return f"{'-' if minor < 0 else ''}{whole}.{fraction:0{digits}d}"
 
 
 def optional_int(value: int | None) -> str:
