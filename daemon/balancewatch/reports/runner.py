@@ -32,7 +32,7 @@ from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.liveset import LiveSet
 from balancewatch.render.templates import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
-from balancewatch.reports import claims, compose, schedule, sending
+from balancewatch.reports import claims, compose, parallel, schedule, sending
 from balancewatch.reports.base import Period
 from balancewatch.reports.periods import LAST, PeriodError, parse_period, report_period
 from balancewatch.reports.sending import ReportStats, SendJob
@@ -55,15 +55,30 @@ def run_due(
     stopping: threading.Event | None = None,
     zones: accts.ZoneCache | None = None,
     metrics: Recorder = NOOP,
+    processes: int | None = None,
 ) -> ReportStats:
     """Send every report of ``live`` whose fire time is due at ``now``, in every zone it is sent in.
 
     A (report, zone) that fails is logged and left for the next run; the
     others go on. Returns early, with ``interrupted``, once ``stopping`` is set.
     ``metrics`` counts the claims won and the messages written, per report.
+    Batches of at least ``parallel.PARALLEL_MIN`` accounts are built and rendered in
+    ``processes`` worker processes (default: one per core; 0: in this process), started when
+    first needed and ended before this returns.
     """
     job = SendJob(engine, live, settings, now, worker, stopping, metrics)
     zones = zones if zones is not None else accts.ZoneCache()
+    processes = parallel.default_processes() if processes is None else processes
+    workers = parallel.ReportWorkers(live, settings, processes) if processes > 0 else None
+    try:
+        return _run_due(job, zones, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _run_due(job: SendJob, zones: accts.ZoneCache, workers: parallel.ReportWorkers | None) -> ReportStats:
+    engine, live, settings, now = job.engine, job.live, job.settings, job.now
     stats = ReportStats()
     for report in live.reports:
         if job.stop_requested:
@@ -78,7 +93,7 @@ def run_due(
                 found = zones.get(conn, report, settings, now)
                 known = {c.zone: c for c in schedule.cursors(conn, report.id)}
             for zone in found.zones:
-                _follow(job, report, zone, found, known.get(zone), stats)
+                _follow(job, report, zone, found, known.get(zone), stats, workers)
                 if stats.interrupted:
                     return stats
         except TemplateSuspendedError as exc:
@@ -96,6 +111,7 @@ def _follow(
     zones: accts.Zones,
     cursor: schedule.Cursor | None,
     stats: ReportStats,
+    workers: parallel.ReportWorkers | None,
 ) -> None:
     """Finish the fire time begun in ``zone``, if any, then send the one due now, if any.
 
@@ -107,7 +123,7 @@ def _follow(
         if cursor is None:
             cursor = _cursor(job, report.id, zone)
         if cursor.pending_fire is not None:
-            if not _send_fire(job, report, zone, zones, cursor.pending_fire, stats):
+            if not _send_fire(job, report, zone, zones, cursor.pending_fire, stats, workers):
                 return
             with job.engine.begin() as conn:
                 schedule.finish(conn, report.id, zone, cursor.pending_fire, job.now)
@@ -123,7 +139,7 @@ def _follow(
         _log_plan(report, zone, plan, grace, stats)
         if plan.fire is not None:
             stats.fired.append((report.id, zone, plan.fire))
-            if _send_fire(job, report, zone, zones, plan.fire, stats):
+            if _send_fire(job, report, zone, zones, plan.fire, stats, workers):
                 with job.engine.begin() as conn:
                     schedule.finish(conn, report.id, zone, plan.fire, job.now)
         return
@@ -176,7 +192,13 @@ def _local(moment: datetime, zone: str) -> str:
 
 
 def _send_fire(
-    job: SendJob, report: CompiledReport, zone: str, zones: accts.Zones, fire: datetime, stats: ReportStats
+    job: SendJob,
+    report: CompiledReport,
+    zone: str,
+    zones: accts.Zones,
+    fire: datetime,
+    stats: ReportStats,
+    workers: parallel.ReportWorkers | None,
 ) -> bool:
     """Send ``report`` for the period ``fire`` reports on, in ``zone``; True once every claim of that
     period in the zone is final (False: stopped, or claims still held by others)."""
@@ -186,11 +208,17 @@ def _send_fire(
     else:
         conditions = accts.in_zone(report, zone, zones, job.settings)
         size = job.settings.reports.batch_size
-        for batch in accts.batches(job.engine, report, conditions, job.settings, size):
-            if job.stop_requested:
-                stats.interrupted = True
-                return False
-            sending.send_batch(job, report, period, fire, batch, stats)
+        batches = accts.batches(job.engine, report, conditions, job.settings, size)
+        if workers is not None:
+            parallel.send_batches(job, report, period, fire, batches, stats, workers)
+        else:
+            for batch in batches:
+                if job.stop_requested:
+                    stats.interrupted = True
+                    break
+                sending.send_batch(job, report, period, fire, batch, stats)
+        if stats.interrupted:
+            return False
     with job.engine.connect().execution_options(readonly=True) as conn:
         left = claims.unfinished(conn, report.id, period.key, zone)
     if left:

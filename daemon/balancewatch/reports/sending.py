@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +23,7 @@ from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.core.metrics import NOOP, Recorder
 from balancewatch.liveset import LiveSet
-from balancewatch.render.templates import TemplateSuspendedError
+from balancewatch.render.templates import TemplateSet, TemplateSuspendedError
 from balancewatch.reports import claims, compose, contents
 from balancewatch.reports.base import AccountInfo, Period
 from balancewatch.rules.reports import CompiledReport
@@ -44,6 +45,9 @@ class ReportStats:
     coalesced: Counter[str] = field(default_factory=Counter)  # fire times folded into a later one
     fired: list[tuple[str, str, datetime]] = field(default_factory=list)  # (report, zone, fire time) begun
     interrupted: bool = False
+    # Seconds spent claiming, building, rendering and recording ("claim", "build", "render",
+    # "record"), summed over this process and its worker processes: where a run's time went.
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
     def messages(self) -> int:
@@ -81,7 +85,29 @@ def send_batch(
     done: list[compose.Prepared] | None = None,
 ) -> None:
     """Claim, build, render and record the reports of ``batch``; what was recorded goes to ``done``."""
-    lease = job.settings.reports.lease
+    claimed = claim_batch(job, report, period, fire, batch, stats, retry_failed=retry_failed)
+    if not claimed:
+        return
+    try:
+        prepared = build(job, report, period, claimed, seconds=stats.seconds)
+    except TemplateSuspendedError:
+        expire(job, report, period, [a.id for a in claimed])
+        raise
+    record(job, report, period, prepared, stats, done)
+
+
+def claim_batch(
+    job: SendJob,
+    report: CompiledReport,
+    period: Period,
+    fire: datetime,
+    batch: Sequence[AccountInfo],
+    stats: ReportStats,
+    *,
+    retry_failed: bool = False,
+) -> list[AccountInfo]:
+    """Claim the reports of ``batch`` and commit; the accounts whose claims are now ours."""
+    started = time.perf_counter()
     with job.engine.begin() as conn:
         ours = claims.claim(
             conn,
@@ -91,20 +117,19 @@ def send_batch(
             fire,
             job.worker,
             job.now,
-            lease,
+            job.settings.reports.lease,
             retry_failed=retry_failed,
         )
-    if not ours:
-        return
-    job.metrics.report_claimed(report.id, len(ours))
-    claimed = [a for a in batch if a.id in ours]
-    try:
-        prepared = build(job, report, period, claimed)
-    except TemplateSuspendedError:
-        with job.engine.begin() as conn:
-            claims.expire(conn, report.id, period.key, sorted(ours), job.worker, job.now)
-        raise
-    record(job, report, period, prepared, stats, done)
+    stats.seconds["claim"] += time.perf_counter() - started
+    if ours:
+        job.metrics.report_claimed(report.id, len(ours))
+    return [a for a in batch if a.id in ours]
+
+
+def expire(job: SendJob, report: CompiledReport, period: Period, account_ids: Sequence[str]) -> None:
+    """End this run's leases on ``account_ids``: the next run, here or elsewhere, takes them over."""
+    with job.engine.begin() as conn:
+        claims.expire(conn, report.id, period.key, sorted(account_ids), job.worker, job.now)
 
 
 def send_operators(
@@ -144,24 +169,66 @@ def build(
     accounts: Sequence[AccountInfo],
     *,
     operators: bool = False,
+    seconds: defaultdict[str, float] | None = None,
 ) -> list[compose.Prepared]:
-    """Build and render the claimed reports of ``accounts``; a contents failure fails them all."""
-    expected = [claims.OPERATORS] if operators else [a.id for a in accounts]
-    rule_ids = [r.id for r in job.live.rules]
-    try:
-        with job.engine.connect().execution_options(readonly=True) as conn:
-            # Rows stream while the iterator is consumed: read it all before the connection closes.
-            built = list(
-                contents.build(conn, report, accounts, period, job.now, job.settings, rule_ids=rule_ids)
-            )
-    except Exception as exc:  # another stage's code: fail these reports, keep the daemon going
-        log.exception("report %s (%s): building %d reports failed", report.id, period.key, len(expected))
-        note = f"building the report failed: {exc!r}"
-        return [compose.Prepared(claims.ClaimOutcome(a, claims.FAILED, note=note)) for a in expected]
-    attach = compose.csv_attachment(report, period) if report.attach_csv else None
-    prepared = [
-        compose.prepare(report, period, b, job.now, job.settings, job.live.templates, attach) for b in built
-    ]
+    """Build and render the claimed reports of ``accounts``; a contents failure fails them all.
+    ``seconds`` (when given) gets the time spent building (``build``) and rendering (``render``)."""
+    maker = Maker(job.engine, job.live.templates, job.settings, job.now, tuple(r.id for r in job.live.rules))
+    return maker.prepare(report, period, accounts, operators=operators, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Maker:
+    """What building and rendering reports needs, and nothing of the run: this process's, or a
+    worker process's own (``parallel``)."""
+
+    engine: Engine
+    templates: TemplateSet
+    settings: Settings
+    now: datetime
+    rule_ids: tuple[str, ...]
+
+    def prepare(
+        self,
+        report: CompiledReport,
+        period: Period,
+        accounts: Sequence[AccountInfo],
+        *,
+        operators: bool = False,
+        seconds: defaultdict[str, float] | None = None,
+    ) -> list[compose.Prepared]:
+        """The reports of ``accounts`` built and rendered (see ``build``); raises
+        TemplateSuspendedError, nothing else."""
+        expected = [claims.OPERATORS] if operators else [a.id for a in accounts]
+        started = time.perf_counter()
+        try:
+            with self.engine.connect().execution_options(readonly=True) as conn:
+                # Rows stream while the iterator is consumed: read it all before the connection closes.
+                built = list(
+                    contents.build(
+                        conn, report, accounts, period, self.now, self.settings, rule_ids=list(self.rule_ids)
+                    )
+                )
+        except Exception as exc:  # another stage's code: fail these reports, keep the daemon going
+            log.exception("report %s (%s): building %d reports failed", report.id, period.key, len(expected))
+            note = f"building the report failed: {exc!r}"
+            return [compose.Prepared(claims.ClaimOutcome(a, claims.FAILED, note=note)) for a in expected]
+        rendering = time.perf_counter()
+        attach = compose.csv_attachment(report, period) if report.attach_csv else None
+        prepared = [
+            compose.prepare(report, period, b, self.now, self.settings, self.templates, attach) for b in built
+        ]
+        if seconds is not None:
+            seconds["build"] += rendering - started
+            seconds["render"] += time.perf_counter() - rendering
+        return _completed(report, period, expected, prepared)
+
+
+def _completed(
+    report: CompiledReport, period: Period, expected: Sequence[str], prepared: list[compose.Prepared]
+) -> list[compose.Prepared]:
+    """``prepared`` with a skipped outcome for each expected account the contents gave nothing
+    for; each failure logged."""
     seen = {p.outcome.account_id for p in prepared}
     prepared += [
         compose.Prepared(claims.ClaimOutcome(a, claims.SKIPPED, note=NOT_BUILT))
@@ -196,6 +263,7 @@ def record(
     claim is marked sent without a second outbox row.
     """
     domain = outbox.message_domain(job.settings)
+    started = time.perf_counter()
     try:
         with job.engine.begin() as conn:
             kept = _record_in(conn, job, report, period, prepared, domain)
@@ -214,6 +282,7 @@ def record(
                 )
                 with job.engine.begin() as conn:
                     kept += _record_in(conn, job, report, period, [compose.Prepared(decided)], domain)
+    stats.seconds["record"] += time.perf_counter() - started
     for p in kept:
         if p.outcome.status == claims.SENT and p.messages:
             stats.sent[report.id] += 1
