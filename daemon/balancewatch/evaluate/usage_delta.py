@@ -1,7 +1,7 @@
 """Average daily usage brought up to date from what changed in the ledger since the last refresh.
 
-A full refresh (``usage.refresh``) reads every entry of the window: minutes at
-tens of millions of entries. ``catch_up`` reads only what changed:
+A full refresh reads every entry of the window: a minute at tens of millions of
+entries. ``catch_up`` reads only what changed:
 
 - the entries written since the last refresh, found by their insertion order
   (the id), whatever their ``occurred_at``: a back-dated entry counts in the
@@ -14,6 +14,10 @@ summary of the paying accounts they belong to, of those whose figures move
 with time alone (history shorter than the window or the minimum) and of those
 whose balances changed (a new balance gets its row). The result equals a full
 refresh at the same moment (``tests/test_usage_delta.py`` compares them).
+
+The full refresh (``refresh_all``) is one grouped scan of the window by account,
+then every summary row from those totals; ``usage.refresh``, the definition
+written as one query, gives the same rows (the tests compare them too).
 
 Ids on PostgreSQL come from a sequence and commit out of order: an id below the
 last one read may belong to a transaction still open. Every id missing below
@@ -36,12 +40,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, delete, func, insert, literal, select
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select
 
-from balancewatch.evaluate import usage
 from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, write_mark
-from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, recompute, touched_payers
+from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, recompute, recompute_all, touched_payers
 from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 
 MAX_NEW = 200_000  # more new entries than this: one full pass costs less than reading each
@@ -107,25 +111,45 @@ def _one_at_a_time(engine: Engine) -> Iterator[Connection]:
 def _full(
     conn: Connection, now: datetime, windows: list[int], min_history: timedelta, shape: str
 ) -> CaughtUp:
-    rows = usage.refresh(conn, now, windows, min_history)
-    for window in windows:
-        _rebuild_members(conn, now, window)
+    rows = sum(refresh_all(conn, now, window, min_history) for window in windows)
     last = conn.execute(select(func.max(LEDGER_TABLE.c.id))).scalar_one() or 0
     gaps = gaps_after(conn, max(0, last - 100_000), last, {}, now)
     write_mark(conn, Mark(now, now, last, shape, gaps))
     return CaughtUp(True, 0, rows)
 
 
-def _rebuild_members(conn: Connection, now: datetime, window: int) -> None:
-    """Each account's own usage in the window, from the window's entries (one grouped scan)."""
+def refresh_all(conn: Connection, now: datetime, window: int, min_history: timedelta) -> int:
+    """Recompute ``window`` from its entries: each account's own totals by one grouped scan of
+    the window (run first, before this transaction writes, and fetched: a plain read that
+    PostgreSQL may run in parallel), then every summary row from them. Returns the rows written.
+
+    The caller holds the refresh lock (``catch_up``): rows are replaced, not upserted.
+    """
+    members = [
+        {
+            "account_id": r.account_id,
+            "currency": r.currency,
+            "window_days": window,
+            "used": r.used,
+            "entries": r.entries,
+        }
+        for r in conn.execute(usage_by_account(now, window))
+    ]
     conn.execute(delete(USAGE_MEMBER_TABLE).where(USAGE_MEMBER_TABLE.c.window_days == window))
-    grouped = (
+    for i in range(0, len(members), 5000):
+        conn.execute(insert(USAGE_MEMBER_TABLE), members[i : i + 5000])
+    return recompute_all(conn, now, window, min_history)
+
+
+def usage_by_account(now: datetime, window: int) -> Select[Any]:
+    """Each account's own usage (``used``) and number of usage entries in the window: the one
+    grouped scan of the ledger a full refresh makes."""
+    return (
         select(
             LEDGER_TABLE.c.account_id,
             LEDGER_TABLE.c.currency,
-            literal(window, Integer()),
-            func.sum(-LEDGER_TABLE.c.amount),
-            func.count(),
+            func.sum(-LEDGER_TABLE.c.amount).label("used"),
+            func.count().label("entries"),
         )
         .where(
             LEDGER_TABLE.c.kind == "usage",
@@ -134,8 +158,6 @@ def _rebuild_members(conn: Connection, now: datetime, window: int) -> None:
         )
         .group_by(LEDGER_TABLE.c.account_id, LEDGER_TABLE.c.currency)
     )
-    columns = ["account_id", "currency", "window_days", "used", "entries"]
-    conn.execute(insert(USAGE_MEMBER_TABLE).from_select(columns, grouped))
 
 
 def _from_changes(

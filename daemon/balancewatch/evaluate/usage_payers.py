@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Connection, Select, and_, delete, func, or_, select, tuple_
+from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, select, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.evaluate import usage
@@ -168,12 +168,35 @@ def recompute(
     return written
 
 
-def _from_members(chunk: Sequence[str], now: datetime, window: int) -> Select[Any]:
-    """``usage.with_firsts`` over the members' totals of the accounts paid by ``chunk``."""
+def recompute_all(conn: Connection, now: datetime, window: int, min_history: timedelta) -> int:
+    """Replace every summary row of ``window`` with one computed from ``usage_member``.
+
+    Delete and insert, not upsert: the caller holds the refresh lock (``usage_delta``), and
+    readers keep seeing the old rows until the transaction commits.
+    """
+    rows = [
+        usage.summary_row(
+            usage.figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history), now
+        )
+        for r in conn.execute(_from_members(None, now, window))
+    ]
+    conn.execute(delete(USAGE_SUMMARY_TABLE).where(USAGE_SUMMARY_TABLE.c.window_days == window))
+    for i in range(0, len(rows), 5000):
+        conn.execute(insert(USAGE_SUMMARY_TABLE), rows[i : i + 5000])
+    return len(rows)
+
+
+def _from_members(chunk: Sequence[str] | None, now: datetime, window: int) -> Select[Any]:
+    """``usage.with_firsts`` over the members' totals of the accounts paid by ``chunk``
+    (None: every paying account)."""
     paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
-    paid_by_chunk = or_(
-        ACCOUNT_TABLE.c.parent_id.in_(chunk),
-        and_(ACCOUNT_TABLE.c.id.in_(chunk), ACCOUNT_TABLE.c.parent_id.is_(None)),
+    paid_by_chunk = (
+        true()
+        if chunk is None
+        else or_(
+            ACCOUNT_TABLE.c.parent_id.in_(chunk),
+            and_(ACCOUNT_TABLE.c.id.in_(chunk), ACCOUNT_TABLE.c.parent_id.is_(None)),
+        )
     )
     used = (
         select(
