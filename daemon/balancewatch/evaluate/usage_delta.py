@@ -28,15 +28,15 @@ so no entry is added twice.
 
 A full refresh runs instead the first time, when the windows or the minimum
 history change, when the clock went back, after more than the shortest window
-or ``full_every`` since the last full one, or when more than ``MAX_NEW`` entries
-are new: it also puts right what reading by id cannot see (an account moved
+or ``full_every`` since the last full one, or when the new entries are more than
+a tenth of the window's: it also puts right what reading by id cannot see (an account moved
 under another parent, an entry edited or deleted, a balance removed).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,11 +44,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select
 
-from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, write_mark
+from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, still_missing, write_mark
 from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, recompute, recompute_all, touched_payers
 from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 
-MAX_NEW = 200_000  # more new entries than this: one full pass costs less than reading each
+# More new entries than this share of the window's (and at least MIN_FOR_FULL): one full pass
+# costs less than reading each of them and as many leaving (after an outage, say).
+NEW_SHARE_FOR_FULL, MIN_FOR_FULL = 0.1, 200_000
+STREAM_BATCH = 10_000
 LOCK_KEY = zlib.crc32(b"balancewatch usage refresh")  # pg_advisory_lock: one refresh at a time
 
 
@@ -81,7 +84,12 @@ def _incremental_fits(
     if now - mark.marked_at >= min(windows) * DAY:
         return False
     new = conn.execute(select(func.count()).where(LEDGER_TABLE.c.id > mark.last_entry_id)).scalar_one()
-    return int(new) <= MAX_NEW
+    if new <= MIN_FOR_FULL:
+        return True
+    in_window = select(func.coalesce(func.sum(USAGE_MEMBER_TABLE.c.entries), 0)).where(
+        USAGE_MEMBER_TABLE.c.window_days == min(windows)
+    )
+    return int(new) <= NEW_SHARE_FOR_FULL * int(conn.execute(in_window).scalar_one())
 
 
 @contextmanager
@@ -163,22 +171,35 @@ def usage_by_account(now: datetime, window: int) -> Select[Any]:
 def _from_changes(
     conn: Connection, mark: Mark, now: datetime, windows: list[int], min_history: timedelta
 ) -> CaughtUp:
-    new = _new_entries(conn, mark)
-    arrived = _arrived_entries(conn, mark, now)
-    rows, read = 0, len(new) + len(arrived)
-    for window in windows:
-        leaving = _leaving_entries(conn, mark, now, window)
-        read += len(leaving)
-        deltas = Deltas.of(new, arrived, leaving, now - window * DAY, now)
-        deltas.apply(conn, window)
-        payers = touched_payers(conn, deltas.accounts, mark, now, window, min_history)
+    deltas = {window: Deltas() for window in windows}
+    read, last = 0, mark.last_entry_id
+    for entry in _stream(conn, _new_entries(mark)):
+        read, last = read + 1, max(last, entry.id)
+        for window, delta in deltas.items():
+            delta.count_in(entry, now - window * DAY, now)
+    for entry in _stream(conn, _arrived_entries(mark, now), skip=mark.gaps):
+        read += 1
+        for window, delta in deltas.items():
+            delta.count_in(entry, now - window * DAY, now)
+    rows = 0
+    for window, delta in deltas.items():
+        for entry in _stream(conn, _leaving_entries(mark, now, window), skip=mark.gaps):
+            read += 1
+            delta.count_out(entry)
+        delta.apply(conn, window)
+        payers = touched_payers(conn, delta.accounts, mark, now, window, min_history)
         rows += recompute(conn, payers, now, window, min_history)
-    last = max([mark.last_entry_id, *(entry.id for entry in new)])
-    seen = {entry.id for entry in new}
-    still_missing = {gap: noticed for gap, noticed in mark.gaps.items() if gap not in seen}
-    gaps = gaps_after(conn, mark.last_entry_id, last, still_missing, now)
+    gaps = gaps_after(conn, mark.last_entry_id, last, still_missing(conn, mark.gaps), now)
     write_mark(conn, Mark(now, mark.full_at, last, mark.shape, gaps))
     return CaughtUp(False, read, rows)
+
+
+def _stream(conn: Connection, query: Select[Any], skip: Container[int] = ()) -> Iterator[Entry]:
+    """The entries ``query`` reads, fetched in batches (memory stays bounded however many),
+    less those whose id is in ``skip``."""
+    for row in conn.execute(query.execution_options(yield_per=STREAM_BATCH)):
+        if row.id not in skip:
+            yield Entry(*row)
 
 
 _ENTRY = (
@@ -191,29 +212,26 @@ _ENTRY = (
 )
 
 
-def _new_entries(conn: Connection, mark: Mark) -> list[Entry]:
+def _new_entries(mark: Mark) -> Select[Any]:
     """Entries written since the mark (by id), and the gaps that are now visible."""
     after = LEDGER_TABLE.c.id > mark.last_entry_id
-    where = after | LEDGER_TABLE.c.id.in_(sorted(mark.gaps)) if mark.gaps else after
-    return [Entry(*row) for row in conn.execute(select(*_ENTRY).where(where))]
+    return select(*_ENTRY).where(after | LEDGER_TABLE.c.id.in_(sorted(mark.gaps)) if mark.gaps else after)
 
 
-def _arrived_entries(conn: Connection, mark: Mark, now: datetime) -> list[Entry]:
+def _arrived_entries(mark: Mark, now: datetime) -> Select[Any]:
     """Entries read before, dated after the last refresh and up to now: future-dated ones."""
-    query = select(*_ENTRY).where(
+    return select(*_ENTRY).where(
         LEDGER_TABLE.c.id <= mark.last_entry_id,
         LEDGER_TABLE.c.occurred_at > mark.marked_at,
         LEDGER_TABLE.c.occurred_at <= now,
     )
-    return [Entry(*row) for row in conn.execute(query) if row.id not in mark.gaps]
 
 
-def _leaving_entries(conn: Connection, mark: Mark, now: datetime, window: int) -> list[Entry]:
+def _leaving_entries(mark: Mark, now: datetime, window: int) -> Select[Any]:
     """Usage read before that the window's start has passed since the last refresh."""
-    query = select(*_ENTRY).where(
+    return select(*_ENTRY).where(
         LEDGER_TABLE.c.id <= mark.last_entry_id,
         LEDGER_TABLE.c.kind == "usage",
         LEDGER_TABLE.c.occurred_at >= mark.marked_at - window * DAY,
         LEDGER_TABLE.c.occurred_at < now - window * DAY,
     )
-    return [Entry(*row) for row in conn.execute(query) if row.id not in mark.gaps]

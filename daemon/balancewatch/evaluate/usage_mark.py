@@ -60,19 +60,33 @@ def write_mark(conn: Connection, mark: Mark) -> None:
     conn.execute(stmt.on_conflict_do_update(index_elements=[USAGE_MARK_TABLE.c.name], set_=update))
 
 
+def still_missing(conn: Connection, gaps: Mapping[int, datetime]) -> dict[int, datetime]:
+    """The ``gaps`` that have no entry yet in this snapshot."""
+    if not gaps:
+        return {}
+    query = select(LEDGER_TABLE.c.id).where(LEDGER_TABLE.c.id.in_(sorted(gaps)))
+    present = set(conn.execute(query).scalars())
+    return {gap: noticed for gap, noticed in gaps.items() if gap not in present}
+
+
 def gaps_after(
     conn: Connection, low: int, high: int, kept: Mapping[int, datetime], now: datetime
 ) -> dict[int, datetime]:
     """``kept`` and every id in (low, high] with no entry in this snapshot (noticed ``now``),
-    less those missing for longer than ``GAP_PATIENCE``; the ``MAX_GAPS`` newest at most."""
-    low = max(low, high - 1_000_000)  # a sequence that jumped: the ids far below are not waited for
-    present = {
-        int(entry_id)
-        for entry_id in conn.execute(
-            select(LEDGER_TABLE.c.id).where(LEDGER_TABLE.c.id > low, LEDGER_TABLE.c.id <= high)
-        ).scalars()
-    }
+    less those missing for longer than ``GAP_PATIENCE``; the ``MAX_GAPS`` newest at most.
+
+    The ids are read in order, in batches: memory holds the gaps, not the ids."""
     gaps = dict(kept)
-    gaps.update((missing, now) for missing in range(low + 1, high + 1) if missing not in present)
+    expected = low + 1
+    query = (
+        select(LEDGER_TABLE.c.id)
+        .where(LEDGER_TABLE.c.id > low, LEDGER_TABLE.c.id <= high)
+        .order_by(LEDGER_TABLE.c.id)
+        .execution_options(yield_per=50_000)
+    )
+    for entry_id in conn.execute(query).scalars():
+        # A hole wider than MAX_GAPS (a large insert rolled back): only its top is waited for.
+        gaps.update((missing, now) for missing in range(max(expected, entry_id - MAX_GAPS), entry_id))
+        expected = entry_id + 1
     fresh = sorted(gap for gap, noticed in gaps.items() if now - noticed < GAP_PATIENCE)
     return {gap: gaps[gap] for gap in fresh[-MAX_GAPS:]}

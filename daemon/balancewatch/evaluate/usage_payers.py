@@ -8,7 +8,7 @@ first entries by index seeks, with the arithmetic of a full refresh (``usage``).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
@@ -54,28 +54,19 @@ class Deltas:
     by_key: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     accounts: set[str] = field(default_factory=set)
 
-    @classmethod
-    def of(
-        cls,
-        new: Iterable[Entry],
-        arrived: Iterable[Entry],
-        leaving: Iterable[Entry],
-        start: datetime,
-        now: datetime,
-    ) -> Deltas:
-        """``new``: written since the last refresh; ``arrived``: read before, dated after it
-        and by now; ``leaving``: usage the window's start (``start``) has passed since."""
-        deltas = cls()
-        for entry in (*new, *arrived):
-            if entry.occurred_at > now:
-                continue  # not yet: it arrives when its time comes
-            deltas.accounts.add(entry.account_id)
-            if entry.kind == "usage" and entry.occurred_at >= start:
-                deltas._add(entry, 1)
-        for entry in leaving:
-            deltas.accounts.add(entry.account_id)
-            deltas._add(entry, -1)
-        return deltas
+    def count_in(self, entry: Entry, start: datetime, now: datetime) -> None:
+        """An entry not counted before (written since, or dated since): counted if it is
+        usage in the window [start, now]; its account is touched if it is dated by ``now``."""
+        if entry.occurred_at > now:
+            return  # not yet: it arrives when its time comes
+        self.accounts.add(entry.account_id)
+        if entry.kind == "usage" and entry.occurred_at >= start:
+            self._add(entry, 1)
+
+    def count_out(self, entry: Entry) -> None:
+        """Usage counted before that the window's start has passed since."""
+        self.accounts.add(entry.account_id)
+        self._add(entry, -1)
 
     def _add(self, entry: Entry, sign: int) -> None:
         totals = self.by_key.setdefault((entry.account_id, entry.currency), [0, 0])
