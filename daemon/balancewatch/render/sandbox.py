@@ -21,6 +21,7 @@ from jinja2 import (
 )
 from jinja2.bccache import Bucket
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.environment import TemplateModule
 from jinja2.runtime import Context
 from jinja2.sandbox import (
     ImmutableSandboxedEnvironment,
@@ -119,6 +120,7 @@ class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
 _METHOD_TYPES = frozenset({BuiltinMethodType, MethodType})  # "x".ljust, and Markup's methods
 _DICT_ATTRIBUTES = frozenset(dir(dict))  # d.items is the method, whatever d["items"] holds
 _MONEY_FIELDS = frozenset({"minor", "currency"})
+_TEXT_TYPES = frozenset({str, Markup})
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -134,10 +136,12 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         self.max_size = max_size
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        # ``a.b`` on the context's dicts and amounts is nearly every attribute a template reads;
-        # Jinja's path raises and catches an AttributeError for each key of a dict. These give
-        # what that path gives: a key of a plain dict that no dict attribute shadows, and the
-        # fields of Money; everything else takes Jinja's path, checks included.
+        # ``a.b`` on the context's dicts and amounts and an imported template's text (a layout's
+        # ``theme.brand``) is nearly every attribute a template reads; Jinja's path raises and
+        # catches an AttributeError for each key of a dict, and checks every text for unsafe
+        # attributes. These give what that path gives: a key of a plain dict that no dict
+        # attribute shadows, the fields of Money, and text a template module exports under a
+        # public name; everything else takes Jinja's path, checks included.
         kind = type(obj)
         if kind is dict and attribute not in _DICT_ATTRIBUTES:
             try:
@@ -146,6 +150,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                 pass
         elif kind is Money and attribute in _MONEY_FIELDS:
             return getattr(obj, attribute)
+        elif kind is TemplateModule and not attribute.startswith("_"):
+            value = getattr(obj, attribute, None)
+            if type(value) in _TEXT_TYPES:
+                return value
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
