@@ -19,7 +19,8 @@ history). Then, in a child process:
    writes it, not timed: every account that uses the service posts its hourly
    share of debits (about ``accounts * 3.2 / 24`` entries: 12,500 at 100,000
    accounts), 1 % of them back-dated by up to 20 days, and the balance of each
-   account that posted is updated; then the refresh an hour later, timed;
+   account that posted is updated at its last debit of the hour; then the
+   refresh an hour later, timed;
 3. after the last one, the summary is compared with a full refresh at the same
    moment (run in a transaction rolled back): every row must be equal.
 """
@@ -64,7 +65,7 @@ class Results:
 def hour_of_usage(conn: Any, rng: random.Random, start: datetime, users: Sequence[tuple[str, float]]) -> int:
     """Write an hour of usage after ``start`` for ``users`` (account, debits an hour); the
     balances of those who posted move. Returns the entries written."""
-    from sqlalchemy import insert, update
+    from sqlalchemy import bindparam, insert, update
 
     from balancewatch.store.tables import BALANCE_TABLE, LEDGER_TABLE
 
@@ -87,13 +88,16 @@ def hour_of_usage(conn: Any, rng: random.Random, start: datetime, users: Sequenc
             )
     for i in range(0, len(rows), 5000):
         conn.execute(insert(LEDGER_TABLE), rows[i : i + 5000])
-    posted = sorted({row["account_id"] for row in rows})
-    for i in range(0, len(posted), 5000):
-        conn.execute(
-            update(BALANCE_TABLE)
-            .where(BALANCE_TABLE.c.account_id.in_(posted[i : i + 5000]), BALANCE_TABLE.c.currency == "USD")
-            .values(updated_at=start + HOUR)
-        )
+    # Each balance moves when its account's last debit of the hour is posted.
+    moved: dict[str, datetime] = {}
+    for row in rows:
+        moved[row["account_id"]] = max(moved.get(row["account_id"], start), row["occurred_at"])
+    conn.execute(
+        update(BALANCE_TABLE)
+        .where(BALANCE_TABLE.c.account_id == bindparam("account"), BALANCE_TABLE.c.currency == "USD")
+        .values(updated_at=bindparam("at")),
+        [{"account": account, "at": at} for account, at in sorted(moved.items())],
+    )
     return len(rows)
 
 

@@ -109,33 +109,66 @@ class Deltas:
             )
 
 
-def touched_payers(
-    conn: Connection,
-    accounts: Collection[str],
-    mark: _Marked,
-    now: datetime,
-    window: int,
-    min_history: timedelta,
-) -> set[str]:
-    """The paying accounts whose figures may have moved since ``mark``: those of
-    ``accounts``, of balances changed since (a new balance needs its row), and those whose
-    history was shorter than the window or the minimum then (their days counted move)."""
-    changed = select(BALANCE_TABLE.c.account_id).where(
+def touched_payers(conn: Connection, accounts: Collection[str], mark: _Marked, window: int) -> set[str]:
+    """The paying accounts to recompute from ``usage_member``: those of ``accounts`` (their
+    entries changed), and those with a balance changed since ``mark`` in a currency they
+    have no summary row for (a new balance gets its row; a moved one changes no figure)."""
+    payers = _paying(conn, accounts)
+    changed = select(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency).where(
         BALANCE_TABLE.c.updated_at >= mark.marked_at - BALANCE_SLACK
     )
-    members = set(accounts) | set(conn.execute(changed).scalars())
-    payers: set[str] = set()
-    ordered = sorted(members)
+    moved = conn.execute(changed).all()
+    payer_of = _paying_of(conn, {row.account_id for row in moved})
+    pairs = {(payer_of[row.account_id], row.currency) for row in moved if row.account_id in payer_of}
+    candidates = sorted({payer for payer, _ in pairs} - payers)
+    for i in range(0, len(candidates), CHUNK):
+        rows = select(USAGE_SUMMARY_TABLE.c.account_id, USAGE_SUMMARY_TABLE.c.currency).where(
+            USAGE_SUMMARY_TABLE.c.window_days == window,
+            USAGE_SUMMARY_TABLE.c.account_id.in_(candidates[i : i + CHUNK]),
+        )
+        have = {(row.account_id, row.currency) for row in conn.execute(rows)}
+        payers.update(
+            payer
+            for payer, currency in pairs
+            if payer in candidates[i : i + CHUNK] and (payer, currency) not in have
+        )
+    return payers
+
+
+def _paying(conn: Connection, accounts: Collection[str]) -> set[str]:
+    return set(_paying_of(conn, accounts).values())
+
+
+def _paying_of(conn: Connection, accounts: Collection[str]) -> dict[str, str]:
+    """Each of ``accounts`` (that exists) -> the account that pays for it."""
+    ordered, payer_of = sorted(accounts), {}
+    paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     for i in range(0, len(ordered), CHUNK):
-        paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
-        query = select(paying).where(ACCOUNT_TABLE.c.id.in_(ordered[i : i + CHUNK]))
-        payers.update(conn.execute(query).scalars())
+        query = select(ACCOUNT_TABLE.c.id, paying).where(ACCOUNT_TABLE.c.id.in_(ordered[i : i + CHUNK]))
+        payer_of.update({account: payer for account, payer in conn.execute(query)})
+    return payer_of
+
+
+def age_young(
+    conn: Connection, skip: Collection[str], mark: _Marked, now: datetime, window: int, min_history: timedelta
+) -> int:
+    """Rewrite the summary rows whose figures move with time alone: history shorter than the
+    window or the minimum at ``mark`` (their days counted and status move), from the row
+    itself (nothing else of theirs changed), except the payers in ``skip``."""
     young = mark.marked_at - max(window * DAY, min_history)
-    recent = select(USAGE_SUMMARY_TABLE.c.account_id).where(
+    query = select(USAGE_SUMMARY_TABLE).where(
         USAGE_SUMMARY_TABLE.c.window_days == window, USAGE_SUMMARY_TABLE.c.first_at > young
     )
-    payers.update(conn.execute(recent).scalars())
-    return payers
+    rows = [
+        usage.summary_row(
+            usage.figures_of(r.account_id, r.currency, window, r.usage_total, r.first_at, now, min_history),
+            now,
+        )
+        for r in conn.execute(query)
+        if r.account_id not in skip
+    ]
+    usage.write_rows(conn, rows)
+    return len(rows)
 
 
 def recompute(
@@ -186,7 +219,9 @@ def _from_members(chunk: Sequence[str] | None, now: datetime, window: int) -> Se
         if chunk is None
         else or_(
             ACCOUNT_TABLE.c.parent_id.in_(chunk),
-            and_(ACCOUNT_TABLE.c.id.in_(chunk), ACCOUNT_TABLE.c.parent_id.is_(None)),
+            # Not ``parent_id IS NULL``: SQLite would read every main account through the
+            # parent_id index for it, per chunk; this leaves it the primary key.
+            and_(ACCOUNT_TABLE.c.id.in_(chunk), paying == ACCOUNT_TABLE.c.id),
         )
     )
     used = (
