@@ -41,9 +41,11 @@ import argparse
 import cProfile
 import io
 import os
+import pickle
 import pstats
 import re
 import smtplib
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -91,11 +93,12 @@ class Figures:
     count: int
     repeat: int
     batch_size: int
+    server: str  # where the SMTP server runs: "process" or "thread"
     decide_s: float = 0.0  # the evaluation that wrote the rows (setup, not a target)
     message_bytes: int = 0  # the mean message as the server took it
     floor_rates: list[float] = field(default_factory=list)  # emails per second, per round
     daemon_rates: list[float] = field(default_factory=list)
-    floor_cpu: list[float] = field(default_factory=list)  # this thread's CPU ms per email, per round
+    floor_cpu: list[float] = field(default_factory=list)  # this process's CPU ms per email, per round
     daemon_cpu: list[float] = field(default_factory=list)
     floor_rate: float = 0.0  # medians
     daemon_rate: float = 0.0
@@ -114,7 +117,7 @@ class Report:
 # --------------------------------------------------------------------------- setup
 
 
-def pipeline_for(db: common.Database, smtp: SmtpServer) -> Pipeline:
+def pipeline_for(db: common.Database, smtp: Server) -> Pipeline:
     """Settings with SMTP pointed at ``smtp`` and the rules, and the pipeline the daemon would
     build from them."""
     rules = db.work / "rules"
@@ -176,17 +179,76 @@ def sent_or_due(engine: Engine) -> tuple[int, int]:
         return int(conn.execute(sent).scalar_one()), int(conn.execute(total).scalar_one())
 
 
-def take(smtp: SmtpServer) -> list[Received]:
+def take(smtp: Server) -> list[Received]:
     """What the server accepted since the last ``take``, which it then forgets."""
-    with smtp.cond:
-        got, smtp.received = smtp.received, []
-    return got
+    return smtp.take()
+
+
+class Server:
+    """``tests/smtpserver.py``'s server on loopback: in a child process (``process``: as a mail
+    server on the same machine runs, beside the daemon), or on a thread of this process
+    (``thread``: as the tests run it; it then shares this interpreter's lock with both sides,
+    so every bit of Python either side runs also holds the server up)."""
+
+    def __init__(self, where: str, work: Path) -> None:
+        self.where, self.host, self._work = where, "127.0.0.1", work
+        self._child: subprocess.Popen[str] | None = None
+        self._thread: SmtpServer | None = None
+        if where == "thread":
+            self._thread = SmtpServer()
+            self._thread.start()
+            self.port = self._thread.port
+            return
+        command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+        self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._child.stdout is not None
+        self.port = int(self._child.stdout.readline().split()[1])  # "ready PORT"
+
+    def take(self) -> list[Received]:
+        """What the server accepted since the last ``take``, which it then forgets."""
+        if self._thread is not None:
+            with self._thread.cond:
+                got, self._thread.received = self._thread.received, []
+            return got
+        assert self._child is not None and self._child.stdin and self._child.stdout
+        path = self._work / "received.pickle"
+        self._child.stdin.write(f"take {path}\n")
+        self._child.stdin.flush()
+        self._child.stdout.readline()
+        mails = pickle.loads(path.read_bytes())
+        path.unlink()
+        return [Received(sender, tuple(to), data) for sender, to, data in mails]
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+        if self._child is not None:
+            assert self._child.stdin is not None
+            self._child.stdin.close()
+            self._child.wait(timeout=30)
+
+
+def serve() -> int:
+    """The child of ``Server("process")``: serve on a free port, say ``ready PORT``, and answer
+    each ``take PATH`` by writing what was accepted since (pickled) to PATH; end at end of input."""
+    server = SmtpServer()
+    server.start()
+    print(f"ready {server.port}", flush=True)
+    for line in sys.stdin:
+        with server.cond:
+            got, server.received = server.received, []
+        Path(line.split(" ", 1)[1].strip()).write_bytes(
+            pickle.dumps([(m.mail_from, m.rcpt_tos, m.data) for m in got])
+        )
+        print("ok", flush=True)
+    server.stop()
+    return 0
 
 
 # --------------------------------------------------------------------------- the two sides
 
 
-def floor(smtp: SmtpServer, mails: Sequence[Mail]) -> float:
+def floor(smtp: Server, mails: Sequence[Mail]) -> float:
     """``sendmail`` each of ``mails`` over one connection; the seconds it took (connecting and QUIT
     are outside the clock)."""
     with smtplib.SMTP(smtp.host, smtp.port, timeout=10.0) as client:
@@ -228,16 +290,16 @@ def received_well(got: Sequence[Received], expected: set[tuple[str, str]]) -> bo
     return len(seen) == len(expected) and set(seen) == expected
 
 
-def one_round(f: Figures, pipeline: Pipeline, smtp: SmtpServer, mails: list[Mail], order: int) -> None:
+def one_round(f: Figures, pipeline: Pipeline, smtp: Server, mails: list[Mail], order: int) -> None:
     """Time both sides once, the floor first when ``order`` is even, and check what arrived."""
     expected = {identity(Received(s, r, d)) for s, r, d in mails}
     for side in ("floor", "daemon") if order % 2 == 0 else ("daemon", "floor"):
         if side == "daemon":
             reset(pipeline.engine)
         take(smtp)
-        cpu = time.thread_time()
+        cpu = time.process_time()
         seconds = floor(smtp, mails) if side == "floor" else daemon(pipeline)
-        cpu = time.thread_time() - cpu
+        cpu = time.process_time() - cpu
         (f.floor_rates if side == "floor" else f.daemon_rates).append(len(mails) / seconds)
         (f.floor_cpu if side == "floor" else f.daemon_cpu).append(cpu * 1e3 / len(mails))
         f.delivered &= received_well(take(smtp), expected)
@@ -245,7 +307,7 @@ def one_round(f: Figures, pipeline: Pipeline, smtp: SmtpServer, mails: list[Mail
             f.delivered &= sent_or_due(pipeline.engine) == (len(mails), len(mails))
 
 
-def split(pipeline: Pipeline, smtp: SmtpServer) -> dict[str, float]:
+def split(pipeline: Pipeline, smtp: Server) -> dict[str, float]:
     """One more balancewatch round with a stopwatch on each step of the courier; milliseconds per
     email: ``build`` (``Route.attempt`` less the send: the message from the row, each copy),
     ``smtp`` (``SmtpTransport.send``: the copies through smtplib), ``record`` (``Courier._settle``:
@@ -285,7 +347,7 @@ def split(pipeline: Pipeline, smtp: SmtpServer) -> dict[str, float]:
     return {k: v * 1e3 / n for k, v in seconds.items()}
 
 
-def profiled(pipeline: Pipeline, smtp: SmtpServer, top: int) -> str:
+def profiled(pipeline: Pipeline, smtp: Server, top: int) -> str:
     """One more balancewatch round under cProfile: the top functions by cumulative and by own time."""
     reset(pipeline.engine)
     profile = cProfile.Profile()
@@ -302,11 +364,10 @@ def measure(db: common.Database, args: argparse.Namespace) -> Figures:
     """Set up ``db``, deliver once untimed (what the server took is what the floor sends), then
     alternate both sides ``args.repeat`` times; the figures."""
     db.upgrade()
-    smtp = SmtpServer()
-    smtp.start()
+    smtp = Server(args.server, db.work)
     try:
         pipeline = pipeline_for(db, smtp)
-        f = Figures(db.backend, args.count, args.repeat, pipeline.settings.delivery.batch_size)
+        f = Figures(db.backend, args.count, args.repeat, pipeline.settings.delivery.batch_size, args.server)
         f.decide_s = decide(pipeline, args.count)
         daemon(pipeline)
         mails = [(m.mail_from, m.rcpt_tos, m.data) for m in take(smtp)]
@@ -336,7 +397,7 @@ def report(f: Figures) -> str:
     rates = ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(f.daemon_rates, f.floor_rates, strict=True))
     lines = [
         f"SMTP delivery ({f.backend}): {f.count:,} emails of {f.message_bytes:,} bytes, batches of "
-        f"{f.batch_size}, {f.repeat} alternating rounds, medians",
+        f"{f.batch_size}, {f.repeat} alternating rounds, medians; the server in a {f.server}",
         f"  setup (not measured): deciding the {f.count:,} alerts took {f.decide_s:.1f} s",
         "",
         f"  (a) floor: bare smtplib, one connection        {f.floor_rate:9,.0f} emails/s",
@@ -344,7 +405,7 @@ def report(f: Figures) -> str:
         f"  ratio (b)/(a)                                  {f.ratio:9.1%}   target >= {TARGET:.0%}: "
         f"{common.verdict(f.ratio >= TARGET)}",
         f"  per email: balancewatch {1e3 / f.daemon_rate:.2f} ms, floor {1e3 / f.floor_rate:.2f} ms; "
-        f"CPU of this thread {common.med(f.daemon_cpu):.2f} ms and {common.med(f.floor_cpu):.2f} ms",
+        f"CPU of this process {common.med(f.daemon_cpu):.2f} ms and {common.med(f.floor_cpu):.2f} ms",
         f"  rounds (balancewatch/floor per second): {rates}",
         "  balancewatch per email, by step (one more round): "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in f.steps.items()),
@@ -371,12 +432,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     p.add_argument("--keep", action="store_true", help="keep the database (SQLite file or schema)")
+    p.add_argument(
+        "--server",
+        choices=["process", "thread"],
+        default="process",
+        help="run the SMTP server in a child process (default) or on a thread of this one",
+    )
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure each backend asked for, print its figures; 0."""
     args = parse_args(argv)
+    if args.serve:
+        return serve()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     print(common.command_line(__file__, argv), flush=True)
     runs = []

@@ -28,6 +28,7 @@ import apprise
 
 from balancewatch.config.channels import ChatChannel
 from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.transport import Ready
 from balancewatch.outbox import Claimed
 
 # The loggers that may name the URL or its parts while Apprise sends (a filter holds only the
@@ -186,9 +187,11 @@ class ChatTransport:
     def __enter__(self) -> ChatTransport:
         return self
 
-    def send(self, envelope: ChatEnvelope) -> dict[str, TransportError]:
-        """Notify once; return the recipient with a temporary error unless Apprise delivered it,
-        with the reason Apprise gave (secrets masked)."""
+    def send(self, envelope: ChatEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
+        """Notify once (after ``ready``); return the recipient with a temporary error unless
+        Apprise delivered it, with the reason Apprise gave (secrets masked)."""
+        if ready is not None:
+            ready()
         with _HELD.capturing() as said:
             try:
                 delivered = bool(self._apprise.notify(body=envelope.body, title=envelope.title))

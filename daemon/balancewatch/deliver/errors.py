@@ -5,6 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 
+class LeaseLost(Exception):  # noqa: N818  # a state, as the docstring says
+    """The row about to be delivered went to another worker meanwhile (this one was judged dead
+    by mistake: a stall, a skewed clock): raised before the other side could take the message,
+    which is then not delivered by this worker."""
+
+
 class TransportError(Exception):
     """A delivery failed. ``permanent`` failures are parked; others are retried with backoff.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
+from balancewatch.deliver.transport import Ready
 
 
 def eml_name(message_id: str, recipient: str) -> str:
@@ -38,12 +39,13 @@ class FileTransport:
             raise TransportError(f"create {self.directory}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: EmailEnvelope) -> dict[str, TransportError]:
+    def send(self, envelope: EmailEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
         """Write each recipient's copy to a file of its own. Returns no refusals unless the disk
         fails after the first copy: the copies written keep their outcome and the rest are
         returned with the error (temporary), as the SMTP transport does when its session breaks.
 
-        Raises TransportError (``connection``) if the disk fails at the first copy.
+        Raises TransportError (``connection``) if the disk fails at the first copy. ``ready`` is
+        called before the first file takes its name.
         """
         message_id = str(envelope.message["Message-ID"])
         for i, recipient in enumerate(envelope.recipients):
@@ -51,6 +53,12 @@ class FileTransport:
             temp = final.with_suffix(".eml.tmp")
             try:
                 temp.write_bytes(envelope.as_bytes(recipient))
+                if i == 0 and ready is not None:
+                    try:
+                        ready()
+                    except BaseException:
+                        temp.unlink(missing_ok=True)
+                        raise
                 temp.replace(final)
             except OSError as exc:
                 error = TransportError(f"write {final}: {exc}", connection=True)

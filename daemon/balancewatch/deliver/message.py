@@ -4,18 +4,21 @@ To names that recipient alone, with nothing a user controls reaching a header ra
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Mapping
+import io
+from collections.abc import Callable, Iterator, Mapping
 from copy import deepcopy
-from dataclasses import dataclass, field
 from datetime import datetime
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.policy import EmailPolicy
-from email.utils import format_datetime
+from email.utils import format_datetime, getaddresses
+from functools import lru_cache, partial
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
 from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.mime import Composed, compose, to_field
 from balancewatch.outbox import Claimed
 from balancewatch.render.templates import one_line
 
@@ -86,9 +89,9 @@ class _Policy(EmailPolicy):
 
 
 POLICY = _Policy(linesep="\r\n")  # as email.policy.SMTP
+UTF8_POLICY = POLICY.clone(utf8=True)  # for a copy whose envelope needs SMTPUTF8
 
 
-@dataclass(frozen=True, slots=True)
 class EmailEnvelope:
     """A message ready for an email transport and the addresses it goes to this time.
 
@@ -100,12 +103,42 @@ class EmailEnvelope:
     ``recipients`` are the addresses, normalized and each once, that get a copy this time;
     ``due`` maps each due address of the row, as the row spells it, to the one of those it
     goes out as; ``rejected`` holds the due ones that are not addresses at all, with the reason.
+
+    ``make`` builds ``message`` when it is first asked for: a copy on its way to a server needs
+    only its bytes (``wire``), which ``composed`` holds already when ``mime.compose`` wrote them.
     """
 
-    message: EmailMessage
-    recipients: tuple[str, ...]
-    rejected: Mapping[str, str] = field(default_factory=dict)
-    due: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("_from", "_halves", "_make", "_message", "due", "recipients", "rejected")
+
+    def __init__(
+        self,
+        make: Callable[[], EmailMessage],
+        recipients: tuple[str, ...],
+        rejected: Mapping[str, str],
+        due: Mapping[str, str],
+        sender: str,
+        composed: Composed | None = None,
+    ) -> None:
+        self.recipients, self.rejected, self.due = recipients, rejected, due
+        self._from, self._make = sender, make
+        self._message: EmailMessage | None = None
+        # The shared message as each policy writes it (by ``utf8``), cut where To goes: ``wire``.
+        self._halves: dict[bool, tuple[bytes, bytes]] = {}
+        if composed is not None:
+            self._halves[False] = (composed.head, composed.tail)
+
+    @property
+    def message(self) -> EmailMessage:
+        """What the copies share, without a To (with the multipart boundary ``wire`` uses)."""
+        if self._message is None:
+            self._message = self._make()
+        return self._message
+
+    @property
+    def sender(self) -> str:
+        """The envelope sender (MAIL FROM): the address of the From header, as ``smtplib``'s
+        ``send_message`` takes it."""
+        return _envelope_sender(self._from)
 
     def for_recipient(self, address: str) -> EmailMessage:
         """The copy ``address`` (one of ``recipients``) gets: ``message`` with ``To: address``.
@@ -128,18 +161,56 @@ class EmailEnvelope:
             mine[name] = value
         return mine
 
+    def wire(self, address: str, utf8: bool = False) -> bytes:
+        """The bytes of ``for_recipient(address)``, written with ``UTF8_POLICY`` (raw UTF-8 in
+        headers, for an SMTPUTF8 session) when ``utf8``, else with ``POLICY``.
+
+        Each copy differs from the shared message by its To field alone, so the message is
+        written once (per policy; by ``mime.compose`` already, mostly) and each copy is those
+        bytes with its To field put in before Subject, where ``for_recipient`` puts it: no copy
+        of the message, no second writing. Raises ValueError as ``for_recipient`` does.
+        """
+        if address not in self.recipients:
+            raise ValueError(f"{address!r} is not a recipient of this message")
+        policy = UTF8_POLICY if utf8 else POLICY
+        halves = self._halves.get(utf8)
+        if halves is None:
+            halves = self._halves[utf8] = _cut(self.message, policy)
+        return halves[0] + to_field(policy, address) + halves[1]
+
     def as_bytes(self, recipient: str) -> bytes:
         """The copy for ``recipient`` as a file holds it; UTF-8 headers only when its address
         needs them. Raises ValueError as ``for_recipient`` does."""
-        policy = POLICY if recipient.isascii() else POLICY.clone(utf8=True)
-        return self.for_recipient(recipient).as_bytes(policy=policy)
+        return self.wire(recipient, utf8=not recipient.isascii())
 
 
+@lru_cache(maxsize=64)
+def _envelope_sender(sender: str) -> str:
+    """The address of a From field holding ``sender``, as ``smtplib.send_message`` reads it."""
+    _name, header = POLICY.header_store_parse("From", sender)
+    return getaddresses([str(header)])[0][1]
+
+
+def _cut(message: EmailMessage, policy: EmailPolicy) -> tuple[bytes, bytes]:
+    """``message`` written with ``policy``, cut at the start of its Subject field."""
+    out = io.BytesIO()
+    BytesGenerator(out, policy=policy).flatten(message, linesep="\r\n")
+    data = out.getvalue()
+    # Subject is in every message (``_shared``), never first (From is); a folded field's
+    # continuation lines start with whitespace, so no other line starts so.
+    at = data.find(b"\r\nSubject: ", 0, data.find(b"\r\n\r\n")) + 2
+    if at < 2:
+        raise ValueError("a message without a Subject field")
+    return data[:at], data[at:]
+
+
+@lru_cache(maxsize=4096)  # the same few addresses come back message after message
 def normalize(address: str) -> str:
     """``address`` as it goes to the server, with an internationalized domain in its ASCII
     (IDNA) form, so only a non-ASCII mailbox name needs a server with SMTPUTF8.
 
-    Raises ValueError saying what is wrong with it.
+    Raises ValueError saying what is wrong with it (lru_cache keeps no exception: an invalid
+    address is checked again each time).
     """
     if "\r" in address or "\n" in address:
         raise ValueError("line breaks in an address")
@@ -171,14 +242,20 @@ def build(row: Claimed, now: datetime, reply_to: str = "") -> EmailEnvelope:
                 rejected[address] = f"invalid address: {exc}"
             continue
         normalized[address] = first.setdefault(norm.casefold(), norm)
-    msg = _shared(row, now, reply_to)
     sending = {address: norm for address, norm in normalized.items() if address in due}
-    return EmailEnvelope(msg, tuple(dict.fromkeys(sending.values())), rejected, sending)
+    recipients = tuple(dict.fromkeys(sending.values()))
+    composed = compose(row, one_line(row.subject), format_datetime(now), reply_to, POLICY)
+    make = partial(_shared, row, now, reply_to, composed.boundary if composed else None)
+    envelope = EmailEnvelope(make, recipients, rejected, sending, row.sender, composed)
+    if composed is None:
+        envelope.message  # noqa: B018  # the email package's way: a sender it refuses raises now
+    return envelope
 
 
-def _shared(row: Claimed, now: datetime, reply_to: str) -> EmailMessage:
-    """The message of ``row`` without a To. Raises a permanent TransportError if the sender
-    cannot be a From header."""
+def _shared(row: Claimed, now: datetime, reply_to: str, boundary: str | None = None) -> EmailMessage:
+    """The message of ``row`` without a To; a multipart one with ``boundary`` when given (the
+    one ``mime.compose`` wrote it with). Raises a permanent TransportError if the sender cannot
+    be a From header."""
     msg = EmailMessage(policy=POLICY)
     try:
         msg["From"] = row.sender
@@ -204,4 +281,6 @@ def _shared(row: Claimed, now: datetime, reply_to: str) -> EmailMessage:
             subtype=subtype or "octet-stream",
             filename=a.filename,
         )
+    if boundary is not None and msg.is_multipart():
+        msg.set_boundary(boundary)
     return msg

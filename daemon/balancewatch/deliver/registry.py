@@ -21,7 +21,7 @@ from balancewatch.deliver.message import EmailEnvelope, build
 from balancewatch.deliver.outcome import DELIVERED, Attempt
 from balancewatch.deliver.ratelimit import RateLimit
 from balancewatch.deliver.smtp import SmtpTransport
-from balancewatch.deliver.transport import EnvelopeT, Transport
+from balancewatch.deliver.transport import EnvelopeT, Ready, Transport
 from balancewatch.deliver.webhook import WebhookTransport, build_webhook
 from balancewatch.outbox import Claimed
 
@@ -55,13 +55,19 @@ class Route(Generic[EnvelopeT]):
             return not stopping.is_set()
         return self.limit.wait(stopping)
 
-    def attempt(self, row: Claimed, now: datetime) -> dict[str, Attempt]:
+    def attempt(self, row: Claimed, now: datetime, ready: Ready | None = None) -> dict[str, Attempt]:
         """Send ``row`` to its due recipients, in an open session; how each fared, by address
         as the row spells it. Raises TransportError only for a connection failure, which says
-        nothing about the message."""
+        nothing about the message. ``ready`` goes to the transport (``Transport.send``): what it
+        raises propagates, the row not delivered."""
         try:
             envelope = self.envelope(row, now)
-            refused = self.transport.send(envelope) if envelope.recipients else {}
+            if not envelope.recipients:
+                refused = {}
+            elif ready is None:
+                refused = self.transport.send(envelope)
+            else:
+                refused = self.transport.send(envelope, ready)
         except TransportError as exc:
             if exc.connection:
                 raise

@@ -4,14 +4,17 @@ recipient (its own copy, To naming only them)."""
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import socket
 import ssl
 from collections.abc import Mapping
+from typing import Any
 
 from balancewatch.config import Security, SmtpSettings
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
+from balancewatch.deliver.transport import Ready
 
 
 def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
@@ -44,6 +47,58 @@ def _text(code: int, reply: bytes | str) -> str:
     return " ".join(f"{code} {words}".split())
 
 
+_PERIODS = re.compile(rb"(?m)^\.")  # as smtplib's _quote_periods
+
+
+class _Waiting:
+    """``smtplib.SMTP.data`` calling ``ready`` (set per message, once) after the server said
+    354 and before it sends the message and its final dot, which let the server accept it.
+    When ``ready`` raises, the session is closed there, in DATA: the server drops what it had
+    of the message (a message is taken at its final dot only), and the exception propagates."""
+
+    ready: Ready | None = None
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        smtp: Any = self
+        smtp.putcmd("data")
+        code, reply = smtp.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        quoted = _PERIODS.sub(b"..", msg)
+        if quoted[-2:] != b"\r\n":
+            quoted += b"\r\n"
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            try:
+                ready()
+            except BaseException:
+                smtp.close()
+                raise
+        smtp.send(quoted + b".\r\n")
+        answer: tuple[int, bytes] = smtp.getreply()
+        return answer
+
+
+class _Once:
+    """``ready``, called the first time only."""
+
+    def __init__(self, ready: Ready) -> None:
+        self._ready: Ready | None = ready
+
+    def __call__(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready()
+
+
+class _SMTP(_Waiting, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_Waiting, smtplib.SMTP_SSL):  # noqa: N801  # smtplib's own spelling
+    pass
+
+
 class SmtpTransport:
     """Sends envelopes over one SMTP session; use as a context manager per batch."""
 
@@ -56,8 +111,9 @@ class SmtpTransport:
         self.settings = settings
         self.password = password
         self.local_hostname = local_hostname
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _SMTP | _SMTP_SSL | None = None
         self._broken: str | None = None  # why the session broke in a send, until the next opens
+        self._left = False  # a session closed by ``ready`` in a DATA: the next send opens one
 
     @property
     def where(self) -> str:
@@ -66,10 +122,10 @@ class SmtpTransport:
     def __enter__(self) -> SmtpTransport:
         s = self.settings
         timeout = s.timeout.total_seconds()
-        self._broken = None
+        self._broken, self._left = None, False
         try:
             if s.security is Security.tls:
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                smtp: _SMTP | _SMTP_SSL = _SMTP_SSL(
                     s.host,
                     s.effective_port,
                     local_hostname=self.local_hostname,
@@ -77,9 +133,7 @@ class SmtpTransport:
                     context=tls_context(s),
                 )
             else:
-                smtp = smtplib.SMTP(
-                    s.host, s.effective_port, local_hostname=self.local_hostname, timeout=timeout
-                )
+                smtp = _SMTP(s.host, s.effective_port, local_hostname=self.local_hostname, timeout=timeout)
             self._smtp = smtp
             smtp.ehlo()
             if s.security is Security.starttls:
@@ -98,7 +152,7 @@ class SmtpTransport:
             raise TransportError(f"connect to {self.where}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: EmailEnvelope) -> dict[str, TransportError]:
+    def send(self, envelope: EmailEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
         """Send each recipient its own copy (``envelope.for_recipient``, To naming only them),
         one after another over this session; return the recipients whose copy did not go, each
         with its error (``permanent`` for a 5xx). The others have their copy.
@@ -110,13 +164,21 @@ class SmtpTransport:
         later copy the copies already answered keep their outcome (one the server accepted must
         not be sent again as if it had failed), the rest are returned with that error
         (temporary, ``connection`` set), and the session stays closed: the next send raises.
+
+        ``ready`` is called before the server can accept any copy, in its DATA (as late
+        as can be, so what it waits for overlaps the exchange before); when it raises, the
+        session is closed there (nothing of the message accepted) and the exception propagates.
+        The next send then opens a new session.
         """
+        if self._smtp is None and self._left:
+            self.__enter__()  # left in a DATA by ``ready``: a new session, as a new batch opens
         if self._smtp is None:
             raise TransportError(self._broken or "send without a connection", connection=True)
         failed: dict[str, TransportError] = {}
+        once = _Once(ready) if ready is not None else None  # the first copy to reach DATA calls it
         for i, recipient in enumerate(envelope.recipients):
             try:
-                error = self._send_copy(envelope, recipient)
+                error = self._send_copy(envelope, recipient, once)
             except TransportError as exc:  # the session broke
                 if i == 0:
                     raise
@@ -126,14 +188,18 @@ class SmtpTransport:
                 failed[recipient] = error
         return failed
 
-    def _send_copy(self, envelope: EmailEnvelope, recipient: str) -> TransportError | None:
+    def _send_copy(
+        self, envelope: EmailEnvelope, recipient: str, ready: Ready | None
+    ) -> TransportError | None:
         """Send ``recipient``'s copy; None once the server accepted it, else its refusal.
-        Raises TransportError with ``connection`` set, the session closed, when it broke."""
+        Raises TransportError with ``connection`` set, the session closed, when it broke;
+        raises what ``ready`` raises, the session closed."""
         smtp = self._smtp
         if smtp is None:
             raise TransportError(self._broken or "send without a connection", connection=True)
+        smtp.ready = ready
         try:
-            refused = smtp.send_message(envelope.for_recipient(recipient), to_addrs=[recipient])
+            refused = _send(smtp, envelope, recipient)
         except smtplib.SMTPRecipientsRefused as exc:
             if any(code == CLOSING for code, _ in exc.recipients.values()):
                 raise self._broke(f"RCPT: server closing: {_refusals(exc.recipients)}") from exc
@@ -150,6 +216,12 @@ class SmtpTransport:
             return self._refused("server replied", exc)
         except (smtplib.SMTPException, OSError) as exc:
             raise self._broke(f"send to {self.where}: {exc}") from exc
+        except BaseException:
+            if smtp.sock is None:  # ``ready`` raised and left the session in DATA, closed
+                self._smtp, self._left = None, True
+            raise
+        finally:
+            smtp.ready = None
         # One recipient: a refusal comes as SMTPRecipientsRefused; this is in case it does not.
         return _per_recipient(refused).get(recipient)
 
@@ -190,6 +262,24 @@ class SmtpTransport:
                 self._smtp.close()
             finally:
                 self._smtp = None
+
+
+def _send(smtp: _SMTP | _SMTP_SSL, envelope: EmailEnvelope, recipient: str) -> dict[str, tuple[int, bytes]]:
+    """``smtp.send_message(envelope.for_recipient(recipient), to_addrs=[recipient])``, the same
+    envelope and bytes (``envelope.wire``) without copying the message and writing it again.
+
+    As ``send_message``: SMTPUTF8 (and 8BITMIME) when the sender or ``recipient`` is not ASCII,
+    raising SMTPNotSupportedError before MAIL FROM when the server does not offer it."""
+    smtp.ehlo_or_helo_if_needed()
+    sender = envelope.sender
+    utf8 = not (sender + recipient).isascii()
+    if utf8 and not smtp.has_extn("smtputf8"):
+        raise smtplib.SMTPNotSupportedError(
+            "One or more source or delivery addresses require internationalized email support, "
+            "but the server does not advertise the required SMTPUTF8 capability"
+        )
+    options = ("SMTPUTF8", "BODY=8BITMIME") if utf8 else ()
+    return smtp.sendmail(sender, [recipient], envelope.wire(recipient, utf8), options)
 
 
 def probe(settings: SmtpSettings, password: str | None, local_hostname: str | None = None) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol, Self, TypeVar
 
 from balancewatch.deliver.errors import TransportError
@@ -25,6 +25,10 @@ class Envelope(Protocol):
     def rejected(self) -> Mapping[str, str]: ...
 
 
+# Called by a transport right before the other side can take a message (an SMTP server's final
+# dot, a POST, a file's rename); what it raises propagates, and the message is not delivered.
+Ready = Callable[[], None]
+
 EnvelopeT = TypeVar("EnvelopeT", bound=Envelope)
 EnvelopeT_contra = TypeVar("EnvelopeT_contra", bound=Envelope, contravariant=True)
 
@@ -44,10 +48,14 @@ class Transport(Protocol[EnvelopeT_contra]):
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
 
-    def send(self, envelope: EnvelopeT_contra) -> dict[str, TransportError]:
+    def send(self, envelope: EnvelopeT_contra, ready: Ready | None = None) -> dict[str, TransportError]:
         """Deliver ``envelope``; return the recipients refused (by ``envelope.recipients``
-        spelling), each with its error. Raises TransportError when the whole envelope failed:
-        ``permanent`` if trying again cannot help, ``connection`` if the session is unusable.
+        spelling), each with its error. ``ready`` (when given) is called before the first part
+        of it can be taken by the other side; an exception it raises ends the send at once,
+        propagated as it is, with nothing of the envelope delivered.
+
+        Raises TransportError when the whole envelope failed: ``permanent`` if trying again
+        cannot help, ``connection`` if the session is unusable.
         A transport that sends in parts (a copy per recipient) and loses its session after some
         were accepted does not raise: it returns the rest with connection errors (retried), so
         the accepted ones are recorded as sent and never sent again, and raises at the next send."""

@@ -38,6 +38,7 @@ from balancewatch import __version__
 from balancewatch.config.channels import WebhookChannel
 from balancewatch.config.values import shown_url
 from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.transport import Ready
 from balancewatch.outbox import Claimed, event_id
 
 # Read at most this much of an answer: enough to reuse the connection after any usual answer,
@@ -199,8 +200,9 @@ class WebhookTransport:
             )
         return self
 
-    def send(self, envelope: WebhookEnvelope) -> dict[str, TransportError]:
-        """POST the envelope once; return its recipient with the error unless it was delivered.
+    def send(self, envelope: WebhookEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
+        """POST the envelope once (after ``ready``); return its recipient with the error unless
+        it was delivered.
 
         Raises TransportError with ``connection`` set when no answer came: timeout, refused or
         broken connection, TLS failure, or ``abort``.
@@ -208,6 +210,8 @@ class WebhookTransport:
         client = self._client
         if client is None or self._aborted:
             raise TransportError(f"POST {self._shown}: send without a session", connection=True)
+        if ready is not None:
+            ready()
         now = self._now()
         try:
             with client.stream(

@@ -4,9 +4,12 @@ Each row goes to the transport registered for its ``channel`` (``registry``);
 an instance claims only rows of the channels it delivers, and notes on the
 others, left pending for an instance that delivers them, why it did not.
 
-Each outcome commits on its own, right after its message is handed over: a
-crash loses at most the record of the message in flight, which is then sent
-again (at-least-once; the Message-ID makes the duplicate detectable).
+An email's outcome commits on its own, written while the next message is
+built and its exchange begins, and committed before the server can accept
+that next one (``deliver/records.py``): a crash loses at most the record of
+the message in flight, which is then sent again (at-least-once; the
+Message-ID makes the duplicate detectable). Outcomes of channels whose
+receivers deduplicate are written in groups (``deliver/pending.py``).
 
 When the database fails while a batch is out, what the server already
 accepted is not sent again by this process: the outcome is kept in memory
@@ -32,12 +35,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from balancewatch import outbox
 from balancewatch.config import Settings
 from balancewatch.core.metrics import NOOP, Recorder
-from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.errors import LeaseLost, TransportError
 from balancewatch.deliver.message import EmailEnvelope
 from balancewatch.deliver.outcome import Attempt, failure_class, settle, shown
 from balancewatch.deliver.pending import Pending
+from balancewatch.deliver.records import Records, Unrecorded
 from balancewatch.deliver.registry import EMAIL, Registry, Route, Sessions, email_registry, make_transport
-from balancewatch.deliver.transport import Transport
+from balancewatch.deliver.transport import Ready, Transport
 from balancewatch.store import status as instance_status
 from balancewatch.store.db import is_postgres
 
@@ -54,20 +58,6 @@ class DeliveryStats:
     # Rows by what became of them: sent | retry | parked | released (handed back unsent) |
     # lost (the claim went to another worker) | unrecorded (kept until the database answers).
     outcomes: Counter[str] = field(default_factory=Counter)
-
-
-OUTCOME_OF = {outbox.SENT: "sent", outbox.PENDING: "retry", outbox.PARKED: "parked"}
-
-
-@dataclass
-class Unrecorded:
-    """Delivery outcomes the database has not taken yet, and claimed rows to hand back."""
-
-    outcomes: dict[int, tuple[str, outbox.RowUpdate]] = field(default_factory=dict)
-    releases: set[int] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return bool(self.outcomes or self.releases)
 
 
 class Courier:
@@ -101,10 +91,15 @@ class Courier:
         # A lane of channels whose receivers deduplicate (no email) need not wait for PostgreSQL
         # to flush each group of outcomes to disk: a server crash then repeats a few events.
         self._relaxed = EMAIL not in self.lane and is_postgres(engine)
+        self._records = Records(engine, worker, self._relaxed)
         self.stopping = stopping or threading.Event()
         self.metrics = metrics
-        self.unrecorded = Unrecorded()
         self._taken_over: set[str] = set()
+
+    @property
+    def unrecorded(self) -> Unrecorded:
+        """What the database has not taken yet: outcomes, and rows to hand back."""
+        return self._records.unrecorded
 
     def deliver_batch(
         self,
@@ -144,7 +139,10 @@ class Courier:
             try:
                 self._send_batch(batch, now, clock, stats)
             finally:
-                self._write_pending(stats)
+                try:
+                    self._write_pending(stats)
+                finally:
+                    self._records.close()
         return stats
 
     def _no_transport(self, channel: str) -> str:
@@ -178,6 +176,7 @@ class Courier:
                     self._release(rest, stats)
                     return
                 route = self._route(row)
+                ready = self._ready(row, stats) if self._ahead(route) else None
                 try:
                     sessions.open(route)
                     if not route.pace(self.stopping):
@@ -185,11 +184,11 @@ class Courier:
                     stamp = clock()
                     if stamp >= lease_end - lease / 2:
                         lease_end = stamp + lease
-                        held = self._renew(rest, lease_end)
+                        held = self._renew(rest, lease_end, stats)
                     if row.id not in held:
                         self._lost(row, stats)
                         continue
-                    attempts = route.attempt(row, stamp)
+                    attempts = route.attempt(row, stamp, ready)
                 except TransportError as exc:  # only connection failures get here
                     down = [r for r in rest if r.channel == row.channel]
                     done.update(r.id for r in down)
@@ -197,8 +196,32 @@ class Courier:
                     if self.stopping.is_set():
                         return
                     continue
+                except LeaseLost:  # told by ``ready``, before the server could accept it
+                    self._lost(row, stats)
+                    continue
+                except SQLAlchemyError:
+                    # The outcome before this row's is kept, unwritten; this row was not
+                    # accepted: it and the rest go back once the database answers.
+                    self.unrecorded.releases.update(r.id for r in rest)
+                    raise
                 if not self._settle(row, route, attempts, stamp, rest[1:], stats):
                     held.discard(rest[1].id)
+
+    def _ahead(self, route: Route[Any]) -> bool:
+        """Whether ``route``'s outcomes are written one by one behind the next message
+        (``Records.start``): each must be durable before the next is accepted (email)."""
+        return route.record_every == 1 and not self._relaxed
+
+    def _ready(self, row: outbox.Claimed, stats: DeliveryStats) -> Ready:
+        """What the transport calls before the server can accept ``row``: the outcome written
+        meanwhile collected (raising its SQLAlchemyError), and ``row`` still this worker's
+        (else LeaseLost: another took it over, and this one sends it not)."""
+
+        def ready() -> None:
+            if self._records.finish(stats.outcomes) == row.id:
+                raise LeaseLost(f"{row.idem_key} went to another worker")
+
+        return ready
 
     def _route(self, row: outbox.Claimed) -> Route[Any]:
         route = self.transports.route(row.channel)
@@ -228,11 +251,15 @@ class Courier:
         ``unsent``) in the same transaction; returns whether this worker still holds it."""
         self._count(route, attempts)
         self._log_attempt(row, route, attempts)
-        self._pending.add(row, settle(row, attempts, stamp, self.settings.delivery.retry))
-        if not self._pending.due(route.record_every):
-            return True
+        update = settle(row, attempts, stamp, self.settings.delivery.retry)
         confirm = (unsent[0].id, stamp + self.settings.delivery.lease) if unsent else None
         try:
+            if self._ahead(route):  # the next row's ``ready`` tells whether it is still held
+                self._records.start((row, update), stats.outcomes, confirm)
+                return True
+            self._pending.add(row, update)
+            if not self._pending.due(route.record_every):
+                return True
             return self._record(self._pending.take(), stats, confirm)
         except SQLAlchemyError:
             # Its outcome is kept; the rows not sent yet go back once the database answers.
@@ -242,6 +269,7 @@ class Courier:
     def _write_pending(self, stats: DeliveryStats) -> None:
         """Write the outcomes still waiting (the end of a batch, however it ended); raises
         SQLAlchemyError with them kept in memory (``unrecorded``)."""
+        self._records.finish(stats.outcomes)
         if self._pending:
             self._record(self._pending.take(), stats)
 
@@ -279,68 +307,28 @@ class Courier:
         extend that row's lease in the same transaction. Returns whether this worker still holds
         it: an instance judged dead by mistake (a stall, a skewed clock) then stops before sending
         a row another has taken over, and only the message it had in flight can arrive twice."""
-        try:
-            with self.engine.begin() as conn:
-                if self._relaxed:
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                kept = outbox.record_many(conn, self.worker, [(row.id, update) for row, update in settled])
-                holds = confirm is None or bool(outbox.renew(conn, [confirm[0]], self.worker, confirm[1]))
-        except SQLAlchemyError:
-            for row, update in settled:
-                self.unrecorded.outcomes[row.id] = (row.idem_key, update)
-            stats.outcomes["unrecorded"] += len(settled)
-            raise
-        for (_row, update), ok in zip(settled, kept, strict=True):
-            stats.outcomes[OUTCOME_OF[update.status] if ok else "lost"] += 1
-        return holds
+        return self._records.record(settled, stats.outcomes, confirm)
 
     def _release(self, rows: list[outbox.Claimed], stats: DeliveryStats) -> None:
-        ids = [row.id for row in rows]
-        try:
-            with self.engine.begin() as conn:
-                released = outbox.release(conn, self.worker, ids, attempted=False)
-        except SQLAlchemyError:
-            self.unrecorded.releases.update(ids)
-            raise
-        stats.outcomes["released"] += released
+        self._records.release(rows, stats.outcomes)
 
-    def _renew(self, rows: list[outbox.Claimed], until: datetime) -> set[int]:
-        try:
-            with self.engine.begin() as conn:
-                return outbox.renew(conn, [r.id for r in rows], self.worker, until)
-        except SQLAlchemyError:
-            self.unrecorded.releases.update(r.id for r in rows)
-            raise
+    def _renew(self, rows: list[outbox.Claimed], until: datetime, stats: DeliveryStats) -> set[int]:
+        return self._records.renew(rows, until, stats.outcomes)
 
     def _flush(self, stats: DeliveryStats) -> None:
         """Write the outcomes kept while the database was unreachable and hand back the rows
         not sent; raises SQLAlchemyError (keeping them all) if it still fails."""
-        pending = self.unrecorded
-        with self.engine.begin() as conn:
-            kept = {
-                row_id: outbox.record(conn, row_id, self.worker, update)
-                for row_id, (_key, update) in pending.outcomes.items()
-            }
-            released = outbox.release(conn, self.worker, sorted(pending.releases), attempted=False)
-        for row_id, ok in kept.items():
-            stats.outcomes[OUTCOME_OF[pending.outcomes[row_id][1].status] if ok else "lost"] += 1
-        stats.outcomes["released"] += released
+        recorded, released = self._records.flush(stats.outcomes)
         log.warning(
             "recorded %d delivery outcomes kept while the database was unreachable; %d unsent "
             "messages handed back",
-            len(kept),
+            recorded,
             released,
         )
-        self.unrecorded = Unrecorded()
 
     def record_kept(self, conn: Connection) -> int:
         """Record the outcomes still kept in memory; returns how many were."""
-        recorded = sum(
-            outbox.record(conn, row_id, self.worker, update)
-            for row_id, (_key, update) in self.unrecorded.outcomes.items()
-        )
-        self.unrecorded = Unrecorded()
-        return recorded
+        return self._records.record_kept(conn)
 
     def hand_back(self, conn: Connection) -> tuple[int, int]:
         """At a stop: record the outcomes still kept in memory, then hand back every row this

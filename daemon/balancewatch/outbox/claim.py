@@ -10,7 +10,19 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, Select, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from balancewatch.outbox.rows import PENDING, SENDING, Attachment, Claimed, RowUpdate
 from balancewatch.store.tables import OUTBOX_TABLE
@@ -227,6 +239,62 @@ def record_many(conn: Connection, worker: str, outcomes: Sequence[tuple[int, Row
     held = select(outbox.id).where(outbox.id.in_(ids), outbox.claimed_by == worker, outbox.status != SENDING)
     kept = set(conn.execute(held).scalars())
     return [row_id in kept for row_id in ids]
+
+
+_THIS = outbox.id == bindparam("row_id")
+
+
+def _for_this(value: Any, column: Any) -> Any:
+    """``value`` for the row recorded, the column as it is for the row renewed."""
+    return case((_THIS, value), else_=column)
+
+
+_RECORD_AND_RENEW = (
+    update(OUTBOX_TABLE)
+    .where(
+        outbox.id.in_([bindparam("row_id"), bindparam("next_id")]),
+        outbox.status == SENDING,
+        outbox.claimed_by == bindparam("worker"),
+    )
+    .values(
+        status=_for_this(bindparam("new_status", type_=outbox.status.type), outbox.status),
+        deliveries=_for_this(bindparam("new_deliveries", type_=outbox.deliveries.type), outbox.deliveries),
+        lease_until=case((_THIS, None), else_=bindparam("until", type_=outbox.lease_until.type)),
+        last_error=_for_this(bindparam("new_error", type_=outbox.last_error.type), outbox.last_error),
+        next_attempt_at=_for_this(
+            func.coalesce(bindparam("new_next", type_=outbox.next_attempt_at.type), outbox.next_attempt_at),
+            outbox.next_attempt_at,
+        ),
+        sent_at=_for_this(
+            func.coalesce(bindparam("new_sent", type_=outbox.sent_at.type), outbox.sent_at), outbox.sent_at
+        ),
+    )
+    .returning(outbox.id)
+)
+
+
+def record_and_renew(
+    conn: Connection, worker: str, row_id: int, outcome: RowUpdate, renewal: tuple[int, datetime] | None
+) -> tuple[bool, bool]:
+    """``record`` of ``row_id`` and, with ``renewal`` (the row to send next, the new end of its
+    lease), ``renew`` of that row, in one statement: on a connection in autocommit, one round trip
+    and one commit for an outcome that must be durable before the next message goes. Returns
+    (whether ``worker`` still held ``row_id``, whether it still holds the next row; True without
+    one)."""
+    next_id, until = renewal or (None, None)
+    params = {
+        "row_id": row_id,
+        "next_id": row_id if next_id is None else next_id,
+        "worker": worker,
+        "new_status": outcome.status,
+        "new_deliveries": {address: dict(entry) for address, entry in outcome.deliveries.items()},
+        "new_error": outcome.last_error,
+        "new_next": outcome.next_attempt_at,
+        "new_sent": outcome.sent_at,
+        "until": until,
+    }
+    held = set(conn.execute(_RECORD_AND_RENEW, params).scalars())
+    return row_id in held, next_id is None or next_id in held
 
 
 def release(conn: Connection, worker: str, row_ids: Sequence[int] | None = None, *, attempted: bool) -> int:
