@@ -9,7 +9,7 @@ and the command are recorded in docs/performance.md.
         --pg-url postgresql://postgres@127.0.0.1:5432/test
 
 Data: ``bench_usage``'s ledger (same accounts, rates and mix, seeded), over
-``--days`` of history (default 35: the 30-day window is full and entries leave
+``--days`` of history (default 40: the 30-day window is full and entries leave
 it as it moves; the cost of a refresh from changes does not depend on older
 history). Then, in a child process:
 
@@ -180,7 +180,7 @@ def report(res: Results, command: str, generation_s: float) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = common.bench_parser(__doc__, accounts=100_000)
-    p.add_argument("--days", type=int, default=35, help="days of ledger history (default 35)")
+    p.add_argument("--days", type=int, default=40, help="days of ledger history (default 40)")
     common.add_database_options(p)
     common.add_output_options(p, seed=20261207)
     args = p.parse_args(argv)

@@ -13,7 +13,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, select, true, tuple_
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    Select,
+    String,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.evaluate import usage
@@ -104,7 +119,7 @@ class Deltas:
                 delete(USAGE_MEMBER_TABLE).where(
                     USAGE_MEMBER_TABLE.c.window_days == window,
                     USAGE_MEMBER_TABLE.c.entries == 0,
-                    USAGE_MEMBER_TABLE.c.account_id.in_(touched[i : i + CHUNK]),
+                    among(conn, USAGE_MEMBER_TABLE.c.account_id, touched[i : i + CHUNK]),
                 )
             )
 
@@ -124,7 +139,7 @@ def touched_payers(conn: Connection, accounts: Collection[str], mark: _Marked, w
     for i in range(0, len(candidates), CHUNK):
         rows = select(USAGE_SUMMARY_TABLE.c.account_id, USAGE_SUMMARY_TABLE.c.currency).where(
             USAGE_SUMMARY_TABLE.c.window_days == window,
-            USAGE_SUMMARY_TABLE.c.account_id.in_(candidates[i : i + CHUNK]),
+            among(conn, USAGE_SUMMARY_TABLE.c.account_id, candidates[i : i + CHUNK]),
         )
         have = {(row.account_id, row.currency) for row in conn.execute(rows)}
         payers.update(
@@ -144,7 +159,9 @@ def _paying_of(conn: Connection, accounts: Collection[str]) -> dict[str, str]:
     ordered, payer_of = sorted(accounts), {}
     paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     for i in range(0, len(ordered), CHUNK):
-        query = select(ACCOUNT_TABLE.c.id, paying).where(ACCOUNT_TABLE.c.id.in_(ordered[i : i + CHUNK]))
+        query = select(ACCOUNT_TABLE.c.id, paying).where(
+            among(conn, ACCOUNT_TABLE.c.id, ordered[i : i + CHUNK])
+        )
         payer_of.update({account: payer for account, payer in conn.execute(query)})
     return payer_of
 
@@ -184,7 +201,7 @@ def recompute(
                 usage.figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history),
                 now,
             )
-            for r in conn.execute(_from_members(chunk, now, window))
+            for r in conn.execute(_from_members(conn, chunk, now, window, _family(conn, chunk)))
         ]
         usage.write_rows(conn, rows)
         _drop_others(conn, chunk, [(str(row["account_id"]), str(row["currency"])) for row in rows], window)
@@ -202,7 +219,7 @@ def recompute_all(conn: Connection, now: datetime, window: int, min_history: tim
         usage.summary_row(
             usage.figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history), now
         )
-        for r in conn.execute(_from_members(None, now, window))
+        for r in conn.execute(_from_members(conn, None, now, window, None))
     ]
     conn.execute(delete(USAGE_SUMMARY_TABLE).where(USAGE_SUMMARY_TABLE.c.window_days == window))
     for i in range(0, len(rows), 5000):
@@ -210,20 +227,39 @@ def recompute_all(conn: Connection, now: datetime, window: int, min_history: tim
     return len(rows)
 
 
-def _from_members(chunk: Sequence[str] | None, now: datetime, window: int) -> Select[Any]:
+def among(conn: Connection, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(array)``: one parameter to bind and
+    parse instead of one per value (thousands per chunk here)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+    return column.in_(values)
+
+
+def _family(conn: Connection, payers: Sequence[str]) -> list[str]:
+    """``payers`` and the accounts whose parent they are."""
+    children = select(ACCOUNT_TABLE.c.id).where(among(conn, ACCOUNT_TABLE.c.parent_id, payers))
+    return sorted({*payers, *conn.execute(children).scalars()})
+
+
+def _from_members(
+    conn: Connection, chunk: Sequence[str] | None, now: datetime, window: int, family: Sequence[str] | None
+) -> Select[Any]:
     """``usage.with_firsts`` over the members' totals of the accounts paid by ``chunk``
-    (None: every paying account)."""
+    (None: every paying account). ``family`` (``_family`` of the chunk) lets both databases
+    read the members' rows by key instead of every row of the window."""
     paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     paid_by_chunk = (
         true()
         if chunk is None
         else or_(
-            ACCOUNT_TABLE.c.parent_id.in_(chunk),
+            among(conn, ACCOUNT_TABLE.c.parent_id, chunk),
             # Not ``parent_id IS NULL``: SQLite would read every main account through the
             # parent_id index for it, per chunk; this leaves it the primary key.
-            and_(ACCOUNT_TABLE.c.id.in_(chunk), paying == ACCOUNT_TABLE.c.id),
+            and_(among(conn, ACCOUNT_TABLE.c.id, chunk), paying == ACCOUNT_TABLE.c.id),
         )
     )
+    members_of = true() if family is None else among(conn, USAGE_MEMBER_TABLE.c.account_id, family)
+    balances_of = true() if family is None else among(conn, BALANCE_TABLE.c.account_id, family)
     used = (
         select(
             paying.label("payer"),
@@ -233,14 +269,14 @@ def _from_members(chunk: Sequence[str] | None, now: datetime, window: int) -> Se
         .select_from(
             USAGE_MEMBER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == USAGE_MEMBER_TABLE.c.account_id)
         )
-        .where(USAGE_MEMBER_TABLE.c.window_days == window, paid_by_chunk)
+        .where(USAGE_MEMBER_TABLE.c.window_days == window, members_of, paid_by_chunk)
         .group_by(paying, USAGE_MEMBER_TABLE.c.currency)
         .having(func.sum(USAGE_MEMBER_TABLE.c.entries) > 0)
     )
     balances = (
         select(paying.label("payer"), BALANCE_TABLE.c.currency)
         .select_from(BALANCE_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == BALANCE_TABLE.c.account_id))
-        .where(paid_by_chunk)
+        .where(balances_of, paid_by_chunk)
     )
     return usage.with_firsts(used, balances, now)
 
@@ -248,12 +284,19 @@ def _from_members(chunk: Sequence[str] | None, now: datetime, window: int) -> Se
 def _drop_others(
     conn: Connection, chunk: Sequence[str], kept: Sequence[tuple[str, str]], window: int
 ) -> None:
-    """Delete the chunk's summary rows for ``window`` other than ``kept`` (account, currency)."""
-    query = delete(USAGE_SUMMARY_TABLE).where(
-        USAGE_SUMMARY_TABLE.c.window_days == window, USAGE_SUMMARY_TABLE.c.account_id.in_(chunk)
+    """Delete the chunk's summary rows for ``window`` other than ``kept`` (account, currency):
+    found here and deleted by key (a NOT IN of row values costs PostgreSQL a comparison
+    per row and kept pair)."""
+    have = select(USAGE_SUMMARY_TABLE.c.account_id, USAGE_SUMMARY_TABLE.c.currency).where(
+        USAGE_SUMMARY_TABLE.c.window_days == window, among(conn, USAGE_SUMMARY_TABLE.c.account_id, chunk)
     )
-    if kept:
-        query = query.where(
-            tuple_(USAGE_SUMMARY_TABLE.c.account_id, USAGE_SUMMARY_TABLE.c.currency).notin_(kept)
+    stale = {(row.account_id, row.currency) for row in conn.execute(have)} - set(kept)
+    if stale:
+        conn.execute(
+            delete(USAGE_SUMMARY_TABLE).where(
+                USAGE_SUMMARY_TABLE.c.window_days == window,
+                USAGE_SUMMARY_TABLE.c.account_id == bindparam("account"),
+                USAGE_SUMMARY_TABLE.c.currency == bindparam("currency"),
+            ),
+            [{"account": account, "currency": currency} for account, currency in sorted(stale)],
         )
-    conn.execute(query)
