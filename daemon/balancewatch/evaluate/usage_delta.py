@@ -45,15 +45,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select
 
 from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, still_missing, write_mark
-from balancewatch.evaluate.usage_payers import (
-    DAY,
-    Deltas,
-    Entry,
-    age_young,
-    recompute,
-    recompute_all,
-    touched_payers,
-)
+from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, age_young, touched_payers
+from balancewatch.evaluate.usage_rows import recompute, recompute_all
 from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 
 # More new entries than this share of the window's (and at least MIN_FOR_FULL): one full pass
@@ -196,7 +189,7 @@ def _from_changes(
             delta.count_out(entry)
         delta.apply(conn, window)
         payers = touched_payers(conn, delta.accounts, mark, window)
-        rows += recompute(conn, payers, now, window, min_history)
+        rows += recompute(conn, payers, delta, now, window, min_history)
         rows += age_young(conn, payers, mark, now, window, min_history)
     gaps = gaps_after(conn, mark.last_entry_id, last, still_missing(conn, mark.gaps), now)
     write_mark(conn, Mark(now, mark.full_at, last, mark.shape, gaps))

@@ -11,23 +11,18 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
     Connection,
-    Select,
     String,
-    and_,
     any_,
     bindparam,
     delete,
     func,
-    insert,
-    or_,
     select,
-    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -68,6 +63,8 @@ class Deltas:
 
     by_key: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     accounts: set[str] = field(default_factory=set)
+    # Per (account, currency): its earliest entry dated by now among those counted in.
+    first: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
     def count_in(self, entry: Entry, start: datetime, now: datetime) -> None:
         """An entry not counted before (written since, or dated since): counted if it is
@@ -75,6 +72,9 @@ class Deltas:
         if entry.occurred_at > now:
             return  # not yet: it arrives when its time comes
         self.accounts.add(entry.account_id)
+        key = (entry.account_id, entry.currency)
+        if key not in self.first or entry.occurred_at < self.first[key]:
+            self.first[key] = entry.occurred_at
         if entry.kind == "usage" and entry.occurred_at >= start:
             self._add(entry, 1)
 
@@ -133,7 +133,7 @@ def touched_payers(conn: Connection, accounts: Collection[str], mark: _Marked, w
         BALANCE_TABLE.c.updated_at >= mark.marked_at - BALANCE_SLACK
     )
     moved = conn.execute(changed).all()
-    payer_of = _paying_of(conn, {row.account_id for row in moved})
+    payer_of = paying_of(conn, {row.account_id for row in moved})
     pairs = {(payer_of[row.account_id], row.currency) for row in moved if row.account_id in payer_of}
     candidates = sorted({payer for payer, _ in pairs} - payers)
     for i in range(0, len(candidates), CHUNK):
@@ -151,10 +151,10 @@ def touched_payers(conn: Connection, accounts: Collection[str], mark: _Marked, w
 
 
 def _paying(conn: Connection, accounts: Collection[str]) -> set[str]:
-    return set(_paying_of(conn, accounts).values())
+    return set(paying_of(conn, accounts).values())
 
 
-def _paying_of(conn: Connection, accounts: Collection[str]) -> dict[str, str]:
+def paying_of(conn: Connection, accounts: Collection[str]) -> dict[str, str]:
     """Each of ``accounts`` (that exists) -> the account that pays for it."""
     ordered, payer_of = sorted(accounts), {}
     paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
@@ -188,115 +188,9 @@ def age_young(
     return len(rows)
 
 
-def recompute(
-    conn: Connection, payers: Collection[str], now: datetime, window: int, min_history: timedelta
-) -> int:
-    """Write the summary rows of ``payers`` for ``window`` from ``usage_member``; delete
-    their rows that a full refresh would not write. Returns the rows written."""
-    ordered, written = sorted(payers), 0
-    for i in range(0, len(ordered), CHUNK):
-        chunk = ordered[i : i + CHUNK]
-        rows = [
-            usage.summary_row(
-                usage.figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history),
-                now,
-            )
-            for r in conn.execute(_from_members(conn, chunk, now, window, _family(conn, chunk)))
-        ]
-        usage.write_rows(conn, rows)
-        _drop_others(conn, chunk, [(str(row["account_id"]), str(row["currency"])) for row in rows], window)
-        written += len(rows)
-    return written
-
-
-def recompute_all(conn: Connection, now: datetime, window: int, min_history: timedelta) -> int:
-    """Replace every summary row of ``window`` with one computed from ``usage_member``.
-
-    Delete and insert, not upsert: the caller holds the refresh lock (``usage_delta``), and
-    readers keep seeing the old rows until the transaction commits.
-    """
-    rows = [
-        usage.summary_row(
-            usage.figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history), now
-        )
-        for r in conn.execute(_from_members(conn, None, now, window, None))
-    ]
-    conn.execute(delete(USAGE_SUMMARY_TABLE).where(USAGE_SUMMARY_TABLE.c.window_days == window))
-    for i in range(0, len(rows), 5000):
-        conn.execute(insert(USAGE_SUMMARY_TABLE), rows[i : i + 5000])
-    return len(rows)
-
-
 def among(conn: Connection, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
     """``column IN values``; on PostgreSQL ``column = ANY(array)``: one parameter to bind and
     parse instead of one per value (thousands per chunk here)."""
     if conn.dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
     return column.in_(values)
-
-
-def _family(conn: Connection, payers: Sequence[str]) -> list[str]:
-    """``payers`` and the accounts whose parent they are."""
-    children = select(ACCOUNT_TABLE.c.id).where(among(conn, ACCOUNT_TABLE.c.parent_id, payers))
-    return sorted({*payers, *conn.execute(children).scalars()})
-
-
-def _from_members(
-    conn: Connection, chunk: Sequence[str] | None, now: datetime, window: int, family: Sequence[str] | None
-) -> Select[Any]:
-    """``usage.with_firsts`` over the members' totals of the accounts paid by ``chunk``
-    (None: every paying account). ``family`` (``_family`` of the chunk) lets both databases
-    read the members' rows by key instead of every row of the window."""
-    paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
-    paid_by_chunk = (
-        true()
-        if chunk is None
-        else or_(
-            among(conn, ACCOUNT_TABLE.c.parent_id, chunk),
-            # Not ``parent_id IS NULL``: SQLite would read every main account through the
-            # parent_id index for it, per chunk; this leaves it the primary key.
-            and_(among(conn, ACCOUNT_TABLE.c.id, chunk), paying == ACCOUNT_TABLE.c.id),
-        )
-    )
-    members_of = true() if family is None else among(conn, USAGE_MEMBER_TABLE.c.account_id, family)
-    balances_of = true() if family is None else among(conn, BALANCE_TABLE.c.account_id, family)
-    used = (
-        select(
-            paying.label("payer"),
-            USAGE_MEMBER_TABLE.c.currency,
-            func.sum(USAGE_MEMBER_TABLE.c.used).label("used"),
-        )
-        .select_from(
-            USAGE_MEMBER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == USAGE_MEMBER_TABLE.c.account_id)
-        )
-        .where(USAGE_MEMBER_TABLE.c.window_days == window, members_of, paid_by_chunk)
-        .group_by(paying, USAGE_MEMBER_TABLE.c.currency)
-        .having(func.sum(USAGE_MEMBER_TABLE.c.entries) > 0)
-    )
-    balances = (
-        select(paying.label("payer"), BALANCE_TABLE.c.currency)
-        .select_from(BALANCE_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == BALANCE_TABLE.c.account_id))
-        .where(balances_of, paid_by_chunk)
-    )
-    return usage.with_firsts(used, balances, now)
-
-
-def _drop_others(
-    conn: Connection, chunk: Sequence[str], kept: Sequence[tuple[str, str]], window: int
-) -> None:
-    """Delete the chunk's summary rows for ``window`` other than ``kept`` (account, currency):
-    found here and deleted by key (a NOT IN of row values costs PostgreSQL a comparison
-    per row and kept pair)."""
-    have = select(USAGE_SUMMARY_TABLE.c.account_id, USAGE_SUMMARY_TABLE.c.currency).where(
-        USAGE_SUMMARY_TABLE.c.window_days == window, among(conn, USAGE_SUMMARY_TABLE.c.account_id, chunk)
-    )
-    stale = {(row.account_id, row.currency) for row in conn.execute(have)} - set(kept)
-    if stale:
-        conn.execute(
-            delete(USAGE_SUMMARY_TABLE).where(
-                USAGE_SUMMARY_TABLE.c.window_days == window,
-                USAGE_SUMMARY_TABLE.c.account_id == bindparam("account"),
-                USAGE_SUMMARY_TABLE.c.currency == bindparam("currency"),
-            ),
-            [{"account": account, "currency": currency} for account, currency in sorted(stale)],
-        )
