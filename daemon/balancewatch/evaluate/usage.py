@@ -26,8 +26,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, delete, func, or_, select, union
-from sqlalchemy.dialects import postgresql, sqlite
 
+from balancewatch.store.bulk import insert_rows
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -178,24 +178,14 @@ def refresh(conn: Connection, now: datetime, windows: Iterable[int], min_history
     return written
 
 
+_KEY = ("account_id", "currency", "window_days")
 _UPDATED = ("usage_total", "first_at", "days_counted", "adu", "status", "computed_at")
 
 
 def write_rows(conn: Connection, rows: Sequence[dict[str, object]]) -> None:
     """Insert or update summary rows (``summary_row``'s), in batches."""
     # An upsert, not delete-and-insert: instances refreshing together must not collide.
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(USAGE_SUMMARY_TABLE)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[
-            USAGE_SUMMARY_TABLE.c.account_id,
-            USAGE_SUMMARY_TABLE.c.currency,
-            USAGE_SUMMARY_TABLE.c.window_days,
-        ],
-        set_={c: stmt.excluded[c] for c in _UPDATED},
-    )
-    for i in range(0, len(rows), 5000):
-        conn.execute(stmt, rows[i : i + 5000])
+    insert_rows(conn, USAGE_SUMMARY_TABLE, rows, conflict=_KEY, update=_UPDATED)
 
 
 def summary_row(f: Figures, now: datetime) -> dict[str, object]:

@@ -42,11 +42,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Select, delete, func, select
 
 from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, still_missing, write_mark
 from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, age_young, touched_payers
 from balancewatch.evaluate.usage_rows import recompute, recompute_all
+from balancewatch.store.bulk import insert_rows
 from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 
 # More new entries than this share of the window's (and at least MIN_FOR_FULL): one full pass
@@ -145,8 +146,7 @@ def refresh_all(conn: Connection, now: datetime, window: int, min_history: timed
         for r in conn.execute(usage_by_account(now, window))
     ]
     conn.execute(delete(USAGE_MEMBER_TABLE).where(USAGE_MEMBER_TABLE.c.window_days == window))
-    for i in range(0, len(members), 5000):
-        conn.execute(insert(USAGE_MEMBER_TABLE), members[i : i + 5000])
+    insert_rows(conn, USAGE_MEMBER_TABLE, members)
     return recompute_all(conn, now, window, min_history)
 
 

@@ -24,9 +24,9 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.evaluate import usage
+from balancewatch.store.bulk import insert_rows
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -97,22 +97,8 @@ class Deltas:
         ]
         if not rows:
             return
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(USAGE_MEMBER_TABLE)
-        keys = [
-            USAGE_MEMBER_TABLE.c.account_id,
-            USAGE_MEMBER_TABLE.c.currency,
-            USAGE_MEMBER_TABLE.c.window_days,
-        ]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=keys,
-            set_={
-                "used": USAGE_MEMBER_TABLE.c.used + stmt.excluded.used,
-                "entries": USAGE_MEMBER_TABLE.c.entries + stmt.excluded.entries,
-            },
-        )
-        for i in range(0, len(rows), 5000):
-            conn.execute(stmt, rows[i : i + 5000])
+        key, totals = ("account_id", "currency", "window_days"), ("used", "entries")
+        insert_rows(conn, USAGE_MEMBER_TABLE, rows, conflict=key, add=totals)
         touched = sorted({str(row["account_id"]) for row in rows})
         for i in range(0, len(touched), CHUNK):
             conn.execute(

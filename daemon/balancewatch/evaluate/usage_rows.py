@@ -11,10 +11,11 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, delete, func, insert, or_, select, true
+from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, true
 
 from balancewatch.evaluate import usage
 from balancewatch.evaluate.usage_payers import CHUNK, Deltas, among, paying_of
+from balancewatch.store.bulk import insert_rows
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -125,8 +126,7 @@ def recompute_all(conn: Connection, now: datetime, window: int, min_history: tim
         for r in conn.execute(usage.with_firsts(*_member_parts(conn, None, window, None), now))
     ]
     conn.execute(delete(USAGE_SUMMARY_TABLE).where(USAGE_SUMMARY_TABLE.c.window_days == window))
-    for i in range(0, len(rows), 5000):
-        conn.execute(insert(USAGE_SUMMARY_TABLE), rows[i : i + 5000])
+    insert_rows(conn, USAGE_SUMMARY_TABLE, rows)
     return len(rows)
 
 
