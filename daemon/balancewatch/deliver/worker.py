@@ -48,6 +48,9 @@ from balancewatch.store.db import is_postgres
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+# How often rows of channels no transport here delivers are looked for, to note why they wait:
+# the look reads every due row, so not at each batch of a backlog.
+NOTE_EVERY = timedelta(seconds=30)
 
 __all__ = ["Courier", "DeliveryStats", "Transport", "Unrecorded", "deliver_batch", "make_transport"]
 
@@ -95,6 +98,7 @@ class Courier:
         self.stopping = stopping or threading.Event()
         self.metrics = metrics
         self._taken_over: set[str] = set()
+        self._noted_at: datetime | None = None  # when rows no transport here delivers were noted
 
     @property
     def unrecorded(self) -> Unrecorded:
@@ -115,7 +119,8 @@ class Courier:
         outcomes. Rows held by an instance that stopped or died are due at once; with
         ``stale_after``, so are those of an instance whose heartbeat is older than that. Only
         rows of the channels in ``transports`` are claimed; due rows of other channels without
-        an error yet get one saying so, and stay pending. Once half the lease has passed, the
+        an error yet get one saying so (at the first batch, then every ``NOTE_EVERY``), and
+        stay pending. Once half the lease has passed, the
         lease on the rows not yet sent is renewed, so a slow server cannot let another instance
         claim them meanwhile; a row whose lease was lost is skipped. Raises SQLAlchemyError
         when the database fails (nothing is lost: see the module).
@@ -131,8 +136,9 @@ class Courier:
             others = outbox.claimers(conn, self.worker)
             dead = instance_status.dead(conn, others, now, stale_after) if others else set()
             self._log_takeover(dead)
-            if self._notes:
+            if self._notes and (self._noted_at is None or now - self._noted_at >= NOTE_EVERY):
                 outbox.note_undeliverable(conn, self.transports.channels, now, self._no_transport)
+                self._noted_at = now
             batch = outbox.claim(conn, self.worker, now, d.batch_size, d.lease, key, dead, self.lane)
         stats.claimed = len(batch)
         if batch:
