@@ -8,9 +8,12 @@ recorded in docs/performance.md.
     python tests/bench/bench_smtp.py                                  # 5,000 emails, both backends
     python tests/bench/bench_smtp.py --backend sqlite --count 5000 --profile
 
-The server is ``tests/smtpserver.py`` (aiosmtpd) on loopback, one for the whole run, in this
-process; it records every message it accepts. Both sides send to it from this process, one message
-after the other.
+The server is ``tests/smtpserver.py`` (aiosmtpd) on loopback, one for the whole run; it records every
+message it accepts. By default it runs in a child process, as a mail server on the same machine
+runs beside the daemon; ``--server thread`` runs it on a thread of this process instead, as the
+tests do (it then shares the interpreter's lock with both sides, so every bit of Python either
+side runs holds the server up too). Both sides send to it from this process, one message after
+the other.
 
 Setup (not measured): N accounts whose USD balance ($90) sits below the $100 step of a rule with
 ``notify: [owner]``; one evaluation through the real pipeline (``Pipeline.evaluate``) decides N
@@ -26,13 +29,14 @@ Measured, alternating which goes first, in ``--repeat`` rounds (medians reported
   PostgreSQL followed by ``VACUUM ANALYZE outbox``), then ``Pipeline.deliver(now, clock,
   lane="email")`` with the default batch size until a call claims nothing: per batch a claim and
   an SMTP session; per row its message built from the stored text and HTML, a copy per recipient
-  (To naming only them), sent, and its outcome committed as the server accepted it.
+  (To naming only them), sent, and its outcome committed before the server can accept the next.
 
-Besides the rates, each side's CPU time in this thread per email (``time.thread_time``: the
-server's thread and the database server are not in it). Each round checks both sides at the
-server: N messages, each (recipient, Message-ID) of the set once, with To naming the recipient
-alone; on balancewatch's side every row ``sent``. PostgreSQL is a new schema in ``--pg-url``,
-dropped afterwards. ``--profile`` runs one more balancewatch round under cProfile.
+Besides the rates, each side's CPU time in this process per email (``time.process_time``: the
+courier's thread and its outcome writer; the server when it runs on a thread; not the database
+server). Each round checks both sides at the server: N messages, each (recipient, Message-ID) of
+the set once, with To naming the recipient alone; on balancewatch's side every row ``sent``.
+PostgreSQL is a new schema in ``--pg-url``, dropped afterwards. ``--profile`` runs one more
+balancewatch round under cProfile.
 """
 
 from __future__ import annotations
