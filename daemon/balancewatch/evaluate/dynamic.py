@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import Connection, select, true
+from sqlalchemy import Connection, true
 
 from balancewatch.evaluate.candidates import Key
-from balancewatch.evaluate.load import Subject, key_filter
+from balancewatch.evaluate.load import Subject, rows_for_keys
 from balancewatch.rules.compiled import CompiledRule, Step, StepSet
 from balancewatch.store.tables import OWNER_PREFERENCE_TABLE
 
@@ -35,10 +35,7 @@ def load_preferences(conn: Connection, keys: Sequence[Key]) -> dict[Key, Prefere
     """Enabled owner preferences for ``keys``; disabled ones are kept in the table, not used."""
     if not keys:
         return {}
-    query = select(OWNER_PREFERENCE_TABLE).where(
-        OWNER_PREFERENCE_TABLE.c.enabled == true(),
-        *key_filter(OWNER_PREFERENCE_TABLE.c.account_id, OWNER_PREFERENCE_TABLE.c.currency, keys),
-    )
+    query = rows_for_keys(conn, OWNER_PREFERENCE_TABLE, keys, OWNER_PREFERENCE_TABLE.c.enabled == true())
     out = {}
     for r in conn.execute(query):
         values = (r.threshold_1, r.threshold_2, r.threshold_3)

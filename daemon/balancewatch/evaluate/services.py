@@ -25,6 +25,7 @@ from math import floor
 from sqlalchemy import Connection, and_, func, or_, select
 
 from balancewatch.core.money import exponent
+from balancewatch.evaluate.load import one_of
 from balancewatch.store.tables import ACCOUNT_TABLE, LEDGER_TABLE
 
 Key = tuple[str, str]  # (paying account, currency)
@@ -119,10 +120,10 @@ def ledger_prices(
     """
     if not keys:
         return {}
-    payers = sorted({k[0] for k in keys})
+    payers = [k[0] for k in keys]
     family = (
         select(ACCOUNT_TABLE.c.id)
-        .where(or_(ACCOUNT_TABLE.c.id.in_(payers), ACCOUNT_TABLE.c.parent_id.in_(payers)))
+        .where(or_(one_of(conn, ACCOUNT_TABLE.c.id, payers), one_of(conn, ACCOUNT_TABLE.c.parent_id, payers)))
         .scalar_subquery()
     )
     paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
@@ -164,7 +165,7 @@ def subaccount_usage(
     most used first, in one grouped query. Keys without subaccounts are left out."""
     if not keys:
         return {}
-    payers = sorted({k[0] for k in keys})
+    payers = [k[0] for k in keys]
     currencies = sorted({k[1] for k in keys})
     in_window = and_(
         LEDGER_TABLE.c.account_id == ACCOUNT_TABLE.c.id,
@@ -182,7 +183,7 @@ def subaccount_usage(
             func.sum(-LEDGER_TABLE.c.amount).label("used"),
         )
         .select_from(ACCOUNT_TABLE.outerjoin(LEDGER_TABLE, in_window))
-        .where(ACCOUNT_TABLE.c.parent_id.in_(payers))
+        .where(one_of(conn, ACCOUNT_TABLE.c.parent_id, payers))
         .group_by(
             ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id, ACCOUNT_TABLE.c.name, LEDGER_TABLE.c.currency
         )
