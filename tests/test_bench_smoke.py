@@ -19,7 +19,15 @@ def test_the_benchmark_runs_and_prints_the_three_figures(
     )
     out = capsys.readouterr().out
     assert code == 0
-    for label in ("(a) full sweep", "(b) poll after changes", "(c) peak RSS"):
+    for label in (
+        "first sweep, fires every alert",
+        "(a) full sweep",
+        "(b) poll after changes",
+        "(c) peak RSS",
+    ):
         assert re.search(rf"^{re.escape(label)}.*(MEETS|MISSES)$", out, re.MULTILINE), out
+    assert re.search(
+        r"^first sweep: finding .* rendering .* loading, deciding and writing", out, re.MULTILINE
+    )
     assert result.is_file()
     assert not (tmp_path / "bench" / "balancewatch.db").exists()
