@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PARALLEL_MIN = 200  # claimed accounts in a batch from which its reports go to the workers
 AHEAD = 1  # batches handed to the workers beyond the one being recorded
+PARENT_CHECK = 1.0  # seconds between a worker's looks at whether its parent is still there
 
 
 def default_processes() -> int:
@@ -80,9 +83,18 @@ _WORKER: dict[str, Any] = {}  # in a worker process: its engine, templates and s
 def _start(setup: _Setup) -> None:
     from balancewatch.store.db import make_engine
 
+    threading.Thread(target=_end_with, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     _WORKER["setup"] = setup
     _WORKER["templates"] = TemplateSet(setup.files, setup.directory, setup.budget)
     _WORKER["engine"] = make_engine(setup.settings.database_url, pool_size=1)
+
+
+def _end_with(parent: int) -> None:
+    """End this worker once its parent has gone (killed, say): a worker waiting for work would
+    otherwise wait for ever, since it holds an end of the pipe it waits on itself."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK)
+    os._exit(0)
 
 
 def _make(report: CompiledReport, period: Period, now: datetime, accounts: list[AccountInfo]) -> Chunk:
