@@ -8,13 +8,16 @@ Where the server cannot be reached they are skipped, except under
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -30,6 +33,54 @@ from tests.smtpserver import SmtpServer
 PG_URL = os.environ.get("BALANCEWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+# A test still running this long after its timeout (``timeout`` in pyproject.toml: it fails in
+# place) is stuck where that cannot reach it, in native code: its worker writes every thread's
+# stack to a file the run prints at its end, and ends, which ends the run (``--max-worker-restart
+# 0``) rather than the run waiting for ever.
+STUCK_AFTER_S = 240
+_STUCK_DIR = "BALANCEWATCH_TEST_STUCK_DIR"
+_STUCK_FILE: list[TextIO] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the run itself: its workers inherit this
+        os.environ[_STUCK_DIR] = tempfile.mkdtemp(prefix="balancewatch-stuck-")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    if not _STUCK_FILE:
+        _STUCK_FILE.append((Path(os.environ[_STUCK_DIR]) / f"{os.getpid()}.txt").open("w"))
+    stuck = _STUCK_FILE[0]
+    stuck.seek(0)
+    stuck.truncate()
+    stuck.write(f"{item.nodeid} still running after {STUCK_AFTER_S}s; every thread's stack:\n")
+    stuck.flush()
+    faulthandler.dump_traceback_later(STUCK_AFTER_S, exit=True, file=stuck)
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        stuck.seek(0)
+        stuck.truncate()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    directory = os.environ.get(_STUCK_DIR)
+    if "PYTEST_XDIST_WORKER" in os.environ or not directory:
+        return
+    for path in sorted(Path(directory).glob("*.txt")):
+        text = path.read_text()
+        if text:
+            terminalreporter.section(f"stuck test (worker process {path.stem})", sep="+")
+            terminalreporter.write(text)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ and os.environ.get(_STUCK_DIR):
+        shutil.rmtree(os.environ.pop(_STUCK_DIR), ignore_errors=True)
+
 
 # The loopback SMTP server's thread logs each closed connection, sometimes after
 # pytest has closed the stream it captured: noise, not a finding.

@@ -14,6 +14,13 @@ from tests.bench import bench_smtp
 from tests.conftest import PG_URL, require_postgres
 
 
+@pytest.fixture(autouse=True)
+def bounded_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery round that does not end fails within half a minute with what its last call did,
+    instead of running until the test's timeout."""
+    monkeypatch.setattr(bench_smtp, "DAEMON_DEADLINE", 30.0)
+
+
 def run(backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, object]:
     """Run the benchmark at 20 emails, one round, on ``backend``; check what it printed and return
     its one run's figures."""
