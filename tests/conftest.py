@@ -39,7 +39,7 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 # stack to a file the run prints at its end, and ends, which ends the run (``--max-worker-restart
 # 0``) rather than the run waiting for ever.
 STUCK_AFTER_S = 240
-_STUCK_DIR = "BALANCEWATCH_TEST_STUCK_DIR"
+_STUCK_DIR = "PYTEST_STUCK_DUMP_DIR"  # not BALANCEWATCH_: the daemon reads those
 _STUCK_FILE: list[TextIO] = []
 
 

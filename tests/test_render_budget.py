@@ -248,6 +248,40 @@ def test_an_interruption_dropped_by_a_weakref_callback_is_neither_printed_nor_lo
     assert "Exception ignored" not in child.stderr and child.stderr == ""
 
 
+# After renders were stopped, a call made under a profiler must run, and in time. Run in a child
+# process: were CPython's flag for pending asynchronous exceptions left set (by clearing one with
+# PyThreadState_SetAsyncExc(tid, NULL)), the profiled call would never start, and that hang would
+# otherwise be the test worker's.
+PROFILED_AFTER_TIMEOUTS = """
+import cProfile, sys
+from jinja2.sandbox import SandboxedEnvironment
+from balancewatch.render.budget import WATCHDOG, RenderTimeoutError
+
+loops = "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}"
+template = SandboxedEnvironment().from_string(loops)
+stopped = 0
+for _ in range(int(sys.argv[1])):
+    try:
+        WATCHDOG.run(template.render, 0.02)
+    except RenderTimeoutError:
+        stopped += 1
+    # A render that ends just as its deadline passes: the interruption may be pending, or not.
+    WATCHDOG.run(lambda: sum(range(20_000)), 0.001)
+
+def work():
+    return sum(range(1000))
+
+print(stopped, cProfile.Profile().runcall(work))
+"""
+
+
+def test_after_renders_are_stopped_a_profiled_call_still_runs() -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", PROFILED_AFTER_TIMEOUTS, "5"], capture_output=True, text=True, timeout=30
+    )
+    assert (child.returncode, child.stdout, child.stderr) == (0, "5 499500\n", "")
+
+
 def test_a_render_that_finishes_renders_exactly_what_jinja_renders(tmp_path: Path) -> None:
     templates = load_templates(shipped.templates_dir())
     context = sample_alert_context()

@@ -35,8 +35,11 @@ would break some unrelated step of the daemon. The protocol:
    once the lock is held the thread marks the entry as leaving (an attribute
    store, no check point either) and the watchdog can no longer inject. At
    most one injected exception can still be pending (a new one replaces the
-   old), and the next statement clears it (``PyThreadState_SetAsyncExc(tid,
-   NULL)``) before anything else can deliver it.
+   old), and the next statement drops it before anything else can deliver it
+   (``_drop_pending``: replaced by a marker raised and caught there and then;
+   never cleared with ``PyThreadState_SetAsyncExc(tid, NULL)``, which leaves
+   CPython's check for pending work on in every thread for good, so that every
+   bytecode pays for it and a profiled or traced call never starts).
 4. An exception that fires anyway in the leave path (in the window before the
    lock, should an interpreter check there) is caught by the caller of the
    guarded region, which leaves again (leaving is idempotent) and reports the
@@ -118,11 +121,40 @@ class _Entry:
     leaving: bool = False  # set by the rendering thread under the lock: no injection after
 
 
-# Private prototypes of one C function: one to raise, one to clear (NULL). ctypes.pythonapi
-# keeps the GIL held during the call, as the function requires.
-_PROTO = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
-_raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(_PROTO)
-_clear_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(_PROTO)
+class _Dropped(BaseException):
+    """What replaces an interruption still pending when its render leaves: raised and caught in
+    ``_drop_pending`` at once."""
+
+
+# A private prototype of the C function; ctypes.pythonapi keeps the GIL held during the call, as
+# the function requires.
+_raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+
+
+def _drop_pending() -> None:
+    """Drop an interruption still pending for the calling thread (there may be none).
+
+    Clearing it with ``PyThreadState_SetAsyncExc(tid, NULL)`` would set CPython's flag for
+    pending asynchronous exceptions with none to deliver: nothing resets it (CPython 3.11, 3.12),
+    so every thread then checks for pending work at every bytecode, and a function entered
+    under a profiler or tracer checks for ever and never runs. A marker instead replaces what is
+    pending, and the next call, a check point, raises it here, which resets the flag."""
+    try:
+        _raise_in(threading.get_ident(), _Dropped)  # (returning from it is a check point too)
+        for _ in range(_DROP_CHECKS):
+            _check_point()
+    except _Dropped:
+        return
+    raise RuntimeError("an asynchronous exception was not delivered at a function's entry")
+
+
+_DROP_CHECKS = 3  # the first call's entry delivers it; the others are a margin
+
+
+def _check_point() -> None:
+    """A function: its entry is where the interpreter delivers a pending asynchronous exception."""
 
 
 class Watchdog:
@@ -173,7 +205,7 @@ class Watchdog:
             with self._lock:
                 entry.leaving = True
                 if entry.fired_at is not None:
-                    _clear_in(entry.tid, None)
+                    _drop_pending()
                 if self._entries.get(entry.tid) is entry:
                     del self._entries[entry.tid]
 
@@ -181,13 +213,15 @@ class Watchdog:
         with self._lock:
             entry.leaving = True
             if entry.fired_at is not None:
-                _clear_in(entry.tid, None)
+                _drop_pending()
             if self._entries.get(entry.tid) is entry:
                 del self._entries[entry.tid]
 
     def _unraisable(self, unraisable: Any) -> None:
         """``sys.unraisablehook``: step 7. Anything but an interruption of a running render goes to
         the hook that was in place before."""
+        if isinstance(unraisable.exc_value, _Dropped):
+            return  # a finalizer ran at the check point meant for it: the marker did its work
         if isinstance(unraisable.exc_value, _Interrupt) and self._swallowed(threading.get_ident()):
             return
         self._previous_hook(unraisable)
