@@ -188,7 +188,7 @@ def _from_changes(
             read += 1
             delta.count_out(entry)
         delta.apply(conn, window)
-        payers = touched_payers(conn, delta.accounts, mark, window)
+        payers = touched_payers(conn, delta, mark, window)
         rows += recompute(conn, payers, delta, now, window, min_history)
         rows += age_young(conn, payers, mark, now, window, min_history)
     gaps = gaps_after(conn, mark.last_entry_id, last, still_missing(conn, mark.gaps), now)

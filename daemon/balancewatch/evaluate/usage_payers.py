@@ -8,6 +8,7 @@ first entries by index seeks, with the arithmetic of a full refresh (``usage``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,6 +66,8 @@ class Deltas:
     accounts: set[str] = field(default_factory=set)
     # Per (account, currency): its earliest entry dated by now among those counted in.
     first: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    # Each of ``accounts`` that exists -> the account that pays for it (``touched_payers``).
+    payer_of: dict[str, str] = field(default_factory=dict)
 
     def count_in(self, entry: Entry, start: datetime, now: datetime) -> None:
         """An entry not counted before (written since, or dated since): counted if it is
@@ -99,7 +102,8 @@ class Deltas:
             return
         key, totals = ("account_id", "currency", "window_days"), ("used", "entries")
         insert_rows(conn, USAGE_MEMBER_TABLE, rows, conflict=key, add=totals)
-        touched = sorted({str(row["account_id"]) for row in rows})
+        # Only entries leaving can leave a row with none.
+        touched = sorted({key[0] for key, (_used, count) in self.by_key.items() if count < 0})
         for i in range(0, len(touched), CHUNK):
             conn.execute(
                 delete(USAGE_MEMBER_TABLE).where(
@@ -110,34 +114,31 @@ class Deltas:
             )
 
 
-def touched_payers(conn: Connection, accounts: Collection[str], mark: _Marked, window: int) -> set[str]:
-    """The paying accounts to recompute from ``usage_member``: those of ``accounts`` (their
-    entries changed), and those with a balance changed since ``mark`` in a currency they
-    have no summary row for (a new balance gets its row; a moved one changes no figure)."""
-    payers = _paying(conn, accounts)
+def touched_payers(conn: Connection, deltas: Deltas, mark: _Marked, window: int) -> set[str]:
+    """The paying accounts to recompute from ``usage_member``: those of ``deltas.accounts``
+    (their entries changed; ``deltas.payer_of`` is filled), and those with a balance changed
+    since ``mark`` in a currency they have no summary row for (a new balance gets its row; a
+    moved one changes no figure)."""
+    deltas.payer_of = paying_of(conn, deltas.accounts)
+    payers = set(deltas.payer_of.values())
     changed = select(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency).where(
         BALANCE_TABLE.c.updated_at >= mark.marked_at - BALANCE_SLACK
     )
     moved = conn.execute(changed).all()
-    payer_of = paying_of(conn, {row.account_id for row in moved})
+    known = deltas.payer_of
+    payer_of = {**paying_of(conn, {row.account_id for row in moved if row.account_id not in known}), **known}
     pairs = {(payer_of[row.account_id], row.currency) for row in moved if row.account_id in payer_of}
     candidates = sorted({payer for payer, _ in pairs} - payers)
     for i in range(0, len(candidates), CHUNK):
+        chunk = candidates[i : i + CHUNK]
         rows = select(USAGE_SUMMARY_TABLE.c.account_id, USAGE_SUMMARY_TABLE.c.currency).where(
             USAGE_SUMMARY_TABLE.c.window_days == window,
-            among(conn, USAGE_SUMMARY_TABLE.c.account_id, candidates[i : i + CHUNK]),
+            among(conn, USAGE_SUMMARY_TABLE.c.account_id, chunk),
         )
         have = {(row.account_id, row.currency) for row in conn.execute(rows)}
-        payers.update(
-            payer
-            for payer, currency in pairs
-            if payer in candidates[i : i + CHUNK] and (payer, currency) not in have
-        )
+        in_chunk = set(chunk)
+        payers.update(payer for payer, currency in pairs - have if payer in in_chunk)
     return payers
-
-
-def _paying(conn: Connection, accounts: Collection[str]) -> set[str]:
-    return set(paying_of(conn, accounts).values())
 
 
 def paying_of(conn: Connection, accounts: Collection[str]) -> dict[str, str]:
@@ -175,8 +176,11 @@ def age_young(
 
 
 def among(conn: Connection, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``column = ANY(array)``: one parameter to bind and
-    parse instead of one per value (thousands per chunk here)."""
+    """``column IN values`` with the values bound as one parameter instead of one each
+    (thousands per chunk here, each compiled, bound and parsed): on PostgreSQL
+    ``column = ANY(array)``, on SQLite ``column IN (SELECT value FROM json_each(list))``,
+    which SQLite answers by key from ``column``'s index as it does a list."""
     if conn.dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
-    return column.in_(values)
+    listed = func.json_each(bindparam(None, json.dumps(list(values)), type_=String)).table_valued("value")
+    return column.in_(select(listed.c.value))

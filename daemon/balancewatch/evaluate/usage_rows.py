@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, true
 
 from balancewatch.evaluate import usage
-from balancewatch.evaluate.usage_payers import CHUNK, Deltas, among, paying_of
+from balancewatch.evaluate.usage_payers import CHUNK, Deltas, among
 from balancewatch.store.bulk import insert_rows
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
@@ -46,7 +46,7 @@ def recompute(
         used = {(r.payer, r.currency): int(r.used or 0) for r in conn.execute(used_query)}
         pairs = used.keys() | {(r.payer, r.currency) for r in conn.execute(balances_query)}
         existing = _first_entries(conn, chunk, window)
-        earlier = _earliest_counted(conn, deltas, family)
+        earlier = _earliest_counted(deltas, family)
         firsts = {pair: _earlier(existing[pair], earlier.get(pair)) for pair in pairs if pair in existing}
         if len(firsts) < len(pairs):
             seek = sorted({payer for payer, currency in pairs if (payer, currency) not in firsts})
@@ -86,14 +86,10 @@ def _first_entries(
     return {(r.account_id, r.currency): r.first_at for r in conn.execute(query)}
 
 
-def _earliest_counted(
-    conn: Connection, deltas: Deltas, family: Sequence[str]
-) -> dict[tuple[str, str], datetime]:
+def _earliest_counted(deltas: Deltas, family: Sequence[str]) -> dict[tuple[str, str], datetime]:
     """The earliest entry ``deltas`` counted in, per (payer, currency) of the payer itself and
     of the account whose parent it is (the family a first entry is taken over)."""
-    members = set(family)
-    touched = {account for account, _ in deltas.first if account in members}
-    parent_of = paying_of(conn, touched)
+    members, parent_of = set(family), deltas.payer_of
     out: dict[tuple[str, str], datetime] = {}
     for (account, currency), at in deltas.first.items():
         if account not in members:

@@ -1,18 +1,26 @@
-"""Writing many rows at once: on PostgreSQL one statement per batch with one array per column.
+"""Writing many rows at once, at the database's cost rather than the driver's.
 
 ``executemany`` of an upsert costs PostgreSQL a round of parsing, binding and
 conflict checking per row. ``INSERT … SELECT … FROM unnest(:col1, :col2, …)``
-binds one array per column and writes the whole batch in one statement; on
-SQLite, in-process, ``executemany`` is already the fast way.
+binds one array per column and writes the whole batch in one statement. SQLite,
+in-process, inserts a row in a few microseconds; SQLAlchemy's handling of each
+row's parameters costs several times that, so the statement is compiled once
+and the rows, each value already as the column's type stores it, go straight to
+the driver's ``executemany``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ARRAY, Connection, Select, Table, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
+
+from balancewatch.store.columns import UTCDateTime
 
 BATCH = 20_000
 
@@ -40,7 +48,11 @@ def insert_rows(
             conn.execute(_on_conflict(pg, table, conflict, update, add) if conflict else pg)
         else:
             lite = sqlite.insert(table)
-            conn.execute(_on_conflict(lite, table, conflict, update, add) if conflict else lite, list(batch))
+            statement = _on_conflict(lite, table, conflict, update, add) if conflict else lite
+            compiled = statement.compile(dialect=conn.dialect, column_keys=columns)
+            if list(compiled.positiontup or ()) != columns:  # the driver's parameters are positional
+                raise ValueError(f"cannot bind {columns} to {compiled.positiontup}")
+            conn.exec_driver_sql(compiled.string, _sqlite_rows(conn, table, columns, batch))
 
 
 def _on_conflict(
@@ -57,6 +69,34 @@ def _on_conflict(
             **{name: table.c[name] + stmt.excluded[name] for name in add},
         },
     )
+
+
+def _sqlite_rows(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, object]]
+) -> list[tuple[Any, ...]]:
+    """Each row's values in ``columns``' order, as the columns' types store them (SQLite)."""
+    encoders = [(name, _sqlite_encoder(table.c[name].type, conn.dialect)) for name in columns]
+    return [
+        tuple([row[name] if encode is None else encode(row[name]) for name, encode in encoders])
+        for row in rows
+    ]
+
+
+def _sqlite_encoder(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What turns a value into what SQLite stores for ``type_``: the type's own bind processing,
+    but for UTC times, written here as SQLite's DATETIME writes them at a fifth of its cost."""
+    return sqlite_utc_text if isinstance(type_, UTCDateTime) else type_._cached_bind_processor(dialect)
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """An aware time as ``UTCDateTime`` stores it on SQLite: naive UTC, microseconds always."""
+    if value is None:
+        return None
+    if value.tzinfo is UTC:  # nearly always: the times read back and ``now`` are
+        return value.isoformat(" ", "microseconds")[:26]
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware UTC time")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _unnested(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> Select[Any]:
