@@ -122,6 +122,8 @@ class Platform:
                 at = now + 2 * DAY * self.rng.random()  # future-dated: counts when its time comes
             kind = self.rng.choices(["usage", "top-up", "refund"], [8, 1, 1])[0]
             amount = -self.rng.randint(1, 5000) if kind == "usage" else self.rng.randint(1, 20000)
+            if kind == "usage" and self.rng.random() < 0.06:
+                amount = self.rng.randint(1, 40000)  # usage reversed: a window's usage may net below zero
             rows.append(
                 {
                     "account_id": self.rng.choice(self.accounts),

@@ -57,7 +57,19 @@ def days_counted(first_at: datetime | None, now: datetime, window_days: int) -> 
     """Days of the window the account existed for, to 0.01 day: N, or since its first entry."""
     if first_at is None:
         return Decimal(0)
-    span = min(now - first_at, timedelta(days=window_days))
+    window = timedelta(days=window_days)
+    if now - first_at >= window:  # most accounts: the whole window, the same figure every time
+        whole = _WHOLE.get(window_days)
+        if whole is None:
+            whole = _WHOLE[window_days] = _hundredths(window)
+        return whole
+    return _hundredths(now - first_at)
+
+
+_WHOLE: dict[int, Decimal] = {}  # window_days -> its days counted
+
+
+def _hundredths(span: timedelta) -> Decimal:
     return (Decimal(span.total_seconds()) / 86400).quantize(Decimal("0.01"))
 
 

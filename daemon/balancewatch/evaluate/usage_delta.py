@@ -48,6 +48,7 @@ from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_
 from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, age_young, touched_payers
 from balancewatch.evaluate.usage_rows import recompute, recompute_all
 from balancewatch.store.bulk import insert_rows
+from balancewatch.store.columns import as_written, utc_of
 from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 
 # More new entries than this share of the window's (and at least MIN_FOR_FULL): one full pass
@@ -188,9 +189,8 @@ def _from_changes(
             read += 1
             delta.count_out(entry)
         delta.apply(conn, window)
-        payers = touched_payers(conn, delta, mark, window)
-        rows += recompute(conn, payers, delta, now, window, min_history)
-        rows += age_young(conn, payers, mark, now, window, min_history)
+        written = recompute(conn, touched_payers(conn, delta, mark, window), delta, now, window, min_history)
+        rows += len(written) + age_young(conn, written, mark, now, window, min_history)
     gaps = gaps_after(conn, mark.last_entry_id, last, still_missing(conn, mark.gaps), now)
     write_mark(conn, Mark(now, mark.full_at, last, mark.shape, gaps))
     return CaughtUp(False, read, rows)
@@ -199,9 +199,11 @@ def _from_changes(
 def _stream(conn: Connection, query: Select[Any], skip: Container[int] = ()) -> Iterator[Entry]:
     """The entries ``query`` reads, fetched in batches (memory stays bounded however many),
     less those whose id is in ``skip``."""
-    for row in conn.execute(query.execution_options(yield_per=STREAM_BATCH)):
-        if row.id not in skip:
-            yield Entry(*row)
+    for entry_id, account, currency, kind, amount, occurred_at in conn.execute(
+        query.execution_options(yield_per=STREAM_BATCH)
+    ):
+        if entry_id not in skip:
+            yield Entry(entry_id, account, currency, kind, amount, utc_of(occurred_at))
 
 
 _ENTRY = (
@@ -210,7 +212,7 @@ _ENTRY = (
     LEDGER_TABLE.c.currency,
     LEDGER_TABLE.c.kind,
     LEDGER_TABLE.c.amount,
-    LEDGER_TABLE.c.occurred_at,
+    as_written(LEDGER_TABLE.c.occurred_at),  # parsed by ``_stream``: tens of thousands an hour
 )
 
 

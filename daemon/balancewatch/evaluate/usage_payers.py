@@ -28,6 +28,7 @@ from sqlalchemy import (
 
 from balancewatch.evaluate import usage
 from balancewatch.store.bulk import insert_rows
+from balancewatch.store.columns import as_written, utc_from
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -154,22 +155,29 @@ def paying_of(conn: Connection, accounts: Collection[str]) -> dict[str, str]:
 
 
 def age_young(
-    conn: Connection, skip: Collection[str], mark: _Marked, now: datetime, window: int, min_history: timedelta
+    conn: Connection,
+    skip: Collection[tuple[str, str]],
+    mark: _Marked,
+    now: datetime,
+    window: int,
+    min_history: timedelta,
 ) -> int:
     """Rewrite the summary rows whose figures move with time alone: history shorter than the
     window or the minimum at ``mark`` (their days counted and status move), from the row
-    itself (nothing else of theirs changed), except the payers in ``skip``."""
+    itself (nothing else of theirs changed), except the (payer, currency) rows in ``skip``."""
     young = mark.marked_at - max(window * DAY, min_history)
-    query = select(USAGE_SUMMARY_TABLE).where(
-        USAGE_SUMMARY_TABLE.c.window_days == window, USAGE_SUMMARY_TABLE.c.first_at > young
-    )
+    query = select(
+        USAGE_SUMMARY_TABLE.c.account_id,
+        USAGE_SUMMARY_TABLE.c.currency,
+        USAGE_SUMMARY_TABLE.c.usage_total,
+        as_written(USAGE_SUMMARY_TABLE.c.first_at),
+    ).where(USAGE_SUMMARY_TABLE.c.window_days == window, USAGE_SUMMARY_TABLE.c.first_at > young)
     rows = [
         usage.summary_row(
-            usage.figures_of(r.account_id, r.currency, window, r.usage_total, r.first_at, now, min_history),
-            now,
+            usage.figures_of(payer, currency, window, total, utc_from(first), now, min_history), now
         )
-        for r in conn.execute(query)
-        if r.account_id not in skip
+        for payer, currency, total, first in conn.execute(query)
+        if (payer, currency) not in skip
     ]
     usage.write_rows(conn, rows)
     return len(rows)

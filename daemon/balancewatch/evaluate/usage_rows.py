@@ -11,11 +11,25 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, true
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+)
 
 from balancewatch.evaluate import usage
 from balancewatch.evaluate.usage_payers import CHUNK, Deltas, among
 from balancewatch.store.bulk import insert_rows
+from balancewatch.store.columns import as_written, utc_from
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -31,69 +45,131 @@ def recompute(
     now: datetime,
     window: int,
     min_history: timedelta,
-) -> int:
-    """Write the summary rows of ``payers`` for ``window`` from ``usage_member``; delete
-    their rows that a full refresh would not write. Returns the rows written.
+) -> set[tuple[str, str]]:
+    """Write the summary rows of ``payers`` for ``window`` that ``deltas`` may have moved; delete
+    their rows that a full refresh would not write. Returns the (payer, currency) rows written.
 
-    A pair (payer, currency) with a row keeps its first entry unless ``deltas`` counted an
-    earlier one of the payer or an account whose parent it is; a pair without a row (a new
-    balance, a new currency) gets it by index seeks (``usage.with_firsts``)."""
-    ordered, written = sorted(payers), 0
+    A pair with a row whose usage was and stays above zero takes the row's usage plus what
+    ``deltas`` added (a row holds the sum of its members' totals, clamped at zero only when it
+    is not above it): the summary row alone is read. Every other payer has each of its rows
+    recomputed from ``usage_member`` and its balances (``_from_members``). A pair with a row
+    keeps its first entry unless ``deltas`` counted an earlier one of the payer or an account
+    whose parent it is; a pair without a row gets it by index seeks (``usage.with_firsts``)."""
+    earlier, touched = _earliest_counted(deltas), _touched_pairs(deltas)
+    ordered, written = sorted(payers), set[tuple[str, str]]()
     for i in range(0, len(ordered), CHUNK):
         chunk = ordered[i : i + CHUNK]
-        family = _family(conn, chunk)
-        used_query, balances_query = _member_parts(conn, chunk, window, family)
-        used = {(r.payer, r.currency): int(r.used or 0) for r in conn.execute(used_query)}
-        pairs = used.keys() | {(r.payer, r.currency) for r in conn.execute(balances_query)}
-        existing = _first_entries(conn, chunk, window)
-        earlier = _earliest_counted(deltas, family)
-        firsts = {pair: _earlier(existing[pair], earlier.get(pair)) for pair in pairs if pair in existing}
-        if len(firsts) < len(pairs):
-            seek = sorted({payer for payer, currency in pairs if (payer, currency) not in firsts})
-            firsts.update(_seeked(conn, seek, now, window))
+        existing = _existing(conn, chunk, window)
+        moved, rest = _moved(chunk, touched, existing)
         rows = [
-            usage.summary_row(
-                usage.figures_of(
-                    payer,
-                    currency,
-                    window,
-                    used.get((payer, currency), 0),
-                    firsts.get((payer, currency)),
-                    now,
-                    min_history,
-                ),
-                now,
-            )
-            for payer, currency in sorted(pairs)
+            _row(pair, used, _earlier(existing[pair][1], earlier.get(pair)), now, window, min_history)
+            for pair, used in sorted(moved.items())
         ]
         usage.write_rows(conn, rows)
-        _drop_others(conn, existing.keys() - pairs, window)
-        written += len(rows)
+        written.update(moved)
+        if rest:
+            written.update(_from_members(conn, rest, earlier, now, window, min_history))
     return written
+
+
+def _row(
+    pair: tuple[str, str], used: int, first: datetime | None, now: datetime, window: int, minimum: timedelta
+) -> dict[str, object]:
+    return usage.summary_row(usage.figures_of(pair[0], pair[1], window, used, first, now, minimum), now)
+
+
+def _touched_pairs(deltas: Deltas) -> dict[str, dict[str, int]]:
+    """payer -> currency -> usage ``deltas`` added, for every currency whose entries changed."""
+    out: dict[str, dict[str, int]] = {}
+    for account, currency in deltas.first:
+        out.setdefault(deltas.payer_of.get(account, account), {}).setdefault(currency, 0)
+    for (account, currency), (used, _count) in deltas.by_key.items():
+        by_currency = out.setdefault(deltas.payer_of.get(account, account), {})
+        by_currency[currency] = by_currency.get(currency, 0) + used
+    return out
+
+
+def _existing(conn: Connection, chunk: Sequence[str], window: int) -> dict[tuple[str, str], tuple[int, Any]]:
+    """The chunk's summary rows for ``window``: (payer, currency) -> (usage, first entry)."""
+    query = select(
+        USAGE_SUMMARY_TABLE.c.account_id,
+        USAGE_SUMMARY_TABLE.c.currency,
+        USAGE_SUMMARY_TABLE.c.usage_total,
+        as_written(USAGE_SUMMARY_TABLE.c.first_at),
+    ).where(USAGE_SUMMARY_TABLE.c.window_days == window, among(conn, USAGE_SUMMARY_TABLE.c.account_id, chunk))
+    return {
+        (payer, currency): (total, utc_from(first)) for payer, currency, total, first in conn.execute(query)
+    }
+
+
+def _moved(
+    chunk: Sequence[str],
+    touched: dict[str, dict[str, int]],
+    existing: dict[tuple[str, str], tuple[int, Any]],
+) -> tuple[dict[tuple[str, str], int], list[str]]:
+    """The pairs of ``chunk`` whose new usage is their row's plus the deltas (above zero before
+    and after, so no clamping hides a part of it), and the payers to recompute from members."""
+    moved: dict[tuple[str, str], int] = {}
+    rest: list[str] = []
+    for payer in chunk:
+        by_currency = touched.get(payer)
+        found = {}
+        for currency, added in (by_currency or {}).items():
+            row = existing.get((payer, currency))
+            if row is None or row[0] <= 0 or row[0] + added <= 0:
+                break
+            found[(payer, currency)] = row[0] + added
+        else:
+            if by_currency:
+                moved.update(found)
+                continue
+        rest.append(payer)
+    return moved, rest
+
+
+def _from_members(
+    conn: Connection,
+    chunk: Sequence[str],
+    earlier: dict[tuple[str, str], datetime],
+    now: datetime,
+    window: int,
+    min_history: timedelta,
+) -> set[tuple[str, str]]:
+    """Every summary row of ``chunk``'s payers from their members' totals and balances; the
+    pairs written (the rows a full refresh would not write are deleted)."""
+    family = _family(conn, chunk)
+    pairs = {(r.payer, r.currency): r for r in conn.execute(_pairs(conn, chunk, window, family))}
+    wanted = sorted(pair for pair, r in pairs.items() if r.entries or r.balances)
+    firsts = {pair: _earlier(pairs[pair].first_at, earlier.get(pair)) for pair in wanted if pairs[pair].rows}
+    if len(firsts) < len(wanted):
+        seek = sorted({payer for payer, currency in wanted if (payer, currency) not in firsts})
+        firsts.update(_seeked(conn, seek, now, window))
+    rows = [
+        _row(
+            pair,
+            int(pairs[pair].used or 0) if pairs[pair].entries else 0,
+            firsts.get(pair),
+            now,
+            window,
+            min_history,
+        )
+        for pair in wanted
+    ]
+    usage.write_rows(conn, rows)
+    _drop_others(conn, {pair for pair, r in pairs.items() if r.rows} - set(wanted), window)
+    return set(wanted)
 
 
 def _earlier(first: datetime | None, other: datetime | None) -> datetime | None:
     return other if first is None or (other is not None and other < first) else first
 
 
-def _first_entries(
-    conn: Connection, chunk: Sequence[str], window: int
-) -> dict[tuple[str, str], datetime | None]:
-    """The chunk's summary rows for ``window``: (payer, currency) -> its first entry."""
-    query = select(
-        USAGE_SUMMARY_TABLE.c.account_id, USAGE_SUMMARY_TABLE.c.currency, USAGE_SUMMARY_TABLE.c.first_at
-    ).where(USAGE_SUMMARY_TABLE.c.window_days == window, among(conn, USAGE_SUMMARY_TABLE.c.account_id, chunk))
-    return {(r.account_id, r.currency): r.first_at for r in conn.execute(query)}
-
-
-def _earliest_counted(deltas: Deltas, family: Sequence[str]) -> dict[tuple[str, str], datetime]:
+def _earliest_counted(deltas: Deltas) -> dict[tuple[str, str], datetime]:
     """The earliest entry ``deltas`` counted in, per (payer, currency) of the payer itself and
     of the account whose parent it is (the family a first entry is taken over)."""
-    members, parent_of = set(family), deltas.payer_of
+    parent_of = deltas.payer_of
     out: dict[tuple[str, str], datetime] = {}
     for (account, currency), at in deltas.first.items():
-        if account not in members:
-            continue
         for payer in {account, parent_of.get(account, account)}:
             key = (payer, currency)
             if key not in out or at < out[key]:
@@ -133,12 +209,18 @@ def _family(conn: Connection, payers: Sequence[str]) -> list[str]:
 
 
 def _member_parts(
-    conn: Connection, chunk: Sequence[str] | None, window: int, family: Sequence[str] | None
+    conn: Connection,
+    chunk: Sequence[str] | None,
+    window: int,
+    family: Sequence[str] | None,
+    *,
+    grouped: bool = True,
 ) -> tuple[Select[Any], Select[Any]]:
     """The members' totals grouped by (payer, currency) for the accounts paid by ``chunk``
     (None: every paying account; pairs with usage entries only), and their balances' pairs.
     ``family`` (``_family`` of the chunk) lets both databases read the members' rows by key
-    instead of every row of the window."""
+    instead of every row of the window. Not ``grouped``: each member's row (payer, currency,
+    used, entries)."""
     paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     paid_by_chunk = (
         true()
@@ -152,18 +234,21 @@ def _member_parts(
     )
     members_of = true() if family is None else among(conn, USAGE_MEMBER_TABLE.c.account_id, family)
     balances_of = true() if family is None else among(conn, BALANCE_TABLE.c.account_id, family)
-    used = (
-        select(
-            paying.label("payer"),
-            USAGE_MEMBER_TABLE.c.currency,
-            func.sum(USAGE_MEMBER_TABLE.c.used).label("used"),
-        )
+    rows = (
+        select(paying.label("payer"), USAGE_MEMBER_TABLE.c.currency)
         .select_from(
             USAGE_MEMBER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == USAGE_MEMBER_TABLE.c.account_id)
         )
         .where(USAGE_MEMBER_TABLE.c.window_days == window, members_of, paid_by_chunk)
+    )
+    used = (
+        rows.add_columns(
+            func.sum(USAGE_MEMBER_TABLE.c.used).label("used"),
+        )
         .group_by(paying, USAGE_MEMBER_TABLE.c.currency)
         .having(func.sum(USAGE_MEMBER_TABLE.c.entries) > 0)
+        if grouped
+        else rows.add_columns(USAGE_MEMBER_TABLE.c.used, USAGE_MEMBER_TABLE.c.entries)
     )
     balances = (
         select(paying.label("payer"), BALANCE_TABLE.c.currency)
@@ -171,6 +256,43 @@ def _member_parts(
         .where(balances_of, paid_by_chunk)
     )
     return used, balances
+
+
+def _pairs(conn: Connection, chunk: Sequence[str], window: int, family: Sequence[str]) -> Select[Any]:
+    """One row per (payer, currency) of ``chunk`` that has usage in ``window``, a balance or a
+    summary row: ``used`` and ``entries`` (the members' totals), ``balances`` and ``rows`` (how
+    many of each) and ``first_at`` (the summary row's). One grouped statement, not one each."""
+    used, balances = _member_parts(conn, chunk, window, family, grouped=False)
+    no_time = null().cast(USAGE_SUMMARY_TABLE.c.first_at.type)
+    summary = select(
+        USAGE_SUMMARY_TABLE.c.account_id.label("payer"),
+        USAGE_SUMMARY_TABLE.c.currency,
+        literal(0).label("used"),
+        literal(0).label("entries"),
+        literal(0).label("balances"),
+        literal(1).label("rows"),
+        USAGE_SUMMARY_TABLE.c.first_at,
+    ).where(USAGE_SUMMARY_TABLE.c.window_days == window, among(conn, USAGE_SUMMARY_TABLE.c.account_id, chunk))
+    members = used.add_columns(
+        literal(0).label("balances"), literal(0).label("rows"), no_time.label("first_at")
+    )
+    holders = balances.add_columns(
+        literal(0).label("used"),
+        literal(0).label("entries"),
+        literal(1).label("balances"),
+        literal(0).label("rows"),
+        no_time.label("first_at"),
+    )
+    every = union_all(members, holders, summary).subquery("every")
+    return select(
+        every.c.payer,
+        every.c.currency,
+        func.sum(every.c.used).label("used"),
+        func.sum(every.c.entries).label("entries"),
+        func.sum(every.c.balances).label("balances"),
+        func.sum(every.c.rows).label("rows"),
+        func.max(every.c.first_at).label("first_at"),
+    ).group_by(every.c.payer, every.c.currency)
 
 
 def _drop_others(conn: Connection, stale: Collection[tuple[str, str]], window: int) -> None:
