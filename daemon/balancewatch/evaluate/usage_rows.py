@@ -37,6 +37,9 @@ from balancewatch.store.tables import (
     USAGE_SUMMARY_TABLE,
 )
 
+Pair = tuple[str, str]  # (paying account, currency)
+Rows = dict[Pair, tuple[int, datetime | None]]  # a pair's summary row: (usage, first entry)
+
 
 def recompute(
     conn: Connection,
@@ -89,7 +92,7 @@ def _touched_pairs(deltas: Deltas) -> dict[str, dict[str, int]]:
     return out
 
 
-def _existing(conn: Connection, chunk: Sequence[str], window: int) -> dict[tuple[str, str], tuple[int, Any]]:
+def _existing(conn: Connection, chunk: Sequence[str], window: int) -> Rows:
     """The chunk's summary rows for ``window``: (payer, currency) -> (usage, first entry)."""
     query = select(
         USAGE_SUMMARY_TABLE.c.account_id,
@@ -103,28 +106,33 @@ def _existing(conn: Connection, chunk: Sequence[str], window: int) -> dict[tuple
 
 
 def _moved(
-    chunk: Sequence[str],
-    touched: dict[str, dict[str, int]],
-    existing: dict[tuple[str, str], tuple[int, Any]],
-) -> tuple[dict[tuple[str, str], int], list[str]]:
-    """The pairs of ``chunk`` whose new usage is their row's plus the deltas (above zero before
-    and after, so no clamping hides a part of it), and the payers to recompute from members."""
-    moved: dict[tuple[str, str], int] = {}
+    chunk: Sequence[str], touched: dict[str, dict[str, int]], existing: Rows
+) -> tuple[dict[Pair, int], list[str]]:
+    """The pairs of ``chunk`` whose new usage is their row's plus the deltas, and the payers to
+    recompute from their members instead."""
+    moved: dict[Pair, int] = {}
     rest: list[str] = []
     for payer in chunk:
-        by_currency = touched.get(payer)
-        found = {}
-        for currency, added in (by_currency or {}).items():
-            row = existing.get((payer, currency))
-            if row is None or row[0] <= 0 or row[0] + added <= 0:
-                break
-            found[(payer, currency)] = row[0] + added
+        found = _added(payer, touched.get(payer, {}), existing)
+        if found is None:
+            rest.append(payer)
         else:
-            if by_currency:
-                moved.update(found)
-                continue
-        rest.append(payer)
+            moved.update(found)
     return moved, rest
+
+
+def _added(payer: str, by_currency: dict[str, int], existing: Rows) -> dict[Pair, int] | None:
+    """Each touched pair of ``payer`` -> its row's usage plus what was added, when every one has a
+    row whose usage is above zero before and after (no clamping hides a part of it); else None."""
+    if not by_currency:
+        return None  # touched only by a balance: recomputed from its members
+    found: dict[Pair, int] = {}
+    for currency, added in by_currency.items():
+        row = existing.get((payer, currency))
+        if row is None or row[0] <= 0 or row[0] + added <= 0:
+            return None
+        found[(payer, currency)] = row[0] + added
+    return found
 
 
 def _from_members(
