@@ -1,8 +1,8 @@
 """Writing many rows at once, at the database's cost rather than the driver's.
 
 ``executemany`` of an upsert costs PostgreSQL a round of parsing, binding and
-conflict checking per row. ``INSERT … SELECT … FROM unnest(:col1, :col2, …)``
-binds one array per column and writes the whole batch in one statement. SQLite,
+conflict checking per row. ``INSERT … SELECT … FROM json_populate_recordset(…)``
+binds the batch as one JSON parameter and writes it in one statement. SQLite,
 in-process, inserts a row in a few microseconds; SQLAlchemy's handling of each
 row's parameters costs several times that, so the statement is compiled once
 and the rows, each value already as the column's type stores it, go straight to
@@ -11,11 +11,13 @@ the driver's ``executemany``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ARRAY, Connection, Select, Table, bindparam, func, select
+from sqlalchemy import JSON, Connection, Select, String, Table, bindparam, cast, func, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
@@ -100,9 +102,20 @@ def sqlite_utc_text(value: datetime | None) -> str | None:
 
 
 def _unnested(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> Select[Any]:
-    arrays = [
-        bindparam(f"bulk_{name}", [row[name] for row in rows], type_=ARRAY(table.c[name].type))
-        for name in columns
-    ]
-    values = func.unnest(*arrays).table_valued(*columns).render_derived(name="bulk")
+    """The rows as a SELECT over one JSON parameter (PostgreSQL): ``json_populate_recordset``
+    gives each value the type of ``table``'s column of its name. (Arrays, one per column, cost
+    the driver more than the insert: psycopg writes each element of a list in Python.)"""
+    encoded = json.dumps([{name: row[name] for name in columns} for row in rows], default=_json_value)
+    as_rows: Any = literal_column(f"NULL::{table.name}")  # the table's row type: the columns' types
+    listed = func.json_populate_recordset(as_rows, cast(bindparam("bulk_rows", encoded, type_=String), JSON))
+    values = listed.table_valued(*columns).render_derived(name="bulk")
     return select(*(values.c[name] for name in columns))
+
+
+def _json_value(value: object) -> str | int:
+    """What ``json`` cannot write itself: aware times, and PostgreSQL's sums (Decimal)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
+    raise TypeError(f"{value!r} cannot be written in bulk: aware times, text, numbers, true/false")
