@@ -46,7 +46,7 @@ def insert_rows(
     for start in range(0, len(rows), BATCH):
         batch = rows[start : start + BATCH]
         if postgres:
-            pg = postgresql.insert(table).from_select(columns, _unnested(table, columns, batch))
+            pg = postgresql.insert(table).from_select(columns, _from_json(table, columns, batch))
             conn.execute(_on_conflict(pg, table, conflict, update, add) if conflict else pg)
         else:
             lite = sqlite.insert(table)
@@ -101,7 +101,7 @@ def sqlite_utc_text(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _unnested(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> Select[Any]:
+def _from_json(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> Select[Any]:
     """The rows as a SELECT over one JSON parameter (PostgreSQL): ``json_populate_recordset``
     gives each value the type of ``table``'s column of its name. (Arrays, one per column, cost
     the driver more than the insert: psycopg writes each element of a list in Python.)"""
