@@ -87,10 +87,10 @@ def _sqlite_rows(
 def _sqlite_encoder(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """What turns a value into what SQLite stores for ``type_``: the type's own bind processing,
     but for UTC times, written here as SQLite's DATETIME writes them at a fifth of its cost."""
-    return sqlite_utc_text if isinstance(type_, UTCDateTime) else type_._cached_bind_processor(dialect)
+    return _sqlite_utc_text if isinstance(type_, UTCDateTime) else type_._cached_bind_processor(dialect)
 
 
-def sqlite_utc_text(value: datetime | None) -> str | None:
+def _sqlite_utc_text(value: datetime | None) -> str | None:
     """An aware time as ``UTCDateTime`` stores it on SQLite: naive UTC, microseconds always."""
     if value is None:
         return None
