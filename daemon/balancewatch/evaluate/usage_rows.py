@@ -11,20 +11,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Select,
-    and_,
-    bindparam,
-    delete,
-    func,
-    literal,
-    null,
-    or_,
-    select,
-    true,
-    union_all,
-)
+from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, true
 
 from balancewatch.evaluate import usage
 from balancewatch.evaluate.usage_payers import CHUNK, Deltas, among
@@ -71,7 +58,7 @@ def recompute(
         usage.write_rows(conn, rows)
         written.update(moved)
         if rest:
-            written.update(_from_members(conn, rest, earlier, now, window, min_history))
+            written.update(_from_members(conn, rest, existing, earlier, now, window, min_history))
     return written
 
 
@@ -138,33 +125,28 @@ def _added(payer: str, by_currency: dict[str, int], existing: Rows) -> dict[Pair
 def _from_members(
     conn: Connection,
     chunk: Sequence[str],
-    earlier: dict[tuple[str, str], datetime],
+    existing: Rows,
+    earlier: dict[Pair, datetime],
     now: datetime,
     window: int,
     min_history: timedelta,
-) -> set[tuple[str, str]]:
-    """Every summary row of ``chunk``'s payers from their members' totals and balances; the
-    pairs written (the rows a full refresh would not write are deleted)."""
-    family = _family(conn, chunk)
-    pairs = {(r.payer, r.currency): r for r in conn.execute(_pairs(conn, chunk, window, family))}
-    wanted = sorted(pair for pair, r in pairs.items() if r.entries or r.balances)
-    firsts = {pair: _earlier(pairs[pair].first_at, earlier.get(pair)) for pair in wanted if pairs[pair].rows}
+) -> set[Pair]:
+    """Every summary row of ``chunk``'s payers from their members' totals and balances
+    (``existing``: their rows as read already); the pairs written (the rows a full refresh
+    would not write are deleted)."""
+    used_query, balances_query = _member_parts(conn, chunk, window, _family(conn, chunk))
+    used = {(r.payer, r.currency): int(r.used or 0) for r in conn.execute(used_query)}
+    wanted = used.keys() | {(r.payer, r.currency) for r in conn.execute(balances_query)}
+    firsts = {pair: _earlier(existing[pair][1], earlier.get(pair)) for pair in wanted if pair in existing}
     if len(firsts) < len(wanted):
         seek = sorted({payer for payer, currency in wanted if (payer, currency) not in firsts})
         firsts.update(_seeked(conn, seek, now, window))
     rows = [
-        _row(
-            pair,
-            int(pairs[pair].used or 0) if pairs[pair].entries else 0,
-            firsts.get(pair),
-            now,
-            window,
-            min_history,
-        )
-        for pair in wanted
+        _row(pair, used.get(pair, 0), firsts.get(pair), now, window, min_history) for pair in sorted(wanted)
     ]
     usage.write_rows(conn, rows)
-    _drop_others(conn, {pair for pair, r in pairs.items() if r.rows} - set(wanted), window)
+    ours = set(chunk)
+    _drop_others(conn, {pair for pair in existing if pair[0] in ours} - wanted, window)
     return set(wanted)
 
 
@@ -217,18 +199,12 @@ def _family(conn: Connection, payers: Sequence[str]) -> list[str]:
 
 
 def _member_parts(
-    conn: Connection,
-    chunk: Sequence[str] | None,
-    window: int,
-    family: Sequence[str] | None,
-    *,
-    grouped: bool = True,
+    conn: Connection, chunk: Sequence[str] | None, window: int, family: Sequence[str] | None
 ) -> tuple[Select[Any], Select[Any]]:
     """The members' totals grouped by (payer, currency) for the accounts paid by ``chunk``
     (None: every paying account; pairs with usage entries only), and their balances' pairs.
     ``family`` (``_family`` of the chunk) lets both databases read the members' rows by key
-    instead of every row of the window. Not ``grouped``: each member's row (payer, currency,
-    used, entries)."""
+    instead of every row of the window."""
     paying = func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id)
     paid_by_chunk = (
         true()
@@ -242,21 +218,18 @@ def _member_parts(
     )
     members_of = true() if family is None else among(conn, USAGE_MEMBER_TABLE.c.account_id, family)
     balances_of = true() if family is None else among(conn, BALANCE_TABLE.c.account_id, family)
-    rows = (
-        select(paying.label("payer"), USAGE_MEMBER_TABLE.c.currency)
+    used = (
+        select(
+            paying.label("payer"),
+            USAGE_MEMBER_TABLE.c.currency,
+            func.sum(USAGE_MEMBER_TABLE.c.used).label("used"),
+        )
         .select_from(
             USAGE_MEMBER_TABLE.join(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == USAGE_MEMBER_TABLE.c.account_id)
         )
         .where(USAGE_MEMBER_TABLE.c.window_days == window, members_of, paid_by_chunk)
-    )
-    used = (
-        rows.add_columns(
-            func.sum(USAGE_MEMBER_TABLE.c.used).label("used"),
-        )
         .group_by(paying, USAGE_MEMBER_TABLE.c.currency)
         .having(func.sum(USAGE_MEMBER_TABLE.c.entries) > 0)
-        if grouped
-        else rows.add_columns(USAGE_MEMBER_TABLE.c.used, USAGE_MEMBER_TABLE.c.entries)
     )
     balances = (
         select(paying.label("payer"), BALANCE_TABLE.c.currency)
@@ -264,43 +237,6 @@ def _member_parts(
         .where(balances_of, paid_by_chunk)
     )
     return used, balances
-
-
-def _pairs(conn: Connection, chunk: Sequence[str], window: int, family: Sequence[str]) -> Select[Any]:
-    """One row per (payer, currency) of ``chunk`` that has usage in ``window``, a balance or a
-    summary row: ``used`` and ``entries`` (the members' totals), ``balances`` and ``rows`` (how
-    many of each) and ``first_at`` (the summary row's). One grouped statement, not one each."""
-    used, balances = _member_parts(conn, chunk, window, family, grouped=False)
-    no_time = null().cast(USAGE_SUMMARY_TABLE.c.first_at.type)
-    summary = select(
-        USAGE_SUMMARY_TABLE.c.account_id.label("payer"),
-        USAGE_SUMMARY_TABLE.c.currency,
-        literal(0).label("used"),
-        literal(0).label("entries"),
-        literal(0).label("balances"),
-        literal(1).label("rows"),
-        USAGE_SUMMARY_TABLE.c.first_at,
-    ).where(USAGE_SUMMARY_TABLE.c.window_days == window, among(conn, USAGE_SUMMARY_TABLE.c.account_id, chunk))
-    members = used.add_columns(
-        literal(0).label("balances"), literal(0).label("rows"), no_time.label("first_at")
-    )
-    holders = balances.add_columns(
-        literal(0).label("used"),
-        literal(0).label("entries"),
-        literal(1).label("balances"),
-        literal(0).label("rows"),
-        no_time.label("first_at"),
-    )
-    every = union_all(members, holders, summary).subquery("every")
-    return select(
-        every.c.payer,
-        every.c.currency,
-        func.sum(every.c.used).label("used"),
-        func.sum(every.c.entries).label("entries"),
-        func.sum(every.c.balances).label("balances"),
-        func.sum(every.c.rows).label("rows"),
-        func.max(every.c.first_at).label("first_at"),
-    ).group_by(every.c.payer, every.c.currency)
 
 
 def _drop_others(conn: Connection, stale: Collection[tuple[str, str]], window: int) -> None:

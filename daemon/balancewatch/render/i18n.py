@@ -157,8 +157,9 @@ def install(env: Environment, catalogs: Catalogs) -> None:
         return _filled(context, _formattable(found), variables)
 
     @pass_context
-    def npgettext(context: Context, message_context: str, *args: Any, **variables: Any) -> str:
-        singular, plural, num = args  # (three positional arguments, as Jinja's own takes them)
+    def npgettext(
+        context: Context, message_context: str, singular: str, plural: str, num: int, /, **variables: Any
+    ) -> str:
         variables.setdefault("context", message_context)
         variables.setdefault("num", num)
         found = catalogs.for_locale(context.get("locale")).npgettext(message_context, singular, plural, num)
