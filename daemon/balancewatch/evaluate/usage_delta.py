@@ -49,7 +49,7 @@ from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, age_young, to
 from balancewatch.evaluate.usage_rows import recompute, recompute_all
 from balancewatch.store.bulk import insert_rows
 from balancewatch.store.columns import as_written, utc_of
-from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
+from balancewatch.store.tables import ACCOUNT_TABLE, LEDGER_TABLE, USAGE_MEMBER_TABLE
 
 # More new entries than this share of the window's (and at least MIN_FOR_FULL): one full pass
 # costs less than reading each of them and as many leaving (after an outage, say).
@@ -101,7 +101,7 @@ def _one_at_a_time(engine: Engine) -> Iterator[Connection]:
 
     SQLite: its write lock (the store begins with BEGIN IMMEDIATE). PostgreSQL: a session
     advisory lock taken before the REPEATABLE READ transaction starts, so its snapshot
-    already holds what the instance before this one wrote.
+    already holds what the instance before this one wrote; its commit is asynchronous.
     """
     with engine.connect() as conn:
         if conn.dialect.name != "postgresql":
@@ -113,6 +113,10 @@ def _one_at_a_time(engine: Engine) -> Iterator[Connection]:
         try:
             conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
+                # Figures derived from the ledger, with the mark in the same transaction: a crash
+                # that lost this commit loses what the next refresh writes again; its commit
+                # need not wait for the disk (others see it at once all the same).
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 yield conn
         finally:
             conn.exec_driver_sql(f"SELECT pg_advisory_unlock({LOCK_KEY})")
@@ -199,11 +203,11 @@ def _from_changes(
 def _stream(conn: Connection, query: Select[Any], skip: Container[int] = ()) -> Iterator[Entry]:
     """The entries ``query`` reads, fetched in batches (memory stays bounded however many),
     less those whose id is in ``skip``."""
-    for entry_id, account, currency, kind, amount, occurred_at in conn.execute(
+    for entry_id, account, currency, kind, amount, occurred_at, payer in conn.execute(
         query.execution_options(yield_per=STREAM_BATCH)
     ):
         if entry_id not in skip:
-            yield Entry(entry_id, account, currency, kind, amount, utc_of(occurred_at))
+            yield Entry(entry_id, account, currency, kind, amount, utc_of(occurred_at), payer)
 
 
 _ENTRY = (
@@ -213,18 +217,22 @@ _ENTRY = (
     LEDGER_TABLE.c.kind,
     LEDGER_TABLE.c.amount,
     as_written(LEDGER_TABLE.c.occurred_at),  # parsed by ``_stream``: tens of thousands an hour
+    func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id),  # null: no such account
 )
+# Each entry with the account that pays for it, read in the same pass (``Deltas.payer_of``).
+_WITH_PAYER = LEDGER_TABLE.outerjoin(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == LEDGER_TABLE.c.account_id)
 
 
 def _new_entries(mark: Mark) -> Select[Any]:
     """Entries written since the mark (by id), and the gaps that are now visible."""
     after = LEDGER_TABLE.c.id > mark.last_entry_id
-    return select(*_ENTRY).where(after | LEDGER_TABLE.c.id.in_(sorted(mark.gaps)) if mark.gaps else after)
+    read = after | LEDGER_TABLE.c.id.in_(sorted(mark.gaps)) if mark.gaps else after
+    return select(*_ENTRY).select_from(_WITH_PAYER).where(read)
 
 
 def _arrived_entries(mark: Mark, now: datetime) -> Select[Any]:
     """Entries read before, dated after the last refresh and up to now: future-dated ones."""
-    return select(*_ENTRY).where(
+    return select(*_ENTRY).select_from(_WITH_PAYER).where(
         LEDGER_TABLE.c.id <= mark.last_entry_id,
         LEDGER_TABLE.c.occurred_at > mark.marked_at,
         LEDGER_TABLE.c.occurred_at <= now,
@@ -233,7 +241,7 @@ def _arrived_entries(mark: Mark, now: datetime) -> Select[Any]:
 
 def _leaving_entries(mark: Mark, now: datetime, window: int) -> Select[Any]:
     """Usage read before that the window's start has passed since the last refresh."""
-    return select(*_ENTRY).where(
+    return select(*_ENTRY).select_from(_WITH_PAYER).where(
         LEDGER_TABLE.c.id <= mark.last_entry_id,
         LEDGER_TABLE.c.kind == "usage",
         LEDGER_TABLE.c.occurred_at >= mark.marked_at - window * DAY,

@@ -21,13 +21,14 @@ from sqlalchemy import (
     String,
     any_,
     bindparam,
+    cast,
     delete,
     func,
     select,
 )
 
 from balancewatch.evaluate import usage
-from balancewatch.store.bulk import insert_rows
+from balancewatch.store.bulk import array_literal, insert_rows
 from balancewatch.store.columns import as_written, utc_from
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
@@ -51,6 +52,7 @@ class Entry(NamedTuple):
     kind: str
     amount: int
     occurred_at: datetime
+    payer: str | None  # the account that pays for its account; None: no such account
 
 
 class _Marked(Protocol):
@@ -67,7 +69,7 @@ class Deltas:
     accounts: set[str] = field(default_factory=set)
     # Per (account, currency): its earliest entry dated by now among those counted in.
     first: dict[tuple[str, str], datetime] = field(default_factory=dict)
-    # Each of ``accounts`` that exists -> the account that pays for it (``touched_payers``).
+    # Each of ``accounts`` that exists -> the account that pays for it (read with the entries).
     payer_of: dict[str, str] = field(default_factory=dict)
 
     def count_in(self, entry: Entry, start: datetime, now: datetime) -> None:
@@ -75,7 +77,7 @@ class Deltas:
         usage in the window [start, now]; its account is touched if it is dated by ``now``."""
         if entry.occurred_at > now:
             return  # not yet: it arrives when its time comes
-        self.accounts.add(entry.account_id)
+        self._touch(entry)
         key = (entry.account_id, entry.currency)
         if key not in self.first or entry.occurred_at < self.first[key]:
             self.first[key] = entry.occurred_at
@@ -84,8 +86,13 @@ class Deltas:
 
     def count_out(self, entry: Entry) -> None:
         """Usage counted before that the window's start has passed since."""
-        self.accounts.add(entry.account_id)
+        self._touch(entry)
         self._add(entry, -1)
+
+    def _touch(self, entry: Entry) -> None:
+        self.accounts.add(entry.account_id)
+        if entry.payer is not None:
+            self.payer_of[entry.account_id] = entry.payer
 
     def _add(self, entry: Entry, sign: int) -> None:
         totals = self.by_key.setdefault((entry.account_id, entry.currency), [0, 0])
@@ -96,7 +103,7 @@ class Deltas:
         """Add the deltas to ``usage_member`` for ``window``; drop rows left with no entry."""
         rows = [
             {"account_id": key[0], "currency": key[1], "window_days": window, "used": used, "entries": count}
-            for key, (used, count) in sorted(self.by_key.items())
+            for key, (used, count) in self.by_key.items()  # in no order: one statement writes them
             if count or used
         ]
         if not rows:
@@ -117,10 +124,8 @@ class Deltas:
 
 def touched_payers(conn: Connection, deltas: Deltas, mark: _Marked, window: int) -> set[str]:
     """The paying accounts to recompute from ``usage_member``: those of ``deltas.accounts``
-    (their entries changed; ``deltas.payer_of`` is filled), and those with a balance changed
-    since ``mark`` in a currency they have no summary row for (a new balance gets its row; a
-    moved one changes no figure)."""
-    deltas.payer_of = paying_of(conn, deltas.accounts)
+    (their entries changed), and those with a balance changed since ``mark`` in a currency
+    they have no summary row for (a new balance gets its row; a moved one changes no figure)."""
     payers = set(deltas.payer_of.values())
     changed = select(BALANCE_TABLE.c.account_id, BALANCE_TABLE.c.currency).where(
         BALANCE_TABLE.c.updated_at >= mark.marked_at - BALANCE_SLACK
@@ -188,7 +193,7 @@ def among(conn: Connection, column: ColumnElement[str], values: Sequence[str]) -
     (thousands per chunk here, each compiled, bound and parsed): on PostgreSQL
     ``column = ANY(array)``, on SQLite ``column IN (SELECT value FROM json_each(list))``,
     which SQLite answers by key from ``column``'s index as it does a list."""
-    if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+    if conn.dialect.name == "postgresql":  # the array's text: psycopg dumps a list element by element
+        return column == any_(cast(bindparam(None, array_literal(values), type_=String), ARRAY(String)))
     listed = func.json_each(bindparam(None, json.dumps(list(values)), type_=String)).table_valued("value")
     return column.in_(select(listed.c.value))

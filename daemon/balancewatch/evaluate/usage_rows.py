@@ -11,12 +11,27 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, true
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.types import TypeEngine
 
 from balancewatch.evaluate import usage
-from balancewatch.evaluate.usage_payers import CHUNK, Deltas, among
-from balancewatch.store.bulk import insert_rows
-from balancewatch.store.columns import as_written, utc_from
+from balancewatch.evaluate.usage_payers import CHUNK, DAY, Deltas, among
+from balancewatch.store.bulk import insert_rows, rows_source
+from balancewatch.store.columns import UTCDateTime, as_written, utc_from
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -39,27 +54,26 @@ def recompute(
     """Write the summary rows of ``payers`` for ``window`` that ``deltas`` may have moved; delete
     their rows that a full refresh would not write. Returns the (payer, currency) rows written.
 
-    A pair with a row whose usage was and stays above zero takes the row's usage plus what
-    ``deltas`` added (a row holds the sum of its members' totals, clamped at zero only when it
-    is not above it): the summary row alone is read. Every other payer has each of its rows
-    recomputed from ``usage_member`` and its balances (``_from_members``). A pair with a row
-    keeps its first entry unless ``deltas`` counted an earlier one of the payer or an account
-    whose parent it is; a pair without a row gets it by index seeks (``usage.with_firsts``)."""
+    A row whose usage was and stays above zero, over a history as long as the window and the
+    minimum, takes what ``deltas`` added in place, in the database (``_add_in_place``: a row
+    holds the sum of its members' totals, clamped at zero only when it is not above it, and
+    its ADU is that sum over the window's days). Every other payer touched has each of its
+    rows recomputed from ``usage_member`` and its balances (``_from_members``). A row keeps its
+    first entry unless ``deltas`` counted an earlier one of the payer or an account whose
+    parent it is; a pair without a row gets it by index seeks (``usage.with_firsts``)."""
     earlier, touched = _earliest_counted(deltas), _touched_pairs(deltas)
-    ordered, written = sorted(payers), set[tuple[str, str]]()
-    for i in range(0, len(ordered), CHUNK):
-        chunk = ordered[i : i + CHUNK]
+    added = _add_in_place(conn, payers, touched, earlier, now, window, min_history)
+    rest = sorted(payer for payer in payers if not _all_added(payer, touched.get(payer), added))
+    written = set(added)
+    for i in range(0, len(rest), CHUNK):
+        chunk = rest[i : i + CHUNK]
         existing = _existing(conn, chunk, window)
-        moved, rest = _moved(chunk, touched, existing)
-        rows = [
-            _row(pair, used, _earlier(existing[pair][1], earlier.get(pair)), now, window, min_history)
-            for pair, used in sorted(moved.items())
-        ]
-        usage.write_rows(conn, rows)
-        written.update(moved)
-        if rest:
-            written.update(_from_members(conn, rest, existing, earlier, now, window, min_history))
+        written.update(_from_members(conn, chunk, existing, earlier, now, window, min_history))
     return written
+
+
+def _all_added(payer: str, by_currency: dict[str, int] | None, added: set[Pair]) -> bool:
+    return by_currency is not None and bool(by_currency) and all((payer, c) in added for c in by_currency)
 
 
 def _row(
@@ -79,6 +93,65 @@ def _touched_pairs(deltas: Deltas) -> dict[str, dict[str, int]]:
     return out
 
 
+_ADDED: dict[str, TypeEngine[Any]] = {
+    "payer": String(),
+    "currency": String(),
+    "added": BigInteger(),
+    "first": UTCDateTime(),
+}
+
+
+def _add_in_place(
+    conn: Connection,
+    payers: Collection[str],
+    touched: dict[str, dict[str, int]],
+    earlier: dict[Pair, datetime],
+    now: datetime,
+    window: int,
+    min_history: timedelta,
+) -> set[Pair]:
+    """Add what ``touched`` added to each of ``payers``' rows whose usage is above zero before
+    and after and whose history (first entry) reaches back the whole window and the minimum:
+    its figures are then ``usage.figures_of``'s for the whole window, computed in the
+    statement (the ADU, rounded half up, in integers). Returns the pairs written."""
+    given = [
+        (payer, currency, used, earlier.get((payer, currency)))
+        for payer in payers
+        for currency, used in touched.get(payer, {}).items()
+    ]
+    if not given:
+        return set()
+    rows, table = rows_source(conn, _ADDED, given), USAGE_SUMMARY_TABLE
+    total = table.c.usage_total + rows.c.added
+    # ROUND_HALF_UP of a positive total over the window's whole days, as figures_of computes it.
+    adu = total // window + case((2 * (total % window) >= window, 1), else_=0)
+    first = case(
+        (and_(rows.c.first.is_not(None), rows.c.first < table.c.first_at), rows.c.first),
+        else_=table.c.first_at,
+    )
+    statement = (
+        update(table)
+        .where(
+            table.c.account_id == rows.c.payer,
+            table.c.currency == rows.c.currency,
+            table.c.window_days == window,
+            table.c.usage_total > 0,
+            total > 0,
+            table.c.first_at <= now - max(window * DAY, min_history),
+        )
+        .values(
+            usage_total=total,
+            first_at=first,
+            days_counted=float(usage.days_counted(now - window * DAY, now, window)),
+            adu=adu,
+            status=usage.OK,
+            computed_at=now,
+        )
+        .returning(table.c.account_id, table.c.currency)
+    )
+    return {(payer, currency) for payer, currency in conn.execute(statement)}
+
+
 def _existing(conn: Connection, chunk: Sequence[str], window: int) -> Rows:
     """The chunk's summary rows for ``window``: (payer, currency) -> (usage, first entry)."""
     query = select(
@@ -90,36 +163,6 @@ def _existing(conn: Connection, chunk: Sequence[str], window: int) -> Rows:
     return {
         (payer, currency): (total, utc_from(first)) for payer, currency, total, first in conn.execute(query)
     }
-
-
-def _moved(
-    chunk: Sequence[str], touched: dict[str, dict[str, int]], existing: Rows
-) -> tuple[dict[Pair, int], list[str]]:
-    """The pairs of ``chunk`` whose new usage is their row's plus the deltas, and the payers to
-    recompute from their members instead."""
-    moved: dict[Pair, int] = {}
-    rest: list[str] = []
-    for payer in chunk:
-        found = _added(payer, touched.get(payer, {}), existing)
-        if found is None:
-            rest.append(payer)
-        else:
-            moved.update(found)
-    return moved, rest
-
-
-def _added(payer: str, by_currency: dict[str, int], existing: Rows) -> dict[Pair, int] | None:
-    """Each touched pair of ``payer`` -> its row's usage plus what was added, when every one has a
-    row whose usage is above zero before and after (no clamping hides a part of it); else None."""
-    if not by_currency:
-        return None  # touched only by a balance: recomputed from its members
-    found: dict[Pair, int] = {}
-    for currency, added in by_currency.items():
-        row = existing.get((payer, currency))
-        if row is None or row[0] <= 0 or row[0] + added <= 0:
-            return None
-        found[(payer, currency)] = row[0] + added
-    return found
 
 
 def _from_members(
