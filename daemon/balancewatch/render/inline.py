@@ -20,29 +20,18 @@ designer's typo is a problem ``check`` reports rather than a style that quietly 
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import lru_cache
 from html import unescape
 
 import css_inline
 
+from balancewatch.render.stack import INLINER, run_inliner
+
 MAX_DEPTH = 256  # elements nested in one another; real emails nest about 15
-DEEP_STACK = 1 << 30  # bytes of stack for the inliner's thread: see _on_a_deep_stack
 MAX_MATCHING = 200_000_000  # estimated steps (see _check_work): about a second of the inliner's time
 PAIR = 8  # steps for one selector tried on one element
-
-_INLINER = css_inline.CSSInliner(
-    inline_style_tags=True,
-    keep_style_tags=False,  # the rules are in the elements' style attributes now ...
-    keep_at_rules=True,  # ... except @media and the like, kept in a <style> tag
-    keep_link_tags=False,
-    load_remote_stylesheets=False,  # no network, no files
-)
 
 _RAW_OPEN = re.compile(r"<(!--|(?:style|script|title|textarea)\b)")  # text in them is not tags
 _TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)")  # "<div/>" opens a div in HTML: no "/>" here
@@ -72,89 +61,11 @@ def inline_css(html: str) -> str:
     would take the inliner too long; never anything else."""
     markup, styles = _split(html)
     selectors = [s for block in styles for s in inlined_selectors(block)]
-    _check_work(markup, selectors)
+    elements = _check_work(markup, selectors)
     try:
-        return _on_a_deep_stack(html)
+        return run_inliner(html, elements)
     except (css_inline.InlineError, ValueError) as exc:
         raise _attribute_error(html, exc) from None
-
-
-def _on_a_deep_stack(html: str) -> str:
-    """The inliner's output, computed in a thread with a 1 GiB stack (reserved, not used).
-
-    The inliner's HTML parser recurses once per level of nesting, and a nesting the checks
-    above misjudge (HTML5's parsing rules keep elements open in ways a scan cannot follow)
-    would overflow a normal thread's stack and crash the whole process. 1 GiB holds more
-    than 200,000 levels, beyond what a render's size limit lets a template write.
-
-    The thread lives as long as the process (started again in a forked child): starting one
-    per email cost more than the inlining itself. Jobs from several threads queue for it.
-    """
-    return _DEEP.run(html)
-
-
-class _DeepThread:
-    """The long-lived deep-stack thread and the queue of jobs it runs one after the other."""
-
-    def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._start = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def run(self, html: str) -> str:
-        job = _Job(html)
-        self._ensure_started()
-        self._jobs.put(job)
-        while not job.done.wait(1.0):
-            if self._thread is None or not self._thread.is_alive():
-                raise ValueError("the CSS inliner's thread ended")
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _ensure_started(self) -> None:
-        with self._start:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            with _DEEP_LOCK:  # stack_size is process-wide: set only around this thread's start
-                previous = threading.stack_size(DEEP_STACK)
-                try:
-                    self._thread = threading.Thread(target=self._serve, name="css-inline", daemon=True)
-                    self._thread.start()
-                finally:
-                    threading.stack_size(previous)
-
-    def _serve(self) -> None:
-        while True:
-            self._jobs.get().run()
-
-
-_DEEP_LOCK = threading.Lock()
-
-
-@dataclass
-class _Job:
-    html: str
-    result: str = ""
-    error: Exception | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        try:
-            self.result = str(_INLINER.inline(self.html))
-        except (css_inline.InlineError, ValueError) as exc:
-            self.error = exc
-        except BaseException as exc:  # the serving thread must outlive any job, or callers would wait
-            self.error = ValueError(f"the CSS inliner failed: {exc!r}")
-        finally:
-            self.done.set()
-
-
-_DEEP = _DeepThread()
 
 
 def inlined_selectors(css: str) -> tuple[str, ...]:
@@ -233,9 +144,10 @@ def _rules(css: str) -> Iterator[tuple[str, str | None, bool]]:
         raise CssError(f"the CSS {_short(prelude)} has no {{ }} block", prelude)
 
 
-def _check_work(markup: str, selectors: list[str]) -> None:
+def _check_work(markup: str, selectors: list[str]) -> int:
     """Raise CssError when ``markup`` (HTML without raw text: ``_split``) nests too deep, or
-    matching ``selectors`` against it would take more than MAX_MATCHING estimated steps.
+    matching ``selectors`` against it would take more than MAX_MATCHING estimated steps;
+    else return how many elements it has.
 
     The estimate, calibrated on the inliner: a selector tried on an element is PAIR steps (about
     50 ns when it matches and its declarations are merged); a selector with a combinator also
@@ -255,6 +167,7 @@ def _check_work(markup: str, selectors: list[str]) -> None:
             f"{steps:,} steps; refused before it ran: at most {MAX_MATCHING:,} (fewer rules or "
             "elements, or no ~, :nth-*, *-of-type, :has() selectors in long emails)"
         )
+    return elements
 
 
 @lru_cache(maxsize=64)
@@ -364,7 +277,7 @@ def _unreadable(style: str) -> bool:
         f'<html><head><style>p{{margin:0}}</style></head><body><p style="{_attr(style)}"></p></body></html>'
     )
     try:
-        _INLINER.inline(probe)
+        INLINER.inline(probe)
     except (css_inline.InlineError, ValueError):
         return True
     return False
