@@ -15,20 +15,18 @@ from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
 from sqlalchemy import (
-    ARRAY,
     ColumnElement,
     Connection,
     String,
     any_,
     bindparam,
-    cast,
     delete,
     func,
     select,
 )
 
 from balancewatch.evaluate import usage
-from balancewatch.store.bulk import array_literal, insert_rows
+from balancewatch.store.bulk import array_parameter, insert_rows
 from balancewatch.store.columns import as_written, utc_from
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
@@ -194,6 +192,6 @@ def among(conn: Connection, column: ColumnElement[str], values: Sequence[str]) -
     ``column = ANY(array)``, on SQLite ``column IN (SELECT value FROM json_each(list))``,
     which SQLite answers by key from ``column``'s index as it does a list."""
     if conn.dialect.name == "postgresql":  # the array's text: psycopg dumps a list element by element
-        return column == any_(cast(bindparam(None, array_literal(values), type_=String), ARRAY(String)))
+        return column == any_(array_parameter(values, String()))
     listed = func.json_each(bindparam(None, json.dumps(list(values)), type_=String)).table_valued("value")
     return column.in_(select(listed.c.value))

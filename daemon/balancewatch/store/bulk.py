@@ -18,10 +18,22 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Select, String, Subquery, Table, bindparam, cast, func, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    String,
+    Subquery,
+    Table,
+    bindparam,
+    cast,
+    func,
+    select,
+    type_coerce,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import NullType, TypeEngine
 
 from balancewatch.store.columns import UTCDateTime
 
@@ -110,14 +122,17 @@ def _from_arrays(
     array of the column's type. (psycopg dumps a list element by element in Python; a JSON
     document costs ``json.dumps`` several microseconds a row.)"""
     arrays = [
-        cast(
-            bindparam(f"bulk_{index}", array_literal([row[name] for row in rows]), type_=String),
-            postgresql.ARRAY(table.c[name].type),
-        )
-        for index, name in enumerate(columns)
+        array_parameter([row[name] for row in rows], table.c[name].type) for index, name in enumerate(columns)
     ]
     listed = func.unnest(*arrays).table_valued(*columns).render_derived(name="bulk")
     return select(*(listed.c[name] for name in columns))
+
+
+def array_parameter(values: Sequence[object], item_type: TypeEngine[Any]) -> ColumnElement[Any]:
+    """``values`` as one PostgreSQL array parameter of ``item_type``: ``array_literal``'s text,
+    bound without a type of its own, so that the server reads it as the array (a constant the
+    planner sees) instead of casting a text at run time (once per row in a filter)."""
+    return cast(bindparam(None, array_literal(values), type_=NullType()), postgresql.ARRAY(item_type))
 
 
 def array_literal(values: Sequence[object]) -> str:
@@ -158,11 +173,7 @@ def rows_source(
     names = list(columns)
     if conn.dialect.name == "postgresql":
         arrays = [
-            cast(
-                bindparam(None, array_literal([row[index] for row in rows]), type_=String),
-                postgresql.ARRAY(columns[name]),
-            )
-            for index, name in enumerate(names)
+            array_parameter([row[index] for row in rows], columns[name]) for index, name in enumerate(names)
         ]
         unnested = func.unnest(*arrays).table_valued(*names).render_derived(name="arrays")
         return select(unnested).subquery("given")
