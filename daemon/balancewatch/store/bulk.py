@@ -185,9 +185,15 @@ def rows_source(
         ]
     )
     each = func.json_each(bindparam(None, document, type_=String)).table_valued("value")
-    return select(
-        *(
-            type_coerce(func.json_extract(each.c.value, f"$[{index}]"), columns[name]).label(name)
-            for index, name in enumerate(names)
+    return (
+        select(
+            *(
+                type_coerce(func.json_extract(each.c.value, f"$[{index}]"), columns[name]).label(name)
+                for index, name in enumerate(names)
+            )
         )
-    ).subquery("given")
+        # LIMIT -1 (none) keeps SQLite from flattening the subquery into the statement, where
+        # each use of a column would parse its JSON again: the rows are read once, into a table.
+        .limit(-1)
+        .subquery("given")
+    )
