@@ -114,8 +114,9 @@ def _add_in_place(
     and after and whose history (first entry) reaches back the whole window and the minimum:
     its figures are then ``usage.figures_of``'s for the whole window, computed in the
     statement (the ADU, rounded half up, in integers). Returns the pairs written."""
+    oldest = now - max(window * DAY, min_history)  # a row written here has its first entry by then
     given = [
-        (payer, currency, used, earlier.get((payer, currency)))
+        (payer, currency, used, _before(earlier.get((payer, currency)), oldest))
         for payer in payers
         for currency, used in touched.get(payer, {}).items()
     ]
@@ -137,7 +138,7 @@ def _add_in_place(
             table.c.window_days == window,
             table.c.usage_total > 0,
             total > 0,
-            table.c.first_at <= now - max(window * DAY, min_history),
+            table.c.first_at <= oldest,
         )
         .values(
             usage_total=total,
@@ -191,6 +192,12 @@ def _from_members(
     ours = set(chunk)
     _drop_others(conn, {pair for pair in existing if pair[0] in ours} - wanted, window)
     return set(wanted)
+
+
+def _before(at: datetime | None, oldest: datetime) -> datetime | None:
+    """``at`` when it is before ``oldest``, else None: a later entry cannot be the first of a row
+    whose first entry is by ``oldest`` (and only such rows are written in place)."""
+    return at if at is not None and at < oldest else None
 
 
 def _earlier(first: datetime | None, other: datetime | None) -> datetime | None:
