@@ -73,7 +73,7 @@ def recompute(
 
 
 def _all_added(payer: str, by_currency: dict[str, int] | None, added: set[Pair]) -> bool:
-    return by_currency is not None and bool(by_currency) and all((payer, c) in added for c in by_currency)
+    return bool(by_currency) and all((payer, currency) in added for currency in by_currency or ())
 
 
 def _row(

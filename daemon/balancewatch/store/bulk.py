@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import NullType, TypeEngine
 
 from balancewatch.store.columns import UTCDateTime
@@ -121,11 +122,20 @@ def _from_arrays(
     column's values, written as the text of an array literal here and cast by the server to an
     array of the column's type. (psycopg dumps a list element by element in Python; a JSON
     document costs ``json.dumps`` several microseconds a row.)"""
-    arrays = [
-        array_parameter([row[name] for row in rows], table.c[name].type) for index, name in enumerate(columns)
-    ]
-    listed = func.unnest(*arrays).table_valued(*columns).render_derived(name="bulk")
+    types = {name: table.c[name].type for name in columns}
+    listed = _unnested(types, [[row[name] for row in rows] for name in columns], "bulk")
     return select(*(listed.c[name] for name in columns))
+
+
+def _unnested(
+    types: Mapping[str, TypeEngine[Any]], values: Sequence[Sequence[object]], name: str
+) -> TableValuedAlias:
+    """``unnest`` of one array parameter per column of ``types`` (``values``: each column's
+    values, in the same order), as a table ``name`` with those columns."""
+    arrays = [
+        array_parameter(column, item_type) for column, item_type in zip(values, types.values(), strict=True)
+    ]
+    return func.unnest(*arrays).table_valued(*types).render_derived(name=name)
 
 
 def array_parameter(values: Sequence[object], item_type: TypeEngine[Any]) -> ColumnElement[Any]:
@@ -144,7 +154,7 @@ def array_literal(values: Sequence[object]) -> str:
         texts: Sequence[str] = values  # type: ignore[assignment]
         joined = "".join(texts)
         if "\\" in joined or '"' in joined:
-            texts = [text.replace("\\", "\\\\").replace('"', '\\"') for text in texts]
+            return "{" + ",".join(map(_quoted, texts)) + "}"
         return '{"' + '","'.join(texts) + '"}' if texts else "{}"
     if kinds <= {int} or kinds <= {float} or kinds <= {Decimal}:
         return "{" + ",".join(map(str, values)) + "}"
@@ -155,12 +165,16 @@ def _element(value: object) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _quoted(value)
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.isoformat()
     if isinstance(value, (bool, int, float, Decimal)):
         return str(value).lower() if isinstance(value, bool) else str(value)
     raise TypeError(f"{value!r} cannot be written in bulk: aware times, text, numbers, true/false")
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def rows_source(
@@ -172,11 +186,8 @@ def rows_source(
     ``UPDATE … FROM`` joins on, thousands of rows in one statement."""
     names = list(columns)
     if conn.dialect.name == "postgresql":
-        arrays = [
-            array_parameter([row[index] for row in rows], columns[name]) for index, name in enumerate(names)
-        ]
-        unnested = func.unnest(*arrays).table_valued(*names).render_derived(name="arrays")
-        return select(unnested).subquery("given")
+        by_column = [[row[index] for row in rows] for index in range(len(names))]
+        return select(_unnested(columns, by_column, "arrays")).subquery("given")
     encoders = [_sqlite_encoder(columns[name], conn.dialect) for name in names]
     document = json.dumps(
         [
