@@ -270,3 +270,40 @@ def pg_engine() -> Iterator[Engine]:
     for engine in postgres_engine("t_" + uuid.uuid4().hex[:12]):
         upgrade(engine)
         yield engine
+
+
+def test_a_payer_whose_usage_moves_in_place_gets_a_row_for_its_new_balance(engine: Engine) -> None:
+    """Its USD row takes the new usage in place; its new EUR balance still gets its row."""
+    platform = Platform(engine, 7)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ACCOUNT_TABLE).values(id="payer", name="payer", owner_email="p@example.com", labels=[])
+        )
+        platform._balance(conn, "payer", "USD", START - 50 * DAY)
+    usage_at = [START - day * DAY for day in range(1, 45)]
+    rows = [
+        {"account_id": "payer", "currency": "USD", "amount": -100, "kind": "usage", "occurred_at": at}
+        for at in usage_at
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(LEDGER_TABLE), rows)
+    assert catch_up(engine, START).full
+    later = START + timedelta(hours=1)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(LEDGER_TABLE),
+            [
+                {
+                    "account_id": "payer",
+                    "currency": "USD",
+                    "amount": -250,
+                    "kind": "usage",
+                    "occurred_at": later,
+                }
+            ],
+        )
+        platform._balance(conn, "payer", "EUR", later)
+    assert not catch_up(engine, later).full
+    rows_now = summary(engine)
+    assert ("payer", "EUR", 30) in rows_now
+    assert rows_now == full_refresh_of(engine, later)

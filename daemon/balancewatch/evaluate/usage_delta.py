@@ -9,11 +9,13 @@ entries. ``catch_up`` reads only what changed:
 - the entries the window's start has passed since (``occurred_at`` between the
   old start and the new), and future-dated entries whose time has come;
 
-adds them to each account's own totals (``usage_member``), then recomputes the
-summary of the paying accounts they belong to, of those whose figures move
-with time alone (history shorter than the window or the minimum) and of those
-whose balances changed (a new balance gets its row). The result equals a full
-refresh at the same moment (``tests/test_usage_delta.py`` compares them).
+adds them up per account in the database (``usage_change``: no entry crosses
+to Python) and to each account's own totals (``usage_member``), then rewrites
+the summary rows of the paying accounts they belong to (in place where only the
+usage moved), of those whose figures move with time alone (history shorter than
+the window or the minimum) and of those with a new balance (it gets its row).
+The result equals a full refresh at the same moment
+(``tests/test_usage_delta.py`` compares them).
 
 The full refresh (``refresh_all``) is one grouped scan of the window by account,
 then every summary row from those totals; ``usage.refresh``, the definition
@@ -36,7 +38,7 @@ under another parent, an entry edited or deleted, a balance removed).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Container, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,12 +46,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, delete, func, select
 
+from balancewatch.evaluate import usage_change
 from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, still_missing, write_mark
-from balancewatch.evaluate.usage_payers import DAY, Deltas, Entry, age_young, touched_payers
+from balancewatch.evaluate.usage_payers import DAY, age_young, payers_with_new_balances
 from balancewatch.evaluate.usage_rows import recompute, recompute_all
 from balancewatch.store.bulk import insert_rows
-from balancewatch.store.columns import as_written, utc_of
-from balancewatch.store.tables import ACCOUNT_TABLE, LEDGER_TABLE, USAGE_MEMBER_TABLE
+from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 
 # More new entries than this share of the window's (and at least MIN_FOR_FULL): one full pass
 # costs less than reading each of them and as many leaving (after an outage, say).
@@ -177,73 +179,18 @@ def usage_by_account(now: datetime, window: int) -> Select[Any]:
 def _from_changes(
     conn: Connection, mark: Mark, now: datetime, windows: list[int], min_history: timedelta
 ) -> CaughtUp:
-    deltas = {window: Deltas() for window in windows}
-    read, last = 0, mark.last_entry_id
-    for entry in _stream(conn, _new_entries(mark)):
-        read, last = read + 1, max(last, entry.id)
-        for window, delta in deltas.items():
-            delta.count_in(entry, now - window * DAY, now)
-    for entry in _stream(conn, _arrived_entries(mark, now), skip=mark.gaps):
-        read += 1
-        for window, delta in deltas.items():
-            delta.count_in(entry, now - window * DAY, now)
+    collected = usage_change.collect(
+        conn, usage_change.Since(mark.marked_at, mark.last_entry_id, mark.gaps), now, windows
+    )
     rows = 0
-    for window, delta in deltas.items():
-        for entry in _stream(conn, _leaving_entries(mark, now, window), skip=mark.gaps):
-            read += 1
-            delta.count_out(entry)
-        delta.apply(conn, window)
-        written = recompute(conn, touched_payers(conn, delta, mark, window), delta, now, window, min_history)
+    for window in windows:
+        usage_change.add_to_members(conn, window)
+        changed = usage_change.changed_pairs(conn, window)
+        new_balances = payers_with_new_balances(conn, mark, window, usage_change.accounts_changed(window))
+        written = recompute(conn, changed, new_balances, now, window, min_history)
         rows += len(written) + age_young(conn, written, mark, now, window, min_history)
+    usage_change.drop(conn)
+    last = collected.last_entry_id
     gaps = gaps_after(conn, mark.last_entry_id, last, still_missing(conn, mark.gaps), now)
     write_mark(conn, Mark(now, mark.full_at, last, mark.shape, gaps))
-    return CaughtUp(False, read, rows)
-
-
-def _stream(conn: Connection, query: Select[Any], skip: Container[int] = ()) -> Iterator[Entry]:
-    """The entries ``query`` reads, fetched in batches (memory stays bounded however many),
-    less those whose id is in ``skip``."""
-    for entry_id, account, currency, kind, amount, occurred_at, payer in conn.execute(
-        query.execution_options(yield_per=STREAM_BATCH)
-    ):
-        if entry_id not in skip:
-            yield Entry(entry_id, account, currency, kind, amount, utc_of(occurred_at), payer)
-
-
-_ENTRY = (
-    LEDGER_TABLE.c.id,
-    LEDGER_TABLE.c.account_id,
-    LEDGER_TABLE.c.currency,
-    LEDGER_TABLE.c.kind,
-    LEDGER_TABLE.c.amount,
-    as_written(LEDGER_TABLE.c.occurred_at),  # parsed by ``_stream``: tens of thousands an hour
-    func.coalesce(ACCOUNT_TABLE.c.parent_id, ACCOUNT_TABLE.c.id),  # null: no such account
-)
-# Each entry with the account that pays for it, read in the same pass (``Deltas.payer_of``).
-_WITH_PAYER = LEDGER_TABLE.outerjoin(ACCOUNT_TABLE, ACCOUNT_TABLE.c.id == LEDGER_TABLE.c.account_id)
-
-
-def _new_entries(mark: Mark) -> Select[Any]:
-    """Entries written since the mark (by id), and the gaps that are now visible."""
-    after = LEDGER_TABLE.c.id > mark.last_entry_id
-    read = after | LEDGER_TABLE.c.id.in_(sorted(mark.gaps)) if mark.gaps else after
-    return select(*_ENTRY).select_from(_WITH_PAYER).where(read)
-
-
-def _arrived_entries(mark: Mark, now: datetime) -> Select[Any]:
-    """Entries read before, dated after the last refresh and up to now: future-dated ones."""
-    return select(*_ENTRY).select_from(_WITH_PAYER).where(
-        LEDGER_TABLE.c.id <= mark.last_entry_id,
-        LEDGER_TABLE.c.occurred_at > mark.marked_at,
-        LEDGER_TABLE.c.occurred_at <= now,
-    )
-
-
-def _leaving_entries(mark: Mark, now: datetime, window: int) -> Select[Any]:
-    """Usage read before that the window's start has passed since the last refresh."""
-    return select(*_ENTRY).select_from(_WITH_PAYER).where(
-        LEDGER_TABLE.c.id <= mark.last_entry_id,
-        LEDGER_TABLE.c.kind == "usage",
-        LEDGER_TABLE.c.occurred_at >= mark.marked_at - window * DAY,
-        LEDGER_TABLE.c.occurred_at < now - window * DAY,
-    )
+    return CaughtUp(False, collected.read, rows)

@@ -12,10 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Select,
-    String,
     and_,
     bindparam,
     case,
@@ -26,12 +24,12 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.types import TypeEngine
 
 from balancewatch.evaluate import usage
-from balancewatch.evaluate.usage_payers import CHUNK, DAY, Deltas, among
-from balancewatch.store.bulk import insert_rows, rows_source
-from balancewatch.store.columns import UTCDateTime, as_written, utc_from
+from balancewatch.evaluate.usage_change import added_by_pair
+from balancewatch.evaluate.usage_payers import CHUNK, DAY, among
+from balancewatch.store.bulk import insert_rows
+from balancewatch.store.columns import as_written, utc_from
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -41,39 +39,47 @@ from balancewatch.store.tables import (
 
 Pair = tuple[str, str]  # (paying account, currency)
 Rows = dict[Pair, tuple[int, datetime | None]]  # a pair's summary row: (usage, first entry)
+Changed = dict[str, dict[str, Any]]  # payer -> currency -> earliest entry counted in, as written
 
 
 def recompute(
     conn: Connection,
-    payers: Collection[str],
-    deltas: Deltas,
+    changed: Changed,
+    others: Collection[str],
     now: datetime,
     window: int,
     min_history: timedelta,
 ) -> set[tuple[str, str]]:
-    """Write the summary rows of ``payers`` for ``window`` that ``deltas`` may have moved; delete
-    their rows that a full refresh would not write. Returns the (payer, currency) rows written.
+    """Write the summary rows for ``window`` that changed entries (``changed``, from
+    ``usage_change.changed_pairs``; the table itself holds what they added) may have moved,
+    and every row of the payers ``others`` (a new balance, say); delete their rows that a full
+    refresh would not write. Returns the (payer, currency) rows written.
 
     A row whose usage was and stays above zero, over a history as long as the window and the
-    minimum, takes what ``deltas`` added in place, in the database (``_add_in_place``: a row
-    holds the sum of its members' totals, clamped at zero only when it is not above it, and
-    its ADU is that sum over the window's days). Every other payer touched has each of its
-    rows recomputed from ``usage_member`` and its balances (``_from_members``). A row keeps its
-    first entry unless ``deltas`` counted an earlier one of the payer or an account whose
-    parent it is; a pair without a row gets it by index seeks (``usage.with_firsts``)."""
-    earlier, touched = _earliest_counted(deltas), _touched_pairs(deltas)
-    added = _add_in_place(conn, payers, touched, earlier, now, window, min_history)
-    rest = sorted(payer for payer in payers if not _all_added(payer, touched.get(payer), added))
+    minimum, takes what changed in place, in the database (``_add_in_place``: a row holds the
+    sum of its members' totals, clamped at zero only when it is not above it, and its ADU is
+    that sum over the window's days). Every other payer has each of its rows recomputed from
+    ``usage_member`` and its balances (``_from_members``). A row keeps its first entry unless
+    an earlier one of the payer or an account whose parent it is was counted in; a pair
+    without a row gets it by index seeks (``usage.with_firsts``)."""
+    added = _add_in_place(conn, now, window, min_history) if changed else set()
+    rest = sorted({*others, *(payer for payer in changed if not _all_added(payer, changed[payer], added))})
     written = set(added)
     for i in range(0, len(rest), CHUNK):
         chunk = rest[i : i + CHUNK]
+        earlier = {
+            (payer, currency): first
+            for payer in chunk
+            for currency, written_at in changed.get(payer, {}).items()
+            if (first := utc_from(written_at)) is not None
+        }
         existing = _existing(conn, chunk, window)
         written.update(_from_members(conn, chunk, existing, earlier, now, window, min_history))
     return written
 
 
-def _all_added(payer: str, by_currency: dict[str, int] | None, added: set[Pair]) -> bool:
-    return bool(by_currency) and all((payer, currency) in added for currency in by_currency or ())
+def _all_added(payer: str, by_currency: dict[str, Any], added: set[Pair]) -> bool:
+    return all((payer, currency) in added for currency in by_currency)
 
 
 def _row(
@@ -82,47 +88,13 @@ def _row(
     return usage.summary_row(usage.figures_of(pair[0], pair[1], window, used, first, now, minimum), now)
 
 
-def _touched_pairs(deltas: Deltas) -> dict[str, dict[str, int]]:
-    """payer -> currency -> usage ``deltas`` added, for every currency whose entries changed."""
-    out: dict[str, dict[str, int]] = {}
-    for account, currency in deltas.first:
-        out.setdefault(deltas.payer_of.get(account, account), {}).setdefault(currency, 0)
-    for (account, currency), (used, _count) in deltas.by_key.items():
-        by_currency = out.setdefault(deltas.payer_of.get(account, account), {})
-        by_currency[currency] = by_currency.get(currency, 0) + used
-    return out
-
-
-_ADDED: dict[str, TypeEngine[Any]] = {
-    "payer": String(),
-    "currency": String(),
-    "added": BigInteger(),
-    "first": UTCDateTime(),
-}
-
-
-def _add_in_place(
-    conn: Connection,
-    payers: Collection[str],
-    touched: dict[str, dict[str, int]],
-    earlier: dict[Pair, datetime],
-    now: datetime,
-    window: int,
-    min_history: timedelta,
-) -> set[Pair]:
-    """Add what ``touched`` added to each of ``payers``' rows whose usage is above zero before
+def _add_in_place(conn: Connection, now: datetime, window: int, min_history: timedelta) -> set[Pair]:
+    """Add what changed (``usage_change``) to each changed row whose usage is above zero before
     and after and whose history (first entry) reaches back the whole window and the minimum:
     its figures are then ``usage.figures_of``'s for the whole window, computed in the
     statement (the ADU, rounded half up, in integers). Returns the pairs written."""
     oldest = now - max(window * DAY, min_history)  # a row written here has its first entry by then
-    given = [
-        (payer, currency, used, _before(earlier.get((payer, currency)), oldest))
-        for payer in payers
-        for currency, used in touched.get(payer, {}).items()
-    ]
-    if not given:
-        return set()
-    rows, table = rows_source(conn, _ADDED, given), USAGE_SUMMARY_TABLE
+    rows, table = added_by_pair(window, oldest).subquery("given"), USAGE_SUMMARY_TABLE
     total = table.c.usage_total + rows.c.added
     # ROUND_HALF_UP of a positive total over the window's whole days, as figures_of computes it.
     adu = total // window + case((2 * (total % window) >= window, 1), else_=0)
@@ -150,7 +122,7 @@ def _add_in_place(
         )
         .returning(table.c.account_id, table.c.currency)
     )
-    return {(payer, currency) for payer, currency in conn.execute(statement)}
+    return {(payer, currency) for payer, currency in conn.execute(statement).all()}
 
 
 def _existing(conn: Connection, chunk: Sequence[str], window: int) -> Rows:
@@ -194,27 +166,8 @@ def _from_members(
     return set(wanted)
 
 
-def _before(at: datetime | None, oldest: datetime) -> datetime | None:
-    """``at`` when it is before ``oldest``, else None: a later entry cannot be the first of a row
-    whose first entry is by ``oldest`` (and only such rows are written in place)."""
-    return at if at is not None and at < oldest else None
-
-
 def _earlier(first: datetime | None, other: datetime | None) -> datetime | None:
     return other if first is None or (other is not None and other < first) else first
-
-
-def _earliest_counted(deltas: Deltas) -> dict[tuple[str, str], datetime]:
-    """The earliest entry ``deltas`` counted in, per (payer, currency) of the payer itself and
-    of the account whose parent it is (the family a first entry is taken over)."""
-    parent_of = deltas.payer_of
-    out: dict[tuple[str, str], datetime] = {}
-    for (account, currency), at in deltas.first.items():
-        for payer in {account, parent_of.get(account, account)}:
-            key = (payer, currency)
-            if key not in out or at < out[key]:
-                out[key] = at
-    return out
 
 
 def _seeked(
