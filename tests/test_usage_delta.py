@@ -307,3 +307,22 @@ def test_a_payer_whose_usage_moves_in_place_gets_a_row_for_its_new_balance(engin
     rows_now = summary(engine)
     assert ("payer", "EUR", 30) in rows_now
     assert rows_now == full_refresh_of(engine, later)
+
+
+def test_the_ids_missing_below_the_last_read_are_the_gaps(engine: Engine) -> None:
+    """Holes between ids are gaps; of a hole wider than MAX_GAPS only its top; none past the end."""
+    from balancewatch.evaluate.usage_mark import GAP_PATIENCE, MAX_GAPS, gaps_after
+
+    wide_top = 20 + MAX_GAPS + 5
+    present = [11, 12, 15, 16, 20, wide_top, wide_top + 2]
+    account = Platform(engine, 1).add_account(START)
+    row = {"account_id": account, "currency": "USD", "amount": -1, "kind": "usage", "occurred_at": START}
+    with engine.begin() as conn:
+        conn.execute(insert(LEDGER_TABLE), [{"id": entry_id, **row} for entry_id in present])
+    old = START - 2 * GAP_PATIENCE
+    with engine.connect() as conn:
+        gaps = gaps_after(conn, 10, wide_top + 2, {3: START, 4: old}, START)
+        assert gaps_after(conn, 10, 12, {}, START) == {}
+    expected = [3, 13, 14, 17, 18, 19, *range(wide_top - MAX_GAPS, wide_top), wide_top + 1]
+    assert sorted(gaps) == expected[-MAX_GAPS:]
+    assert set(gaps.values()) == {START}

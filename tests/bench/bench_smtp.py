@@ -121,7 +121,7 @@ class Report:
 # --------------------------------------------------------------------------- setup
 
 
-def pipeline_for(db: common.Database, smtp: Server) -> Pipeline:
+def pipeline_for(db: common.Database, smtp: Server, batch_size: int | None = None) -> Pipeline:
     """Settings with SMTP pointed at ``smtp`` and the rules, and the pipeline the daemon would
     build from them."""
     rules = db.work / "rules"
@@ -130,7 +130,9 @@ def pipeline_for(db: common.Database, smtp: Server) -> Pipeline:
     config = db.work / "config.yaml"
     config.write_text(
         f"rules_dir: {rules}\nstate_dir: {db.work / 'state'}\n"
-        "delivery: {from: alerts@platform.example}\n"
+        "delivery: {from: alerts@platform.example"
+        + (f", batch_size: {batch_size}" if batch_size else "")
+        + "}\n"
         f"smtp: {{host: {smtp.host}, port: {smtp.port}, security: none, timeout: 10s}}\n"
     )
     settings = load_settings(config, {"BALANCEWATCH_DATABASE__URL": db.url})
@@ -381,7 +383,7 @@ def measure(db: common.Database, args: argparse.Namespace) -> Figures:
     db.upgrade()
     smtp = Server(args.server, db.work)
     try:
-        pipeline = pipeline_for(db, smtp)
+        pipeline = pipeline_for(db, smtp, args.batch_size)
         f = Figures(db.backend, args.count, args.repeat, pipeline.settings.delivery.batch_size, args.server)
         f.decide_s = decide(pipeline, args.count)
         daemon(pipeline)
@@ -447,6 +449,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     p.add_argument("--keep", action="store_true", help="keep the database (SQLite file or schema)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="delivery.batch_size (default: the daemon's default)"
+    )
     p.add_argument(
         "--server",
         choices=["process", "thread"],

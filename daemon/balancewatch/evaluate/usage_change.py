@@ -243,26 +243,11 @@ def accounts_changed(window: int) -> Subquery:
     )
 
 
-def changed_pairs(conn: Connection, window: int) -> dict[str, dict[str, Any]]:
-    """payer -> currency -> the earliest entry counted in for the payer and the accounts it pays
-    for, as the database writes it (``utc_from`` reads it; None: none counted in), for every
-    (payer, currency) whose entries changed in ``window``. Accounts that do not exist pay for
-    nothing and are left out."""
-    query = (
-        select(CHANGE_TABLE.c.payer, CHANGE_TABLE.c.currency, as_written(func.min(CHANGE_TABLE.c.first_at)))
-        .where(CHANGE_TABLE.c.window_days == window, CHANGE_TABLE.c.payer.is_not(None))
-        .group_by(CHANGE_TABLE.c.payer, CHANGE_TABLE.c.currency)
-    )
-    out: dict[str, dict[str, Any]] = {}
-    for payer, currency, first in conn.execute(query).all():  # all at once: a row at a time costs twice
-        out.setdefault(payer, {})[currency] = first
-    return out
-
-
 def added_by_pair(window: int, oldest: datetime) -> Select[Any]:
-    """Per (payer, currency) changed in ``window``: the usage added (``added``), and the earliest
-    entry counted in when it is before ``oldest`` (``first``; else null: a later one cannot be
-    the first of a row whose first entry is by ``oldest``)."""
+    """Per (payer, currency) changed in ``window``: the usage added (``added``), the earliest entry
+    counted in when it is before ``oldest`` (``first``; else null: a later one cannot be the
+    first of a row whose first entry is by ``oldest``), and in any case as the database writes
+    it (``earliest``; ``utc_from`` reads it)."""
     earliest = func.min(CHANGE_TABLE.c.first_at)
     return (
         select(
@@ -270,6 +255,7 @@ def added_by_pair(window: int, oldest: datetime) -> Select[Any]:
             CHANGE_TABLE.c.currency,
             cast(func.sum(CHANGE_TABLE.c.used), BigInteger).label("added"),  # PostgreSQL: sum is numeric
             case((earliest < oldest, earliest), else_=None).label("first"),
+            as_written(earliest).label("earliest"),
         )
         .where(CHANGE_TABLE.c.window_days == window, CHANGE_TABLE.c.payer.is_not(None))
         .group_by(CHANGE_TABLE.c.payer, CHANGE_TABLE.c.currency)

@@ -185,10 +185,9 @@ def _from_changes(
     rows = 0
     for window in windows:
         usage_change.add_to_members(conn, window)
-        changed = usage_change.changed_pairs(conn, window)
         new_balances = payers_with_new_balances(conn, mark, window, usage_change.accounts_changed(window))
-        written = recompute(conn, changed, new_balances, now, window, min_history)
-        rows += len(written) + age_young(conn, written, mark, now, window, min_history)
+        recomputed, written = recompute(conn, new_balances, now, window, min_history)
+        rows += written + age_young(conn, recomputed, mark, now, window, min_history)
     usage_change.drop(conn)
     last = collected.last_entry_id
     gaps = gaps_after(conn, mark.last_entry_id, last, still_missing(conn, mark.gaps), now)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from balancewatch.store.tables import LEDGER_TABLE, USAGE_MARK_TABLE
@@ -75,18 +75,17 @@ def gaps_after(
     """``kept`` and every id in (low, high] with no entry in this snapshot (noticed ``now``),
     less those missing for longer than ``GAP_PATIENCE``; the ``MAX_GAPS`` newest at most.
 
-    The ids are read in order, in batches: memory holds the gaps, not the ids."""
+    Only the ids that follow a hole are read (a window function finds them in the database):
+    an hour's tens of thousands of ids cost Python nothing."""
     gaps = dict(kept)
-    expected = low + 1
-    query = (
-        select(LEDGER_TABLE.c.id)
-        .where(LEDGER_TABLE.c.id > low, LEDGER_TABLE.c.id <= high)
-        .order_by(LEDGER_TABLE.c.id)
-        .execution_options(yield_per=50_000)
-    )
-    for entry_id in conn.execute(query).scalars():
+    ids = select(
+        LEDGER_TABLE.c.id, func.lag(LEDGER_TABLE.c.id).over(order_by=LEDGER_TABLE.c.id).label("before")
+    ).where(LEDGER_TABLE.c.id > low, LEDGER_TABLE.c.id <= high)
+    listed = ids.subquery("listed")
+    before = func.coalesce(listed.c.before, low)
+    after_holes = select(listed.c.id, before).where(listed.c.id - before > 1).order_by(listed.c.id)
+    for entry_id, previous in conn.execute(after_holes).all():
         # A hole wider than MAX_GAPS (a large insert rolled back): only its top is waited for.
-        gaps.update((missing, now) for missing in range(max(expected, entry_id - MAX_GAPS), entry_id))
-        expected = entry_id + 1
+        gaps.update((missing, now) for missing in range(max(previous + 1, entry_id - MAX_GAPS), entry_id))
     fresh = sorted(gap for gap, noticed in gaps.items() if now - noticed < GAP_PATIENCE)
     return {gap: gaps[gap] for gap in fresh[-MAX_GAPS:]}

@@ -13,15 +13,19 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Integer,
     Select,
     and_,
     bindparam,
     case,
     delete,
     func,
+    literal,
+    null,
     or_,
     select,
     true,
+    union_all,
     update,
 )
 
@@ -43,17 +47,12 @@ Changed = dict[str, dict[str, Any]]  # payer -> currency -> earliest entry count
 
 
 def recompute(
-    conn: Connection,
-    changed: Changed,
-    others: Collection[str],
-    now: datetime,
-    window: int,
-    min_history: timedelta,
-) -> set[tuple[str, str]]:
-    """Write the summary rows for ``window`` that changed entries (``changed``, from
-    ``usage_change.changed_pairs``; the table itself holds what they added) may have moved,
-    and every row of the payers ``others`` (a new balance, say); delete their rows that a full
-    refresh would not write. Returns the (payer, currency) rows written.
+    conn: Connection, others: Collection[str], now: datetime, window: int, min_history: timedelta
+) -> tuple[set[Pair], int]:
+    """Write the summary rows for ``window`` that changed entries (``usage_change``) may have
+    moved, and every row of the payers ``others`` (a new balance, say); delete their rows that
+    a full refresh would not write. Returns the pairs recomputed from the members' totals, and
+    how many rows were written in all.
 
     A row whose usage was and stays above zero, over a history as long as the window and the
     minimum, takes what changed in place, in the database (``_add_in_place``: a row holds the
@@ -62,24 +61,25 @@ def recompute(
     ``usage_member`` and its balances (``_from_members``). A row keeps its first entry unless
     an earlier one of the payer or an account whose parent it is was counted in; a pair
     without a row gets it by index seeks (``usage.with_firsts``)."""
-    added = _add_in_place(conn, now, window, min_history) if changed else set()
-    rest = sorted({*others, *(payer for payer in changed if not _all_added(payer, changed[payer], added))})
-    written = set(added)
+    not_added, added = _add_in_place(conn, now, window, min_history)
+    rest = sorted({*others, *(payer for payer, _currency, _first in not_added)})
+    earliest = {(payer, currency): first for payer, currency, first in not_added if first is not None}
+    written: set[Pair] = set()
     for i in range(0, len(rest), CHUNK):
         chunk = rest[i : i + CHUNK]
         earlier = {
             (payer, currency): first
-            for payer in chunk
-            for currency, written_at in changed.get(payer, {}).items()
-            if (first := utc_from(written_at)) is not None
+            for payer, currency in _pairs_of(chunk, earliest)
+            if (first := utc_from(earliest[payer, currency])) is not None
         }
         existing = _existing(conn, chunk, window)
         written.update(_from_members(conn, chunk, existing, earlier, now, window, min_history))
-    return written
+    return written, added + len(written)
 
 
-def _all_added(payer: str, by_currency: dict[str, Any], added: set[Pair]) -> bool:
-    return all((payer, currency) in added for currency in by_currency)
+def _pairs_of(payers: Sequence[str], pairs: Collection[Pair]) -> list[Pair]:
+    ours = set(payers)
+    return [pair for pair in pairs if pair[0] in ours]
 
 
 def _row(
@@ -88,25 +88,29 @@ def _row(
     return usage.summary_row(usage.figures_of(pair[0], pair[1], window, used, first, now, minimum), now)
 
 
-def _add_in_place(conn: Connection, now: datetime, window: int, min_history: timedelta) -> set[Pair]:
+def _add_in_place(
+    conn: Connection, now: datetime, window: int, min_history: timedelta
+) -> tuple[list[tuple[str, str, Any]], int]:
     """Add what changed (``usage_change``) to each changed row whose usage is above zero before
     and after and whose history (first entry) reaches back the whole window and the minimum:
     its figures are then ``usage.figures_of``'s for the whole window, computed in the
-    statement (the ADU, rounded half up, in integers). Returns the pairs written."""
+    statement (the ADU, rounded half up, in integers). Returns the changed pairs not written
+    so, each with its earliest entry counted in as written (None: none), and how many rows
+    were written."""
     oldest = now - max(window * DAY, min_history)  # a row written here has its first entry by then
-    rows, table = added_by_pair(window, oldest).subquery("given"), USAGE_SUMMARY_TABLE
-    total = table.c.usage_total + rows.c.added
+    given, table = added_by_pair(window, oldest).cte("given"), USAGE_SUMMARY_TABLE
+    total = table.c.usage_total + given.c.added
     # ROUND_HALF_UP of a positive total over the window's whole days, as figures_of computes it.
     adu = total // window + case((2 * (total % window) >= window, 1), else_=0)
     first = case(
-        (and_(rows.c.first.is_not(None), rows.c.first < table.c.first_at), rows.c.first),
+        (and_(given.c.first.is_not(None), given.c.first < table.c.first_at), given.c.first),
         else_=table.c.first_at,
     )
     statement = (
         update(table)
         .where(
-            table.c.account_id == rows.c.payer,
-            table.c.currency == rows.c.currency,
+            table.c.account_id == given.c.payer,
+            table.c.currency == given.c.currency,
             table.c.window_days == window,
             table.c.usage_total > 0,
             total > 0,
@@ -122,7 +126,24 @@ def _add_in_place(conn: Connection, now: datetime, window: int, min_history: tim
         )
         .returning(table.c.account_id, table.c.currency)
     )
-    return {(payer, currency) for payer, currency in conn.execute(statement).all()}
+    if conn.dialect.name != "postgresql":  # no UPDATE inside a WITH: the pairs written come back
+        added = set(map(tuple, conn.execute(statement).all()))
+        changed = conn.execute(select(given.c.payer, given.c.currency, given.c.earliest)).all()
+        return [(p, c, first) for p, c, first in changed if (p, c) not in added], len(added)
+    # One statement: the pairs not written, and a last row (payer null) counting those written.
+    done = statement.cte("done")
+    written = select(done.c.account_id).where(
+        done.c.account_id == given.c.payer, done.c.currency == given.c.currency
+    )
+    rows = conn.execute(
+        union_all(
+            select(given.c.payer, given.c.currency, given.c.earliest, literal(None, Integer)).where(
+                ~written.exists()
+            ),
+            select(null(), null(), null(), func.count()).select_from(done),
+        )
+    ).all()
+    return [(p, c, first) for p, c, first, _count in rows if p is not None], sum(n or 0 for *_pair, n in rows)
 
 
 def _existing(conn: Connection, chunk: Sequence[str], window: int) -> Rows:
