@@ -33,7 +33,7 @@ from balancewatch.evaluate import usage
 from balancewatch.evaluate.usage_change import added_by_pair
 from balancewatch.evaluate.usage_payers import CHUNK, DAY, among
 from balancewatch.store.bulk import insert_rows
-from balancewatch.store.columns import as_written, utc_from
+from balancewatch.store.columns import as_written, utc_from, utc_of
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
     BALANCE_TABLE,
@@ -43,7 +43,6 @@ from balancewatch.store.tables import (
 
 Pair = tuple[str, str]  # (paying account, currency)
 Rows = dict[Pair, tuple[int, datetime | None]]  # a pair's summary row: (usage, first entry)
-Changed = dict[str, dict[str, Any]]  # payer -> currency -> earliest entry counted in, as written
 
 
 def recompute(
@@ -67,11 +66,7 @@ def recompute(
     written: set[Pair] = set()
     for i in range(0, len(rest), CHUNK):
         chunk = rest[i : i + CHUNK]
-        earlier = {
-            (payer, currency): first
-            for payer, currency in _pairs_of(chunk, earliest)
-            if (first := utc_from(earliest[payer, currency])) is not None
-        }
+        earlier = {pair: utc_of(earliest[pair]) for pair in _pairs_of(chunk, earliest)}
         existing = _existing(conn, chunk, window)
         written.update(_from_members(conn, chunk, existing, earlier, now, window, min_history))
     return written, added + len(written)

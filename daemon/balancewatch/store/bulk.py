@@ -12,7 +12,6 @@ the driver's ``executemany``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,14 +21,11 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
-    String,
-    Subquery,
     Table,
     bindparam,
     cast,
     func,
     select,
-    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -175,36 +171,3 @@ def _element(value: object) -> str:
 
 def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def rows_source(
-    conn: Connection, columns: Mapping[str, TypeEngine[Any]], rows: Sequence[Sequence[object]]
-) -> Subquery:
-    """``rows`` (each a value per column of ``columns``, in its order) as a subquery named
-    ``given`` with those columns, bound as one parameter per column on PostgreSQL (``unnest``
-    of array literals) and as one JSON document on SQLite (``json_each``): what an
-    ``UPDATE … FROM`` joins on, thousands of rows in one statement."""
-    names = list(columns)
-    if conn.dialect.name == "postgresql":
-        by_column = [[row[index] for row in rows] for index in range(len(names))]
-        return select(_unnested(columns, by_column, "arrays")).subquery("given")
-    encoders = [_sqlite_encoder(columns[name], conn.dialect) for name in names]
-    document = json.dumps(
-        [
-            [value if encode is None else encode(value) for value, encode in zip(row, encoders, strict=True)]
-            for row in rows
-        ]
-    )
-    each = func.json_each(bindparam(None, document, type_=String)).table_valued("value")
-    return (
-        select(
-            *(
-                type_coerce(func.json_extract(each.c.value, f"$[{index}]"), columns[name]).label(name)
-                for index, name in enumerate(names)
-            )
-        )
-        # LIMIT -1 (none) keeps SQLite from flattening the subquery into the statement, where
-        # each use of a column would parse its JSON again: the rows are read once, into a table.
-        .limit(-1)
-        .subquery("given")
-    )
