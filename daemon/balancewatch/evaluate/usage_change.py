@@ -7,8 +7,9 @@ window's start has passed. ``collect`` groups them per (account, currency) into
 a temporary table, ``usage_change``, one set of rows per window, with each
 account's paying account; no entry crosses to Python. From that table
 ``add_to_members`` adds each account's change to its own totals
-(``usage_member``), and ``changed_pairs`` lists the (payer, currency) pairs whose
-summary rows may move, with the earliest entry counted in for each.
+(``usage_member``), ``added_by_pair`` gives what changed per (payer, currency)
+for the summary rows (``usage_rows``), and ``accounts_changed`` the pairs whose
+balances need no other look (``usage_payers``).
 
 Rows of ``usage_change`` (per window): ``used`` and ``entries``, what to add to the
 account's totals (negative for entries leaving); ``first_at``, its earliest entry

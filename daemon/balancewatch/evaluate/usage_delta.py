@@ -56,7 +56,6 @@ from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 # More new entries than this share of the window's (and at least MIN_FOR_FULL): one full pass
 # costs less than reading each of them and as many leaving (after an outage, say).
 NEW_SHARE_FOR_FULL, MIN_FOR_FULL = 0.1, 200_000
-STREAM_BATCH = 10_000
 LOCK_KEY = zlib.crc32(b"balancewatch usage refresh")  # pg_advisory_lock: one refresh at a time
 
 
