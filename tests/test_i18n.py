@@ -187,3 +187,22 @@ def test_a_catalog_where_none_is_read_is_a_problem_rather_than_ignored(tmp_path:
         problem.path == str(misplaced)
         and "a catalog is locale/<language>/LC_MESSAGES/messages.po" in problem.message
     )
+
+
+def test_a_file_checked_again_gives_its_problems_again_and_a_fixed_one_none(tmp_path: Path) -> None:
+    """Checks of an unchanged file are kept between loads; they must follow its text."""
+    root = directory(tmp_path, catalog='msgid "Hello %(name)s,"\nmsgstr Hallo\n')
+    body = root / "greet" / "body.txt"
+    body.write_text("Hi\n{{ _(name) }}\n")
+
+    def problems() -> list[tuple[str, int]]:
+        found = TemplateSet(read_template_files(root), root).compile_problems()
+        return sorted((Path(p.path).name, p.line) for p in found)
+
+    broken = [("body.txt", 2), ("messages.po", 2)]
+    assert problems() == broken
+    assert problems() == broken  # the same files, loaded again
+    body.write_text(BODY)
+    (root / "locale" / "de" / "LC_MESSAGES" / "messages.po").write_text(textwrap.dedent(GERMAN).lstrip())
+    assert problems() == []
+    assert render(root, "de")[0] == "Ihr Guthaben ist niedrig"

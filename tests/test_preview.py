@@ -370,3 +370,13 @@ def test_an_email_of_a_template_with_any_name_downloads(tmp_path: Path) -> None:
         disposition = response.headers["Content-Disposition"]
         assert disposition.startswith('attachment; filename="') and "filename*=UTF-8''" in disposition
         assert email.message_from_bytes(response.content, policy=email.policy.default)["Subject"]
+
+
+def test_a_page_and_its_frames_share_one_render_of_a_catalogue(served: Served) -> None:
+    catalogue = served.studio.snapshot.catalogue
+    kind, sample = catalogue.find("low-balance")
+    first = catalogue.render("low-balance", kind, sample)
+    assert catalogue.render("low-balance", kind, sample) is first
+    edit(served, served.templates / "low-balance" / "subject.txt", "Edited subject\n")
+    again = served.studio.snapshot.catalogue.render("low-balance", kind, sample)
+    assert again.rendered is not None and again.rendered.subject == "Edited subject"

@@ -25,6 +25,7 @@ import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from gettext import NullTranslations
 from typing import Any
 
@@ -37,6 +38,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SecurityError
 from markupsafe import Markup
 
+from balancewatch.core.memo import Memo
 from balancewatch.core.problems import Problem
 
 CATALOG = re.compile(r"^locale/(?P<language>[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,4})*)/LC_MESSAGES/messages\.po$")
@@ -81,6 +83,11 @@ class Catalogs:
         return sorted(self.by_locale)
 
 
+# A catalog's checks and compiled form depend on its text alone: a reload redoes neither for a
+# catalog that did not change.
+_CATALOGS: Memo[tuple[str, str], tuple[NullTranslations | None, tuple[Problem, ...]]] = Memo(64)
+
+
 def load_catalogs(files: Mapping[str, str], directory: str) -> tuple[Catalogs, list[Problem]]:
     """The catalogs among ``files`` (a templates directory's text files by relative path), and
     the problems of those that cannot be used (paths shown under ``directory``)."""
@@ -100,31 +107,36 @@ def load_catalogs(files: Mapping[str, str], directory: str) -> tuple[Catalogs, l
                 )
             continue
         path = f"{directory}/{name}"
-        bad = next((n for n, line in enumerate(text.splitlines(), 1) if not _PO_LINE.match(line)), None)
-        if bad is not None:
-            problems.append(
-                Problem(path, bad, "", 'not a valid message catalog line; write msgid "..." / msgstr "..."')
-            )
-            continue
-        try:
-            catalog = read_po(io.StringIO(text), locale=None, abort_invalid=True)
-        except PoFileError as exc:
-            problems.append(Problem(path, exc.lineno, "", f"not a valid message catalog: {exc}"))
-            continue
-        except Exception as exc:  # babel's parser raises what it meets (ValueError, UnknownLocaleError)
-            problems.append(Problem(path, 0, "", f"not a valid message catalog: {exc}"))
-            continue
-        # Fuzzy entries are not used (they render the template's own words), so a wording
-        # change that `pybabel update` marks fuzzy never blocks a set from loading.
-        used = [m for m in catalog if m.id and m.string and not m.fuzzy]
-        found_problems = [_placeholder_problem(path, m) or _markup_problem(path, m) for m in used]
-        problems += [p for p in found_problems if p is not None]
-        try:
-            catalog.charset = "utf-8"  # the text was read as UTF-8 already, whatever the header says
-            by_locale[found["language"]] = _compiled(catalog)
-        except (ValueError, LookupError, UnicodeError) as exc:  # e.g. a Plural-Forms that does not parse
-            problems.append(Problem(path, 1, "", f"its header cannot be used: {exc}"))
+        translations, found_problems = _CATALOGS.get((path, text), partial(_catalog, path, text))
+        problems += found_problems
+        if translations is not None:
+            by_locale[found["language"]] = translations
     return Catalogs(by_locale), problems
+
+
+def _catalog(path: str, text: str) -> tuple[NullTranslations | None, tuple[Problem, ...]]:
+    """The catalog ``text`` (of file ``path``) compiled, or None, and its problems."""
+    bad = next((n for n, line in enumerate(text.splitlines(), 1) if not _PO_LINE.match(line)), None)
+    if bad is not None:
+        return None, (
+            Problem(path, bad, "", 'not a valid message catalog line; write msgid "..." / msgstr "..."'),
+        )
+    try:
+        catalog = read_po(io.StringIO(text), locale=None, abort_invalid=True)
+    except PoFileError as exc:
+        return None, (Problem(path, exc.lineno, "", f"not a valid message catalog: {exc}"),)
+    except Exception as exc:  # babel's parser raises what it meets (ValueError, UnknownLocaleError)
+        return None, (Problem(path, 0, "", f"not a valid message catalog: {exc}"),)
+    # Fuzzy entries are not used (they render the template's own words), so a wording
+    # change that `pybabel update` marks fuzzy never blocks a set from loading.
+    used = [m for m in catalog if m.id and m.string and not m.fuzzy]
+    found = [_placeholder_problem(path, m) or _markup_problem(path, m) for m in used]
+    problems = tuple(p for p in found if p is not None)
+    try:
+        catalog.charset = "utf-8"  # the text was read as UTF-8 already, whatever the header says
+        return _compiled(catalog), problems
+    except (ValueError, LookupError, UnicodeError) as exc:  # e.g. a Plural-Forms that does not parse
+        return None, (*problems, Problem(path, 1, "", f"its header cannot be used: {exc}"))
 
 
 def install(env: Environment, catalogs: Catalogs) -> None:
@@ -207,17 +219,34 @@ def literal_problems(env: Environment, name: str, source: str, path: str) -> lis
     """A problem for each ``_()``/``gettext()`` call in template ``name`` whose text is not a
     literal: the text given is trusted as markup in HTML (it is a translator's string), so a
     value from the data there would reach the email unescaped."""
+    advice = 'translates literal text only: write _("... %(name)s ...", name=value)'
+    found = _nonliteral(env, name, source)
+    return [Problem(path, line, "", f"{function}() {advice}") for line, function in found]
+
+
+_NONLITERAL: Memo[tuple[str, str], tuple[tuple[int, str], ...]] = Memo(4096)
+
+
+def _nonliteral(env: Environment, name: str, source: str) -> tuple[tuple[int, str], ...]:
+    """(line, function) of each gettext call in ``source`` given text that is not a literal.
+
+    Every reload checks the whole directory and parsing is most of its time, so an unchanged
+    file is parsed once per process. The memo keys on the file alone: every environment here
+    parses with the same syntax (``sandbox.environment`` builds them all)."""
+    return _NONLITERAL.get((name, source), lambda: _nonliteral_of(env, name, source))
+
+
+def _nonliteral_of(env: Environment, name: str, source: str) -> tuple[tuple[int, str], ...]:
     try:
         tree = env.parse(source, name)
     except TemplateSyntaxError:
-        return []  # reported as a syntax error
-    out = []
+        return ()  # reported as a syntax error
+    found = []
     for call in tree.find_all(nodes.Call):
         function = call.node.name if isinstance(call.node, nodes.Name) else ""
         if any(not isinstance(arg, nodes.Const) for arg in call.args[: _GETTEXT.get(function, 0)]):
-            message = f'{function}() translates literal text only: write _("... %(name)s ...", name=value)'
-            out.append(Problem(path, call.lineno, "", message))
-    return out
+            found.append((call.lineno, function))
+    return tuple(found)
 
 
 def _formattable(text: str) -> str:

@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 from balancewatch.config import Settings
+from balancewatch.core.memo import Memo
 from balancewatch.core.problems import Problem, ProblemsError
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope, build
@@ -39,6 +40,7 @@ from balancewatch.runtime.loadset import SAMPLES, template_uses
 
 PREVIEW_NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)  # the Date header of previews: stable output
 FALLBACK_RECIPIENT = "recipient@example.com"
+RENDERS_KEPT = 256  # sample renders a catalogue keeps: more than the shipped templates have
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class Catalogue:
     rule_problems: tuple[Problem, ...] = field(default=())
     rules: tuple[CompiledRule, ...] = ()  # the configured rules that compile
     reports: tuple[CompiledReport, ...] = ()
+    # A page and its two frames show one message: it is rendered once per catalogue.
+    _rendered: Memo[tuple[str, str, str], Preview] = field(
+        default_factory=lambda: Memo(RENDERS_KEPT), compare=False, repr=False
+    )
 
     @classmethod
     def load(cls, settings: Settings, templates_dir: Path | None = None) -> Catalogue:
@@ -121,8 +127,12 @@ class Catalogue:
         raise LookupError(f"no sample {sample!r} for template {template!r}; samples: {have}")
 
     def render(self, template: str, kind: str, sample: Sample) -> Preview:
-        """``template`` rendered with ``sample`` (of ``kind``) as the message it would make."""
-        return self.preview(template, kind, sample.name, sample.title, sample.context)
+        """``template`` rendered with ``sample`` (of ``kind``) as the message it would make; the
+        same Preview object each time while the catalogue keeps it (treat it as read only)."""
+        return self._rendered.get(
+            (template, kind, sample.name),
+            partial(self.preview, template, kind, sample.name, sample.title, sample.context),
+        )
 
     def preview(
         self,

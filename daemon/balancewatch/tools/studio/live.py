@@ -34,7 +34,7 @@ from balancewatch.tools.studio.catalogue import Catalogue, Preview
 
 log = logging.getLogger(__name__)
 
-DEBOUNCE = 0.12  # seconds of quiet after a file event: an editor's save is several events
+DEBOUNCE = 0.05  # seconds of quiet after a file event: an editor's save is several events, ms apart
 STALE_RETRY = 1.0  # seconds between loads while the templates directory cannot be read
 
 
