@@ -12,10 +12,11 @@ alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, Connection, Index, Table, UniqueConstraint, inspect
-from sqlalchemy.engine import Inspector
+from sqlalchemy.engine.interfaces import ReflectedColumn, ReflectedIndex, ReflectedUniqueConstraint
 from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel
 
@@ -27,36 +28,65 @@ class SchemaError(RuntimeError):
     """
 
 
-def _tables_in_place(inspector: Inspector) -> Iterator[Table]:
+@dataclass(frozen=True)
+class Reflected:
+    """What the database has of the model tables: their names, and by table their columns and
+    indexes (by name) and unique constraints. Read in a few queries, whatever the table count:
+    every daemon start and ``db upgrade`` reads it."""
+
+    tables: frozenset[str]
+    columns: dict[str, dict[str, ReflectedColumn]]
+    indexes: dict[str, dict[str, ReflectedIndex]]
+    uniques: dict[str, list[ReflectedUniqueConstraint]]
+
+
+def reflect(conn: Connection) -> Reflected:
+    """The model tables as the database has them now."""
+    inspector = inspect(conn)
+    existing = frozenset(inspector.get_table_names()) & {t.name for t in SQLModel.metadata.sorted_tables}
+    if not existing:
+        return Reflected(existing, {}, {}, {})
+    names = sorted(existing)
+    return Reflected(
+        existing,
+        {
+            key[1]: {c["name"]: c for c in found}
+            for key, found in inspector.get_multi_columns(filter_names=names).items()
+        },
+        {
+            key[1]: {i["name"]: i for i in found if i["name"]}
+            for key, found in inspector.get_multi_indexes(filter_names=names).items()
+        },
+        {key[1]: found for key, found in inspector.get_multi_unique_constraints(filter_names=names).items()},
+    )
+
+
+def _tables_in_place(found: Reflected) -> Iterator[Table]:
     """Each model table the database already has."""
-    existing = set(inspector.get_table_names())
     for table in SQLModel.metadata.sorted_tables:
-        if table.name in existing:
+        if table.name in found.tables:
             yield table
 
 
-def missing_tables(conn: Connection) -> list[Table]:
+def missing_tables(found: Reflected) -> list[Table]:
     """Model tables the database does not have."""
-    existing = set(inspect(conn).get_table_names())
-    return [table for table in SQLModel.metadata.sorted_tables if table.name not in existing]
+    return [table for table in SQLModel.metadata.sorted_tables if table.name not in found.tables]
 
 
-def missing_columns(conn: Connection) -> list[tuple[Table, Column[Any]]]:
+def missing_columns(found: Reflected) -> list[tuple[Table, Column[Any]]]:
     """Columns the tables in the database lack, compared with the models."""
-    inspector = inspect(conn)
     out: list[tuple[Table, Column[Any]]] = []
-    for table in _tables_in_place(inspector):
-        have = {c["name"] for c in inspector.get_columns(table.name)}
+    for table in _tables_in_place(found):
+        have = found.columns.get(table.name, {})
         out.extend((table, column) for column in table.columns if column.name not in have)
     return out
 
 
-def missing_indexes(conn: Connection) -> list[tuple[Table, Index]]:
+def missing_indexes(found: Reflected) -> list[tuple[Table, Index]]:
     """Indexes the models declare that the tables in the database lack, by name, with their table."""
-    inspector = inspect(conn)
     out: list[tuple[Table, Index]] = []
-    for table in _tables_in_place(inspector):
-        have = {i["name"] for i in inspector.get_indexes(table.name)}
+    for table in _tables_in_place(found):
+        have = found.indexes.get(table.name, {})
         out.extend((table, index) for index in table.indexes if index.name not in have)
     return out
 
@@ -67,14 +97,15 @@ def repair(conn: Connection) -> list[str]:
     Raises :class:`SchemaError` for a missing column that is NOT NULL without a
     server default: the rows already there would have no value for it.
     """
+    found = reflect(conn)
     done = []
-    for table in missing_tables(conn):
-        table.create(conn)
+    for table in missing_tables(found):
+        table.create(conn)  # with its indexes: nothing below looks at it again
         done.append(f"created table {table.name}")
-    for table, column in missing_columns(conn):
+    for table, column in missing_columns(found):
         _add_column(conn, table, column)
         done.append(f"added column {table.name}.{column.name}")
-    for table, index in missing_indexes(conn):
+    for table, index in missing_indexes(found):
         index.create(conn)
         done.append(f"created index {index.name} on {table.name}")
     return done
@@ -95,21 +126,19 @@ def differences(conn: Connection) -> list[str]:
     uniqueness) and unique constraint (by columns). Types are left to the
     migration tests: each backend spells them its own way.
     """
-    inspector = inspect(conn)
-    existing = set(inspector.get_table_names())
+    found = reflect(conn)
     out = []
     for table in SQLModel.metadata.sorted_tables:
-        if table.name not in existing:
+        if table.name not in found.tables:
             out.append(f"table {table.name} is missing")
             continue
-        out.extend(_column_differences(inspector, table))
-        out.extend(_index_differences(inspector, table))
-        out.extend(_unique_differences(inspector, table))
+        out.extend(_column_differences(found.columns.get(table.name, {}), table))
+        out.extend(_index_differences(found.indexes.get(table.name, {}), table))
+        out.extend(_unique_differences(found, table))
     return out
 
 
-def _column_differences(inspector: Inspector, table: Table) -> list[str]:
-    have = {c["name"]: c for c in inspector.get_columns(table.name)}
+def _column_differences(have: dict[str, ReflectedColumn], table: Table) -> list[str]:
     out = []
     for column in table.columns:
         found = have.get(column.name)
@@ -121,11 +150,10 @@ def _column_differences(inspector: Inspector, table: Table) -> list[str]:
     return out
 
 
-def _index_differences(inspector: Inspector, table: Table) -> list[str]:
-    have = {i["name"]: i for i in inspector.get_indexes(table.name)}
+def _index_differences(have: dict[str, ReflectedIndex], table: Table) -> list[str]:
     out = []
     for index in table.indexes:
-        found = have.get(index.name)
+        found = have.get(str(index.name))
         columns = [c.name for c in index.columns]
         if found is None:
             out.append(f"index {index.name} on {table.name} is missing")
@@ -134,13 +162,13 @@ def _index_differences(inspector: Inspector, table: Table) -> list[str]:
     return out
 
 
-def _unique_differences(inspector: Inspector, table: Table) -> list[str]:
+def _unique_differences(found: Reflected, table: Table) -> list[str]:
     """Unique constraints by their columns: SQLite leaves a column's ``unique=True`` unnamed."""
-    have = {tuple(sorted(u["column_names"])) for u in inspector.get_unique_constraints(table.name)}
+    have = {tuple(sorted(u["column_names"])) for u in found.uniques.get(table.name, [])}
     # An expression in an index has no column name (None): it cannot stand for a unique column.
     have |= {
         tuple(sorted(name for name in i["column_names"] if name is not None))
-        for i in inspector.get_indexes(table.name)
+        for i in found.indexes.get(table.name, {}).values()
         if i["unique"]
     }
     out: list[str] = []
