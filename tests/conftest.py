@@ -1,7 +1,8 @@
 """Shared fixtures: the same tests on SQLite and PostgreSQL, a real SMTP server on loopback.
 
 PostgreSQL tests run against ``$BALANCEWATCH_TEST_PG`` (default
-``postgresql://postgres@127.0.0.1:5432/test``), each in a schema of its own.
+``postgresql://postgres@127.0.0.1:5432/test``), each in a database of its own, a copy of
+one upgraded for the test process (``tests/pgdatabases.py``).
 Where the server cannot be reached they are skipped, except under
 ``CI=true``, where they fail: CI must prove both backends.
 """
@@ -28,6 +29,7 @@ from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet
 from balancewatch.runtime.loadset import load_set
 from balancewatch.store.db import make_engine, upgrade
+from tests.pgdatabases import Databases
 from tests.smtpserver import SmtpServer
 
 PG_URL = os.environ.get("BALANCEWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -138,13 +140,36 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file just upgraded, copied for each test: the copy is what ``upgrade`` makes."""
+    path = tmp_path_factory.mktemp("template") / "balancewatch.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "the template is one file"
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[Databases]:
+    databases = Databases(PG_URL)
+    yield databases
+    databases.close()
+
+
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A database URL on the parametrized backend, with the schema created."""
     if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'balancewatch.db'}"
-        upgrade(make_engine(url))
-        yield url
+        path = tmp_path / "balancewatch.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    require_postgres()
+    fresh = request.getfixturevalue("pg_databases").fresh()
+    if fresh is not None:
+        yield from fresh
         return
     schema = "t_" + uuid.uuid4().hex[:12]
     for engine in postgres_engine(schema):
