@@ -2,15 +2,18 @@
 
 ``CREATE DATABASE ... TEMPLATE`` copies an upgraded database in about 25 ms, where creating a
 schema and upgrading it takes about 0.4 s; the copy is the template byte for byte, so each test
-still starts from exactly what ``upgrade`` makes. Databases are named ``bwtest_<pid>_...`` after
-the test process that made them: one left behind by a process that died is dropped by the next
-run. Where the role may not create databases, each test gets a schema of its own instead.
+still starts from exactly what ``upgrade`` makes. Databases are named ``bwtest_<host>_<pid>_...``
+after the machine and test process that made them: one left behind by a process of this machine
+that died is dropped by the next run (a server shared with other machines keeps theirs). Where
+the role may not create databases, each test gets a schema of its own instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -20,7 +23,8 @@ from sqlalchemy.exc import DBAPIError
 
 from balancewatch.store.db import make_engine, upgrade
 
-PREFIX = "bwtest_"
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+PREFIX = f"bwtest_{HOST}_"
 _OURS = re.compile(rf"^{PREFIX}(\d+)_")
 
 
@@ -89,7 +93,9 @@ class Databases:
 
 def _drop_left_behind(conn: Connection) -> None:
     """Drop the databases of test processes that are gone."""
-    names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'bwtest\\_%'")).scalars()
+    names = conn.execute(
+        text("SELECT datname FROM pg_database WHERE starts_with(datname, :prefix)"), {"prefix": PREFIX}
+    ).scalars()
     for name in list(names):
         found = _OURS.match(name)
         if found is not None and not _alive(int(found.group(1))):
