@@ -34,7 +34,7 @@ class Databases:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.pid = os.getpid()
-        self.template = f"{PREFIX}{self.pid}_template"
+        self.template = f"{PREFIX}{self.pid}_template_{uuid.uuid4().hex[:8]}"
         self._admin: Engine | None = None
         self._ready: bool | None = None  # None: not tried; False: the role may not create databases
 
