@@ -91,13 +91,13 @@ def missing_indexes(found: Reflected) -> list[tuple[Table, Index]]:
     return out
 
 
-def repair(conn: Connection) -> list[str]:
-    """Create the model tables, columns and indexes the database lacks; return what was done, one line each.
+def repair(conn: Connection, found: Reflected) -> list[str]:
+    """Create the model tables, columns and indexes the database lacks (``found``: the database
+    as just reflected); return what was done, one line each.
 
     Raises :class:`SchemaError` for a missing column that is NOT NULL without a
     server default: the rows already there would have no value for it.
     """
-    found = reflect(conn)
     done = []
     for table in missing_tables(found):
         table.create(conn)  # with its indexes: nothing below looks at it again
@@ -119,14 +119,15 @@ def _add_column(conn: Connection, table: Table, column: Column[Any]) -> None:
     conn.exec_driver_sql(f"ALTER TABLE {conn.dialect.identifier_preparer.quote(table.name)} ADD COLUMN {ddl}")
 
 
-def differences(conn: Connection) -> list[str]:
+def differences(conn: Connection, found: Reflected | None = None) -> list[str]:
     """How the database falls short of the models, one line each; empty when it has all they declare.
 
     Checked: every table, column (and its nullability), index (name, columns,
     uniqueness) and unique constraint (by columns). Types are left to the
-    migration tests: each backend spells them its own way.
+    migration tests: each backend spells them its own way. ``found``: the database as
+    reflected since its tables last changed (default: reflected now).
     """
-    found = reflect(conn)
+    found = found or reflect(conn)
     out = []
     for table in SQLModel.metadata.sorted_tables:
         if table.name not in found.tables:
