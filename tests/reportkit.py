@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from balancewatch.config import Settings
-from balancewatch.deliver.worker import make_transport
+from balancewatch.deliver.registry import make_transport
 from balancewatch.liveset import LiveSet
 from balancewatch.reports.runner import ReportStats
 from balancewatch.runtime.loadset import load_set

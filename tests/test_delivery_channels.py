@@ -20,7 +20,7 @@ from balancewatch.config import Settings
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.files import FileTransport
 from balancewatch.deliver.registry import Registry, make_registry
-from balancewatch.deliver.transport import Ready, Transport
+from balancewatch.deliver.transport import Meanwhile, Ready, Transport
 from balancewatch.deliver.worker import Courier
 from balancewatch.store.tables import OUTBOX_TABLE
 from tests.conftest import T0, Clock
@@ -61,7 +61,9 @@ class ChatTransport:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def send(self, envelope: ChatEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
+    def send(
+        self, envelope: ChatEnvelope, ready: Ready | None = None, meanwhile: Meanwhile | None = None
+    ) -> dict[str, TransportError]:
         if ready is not None:
             ready()
         self.posted.append(envelope)

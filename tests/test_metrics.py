@@ -26,7 +26,8 @@ from balancewatch.alerts import cycle
 from balancewatch.config import Settings
 from balancewatch.core import shipped
 from balancewatch.core.metrics import Metrics, Readiness
-from balancewatch.deliver.worker import Courier, make_transport
+from balancewatch.deliver.registry import make_transport
+from balancewatch.deliver.worker import Courier
 from balancewatch.liveset import LiveSet
 from balancewatch.reports.runner import run_due
 from balancewatch.runtime.httpserve import ListenError, MetricsServer, parse_listen, serve

@@ -28,7 +28,7 @@ import apprise
 
 from balancewatch.config.channels import ChatChannel
 from balancewatch.deliver.errors import TransportError
-from balancewatch.deliver.transport import Ready
+from balancewatch.deliver.transport import Meanwhile, Ready
 from balancewatch.outbox import Claimed
 
 # The loggers that may name the URL or its parts while Apprise sends (a filter holds only the
@@ -187,7 +187,9 @@ class ChatTransport:
     def __enter__(self) -> ChatTransport:
         return self
 
-    def send(self, envelope: ChatEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
+    def send(
+        self, envelope: ChatEnvelope, ready: Ready | None = None, meanwhile: Meanwhile | None = None
+    ) -> dict[str, TransportError]:
         """Notify once (after ``ready``); return the recipient with a temporary error unless
         Apprise delivered it, with the reason Apprise gave (secrets masked)."""
         if ready is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
-from balancewatch.deliver.transport import Ready
+from balancewatch.deliver.transport import Meanwhile, Ready
 
 
 def eml_name(message_id: str, recipient: str) -> str:
@@ -39,7 +39,9 @@ class FileTransport:
             raise TransportError(f"create {self.directory}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: EmailEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
+    def send(
+        self, envelope: EmailEnvelope, ready: Ready | None = None, meanwhile: Meanwhile | None = None
+    ) -> dict[str, TransportError]:
         """Write each recipient's copy to a file of its own. Returns no refusals unless the disk
         fails after the first copy: the copies written keep their outcome and the rest are
         returned with the error (temporary), as the SMTP transport does when its session breaks.

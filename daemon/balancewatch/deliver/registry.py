@@ -21,7 +21,7 @@ from balancewatch.deliver.message import EmailEnvelope, build
 from balancewatch.deliver.outcome import DELIVERED, Attempt
 from balancewatch.deliver.ratelimit import RateLimit
 from balancewatch.deliver.smtp import SmtpTransport
-from balancewatch.deliver.transport import EnvelopeT, Ready, Transport
+from balancewatch.deliver.transport import EnvelopeT, Meanwhile, Ready, Transport
 from balancewatch.deliver.webhook import WebhookTransport, build_webhook
 from balancewatch.outbox import Claimed
 
@@ -55,19 +55,26 @@ class Route(Generic[EnvelopeT]):
             return not stopping.is_set()
         return self.limit.wait(stopping)
 
-    def attempt(self, row: Claimed, now: datetime, ready: Ready | None = None) -> dict[str, Attempt]:
+    def attempt(
+        self, row: Claimed, now: datetime, ready: Ready | None = None, ahead: Ahead | None = None
+    ) -> dict[str, Attempt]:
         """Send ``row`` to its due recipients, in an open session; how each fared, by address
         as the row spells it. Raises TransportError only for a connection failure, which says
         nothing about the message. ``ready`` goes to the transport (``Transport.send``): what it
-        raises propagates, the row not delivered."""
+        raises propagates, the row not delivered. With ``ahead``, the envelope built ahead for
+        ``row`` is used if there is one, and ``ahead.next`` is built while the other side
+        takes this message."""
         try:
-            envelope = self.envelope(row, now)
+            envelope = ahead.take(row) if ahead is not None else None
+            if envelope is None:
+                envelope = self.envelope(row, now)
+            meanwhile = ahead.meanwhile(self) if ahead is not None else None
             if not envelope.recipients:
                 refused = {}
-            elif ready is None:
+            elif ready is None and meanwhile is None:
                 refused = self.transport.send(envelope)
             else:
-                refused = self.transport.send(envelope, ready)
+                refused = self.transport.send(envelope, ready, meanwhile)
         except TransportError as exc:
             if exc.connection:
                 raise
@@ -82,6 +89,42 @@ class Route(Generic[EnvelopeT]):
                 DELIVERED if error is None else Attempt(False, str(error), error.permanent, error.retry_after)
             )
         return attempts
+
+
+class Ahead:
+    """The envelope of the row to send next (``next``), built while the other side takes the one
+    before it (``Meanwhile``): the courier's own work overlaps the server's instead of following
+    it. Holds at most one envelope, or what building it raised, for the row it was built for."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self.clock = clock
+        self.next: Claimed | None = None  # the row to build ahead, set by the courier per message
+        self._built: tuple[int, Any] | None = None  # (row id, envelope or the exception raised)
+
+    def meanwhile(self, route: Route[Any]) -> Meanwhile | None:
+        """What builds ``next`` with ``route``'s builder when called (never raising); None when
+        there is no next row or it goes through another channel."""
+        row = self.next
+        if row is None or row.channel != route.channel:
+            return None
+
+        def build() -> None:
+            try:
+                made: Any = route.envelope(row, self.clock())
+            except Exception as exc:  # raised again when the row is sent: see take
+                made = exc
+            self._built = (row.id, made)
+
+        return build
+
+    def take(self, row: Claimed) -> Any:
+        """``row``'s envelope if it was built ahead (raising what building it raised), else None."""
+        built, self._built = self._built, None
+        if built is None or built[0] != row.id:
+            return None
+        if isinstance(built[1], Exception):
+            raise built[1]
+        return built[1]
 
 
 class Registry:

@@ -14,7 +14,7 @@ from typing import Any
 from balancewatch.config import Security, SmtpSettings
 from balancewatch.deliver.errors import TransportError
 from balancewatch.deliver.message import EmailEnvelope
-from balancewatch.deliver.transport import Ready
+from balancewatch.deliver.transport import Meanwhile, Ready
 
 
 def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
@@ -54,9 +54,12 @@ class _Waiting:
     """``smtplib.SMTP.data`` calling ``ready`` (set per message, once) after the server said
     354 and before it sends the message and its final dot, which let the server accept it.
     When ``ready`` raises, the session is closed there, in DATA: the server drops what it had
-    of the message (a message is taken at its final dot only), and the exception propagates."""
+    of the message (a message is taken at its final dot only), and the exception propagates.
+    ``meanwhile`` (set per message, once; it never raises) is called after the final dot and
+    before the server's answer is read: while the server takes the message."""
 
     ready: Ready | None = None
+    meanwhile: Meanwhile | None = None
 
     def data(self, msg: Any) -> tuple[int, bytes]:
         smtp: Any = self
@@ -75,12 +78,15 @@ class _Waiting:
                 smtp.close()
                 raise
         smtp.send(quoted + b".\r\n")
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
         answer: tuple[int, bytes] = smtp.getreply()
         return answer
 
 
 class _Once:
-    """``ready``, called the first time only."""
+    """``ready`` (or ``meanwhile``), called the first time only."""
 
     def __init__(self, ready: Ready) -> None:
         self._ready: Ready | None = ready
@@ -152,7 +158,9 @@ class SmtpTransport:
             raise TransportError(f"connect to {self.where}: {exc}", connection=True) from exc
         return self
 
-    def send(self, envelope: EmailEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
+    def send(
+        self, envelope: EmailEnvelope, ready: Ready | None = None, meanwhile: Meanwhile | None = None
+    ) -> dict[str, TransportError]:
         """Send each recipient its own copy (``envelope.for_recipient``, To naming only them),
         one after another over this session; return the recipients whose copy did not go, each
         with its error (``permanent`` for a 5xx). The others have their copy.
@@ -168,7 +176,8 @@ class SmtpTransport:
         ``ready`` is called before the server can accept any copy, in its DATA (as late
         as can be, so what it waits for overlaps the exchange before); when it raises, the
         session is closed there (nothing of the message accepted) and the exception propagates.
-        The next send then opens a new session.
+        The next send then opens a new session. ``meanwhile`` is called once, after the first
+        copy's final dot, while the server takes it.
         """
         if self._smtp is None and self._left:
             self.__enter__()  # left in a DATA by ``ready``: a new session, as a new batch opens
@@ -176,9 +185,10 @@ class SmtpTransport:
             raise TransportError(self._broken or "send without a connection", connection=True)
         failed: dict[str, TransportError] = {}
         once = _Once(ready) if ready is not None else None  # the first copy to reach DATA calls it
+        after = _Once(meanwhile) if meanwhile is not None else None
         for i, recipient in enumerate(envelope.recipients):
             try:
-                error = self._send_copy(envelope, recipient, once)
+                error = self._send_copy(envelope, recipient, once, after)
             except TransportError as exc:  # the session broke
                 if i == 0:
                     raise
@@ -189,7 +199,7 @@ class SmtpTransport:
         return failed
 
     def _send_copy(
-        self, envelope: EmailEnvelope, recipient: str, ready: Ready | None
+        self, envelope: EmailEnvelope, recipient: str, ready: Ready | None, meanwhile: Meanwhile | None = None
     ) -> TransportError | None:
         """Send ``recipient``'s copy; None once the server accepted it, else its refusal.
         Raises TransportError with ``connection`` set, the session closed, when it broke;
@@ -197,7 +207,7 @@ class SmtpTransport:
         smtp = self._smtp
         if smtp is None:
             raise TransportError(self._broken or "send without a connection", connection=True)
-        smtp.ready = ready
+        smtp.ready, smtp.meanwhile = ready, meanwhile
         try:
             refused = _send(smtp, envelope, recipient)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -221,7 +231,7 @@ class SmtpTransport:
                 self._smtp, self._left = None, True
             raise
         finally:
-            smtp.ready = None
+            smtp.ready = smtp.meanwhile = None
         # One recipient: a refusal comes as SMTPRecipientsRefused; this is in case it does not.
         return _per_recipient(refused).get(recipient)
 

@@ -28,6 +28,10 @@ class Envelope(Protocol):
 # Called by a transport right before the other side can take a message (an SMTP server's final
 # dot, a POST, a file's rename); what it raises propagates, and the message is not delivered.
 Ready = Callable[[], None]
+# Called by a transport while the other side takes a message it has sent in full (an SMTP
+# server's work between the final dot and its answer), so the courier can build the next one
+# meanwhile; it never raises. A transport with no such wait does not call it.
+Meanwhile = Callable[[], None]
 
 EnvelopeT = TypeVar("EnvelopeT", bound=Envelope)
 EnvelopeT_contra = TypeVar("EnvelopeT_contra", bound=Envelope, contravariant=True)
@@ -48,11 +52,14 @@ class Transport(Protocol[EnvelopeT_contra]):
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
 
-    def send(self, envelope: EnvelopeT_contra, ready: Ready | None = None) -> dict[str, TransportError]:
+    def send(
+        self, envelope: EnvelopeT_contra, ready: Ready | None = None, meanwhile: Meanwhile | None = None
+    ) -> dict[str, TransportError]:
         """Deliver ``envelope``; return the recipients refused (by ``envelope.recipients``
         spelling), each with its error. ``ready`` (when given) is called before the first part
         of it can be taken by the other side; an exception it raises ends the send at once,
-        propagated as it is, with nothing of the envelope delivered.
+        propagated as it is, with nothing of the envelope delivered. ``meanwhile`` (when given)
+        is called at most once, while the other side works on what was sent (``Meanwhile``).
 
         Raises TransportError when the whole envelope failed: ``permanent`` if trying again
         cannot help, ``connection`` if the session is unusable.

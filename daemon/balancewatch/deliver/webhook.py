@@ -38,7 +38,7 @@ from balancewatch import __version__
 from balancewatch.config.channels import WebhookChannel
 from balancewatch.config.values import shown_url
 from balancewatch.deliver.errors import TransportError
-from balancewatch.deliver.transport import Ready
+from balancewatch.deliver.transport import Meanwhile, Ready
 from balancewatch.outbox import Claimed, event_id
 
 # Read at most this much of an answer: enough to reuse the connection after any usual answer,
@@ -200,7 +200,9 @@ class WebhookTransport:
             )
         return self
 
-    def send(self, envelope: WebhookEnvelope, ready: Ready | None = None) -> dict[str, TransportError]:
+    def send(
+        self, envelope: WebhookEnvelope, ready: Ready | None = None, meanwhile: Meanwhile | None = None
+    ) -> dict[str, TransportError]:
         """POST the envelope once (after ``ready``); return its recipient with the error unless
         it was delivered.
 

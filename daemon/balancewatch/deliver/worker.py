@@ -9,7 +9,9 @@ built and its exchange begins, and committed before the server can accept
 that next one (``deliver/records.py``): a crash loses at most the record of
 the message in flight, which is then sent again (at-least-once; the
 Message-ID makes the duplicate detectable). Outcomes of channels whose
-receivers deduplicate are written in groups (``deliver/pending.py``).
+receivers deduplicate are written in groups (``deliver/pending.py``). The
+next message is built while the server takes the one before it
+(``registry.Ahead``).
 
 When the database fails while a batch is out, what the server already
 accepted is not sent again by this process: the outcome is kept in memory
@@ -40,7 +42,7 @@ from balancewatch.deliver.message import EmailEnvelope
 from balancewatch.deliver.outcome import Attempt, failure_class, settle, shown
 from balancewatch.deliver.pending import Pending
 from balancewatch.deliver.records import Records, Unrecorded
-from balancewatch.deliver.registry import EMAIL, Registry, Route, Sessions, email_registry, make_transport
+from balancewatch.deliver.registry import EMAIL, Ahead, Registry, Route, Sessions, email_registry
 from balancewatch.deliver.transport import Ready, Transport
 from balancewatch.store import status as instance_status
 from balancewatch.store.db import is_postgres
@@ -52,7 +54,7 @@ Clock = Callable[[], datetime]
 # the look reads every due row, so not at each batch of a backlog.
 NOTE_EVERY = timedelta(seconds=30)
 
-__all__ = ["Courier", "DeliveryStats", "Transport", "Unrecorded", "deliver_batch", "make_transport"]
+__all__ = ["Courier", "DeliveryStats", "Transport", "Unrecorded", "deliver_batch"]
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Courier:
         held = {row.id for row in batch}
         lease_end = now + lease
         done: set[int] = set()  # rows failed with their channel's connection
+        ahead = Ahead(clock)  # the next row's message, built while the server takes this one
         with Sessions() as sessions:
             for i, row in enumerate(batch):
                 if row.id in done:
@@ -194,7 +197,8 @@ class Courier:
                     if row.id not in held:
                         self._lost(row, stats)
                         continue
-                    attempts = route.attempt(row, stamp, ready)
+                    ahead.next = rest[1] if len(rest) > 1 else None
+                    attempts = route.attempt(row, stamp, ready, ahead)
                 except TransportError as exc:  # only connection failures get here
                     down = [r for r in rest if r.channel == row.channel]
                     done.update(r.id for r in down)
