@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import Engine
 
 from balancewatch import outbox
 from balancewatch.deliver.errors import TransportError
+from balancewatch.deliver.ratelimit import RateLimit
 from balancewatch.deliver.registry import Ahead, Route
 from balancewatch.runtime.service import Pipeline
 from tests.conftest import Clock
@@ -122,6 +124,9 @@ def test_an_envelope_built_ahead_is_given_only_to_its_own_row_and_only_once() ->
     assert made == [2, 2]
     ahead.next = replace(claimed(4, "d@acme.example"), channel="hooks")
     assert ahead.meanwhile(route) is None  # another channel's row: built by its own route
+    ahead.next = claimed(5, "e@acme.example")
+    paced = replace(route, limit=RateLimit(Decimal(1)))
+    assert ahead.meanwhile(paced) is None  # the next one waits for its turn anyway
 
 
 def test_what_building_ahead_raised_is_raised_when_the_row_is_sent() -> None:

@@ -103,9 +103,10 @@ class Ahead:
 
     def meanwhile(self, route: Route[Any]) -> Meanwhile | None:
         """What builds ``next`` with ``route``'s builder when called (never raising); None when
-        there is no next row or it goes through another channel."""
+        there is no next row, it goes through another channel, or the channel's rate makes the
+        next message wait anyway (its Date then says when it was made, not a pace earlier)."""
         row = self.next
-        if row is None or row.channel != route.channel:
+        if row is None or row.channel != route.channel or route.limit is not None:
             return None
 
         def build() -> None:
