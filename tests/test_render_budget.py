@@ -465,6 +465,19 @@ def test_a_huge_format_width_is_refused_in_an_html_part_too(tmp_path: Path) -> N
     )
 
 
+def test_a_format_read_once_is_still_checked_at_every_render(tmp_path: Path) -> None:
+    # The formats' widths are read once per format text; a refused one is refused every time,
+    # and a width taken from the arguments is checked against each render's own.
+    wide = probe(tmp_path / "wide", '{{ "%0999999999d" | format(n) }}\n')
+    for _ in range(2):
+        assert stopped(wide, {"n": 1})[0].startswith("probe/body.txt:1: the format '%0999999999d'")
+    starred = probe(tmp_path / "starred", '[{{ "%*d" | format(width, 7) }}]\n')
+    assert starred.render("probe", {"width": 4}).text == "[   7]\n"
+    problem, _took = stopped(starred, {"width": 10**9})
+    assert problem.startswith("probe/body.txt:1: a format width taken from the arguments")
+    assert starred.render("probe", {"width": 2}).text == "[ 7]\n"
+
+
 def test_ordinary_arithmetic_formatting_and_joining_still_work(tmp_path: Path) -> None:
     body = (
         "{{ 'ab' * 3 }} {{ 3 * 'c' }} {{ [0] * 2 }} {{ 2 ** 10 }} {{ 7 % 3 }} {{ '%05.1f' % 2.25 }} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from balancewatch.core.limits import format_size
@@ -123,6 +124,27 @@ def check_printf(fmt: str | bytes, args: Any, limit: int) -> None:
     text = fmt.decode("latin-1") if isinstance(fmt, bytes) else fmt
     if "%" not in text:
         return
+    # A template formats with the same few literal formats, email after email (a report's
+    # aligned table lines): short ones are read once.
+    stars = _takes_stars(text, limit) if len(text) <= _CACHED_FORMAT else _read_printf(text, limit)
+    if stars:
+        values = args if isinstance(args, tuple) else (args,)
+        for value in values:
+            if _is_int(value) and abs(value) > limit:
+                raise too_large("a format width taken from the arguments", abs(value), limit)
+
+
+_CACHED_FORMAT = 256
+
+
+@lru_cache(maxsize=256)
+def _takes_stars(text: str, limit: int) -> bool:
+    return _read_printf(text, limit)
+
+
+def _read_printf(text: str, limit: int) -> bool:
+    """Whether ``text`` takes a width or precision from the arguments (``*``); raises
+    ValueTooLargeError for a literal one larger than ``limit``."""
     stars = False
     for match in _PRINTF.finditer(text):
         for number in (match[1], match[2]):
@@ -130,11 +152,7 @@ def check_printf(fmt: str | bytes, args: Any, limit: int) -> None:
                 stars = True
             elif number and _above(number, limit):
                 raise too_large(f"the format {_quote(match[0])}", _as_int(number), limit)
-    if stars:
-        values = args if isinstance(args, tuple) else (args,)
-        for value in values:
-            if _is_int(value) and abs(value) > limit:
-                raise too_large("a format width taken from the arguments", abs(value), limit)
+    return stars
 
 
 def check_format_spec(spec: str, limit: int) -> None:
