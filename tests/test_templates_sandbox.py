@@ -194,3 +194,35 @@ def test_a_misspelled_variable_through_the_money_filter_is_reported_as_undefined
     with pytest.raises(RenderError) as caught:
         templates.render("x", {"locale": "en_US"})
     assert str(caught.value.problem) == f"{tmp_path}/x/subject.txt:1: 'balanse' is undefined"
+
+
+# --- macros -----------------------------------------------------------------------------------------
+
+
+MACROS = """\
+{% macro row(label, value="-") %}{{ label }}={{ value }}\
+{% if varargs %} +{{ varargs | join(",") }}{% endif %}\
+{% if kwargs %} {{ kwargs | dictsort | join(";") }}{% endif %}{% endmacro %}
+{% macro boxed() %}[{{ caller(1) }}]{% endmacro %}
+{% for n in [1, 2] %}{{ row("n", n) }} {{ row("extra", n, 7, 8) }} {{ row("k", flag=n) }} {{ row("bare") }}
+{% call(x) boxed() %}inside {{ x }} of {{ n }}{% endcall %}.
+{% endfor %}{{ row("safe", account.name) }}
+"""
+
+
+def test_macros_take_defaults_extra_arguments_and_a_caller_in_loops(tmp_path: Path) -> None:
+    templates = template_set(tmp_path, {"probe/subject.txt": "Balance", "probe/body.txt": MACROS})
+    text = templates.render("probe", context(name="Acme")).text
+    assert text.splitlines() == [
+        "n=1 extra=1 +7,8 k=- ('flag', 1) bare=-",
+        "[inside 1 of 1].",
+        "n=2 extra=2 +7,8 k=- ('flag', 2) bare=-",
+        "[inside 1 of 2].",
+        "safe=Acme",
+    ]
+
+
+def test_a_macro_given_an_argument_it_does_not_take_is_an_error_with_file_and_line(tmp_path: Path) -> None:
+    problem = render_error(tmp_path, "{% macro one(a) %}{{ a }}{% endmacro %}\n{{ one(1, 2) }}\n")
+    assert problem.startswith("probe/body.txt:2:")
+    assert "macro 'one' takes not more than 1 argument(s)" in problem
