@@ -206,3 +206,22 @@ def test_a_file_checked_again_gives_its_problems_again_and_a_fixed_one_none(tmp_
     (root / "locale" / "de" / "LC_MESSAGES" / "messages.po").write_text(textwrap.dedent(GERMAN).lstrip())
     assert problems() == []
     assert render(root, "de")[0] == "Ihr Guthaben ist niedrig"
+
+
+def test_a_locale_set_in_a_loop_or_block_is_the_one_its_words_are_translated_into(tmp_path: Path) -> None:
+    # As Jinja calls any function that takes the context: with what the loop or block set in it
+    # (a loop's own variable is not in the context, for Jinja's functions as for these).
+    root = directory(tmp_path)
+    (root / "greet" / "body.txt").write_text(
+        '{{ _("Your balance is low") }}\n'
+        '{% for n in [1] %}{% set locale = "de_DE" %}{{ _("Your balance is low") }}\n{% endfor %}'
+        '{% block words %}{% set locale = "de_DE" %}{{ _("Your balance is low") }}\n{% endblock %}'
+        '{% for locale in ["de_DE"] %}{{ _("Your balance is low") }}\n{% endfor %}'
+    )
+    _subject, text, _html = render(root, "en_US")
+    assert text.splitlines() == [
+        "Your balance is low",
+        "Ihr Guthaben ist niedrig",
+        "Ihr Guthaben ist niedrig",
+        "Your balance is low",
+    ]

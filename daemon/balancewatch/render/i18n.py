@@ -180,6 +180,9 @@ def install(env: Environment, catalogs: Catalogs) -> None:
     env.globals.update(_=gettext, gettext=gettext, pgettext=pgettext, ngettext=ngettext, npgettext=npgettext)
 
 
+TRANSLATORS = ("_", "gettext", "pgettext", "ngettext", "npgettext")  # the globals ``install`` sets
+
+
 class _Kept:
     """Texts translated for a locale and checked (``_formattable``), kept: an email asks for the
     same few dozen each time."""

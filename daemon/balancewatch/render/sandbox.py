@@ -8,7 +8,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import update_wrapper
-from types import BuiltinMethodType, MethodType
+from types import BuiltinMethodType, FunctionType, MethodType
 from typing import Any
 
 from jinja2 import (
@@ -34,7 +34,7 @@ from markupsafe import Markup
 from balancewatch.core.limits import format_size
 from balancewatch.core.money import Money
 from balancewatch.render.filters import BOUNDED_FILTERS, FILTERS, lipsum
-from balancewatch.render.i18n import Catalogs, install
+from balancewatch.render.i18n import TRANSLATORS, Catalogs, install
 from balancewatch.render.sizes import ValueTooLargeError, check_binop, check_format_spec, check_method_call
 
 
@@ -134,6 +134,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_size = max_size
+        self.translators: frozenset[Callable[..., Any]] = frozenset()  # ``install``'s gettext functions
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # ``a.b`` on the context's dicts and amounts and an imported template's text (a layout's
@@ -173,6 +174,8 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                 return self.undefined(
                     "value was undefined because a callable raised a StopIteration exception"
                 )
+        if type(obj) is FunctionType and obj in self.translators:  # ``_("...")``: dozens an email
+            return _with_context(context, obj, args, kwargs)
         if (args or kwargs) and type(obj) in _METHOD_TYPES:
             args = check_method_call(obj, args, kwargs, self.max_size)
         if not self.is_safe_callable(obj):
@@ -212,6 +215,17 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return update_wrapper(wrapper, value)
 
 
+def _with_context(context: Context, function: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
+    """``function`` (``pass_context``) called as ``Context.call`` calls one: with the context,
+    and the loop's and block's variables in it."""
+    loop_vars, block_vars = kwargs.pop("_loop_vars", None), kwargs.pop("_block_vars", None)
+    if loop_vars:
+        context = context.derived(loop_vars)
+    if block_vars:
+        context = context.derived(block_vars)
+    return function(context, *args, **kwargs)
+
+
 def environment(files: Mapping[str, str], max_size: int, catalogs: Catalogs | None = None) -> _BoundedSandbox:
     """The sandbox ``files`` render in, translating into each context's ``locale`` with ``catalogs``."""
     env = _BoundedSandbox(
@@ -230,4 +244,5 @@ def environment(files: Mapping[str, str], max_size: int, catalogs: Catalogs | No
     env.filters.update(BOUNDED_FILTERS)
     env.globals["lipsum"] = lipsum
     install(env, catalogs or Catalogs())
+    env.translators = frozenset(function for name in TRANSLATORS if callable(function := env.globals[name]))
     return env
