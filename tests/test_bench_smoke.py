@@ -26,8 +26,9 @@ def test_the_benchmark_runs_and_prints_the_three_figures(
         "(c) peak RSS",
     ):
         assert re.search(rf"^{re.escape(label)}.*(MEETS|MISSES)$", out, re.MULTILINE), out
-    assert re.search(
-        r"^first sweep: finding .* rendering .* loading, deciding and writing", out, re.MULTILINE
-    )
+    assert re.search(r"^first sweep: finding .* loading, deciding and writing", out, re.MULTILINE)
+    rendered = re.search(r"^  then the render stage: ([\d,]+) messages in ", out, re.MULTILINE)
+    decided = re.search(r"^first sweep \(fires the initial alerts\): .* ([\d,]+) notifications$", out, re.M)
+    assert rendered and decided and rendered.group(1) == decided.group(1) != "0", out
     assert result.is_file()
     assert not (tmp_path / "bench" / "balancewatch.db").exists()

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, delete, event
+from sqlalchemy import Engine, delete, event, select
 from sqlmodel import Session
 
 from balancewatch.alerts import cycle
@@ -22,6 +22,8 @@ from balancewatch.alerts.cycle import CycleStats
 from balancewatch.config import Settings
 from balancewatch.core import shipped
 from balancewatch.liveset import LiveSet
+from balancewatch.outbox import OUTBOX_TABLE as OUTBOX
+from balancewatch.outbox import requeue_refs
 from balancewatch.runtime.loadset import load_set
 from balancewatch.runtime.service import Pipeline, build_pipeline
 from balancewatch.store.db import get_meta, make_engine
@@ -34,7 +36,6 @@ from tests.helpers import (
     post,
     set_balance,
     set_enabled,
-    set_labels,
     states,
     write_amount_only,
 )
@@ -791,8 +792,32 @@ def tiered_live(tmp_path: Path, rules_dir: Path) -> LiveSet:
     return load_set(rules_dir, templates)
 
 
-def test_a_template_failing_for_one_account_leaves_its_state_to_be_decided_again(
-    engine: Engine, db_url: str, make_settings: MakeSettings, tiered_live: LiveSet, clock: Clock
+def queued_rows(engine: Engine) -> list[tuple[str, str, str | None]]:
+    """(account, status, last error) of every outbox row, in the order decided."""
+    with engine.connect() as conn:
+        query = select(OUTBOX.c.account_id, OUTBOX.c.status, OUTBOX.c.last_error).order_by(OUTBOX.c.id)
+        return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
+
+
+def fix_tiered(pipeline: Pipeline, tiered_live: LiveSet, rules_dir: Path) -> None:
+    """The template made robust (a tier when the account has none) and the set reloaded."""
+    (tiered_live.templates.directory / "tiered" / "subject.txt").write_text(
+        "{{ account.labels.tier | default('standard') | upper }}: {{ account.name }} below "
+        "{{ alert.step | money }}"
+    )
+    (tiered_live.templates.directory / "tiered" / "body.txt").write_text(
+        "Your {{ account.labels.tier | default('standard') }} plan is low.\n"
+    )
+    pipeline.swap(load_set(rules_dir, tiered_live.templates.directory))
+
+
+def test_a_template_failing_for_one_account_keeps_its_decision_queued_until_the_template_is_fixed(
+    engine: Engine,
+    db_url: str,
+    make_settings: MakeSettings,
+    tiered_live: LiveSet,
+    rules_dir: Path,
+    clock: Clock,
 ) -> None:
     pipeline = build_pipeline(engine, make_settings(db_url), tiered_live)
     funded(engine, clock, "gold", name="Gold Co", labels={"tier": "gold"})
@@ -803,37 +828,57 @@ def test_a_template_failing_for_one_account_leaves_its_state_to_be_decided_again
     post(engine, "plain", "USD", -21_000, clock())
     failed = pipeline.evaluate(clock())
 
-    assert decided(failed) == {"ladder": 1}
+    # Both are decided, once: the decision stands whatever its template does.
+    assert decided(failed) == {"ladder": 2}
     [problem] = failed.render_errors
-    assert "tiered/subject.txt" in problem
-    assert [(s.account_id, s.subject) for s in outbox(engine)] == [("gold", "GOLD: Gold Co below $100.00")]
-    assert states(engine, "ladder", "plain") == {}
+    assert "tiered/subject.txt:1" in problem
+    assert states(engine, "ladder", "plain")[10_000].episode == 1
+    [(gold, sent_status, _), (plain, status, error)] = queued_rows(engine)
+    assert (gold, sent_status, plain, status) == ("gold", "pending", "plain", "queued")
+    assert error is not None and error.startswith("not rendered yet: ") and "tiered/subject.txt:1" in error
+    assert [s.subject for s in outbox(engine, "gold")] == ["GOLD: Gold Co below $100.00"]
 
-    set_labels(engine, "plain", {"tier": "silver"})
+    # Before its retry is due it is left alone; once the template is fixed it is rendered,
+    # and nothing is decided again.
+    assert pipeline.evaluate(clock.advance(seconds=5)).render_errors == []
+    fix_tiered(pipeline, tiered_live, rules_dir)
     retried = pipeline.evaluate(clock.advance(minutes=1))
 
-    assert (retried.full, decided(retried), retried.render_errors) == (False, {"ladder": 1}, [])
-    assert [s.subject for s in outbox(engine, "plain")] == ["SILVER: Plain Co below $100.00"]
-    assert states(engine, "ladder", "plain")[10_000].episode == 1
+    assert (decided(retried), retried.render_errors) == ({}, [])
+    assert [s.subject for s in outbox(engine, "plain")] == ["STANDARD: Plain Co below $100.00"]
+    assert queued_rows(engine)[1] == ("plain", "pending", None)
 
 
-def test_a_balance_whose_template_failed_is_decided_by_the_next_sweep(
-    engine: Engine, db_url: str, make_settings: MakeSettings, tiered_live: LiveSet, clock: Clock
+def test_a_message_that_never_renders_is_parked_and_outbox_retry_queues_it_again(
+    engine: Engine,
+    db_url: str,
+    make_settings: MakeSettings,
+    tiered_live: LiveSet,
+    rules_dir: Path,
+    clock: Clock,
 ) -> None:
     pipeline = build_pipeline(engine, make_settings(db_url), tiered_live)
     funded(engine, clock, "plain", name="Plain Co")
     post(engine, "plain", "USD", -21_000, clock())
     assert len(pipeline.evaluate(clock()).render_errors) == 1
 
-    assert len(pipeline.evaluate(clock.advance(minutes=5)).render_errors) == 1  # within the overlap
+    errors = 1
+    for _hour in range(60):  # delivery.retry: 30 s doubling to an hour; given up after two days
+        errors += len(pipeline.evaluate(clock.advance(hours=1)).render_errors)
+    [(_, status, error)] = queued_rows(engine)
 
-    set_labels(engine, "plain", {"tier": "silver"})
-    poll = pipeline.evaluate(clock.advance(minutes=5))
-    assert (poll.full, poll.candidates, decided(poll)) == (False, 0, {})  # the balance is old news to a poll
-    sweep = pipeline.evaluate(clock.advance(minutes=5))
+    assert status == "parked"
+    assert error is not None and error.startswith(f"not rendered (gave up after {errors} attempts): ")
+    assert 8 <= errors <= 60
 
-    assert (sweep.full, decided(sweep)) == (True, {"ladder": 1})
-    assert [s.subject for s in outbox(engine)] == ["SILVER: Plain Co below $100.00"]
+    fix_tiered(pipeline, tiered_live, rules_dir)
+    with engine.begin() as conn:
+        [requeued], left = requeue_refs(conn, ["1"], clock())
+    assert (requeued.recipients, left) == (("plain@owner.example",), [])
+    assert queued_rows(engine)[0][1] == "queued"
+    assert pipeline.evaluate(clock.advance(seconds=1)).render_errors == []
+    assert [(s.subject, s.step) for s in outbox(engine)] == [("STANDARD: Plain Co below $100.00", 10_000)]
+    assert queued_rows(engine)[0][1] == "pending"
 
 
 def test_a_balance_whose_state_was_deleted_by_hand_is_skipped_and_the_rest_of_its_chunk_decided(

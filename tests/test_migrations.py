@@ -272,13 +272,14 @@ def test_db_upgrade_puts_back_an_index_dropped_by_hand_from_an_old_version_4_dat
     assert main(["db", "upgrade"], ENVIRON | {"BALANCEWATCH_DATABASE__URL": url}) == 0
 
     out = capsys.readouterr().out.splitlines()
-    assert out[:4] == [
+    assert out[:5] == [
         "applying 0005: instance version and last poll",
         "applying 0006: outbox channel",
         "applying 0007: incremental usage",
+        "applying 0008: outbox render stage",
         "repairing: created index ix_outbox_due on outbox",
     ]
-    assert out[4].startswith(f"schema at {HEAD} (head) in ")
+    assert out[5].startswith(f"schema at {HEAD} (head) in ")
     assert "ix_outbox_due" in {i["name"] for i in inspect(engine).get_indexes("outbox")}
     assert shape(engine) == fresh_head(blank)
 
@@ -315,14 +316,14 @@ def test_db_current_says_how_far_behind_a_database_is_and_exits_1_until_upgraded
     migrate_to(engine, "0003")
     assert run_cli(capsys, url, "db", "current") == (
         1,
-        "0003; 4 revisions behind: run `balancewatch db upgrade`\n",
+        "0003; 5 revisions behind: run `balancewatch db upgrade`\n",
         "",
     )
 
     migrate_to(engine, "0004")
     assert run_cli(capsys, url, "db", "current")[:2] == (
         1,
-        "0004; 3 revisions behind: run `balancewatch db upgrade`\n",
+        "0004; 4 revisions behind: run `balancewatch db upgrade`\n",
     )
 
     code, out, _ = run_cli(capsys, url, "db", "upgrade")
@@ -339,7 +340,7 @@ def test_db_current_reads_the_version_an_old_database_recorded_without_changing_
 
     assert run_cli(capsys, url, "db", "current")[:2] == (
         1,
-        "0002; 5 revisions behind: run `balancewatch db upgrade`\n",
+        "0002; 6 revisions behind: run `balancewatch db upgrade`\n",
     )
     assert shape(engine) == before
 

@@ -1,9 +1,11 @@
 """Deciding one chunk of balances for one rule, in the caller's transaction.
 
 Loads what the chunk needs once (step states, usage figures, preferences, open top-ups),
-decides each balance with :func:`~balancewatch.evaluate.decide.decide`, renders the
-notifications, and writes the new step states and the outbox rows together. A balance
-whose message fails to render keeps its old state, so a later cycle decides it again.
+decides each balance with :func:`~balancewatch.evaluate.decide.decide`, builds each
+notification's template context, and writes the new step states and the outbox rows together.
+The rows are queued with their context: the render stage (``render/stage.py``) writes their
+messages once this transaction has committed, so a chunk holds its row locks for the decision
+alone, not for rendering its emails.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from balancewatch.evaluate.load import (
 )
 from balancewatch.liveset import LiveSet
 from balancewatch.render.context import Extras, recipients
-from balancewatch.render.fanout import fan_out, wants_chat
-from balancewatch.render.templates import RenderError
+from balancewatch.render.fanout import fan_out
+from balancewatch.render.packed import CHAT, EMAIL, PackError, pack
 from balancewatch.rules.compiled import CompiledRule, StepSet
 from balancewatch.store import topup_requests as topups
 from balancewatch.store.db import is_postgres
@@ -52,7 +54,7 @@ class CycleStats:
     candidates: int = 0
     decided: Counter[str] = field(default_factory=Counter)  # rule id -> notifications
     kinds: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule id, kind) -> notifications
-    render_errors: list[str] = field(default_factory=list)
+    render_errors: list[str] = field(default_factory=list)  # contexts not stored, messages not rendered
     skipped: int = 0  # balances left undecided after repeated conflicts
     inhibited: Counter[str] = field(default_factory=Counter)  # rule id -> notifications silenced
     topups: Counter[str] = field(default_factory=Counter)  # rule id -> top-up requests recorded
@@ -93,7 +95,7 @@ class _Chunk:
 
 class _Detail:
     """Unit prices seen in the ledger and usage per subaccount, for a chunk's emails: one grouped
-    query each, run the first time an email of the chunk is rendered (a chunk that decides
+    query each, run the first time a message's context is built (a chunk that decides
     nothing reads neither)."""
 
     def __init__(self, conn: Connection, keys: list[candidates.Key], now: datetime, window_days: int) -> None:
@@ -147,7 +149,8 @@ def decide_in(
     their new step states and outbox rows, record top-up requests, and add the counts to ``stats``.
 
     Raises IntegrityError when a notification was decided elsewhere first (the caller rolls back
-    and decides again); a message that fails to render is logged and its balance left as it was.
+    and decides again); a message whose context cannot be stored is logged and its balance left
+    as it was.
     """
     subjects = load_subjects(conn, rule, step_set, keys, lock=is_postgres(conn.engine))
     chunk = _load_chunk(conn, deciding, rule, step_set, [s.key for s in subjects])
@@ -171,8 +174,8 @@ def _decide_one(
     chunk: _Chunk,
     stats: CycleStats,
 ) -> tuple[list[outbox.NewMessage], tuple[StepState, ...]] | None:
-    """One balance's rendered messages and changed step states; None when it has no step, or
-    when a message fails to render (logged; its state stays as it was)."""
+    """One balance's queued messages and changed step states; None when it has no step, or
+    when a message's context cannot be stored (logged; its state stays as it was)."""
     prefs = chunk.prefs.get(subject.key)
     steps = steps_for(rule, step_set, subject, chunk.adu, prefs) if step_set.dynamic else step_set.steps
     if not steps:
@@ -194,26 +197,26 @@ def _decide_one(
         transition = _request_topups(conn, deciding, rule, subject, transition, chunk, stats)
     extras = _extras(deciding, chunk, subject, prefs)
     try:
-        # Every message of this balance renders, or none is kept: a message
+        # Every message of this balance is queued, or none is kept: a message
         # recorded without its state change would be decided again, under the same key.
         # The email states the interval this balance is reminded at (an owner may have none).
         told = rule if remind == rule.remind or not transition.decisions else replace(rule, remind=remind)
-        rendered = [m for d in transition.decisions for m in _render(deciding, told, subject, d, extras)]
-    except RenderError as exc:
+        queued = [m for d in transition.decisions for m in _queue(deciding, told, subject, d, extras)]
+    except PackError as exc:
         # Leave this balance's state untouched so a later cycle decides it again: a
         # poll while its change is inside the overlap, else the next sweep.
         log.error(
             "rule %s, account %s: %s",
             rule.id,
             subject.account_id,
-            exc.problem,
+            exc,
             extra={"rule": rule.id, "account": subject.account_id},
         )
-        stats.render_errors.append(str(exc.problem))
+        stats.render_errors.append(str(exc))
         return None
     stats.decided[rule.id] += len(transition.decisions)
     stats.kinds.update((rule.id, d.kind.value) for d in transition.decisions)
-    return rendered, transition.states
+    return queued, transition.states
 
 
 def _request_topups(
@@ -265,10 +268,11 @@ def _extras(deciding: Deciding, chunk: _Chunk, subject: Subject, prefs: Preferen
     )
 
 
-def _render(
+def _queue(
     deciding: Deciding, rule: CompiledRule, subject: Subject, decision: Decision, extras: Extras
 ) -> list[outbox.NewMessage]:
-    """The rows of one decision: its email, and one per channel the rule names."""
+    """The rows of one decision, queued with their template context: its email, and one per
+    channel the rule names. Raises PackError for a context that cannot be stored."""
     defaults = deciding.settings.defaults
     context = alert_context(
         rule,
@@ -281,24 +285,24 @@ def _render(
         email=deciding.settings.email,
     )
     template = rule.restored_template if decision.kind is Kind.restored else rule.template
-    configured = deciding.settings.channels
-    chat = wants_chat(rule.channels, configured)
-    rendered = deciding.live.templates.render(template or rule.template, context, chat=chat)
     email = outbox.NewMessage(
         idem_key=idem_key(rule.id, subject, decision),
         kind=decision.kind.value,
         sender=deciding.settings.delivery.sender,
         recipients=recipients(rule, subject, extras),
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
+        subject="",
+        text="",
+        html=None,
         rule_id=rule.id,
         account_id=subject.account_id,
         currency=subject.currency,
         step=decision.step.amount,
+        template=template or rule.template,
+        context=pack(context, EMAIL),
     )
     event = partial(alert_event, rule, subject, decision, extras, deciding.now)
-    return fan_out(email, rule.channels, configured, event, lambda: rendered.chat)
+    configured = deciding.settings.channels
+    return fan_out(email, rule.channels, configured, event, chat_context=lambda: pack(context, CHAT))
 
 
 @dataclass(frozen=True)

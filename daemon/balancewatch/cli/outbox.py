@@ -16,10 +16,10 @@ from balancewatch.cli.common import CommandError, Ctx, table
 from balancewatch.core.durations import parse_duration
 from balancewatch.core.times import EXAMPLE, parse_instant
 from balancewatch.deliver.outcome import shown
-from balancewatch.outbox import PARKED, PENDING, SENDING, SENT
+from balancewatch.outbox import PARKED, PENDING, QUEUED, SENDING, SENT
 from balancewatch.store.tables import Outbox
 
-STATUSES = [PENDING, SENDING, SENT, PARKED]
+STATUSES = [QUEUED, PENDING, SENDING, SENT, PARKED]
 
 RETRY_DESCRIPTION = """\
 Put parked messages back in line, once the cause (a full mailbox, a mistyped
@@ -163,7 +163,7 @@ def cmd_outbox_list(ctx: Ctx) -> int:
         rows, more = outbox.newest(session, _filters(ctx, a.status), a.limit)
     footer = f"… and {more:,} more; use --limit or a filter" if more else ""
     if a.json:
-        ctx.emit_json([r.model_dump(mode="json", exclude={"text", "html"}) for r in rows])
+        ctx.emit_json([r.model_dump(mode="json", exclude={"text", "html", "context"}) for r in rows])
         if footer:
             ctx.warn(footer)  # stdout stays one JSON document
         return 0
@@ -176,7 +176,7 @@ def cmd_outbox_list(ctx: Ctx) -> int:
                     r.status,
                     str(r.attempts),
                     _to(r),
-                    r.subject[:60],
+                    r.subject[:60] if r.context is None else "(not rendered yet)",
                     (r.last_error or "")[:80],
                 ]
                 for r in rows
@@ -224,7 +224,7 @@ def cmd_outbox_show(ctx: Ctx) -> int:
 def _fields(row: Outbox, give_up_after: timedelta) -> list[tuple[str, str]]:
     deliveries: Mapping[str, Mapping[str, Any]] = row.deliveries or {}
     due = [address for address, state in recipient_states(row) if state in (PENDING, "waiting")]
-    in_progress = row.status in (PENDING, SENDING) and due
+    in_progress = row.status in (QUEUED, PENDING, SENDING) and due
     gives_up = outbox.give_up_from(row.created_at, deliveries, due) + give_up_after if in_progress else None
     if row.status == SENDING:
         worker = f"{row.claimed_by}, lease until {_when(row.lease_until)}"
@@ -242,12 +242,13 @@ def _fields(row: Outbox, give_up_after: timedelta) -> list[tuple[str, str]]:
         ("status", row.status),
         ("attempts", str(row.attempts)),
         ("decided", _when(row.created_at)),
-        ("next attempt", _when(row.next_attempt_at) if row.status == PENDING else "-"),
+        ("next attempt", _when(row.next_attempt_at) if row.status in (QUEUED, PENDING) else "-"),
         ("gives up", _when(gives_up)),
         ("sent", _when(row.sent_at)),
         ("worker", worker),
         ("last error", row.last_error or "-"),
-        ("subject", row.subject),
+        ("template", row.template or "-"),
+        ("subject", row.subject if row.context is None else "(not rendered yet)"),
         ("attachments", ", ".join(a.get("filename", "?") for a in row.attachments) or "-"),
     ]
 

@@ -8,7 +8,8 @@ fails on that key instead of sending twice (``add``). Each row names the
 may die at any time: an expired lease makes the row claimable again
 (``claim``).
 
-Statuses: ``pending`` (waiting, maybe after failed attempts), ``sending``
+Statuses: ``queued`` (decided, its message not rendered yet: ``render/stage.py`` renders it
+and makes it pending), ``pending`` (waiting, maybe after failed attempts), ``sending``
 (claimed under a lease), ``sent`` (every recipient has it), ``parked`` (done,
 and at least one recipient refused for good: the reason is in ``last_error``
 and in that recipient's entry of ``deliveries``; never retried, never dropped).
@@ -23,8 +24,9 @@ An operator reads the outbox through ``Filters`` and ``newest`` (``query``),
 and puts parked recipients back in line with ``requeue_refs`` and
 ``requeue_parked`` (``requeue``).
 
-The modules: ``rows`` (the values and statuses), ``add``, ``claim`` (the
-lease: claim, renew, record, release), ``retry`` (backoff and giving up),
+The modules: ``rows`` (the values and statuses), ``add``, ``queued`` (rows waiting
+for the render stage), ``claim`` (the lease: claim, renew, record, release),
+``retry`` (backoff and giving up),
 ``query`` and ``requeue``. Every public name is here, as ``outbox.add``.
 """
 
@@ -51,12 +53,22 @@ from balancewatch.outbox.claim import (
     select_by_key,
 )
 from balancewatch.outbox.query import Filters, newest
+from balancewatch.outbox.queued import (
+    NotRendered,
+    Queued,
+    Written,
+    holders,
+    note_not_rendered,
+    take_queued,
+    write_rendered,
+)
 from balancewatch.outbox.requeue import NotRequeued, Requeued, requeue_parked, requeue_refs
 from balancewatch.outbox.retry import backoff, give_up_from
 from balancewatch.outbox.rows import (
     EMAIL,
     PARKED,
     PENDING,
+    QUEUED,
     SENDING,
     SENT,
     Attachment,
@@ -71,15 +83,19 @@ __all__ = [
     "OUTBOX_TABLE",
     "PARKED",
     "PENDING",
+    "QUEUED",
     "SENDING",
     "SENT",
     "Attachment",
     "Claimed",
     "Filters",
     "NewMessage",
+    "NotRendered",
     "NotRequeued",
+    "Queued",
     "Requeued",
     "RowUpdate",
+    "Written",
     "add",
     "backoff",
     "channel_key",
@@ -88,9 +104,11 @@ __all__ = [
     "decision_key",
     "event_id",
     "give_up_from",
+    "holders",
     "message_domain",
     "message_id",
     "newest",
+    "note_not_rendered",
     "note_undeliverable",
     "record",
     "record_and_renew",
@@ -100,5 +118,7 @@ __all__ = [
     "requeue_parked",
     "requeue_refs",
     "select_by_key",
+    "take_queued",
     "unique_addresses",
+    "write_rendered",
 ]

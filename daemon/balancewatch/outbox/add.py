@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, insert
 
 from balancewatch.config import Settings
-from balancewatch.outbox.rows import PENDING, NewMessage
+from balancewatch.outbox.rows import PENDING, QUEUED, NewMessage
 from balancewatch.store.tables import OUTBOX_TABLE
 
 
@@ -68,7 +68,8 @@ _FIELDS = tuple(f.name for f in fields(NewMessage))
 
 def add(conn: Connection, messages: Sequence[NewMessage], now: datetime, domain: str) -> None:
     """Insert ``messages`` as pending, each on its ``channel`` (``email`` unless it says
-    otherwise); raises IntegrityError if a key was already decided."""
+    otherwise), or as queued for the render stage when it carries a ``context``; raises
+    IntegrityError if a key was already decided."""
     if not messages:
         return
     rows = []
@@ -80,7 +81,7 @@ def add(conn: Connection, messages: Sequence[NewMessage], now: datetime, domain:
         row["attachments"] = [asdict(a) for a in m.attachments]
         row.update(
             message_id=message_id(m.idem_key, domain),
-            status=PENDING,
+            status=PENDING if m.context is None else QUEUED,
             attempts=0,
             next_attempt_at=now,
             created_at=now,

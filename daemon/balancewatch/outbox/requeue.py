@@ -1,6 +1,8 @@
 """Parked recipients put back in line by an operator (``outbox retry``).
 
-Only parked rows are touched, so a row a daemon is sending never changes under it.
+Only parked rows are touched, so a row a daemon is sending never changes under it. A row parked
+before its message was rendered (``render/stage.py`` gave up on it) goes back to the render
+stage, queued, with every recipient given a new give-up window.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, Select, or_, select, update
 
 from balancewatch.outbox.query import Filters
-from balancewatch.outbox.rows import PARKED, PENDING, SENDING, SENT
+from balancewatch.outbox.rows import PARKED, PENDING, QUEUED, SENDING, SENT
 from balancewatch.store.tables import OUTBOX_TABLE
 
 outbox = OUTBOX_TABLE.c
@@ -40,6 +42,7 @@ class NotRequeued:
 _LEFT_AS_IS = {
     SENT: "is sent; nothing to retry",
     PENDING: "is pending: its delivery is still under way; nothing to retry",
+    QUEUED: "is queued: its message is still to be rendered; nothing to retry",
     SENDING: "is being sent now; nothing to retry",
 }
 
@@ -85,7 +88,14 @@ def requeue_parked(
     return done, left
 
 
-_REQUEUE_COLUMNS = (outbox.id, outbox.idem_key, outbox.status, outbox.recipients, outbox.deliveries)
+_REQUEUE_COLUMNS = (
+    outbox.id,
+    outbox.idem_key,
+    outbox.status,
+    outbox.recipients,
+    outbox.deliveries,
+    outbox.context.is_not(None).label("unrendered"),
+)
 
 
 def _is_id(ref: str) -> bool:
@@ -112,21 +122,24 @@ def _requeue_one(
     conn: Connection, row: Row[Any], now: datetime, done: list[Requeued], left: list[NotRequeued]
 ) -> None:
     deliveries: dict[str, dict[str, Any]] = {a: dict(e) for a, e in (row.deliveries or {}).items()}
-    parked = [a for a in row.recipients if deliveries.get(a, {}).get("status") == PARKED]
+    if row.unrendered:
+        parked = list(row.recipients)  # none was tried: the message was never rendered
+    else:
+        parked = [a for a in row.recipients if deliveries.get(a, {}).get("status") == PARKED]
     if not parked:
         left.append(NotRequeued(f"#{row.id}", "is parked with no recipient refused; nothing to retry"))
         return
     for address in parked:
         # A fresh start: no tries counted and a new give-up window (see give_up_from); the last
         # attempt's time and error stay, as history.
-        deliveries[address].update(status=PENDING, attempts=0, requeued_at=now.isoformat())
+        deliveries.setdefault(address, {}).update(status=PENDING, attempts=0, requeued_at=now.isoformat())
     # Compare-and-set on ``parked``: a daemon never holds a parked row, and a concurrent retry of
     # the same row finds it pending and leaves it. ``attempts`` restarts so backoff does too.
     changed = conn.execute(
         update(OUTBOX_TABLE)
         .where(outbox.id == row.id, outbox.status == PARKED)
         .values(
-            status=PENDING,
+            status=QUEUED if row.unrendered else PENDING,
             deliveries=deliveries,
             attempts=0,
             next_attempt_at=now,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-PENDING, SENDING, SENT, PARKED = "pending", "sending", "sent", "parked"
+QUEUED, PENDING, SENDING, SENT, PARKED = "queued", "pending", "sending", "sent", "parked"
 # A recipient's own status in ``deliveries``: PENDING (tried, to be tried again), SENT or PARKED.
 
 EMAIL = "email"  # the channel of every message until another is registered in deliver/
@@ -25,7 +25,9 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A rendered notification ready to be recorded, for delivery on ``channel``."""
+    """A notification ready to be recorded, for delivery on ``channel``: rendered, or (with
+    ``context``, the packed template context; ``subject``, ``text`` and ``html`` then empty) to
+    be rendered with ``template`` by the render stage once its decision has committed."""
 
     idem_key: str
     kind: str
@@ -40,6 +42,8 @@ class NewMessage:
     step: int | None = None
     attachments: tuple[Attachment, ...] = ()
     channel: str = EMAIL
+    template: str | None = None
+    context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

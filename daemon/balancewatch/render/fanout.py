@@ -11,6 +11,9 @@ destination), written in the same transaction as the decision:
   same bytes on every delivery;
 - a ``chat`` row per chat channel: the template's ``chat.txt`` (else its subject).
 
+An email queued for the render stage (``NewMessage.context`` set: an alert) queues its chat rows
+too, each with the context packed for the chat part (``chat_context``); they are rendered later.
+
 Channel rows are keyed ``<decision key>#<channel>``, so each is decided once like the email,
 and every event of one decision carries the same id (``outbox.event_id``) everywhere.
 """
@@ -73,11 +76,13 @@ def fan_out(
     configured: Mapping[str, Channel],
     event: Callable[[], Event],
     chat: Callable[[], str | None] = lambda: None,
+    chat_context: Callable[[], str] | None = None,
 ) -> list[outbox.NewMessage]:
     """The rows of one decision whose email is ``email`` (under the decision's key), for the
-    named ``channels`` as ``configured``. ``event`` and ``chat`` are called only when a webhook
-    or a chat channel is named. A channel missing from ``configured`` (a config changed
-    under a running set) is skipped: ``check`` reports it."""
+    named ``channels`` as ``configured``. ``event`` and ``chat`` (or, for a queued email,
+    ``chat_context``) are called only when a webhook or a chat channel is named. A channel
+    missing from ``configured`` (a config changed under a running set) is skipped: ``check``
+    reports it."""
     if not channels:
         return [email]
     named = [(name, configured[name]) for name in channels if name in configured]
@@ -93,7 +98,11 @@ def fan_out(
         key = outbox.channel_key(email.idem_key, name)
         if isinstance(channel, WebhookChannel):
             made_event = made_event or event()
-            rows.append(_row(email, key, name, made_event.type, payload(made_event, email.idem_key)))
+            webhook = _row(email, key, name, made_event.type, payload(made_event, email.idem_key))
+            rows.append(replace(webhook, template=None))
+        elif isinstance(channel, ChatChannel) and email.context is not None:
+            queued = chat_context() if chat_context is not None else email.context
+            rows.append(replace(_row(email, key, name, "", ""), context=queued))
         elif isinstance(channel, ChatChannel):
             chat_text = chat_text or chat() or email.subject
             rows.append(_row(email, key, name, email.subject, chat_text))
@@ -110,6 +119,7 @@ def _row(email: outbox.NewMessage, key: str, channel: str, subject: str, text: s
         text=text,
         html=None,
         attachments=(),
+        context=None,  # rendered already, or made of no template (a webhook's event)
     )
 
 

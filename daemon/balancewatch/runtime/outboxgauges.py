@@ -28,8 +28,8 @@ from balancewatch.store.tables import OUTBOX_TABLE
 
 log = logging.getLogger(__name__)
 
-STATUSES = (outbox.PENDING, outbox.SENDING, outbox.SENT, outbox.PARKED)
-NOT_DONE = (outbox.PENDING, outbox.SENDING)
+STATUSES = (outbox.QUEUED, outbox.PENDING, outbox.SENDING, outbox.SENT, outbox.PARKED)
+NOT_DONE = (outbox.QUEUED, outbox.PENDING, outbox.SENDING)
 TIMEOUT = 2.0  # seconds a scrape waits for the database (Prometheus' default scrape timeout is 10s)
 CACHE = 5.0  # seconds a reading is reused: several Prometheus servers scraping cost one query
 

@@ -1,5 +1,6 @@
-"""The pipeline: evaluate, call the top-up hook, send reports and deliver, each with ``now``
-passed in. The daemon runs it on a schedule; ``run --once``, the demo and rule tests call it directly.
+"""The pipeline: evaluate (decide, then render what was decided), call the top-up hook, send
+reports and deliver, each with ``now`` passed in. The daemon runs it on a schedule; ``run
+--once``, the demo and rule tests call it directly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from balancewatch.core.metrics import NOOP, Metrics, Recorder
 from balancewatch.deliver.registry import EMAIL, Registry, email_registry, make_registry
 from balancewatch.deliver.worker import Courier, DeliveryStats, Transport
 from balancewatch.liveset import LiveSet
+from balancewatch.render.stage import Stage, StageStats, render_queued
 from balancewatch.reports.accounts import ZoneCache
 from balancewatch.reports.runner import ReportStats, run_due
 from balancewatch.runtime import datagauges, outboxgauges
@@ -99,7 +101,8 @@ class Pipeline:
         return tuple(self.couriers)
 
     def evaluate(self, now: datetime) -> CycleStats:
-        """A poll, or a full sweep when one is due (and the first time, and after a swap).
+        """A poll, or a full sweep when one is due (and the first time, and after a swap), then
+        the render stage for what it queued (``render``; its errors in ``render_errors``).
 
         The whole evaluation runs on the one set that was live when it began.
         """
@@ -121,7 +124,20 @@ class Pipeline:
                 # A set swapped in during this sweep has not been swept yet: keep the sweep due.
                 if self.live is live:
                     self.last_sweep = now
+        stats.render_errors.extend(self.render(now, live).errors)
         return stats
+
+    def render(self, now: datetime, live: LiveSet | None = None) -> StageStats:
+        """Render the queued messages due at ``now`` with ``live``'s templates (default: the set
+        live now), making them ready for delivery; stops between batches once ``stopping`` is set."""
+        if live is None:
+            with self.lock:
+                live = self.live
+        delivery = self.settings.delivery
+        stage = Stage(self.engine, live.templates, self.worker, delivery.lease, delivery.retry)
+        return render_queued(
+            stage, now, stopping=self.stopping, progressed=self.progressed, stale_after=self.stale_after(now)
+        )
 
     def deliver(self, now: datetime, clock: Clock | None = None, lane: str | None = None) -> DeliveryStats:
         """Deliver the due rows of ``lane`` (a channel; default: every channel in turn), batch

@@ -171,16 +171,17 @@ def prune(conn: Connection, now: datetime, older_than: timedelta = PRUNE_AFTER) 
 class MailCounts:
     """The outbox as an operator sees it: mail not yet out, mail that needs a person."""
 
-    pending: int  # waiting to be sent or being sent
+    pending: int  # waiting to be rendered or sent, or being sent
     parked: int  # refused for good or given up on: `balancewatch outbox list --status parked`
     oldest_pending: datetime | None  # when the oldest mail still waiting was decided
 
 
 def mail_counts(conn: Connection) -> MailCounts:
-    """Count the outbox's pending and parked rows (one grouped query on ``ix_outbox_due``)."""
+    """Count the outbox's waiting (queued, pending, sending) and parked rows (one grouped query on
+    ``ix_outbox_due``)."""
     rows = conn.execute(
         select(OUTBOX_TABLE.c.status, func.count(), func.min(OUTBOX_TABLE.c.created_at))
-        .where(OUTBOX_TABLE.c.status.in_(("pending", "sending", "parked")))
+        .where(OUTBOX_TABLE.c.status.in_(("queued", "pending", "sending", "parked")))
         .group_by(OUTBOX_TABLE.c.status)
     ).all()
     waiting = [row for row in rows if row[0] != "parked"]

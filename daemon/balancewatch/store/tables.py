@@ -199,7 +199,11 @@ class Outbox(SQLModel, table=True):
     attachments: list[dict[str, str]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
     )
-    status: str = Field(default="pending", max_length=8)  # pending | sending | sent | parked
+    # For a row decided and not rendered yet (``queued``): the template to render and its context
+    # (render/packed.py). The template's name stays once the message is written; the context goes.
+    template: str | None = Field(default=None, max_length=255)
+    context: str | None = Field(default=None, sa_type=Text)
+    status: str = Field(default="pending", max_length=8)  # queued | pending | sending | sent | parked
     # How each recipient fared, by address as in ``recipients``: {"status": "sent" | "parked" |
     # "pending", "at", "error", "attempts"}. A recipient missing here has not been tried yet.
     deliveries: dict[str, dict[str, Any]] = Field(
@@ -310,7 +314,7 @@ class ReportCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 # One typed Core table per model, used by name in SQL built with SQLAlchemy Core:

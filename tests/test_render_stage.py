@@ -1,0 +1,175 @@
+"""The render stage (render/stage.py), on SQLite and PostgreSQL: a decision commits its rows
+queued with their template context, rendering happens after, each row once, and delivery never
+sees a row before its message is written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from balancewatch import outbox
+from balancewatch.alerts import cycle
+from balancewatch.config import Settings
+from balancewatch.core import procinfo
+from balancewatch.liveset import LiveSet
+from balancewatch.outbox import OUTBOX_TABLE as OUTBOX
+from balancewatch.render.packed import unpack
+from balancewatch.runtime.service import build_pipeline
+from balancewatch.store import status as instance_status
+from tests.conftest import Clock
+from tests.helpers import account, post
+from tests.helpers import outbox as outbox_rows
+from tests.test_claims_liveness import finished_process
+
+LADDER = """
+alerts:
+  - id: ladder
+    accounts: {currency: USD}
+    below: [250, 100, 10]
+    template: low-balance
+"""
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def decided(
+    engine: Engine,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    live_from: Callable[[str], LiveSet],
+    clock: Clock,
+) -> tuple[Settings, LiveSet]:
+    """Five accounts below 100.00, each decided (one alert each) and queued, not rendered."""
+    settings, live = make_settings(db_url), live_from(LADDER)
+    for n in range(5):
+        account(engine, f"acct-{n}", name=f"Account {n}")
+        post(engine, f"acct-{n}", "USD", 9_000, clock())
+    cycle.poll(engine, live, settings, clock(), full=True)
+    return settings, live
+
+
+def rows(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        query = select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.subject, OUTBOX.c.context, OUTBOX.c.last_error)
+        return list(conn.execute(query.order_by(OUTBOX.c.id)))
+
+
+def test_a_decision_queues_its_rows_and_the_stage_writes_the_messages_it_would_have_rendered(
+    engine: Engine, decided: tuple[Settings, LiveSet], clock: Clock
+) -> None:
+    settings, live = decided
+    queued = rows(engine)
+    assert [(r.status, r.subject) for r in queued] == [("queued", "")] * 5
+    expected = [live.templates.render("low-balance", unpack(r.context)[0]) for r in queued]
+    with engine.begin() as conn:  # delivery does not see them
+        assert outbox.claim(conn, "courier", clock(), 10, LEASE) == []
+
+    stats = build_pipeline(engine, settings, live).render(clock())
+
+    assert (stats.rendered, stats.errors) == (5, [])
+    assert [(r.status, r.context, r.last_error) for r in rows(engine)] == [("pending", None, None)] * 5
+    sent = outbox_rows(engine)
+    assert [(s.subject, s.text) for s in sent] == [(e.subject, e.text) for e in expected]
+    assert (
+        sent[0].subject == "Account 0: USD balance $90.00 is below $100.00"
+    )  # the shipped template, really rendered
+    with engine.begin() as conn:
+        claimed = outbox.claim(conn, "courier", clock(), 10, LEASE)
+    assert [c.html for c in claimed] == [e.html for e in expected]
+
+
+def test_the_decision_never_renders(
+    engine: Engine,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    live_from: Callable[[str], LiveSet],
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings, live = make_settings(db_url), live_from(LADDER)
+    account(engine, "acme", name="Acme")
+    post(engine, "acme", "USD", 9_000, clock())
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("rendered inside a decision")
+
+    monkeypatch.setattr(live.templates, "render", refuse)
+    stats = cycle.poll(engine, live, settings, clock(), full=True)
+
+    assert (stats.notifications, stats.render_errors) == (1, [])
+    assert [r.status for r in rows(engine)] == ["queued"]
+
+
+def test_two_instances_take_different_rows_and_a_lost_lease_writes_nothing(
+    engine: Engine, decided: tuple[Settings, LiveSet], clock: Clock
+) -> None:
+    _settings, _live = decided
+    with engine.begin() as conn:
+        first = outbox.take_queued(conn, "one", clock(), 3, LEASE)
+    with engine.begin() as conn:
+        second = outbox.take_queued(conn, "two", clock(), 10, LEASE)
+    assert sorted(r.id for r in first + second) == [r.id for r in rows(engine)]
+    assert not {r.id for r in first} & {r.id for r in second}
+
+    with engine.begin() as conn:
+        done = [outbox.Written(r.id, "two", "two", None) for r in second]
+        assert outbox.write_rendered(conn, "two", clock(), done) == len(second) == 2
+
+    # "one" stalls past its lease: "three" takes its rows and renders them; "one" writes nothing.
+    later = clock.advance(minutes=6)
+    with engine.begin() as conn:
+        third = outbox.take_queued(conn, "three", later, 10, LEASE)
+    assert [r.id for r in third] == [r.id for r in first]
+    written = [outbox.Written(r.id, "late", "late", None) for r in first]
+    with engine.begin() as conn:
+        assert outbox.write_rendered(conn, "one", later, written) == 0
+        assert outbox.note_not_rendered(conn, "one", [outbox.NotRendered(first[0].id, "x", None)]) == 0
+    with engine.begin() as conn:
+        assert outbox.write_rendered(conn, "three", later, written) == 3
+    assert sorted(r.subject for r in rows(engine)) == ["late"] * 3 + ["two"] * 2
+
+
+def test_a_stored_context_that_cannot_be_read_is_parked_at_once(
+    engine: Engine, decided: tuple[Settings, LiveSet], clock: Clock
+) -> None:
+    settings, live = decided
+    broken = rows(engine)[0].id
+    with engine.begin() as conn:
+        conn.execute(update(OUTBOX).where(OUTBOX.c.id == broken).values(context='{"v": 2}'))
+
+    stats = build_pipeline(engine, settings, live).render(clock())
+
+    assert (stats.rendered, stats.parked, stats.retrying) == (4, 1, 0)
+    parked = rows(engine)[0]
+    assert (parked.status, parked.context) == ("parked", '{"v": 2}')
+    assert parked.last_error == (
+        "not rendered (gave up after 1 attempt): the stored template context has version 2; "
+        "this release reads 1"
+    )
+
+
+@pytest.mark.parametrize("gone", ["stopped", "killed"])
+def test_the_rows_of_an_instance_that_stopped_or_died_mid_batch_are_rendered_at_once(
+    engine: Engine, decided: tuple[Settings, LiveSet], clock: Clock, gone: str
+) -> None:
+    settings, live = decided
+    now = clock()
+    with engine.begin() as conn:
+        held = outbox.take_queued(conn, "alpha", now, 10, LEASE)
+        alive = {"started_at": now, "heartbeat_at": now, "process": procinfo.identity()}
+        if gone == "stopped":
+            alive["stopped_at"] = now
+        instance_status.publish(conn, "alpha", alive)
+    assert len(held) == 5
+    if gone == "killed":  # alpha's process is alive: its lease is respected
+        assert build_pipeline(engine, settings, live).render(clock.advance(seconds=1)).rendered == 0
+        with engine.begin() as conn:
+            instance_status.publish(conn, "alpha", {"process": finished_process()})
+
+    stats = build_pipeline(engine, settings, live).render(clock.advance(seconds=1))
+
+    assert (stats.rendered, [r.status for r in rows(engine)]) == (5, ["pending"] * 5)
