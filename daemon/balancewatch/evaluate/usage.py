@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, delete, func, or_, select, union
 
+from balancewatch.evaluate.load import one_of
 from balancewatch.store.bulk import insert_rows
 from balancewatch.store.tables import (
     ACCOUNT_TABLE,
@@ -240,7 +241,7 @@ def stored(
         USAGE_SUMMARY_TABLE.c.window_days,
         USAGE_SUMMARY_TABLE.c.adu,
     ).where(
-        USAGE_SUMMARY_TABLE.c.account_id.in_(sorted({k[0] for k in keys})),
+        one_of(conn, USAGE_SUMMARY_TABLE.c.account_id, (k[0] for k in keys)),
         USAGE_SUMMARY_TABLE.c.window_days.in_(wanted),
         USAGE_SUMMARY_TABLE.c.adu.isnot(None),
     )
@@ -306,7 +307,7 @@ def current(
         return out
     keyset = set(keys)
     query = select(USAGE_SUMMARY_TABLE).where(
-        USAGE_SUMMARY_TABLE.c.account_id.in_(sorted({k[0] for k in keys})),
+        one_of(conn, USAGE_SUMMARY_TABLE.c.account_id, (k[0] for k in keys)),
         USAGE_SUMMARY_TABLE.c.window_days.in_(wanted),
     )
     for r in conn.execute(query):

@@ -49,7 +49,7 @@ from sqlalchemy import Connection, Engine, Select, delete, func, select
 from balancewatch.evaluate import usage_change
 from balancewatch.evaluate.usage_mark import Mark, gaps_after, read_mark, shape_of, still_missing, write_mark
 from balancewatch.evaluate.usage_payers import DAY, age_young, payers_with_new_balances
-from balancewatch.evaluate.usage_rows import recompute, recompute_all
+from balancewatch.evaluate.usage_rows import PART, recompute, recompute_all
 from balancewatch.store.bulk import insert_rows
 from balancewatch.store.tables import LEDGER_TABLE, USAGE_MEMBER_TABLE
 
@@ -139,20 +139,23 @@ def refresh_all(conn: Connection, now: datetime, window: int, min_history: timed
     the window (run first, before this transaction writes, and fetched: a plain read that
     PostgreSQL may run in parallel), then every summary row from them. Returns the rows written.
 
-    The caller holds the refresh lock (``catch_up``): rows are replaced, not upserted.
+    The caller holds the refresh lock (``catch_up``): rows are replaced, not upserted. Rows go
+    to Python a part at a time (``PART``), so memory does not grow with the accounts.
     """
-    members = [
-        {
-            "account_id": r.account_id,
-            "currency": r.currency,
-            "window_days": window,
-            "used": r.used,
-            "entries": r.entries,
-        }
-        for r in conn.execute(usage_by_account(now, window))
-    ]
+    scanned = conn.execute(usage_by_account(now, window))
     conn.execute(delete(USAGE_MEMBER_TABLE).where(USAGE_MEMBER_TABLE.c.window_days == window))
-    insert_rows(conn, USAGE_MEMBER_TABLE, members)
+    for part in scanned.partitions(PART):
+        members = [
+            {
+                "account_id": r.account_id,
+                "currency": r.currency,
+                "window_days": window,
+                "used": r.used,
+                "entries": r.entries,
+            }
+            for r in part
+        ]
+        insert_rows(conn, USAGE_MEMBER_TABLE, members)
     return recompute_all(conn, now, window, min_history)
 
 

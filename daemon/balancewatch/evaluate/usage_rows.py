@@ -42,6 +42,7 @@ from balancewatch.store.tables import (
 )
 
 Pair = tuple[str, str]  # (paying account, currency)
+PART = 20_000  # rows computed and written at a time by a full refresh
 Rows = dict[Pair, tuple[int, datetime | None]]  # a pair's summary row: (usage, first entry)
 
 
@@ -198,17 +199,23 @@ def recompute_all(conn: Connection, now: datetime, window: int, min_history: tim
     """Replace every summary row of ``window`` with one computed from ``usage_member``.
 
     Delete and insert, not upsert: the caller holds the refresh lock (``usage_delta``), and
-    readers keep seeing the old rows until the transaction commits.
+    readers keep seeing the old rows until the transaction commits. The rows are computed and
+    written a part at a time (``PART``): a million balances never sit in memory at once.
     """
-    rows = [
-        usage.summary_row(
-            usage.figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history), now
-        )
-        for r in conn.execute(usage.with_firsts(*_member_parts(conn, None, window, None), now))
-    ]
+    computed = conn.execute(usage.with_firsts(*_member_parts(conn, None, window, None), now))
     conn.execute(delete(USAGE_SUMMARY_TABLE).where(USAGE_SUMMARY_TABLE.c.window_days == window))
-    insert_rows(conn, USAGE_SUMMARY_TABLE, rows)
-    return len(rows)
+    written = 0
+    for part in computed.partitions(PART):
+        rows = [
+            usage.summary_row(
+                usage.figures_of(r.payer, r.currency, window, int(r.used or 0), r.first_at, now, min_history),
+                now,
+            )
+            for r in part
+        ]
+        insert_rows(conn, USAGE_SUMMARY_TABLE, rows)
+        written += len(rows)
+    return written
 
 
 def _family(conn: Connection, payers: Sequence[str]) -> list[str]:
