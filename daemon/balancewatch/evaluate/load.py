@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Select, String, Table, any_, func, literal, select, true, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from balancewatch.evaluate.candidates import Key, account_filter, owner_configured
 from balancewatch.evaluate.decide import StepState
 from balancewatch.rules.compiled import CompiledRule, StepSet
+from balancewatch.store.bulk import array_parameter, insert_rows
 from balancewatch.store.platform_data import account_currency, account_locale, account_timezone
 from balancewatch.store.tables import ACCOUNT_TABLE, ALERT_STATE_TABLE, BALANCE_TABLE
 
@@ -59,8 +60,8 @@ def one_of(conn: Connection, column: Any, values: Iterable[str]) -> Any:
     however many values: psycopg parses each of these statements once and PostgreSQL plans
     it without a literal per value (a chunk's query named 500 to 1,000 of them)."""
     wanted = sorted(set(values))
-    if conn.dialect.name == "postgresql":
-        return column == any_(literal(wanted, postgresql.ARRAY(String())))
+    if conn.dialect.name == "postgresql":  # the array's text: psycopg dumps a list element by element
+        return column == any_(array_parameter(wanted, String()))
     return column.in_(wanted)
 
 
@@ -202,6 +203,7 @@ def load_states(conn: Connection, rule_id: str, keys: Sequence[Key]) -> dict[Key
     return out
 
 
+_STATE_KEY = ("rule_id", "account_id", "currency", "step")
 _STATE_COLUMNS = (
     "status",
     "episode",
@@ -216,43 +218,20 @@ _STATE_COLUMNS = (
 def write_states(conn: Connection, rule_id: str, rows: Sequence[tuple[Key, StepState]]) -> None:
     """Insert or update the given step states in one statement (each key and step at most once).
 
-    On PostgreSQL that statement reads the rows from one array per column: one round trip
-    and one execution for a whole chunk, where an executemany runs the upsert once per row.
+    On PostgreSQL that statement reads the rows from one array per column (``store/bulk.py``):
+    one round trip and one execution for a whole chunk, where an executemany runs the upsert
+    once per row.
     """
     if not rows:
         return
     # One statement may set a row once only (PostgreSQL refuses more): the last one given wins,
     # as it would executed row by row.
-    rows = list({(key, st.step): (key, st) for key, st in rows}.values())
-    columns = [c for c in ALERT_STATE_TABLE.c if c.name != "rule_id"]
-    postgres = conn.dialect.name == "postgresql"
-    stmt = (postgresql if postgres else sqlite).insert(ALERT_STATE_TABLE)
-    if postgres:
-        arrays = [
-            literal([_state_value(key, st, c.name) for key, st in rows], postgresql.ARRAY(c.type))
-            for c in columns
-        ]
-        given = func.unnest(*arrays).table_valued(*(c.name for c in columns)).render_derived(name="v")
-        stmt = stmt.from_select(
-            ["rule_id", *(c.name for c in columns)],
-            select(literal(rule_id, String()), *(given.c[c.name] for c in columns)),
-        )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[
-            ALERT_STATE_TABLE.c.rule_id,
-            ALERT_STATE_TABLE.c.account_id,
-            ALERT_STATE_TABLE.c.currency,
-            ALERT_STATE_TABLE.c.step,
-        ],
-        set_={c: stmt.excluded[c] for c in _STATE_COLUMNS},
-    )
-    if postgres:
-        conn.execute(stmt)
-        return
+    unique = list({(key, st.step): (key, st) for key, st in rows}.values())
+    columns = [c.name for c in ALERT_STATE_TABLE.c if c.name != "rule_id"]
     values = [
-        {"rule_id": rule_id, **{c.name: _state_value(key, st, c.name) for c in columns}} for key, st in rows
+        {"rule_id": rule_id, **{name: _state_value(key, st, name) for name in columns}} for key, st in unique
     ]
-    conn.execute(stmt, values)
+    insert_rows(conn, ALERT_STATE_TABLE, values, conflict=_STATE_KEY, update=_STATE_COLUMNS)
 
 
 def _state_value(key: Key, st: StepState, name: str) -> Any:
