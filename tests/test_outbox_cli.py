@@ -290,6 +290,31 @@ def test_list_filters_by_status_account_rule_and_time_newest_first(cli: Cli, eng
     assert f"{OWNER} (sent), {GONE} (parked)" in text[1]
 
 
+def test_a_queued_alert_shows_as_not_rendered_yet_until_the_render_stage_writes_it(
+    cli: Cli, engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    queued = outbox.NewMessage(
+        "a/ladder/queued", "alert", "a@platform.example", (OWNER,), "", "", None,
+        rule_id="ladder", account_id="acme", currency="USD", template="low-balance", context='{"v": 1}',
+    )  # fmt: skip
+    with engine.begin() as conn:
+        outbox.add(conn, [queued], now, "platform.example")
+
+    [listed] = json.loads(ok(cli("outbox", "list", "--json", "--status", "queued")))
+    line = ok(cli("outbox", "list", "--status", "queued")).splitlines()[1]
+    shown = ok(cli("outbox", "show", "a/ladder/queued"))
+
+    assert (listed["status"], listed["template"], "context" in listed) == ("queued", "low-balance", False)
+    assert "(not rendered yet)" in line
+    fields = dict(line.split(None, 1) for line in shown.splitlines() if line[:1].isalpha() and "  " in line)
+    assert (fields["status"], fields["template"], fields["subject"]) == (
+        "queued",
+        "low-balance",
+        "(not rendered yet)",
+    )
+
+
 def test_list_says_how_many_more_match_beyond_the_limit(cli: Cli, engine: Engine) -> None:
     now = datetime.now(UTC)
     messages = [
@@ -314,7 +339,7 @@ def test_list_says_how_many_more_match_beyond_the_limit(cli: Cli, engine: Engine
     [
         (
             ["--status", "sent,lost"],
-            "argument --status: invalid choice: 'lost' (choose from pending, sending",
+            "argument --status: invalid choice: 'lost' (choose from queued, pending, sending",
         ),
         (["--limit", "0"], "argument --limit: '0': write a whole number of rows, 1 or more"),
         (["--since", "yesterday"], "argument --since: 'yesterday' is neither a duration such as 2h or 1d"),

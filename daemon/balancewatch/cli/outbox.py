@@ -207,7 +207,8 @@ def cmd_outbox_show(ctx: Ctx) -> int:
     with Session(ctx.read_engine) as session:
         row = _find(session, ctx.args.message)
     if ctx.args.json:
-        ctx.emit_json(row.model_dump(mode="json", exclude=set() if ctx.args.body else {"text", "html"}))
+        hidden = {"context"} if ctx.args.body else {"text", "html", "context"}
+        ctx.emit_json(row.model_dump(mode="json", exclude=hidden))
         return 0
     fields = _fields(row, ctx.settings.delivery.retry.give_up_after)
     width = max(len(name) for name, _ in fields)
