@@ -76,7 +76,8 @@ def take_queued(
     if dead:
         free = or_(free, outbox.claimed_by.in_(list(dead)))
     due = and_(outbox.status == QUEUED, outbox.next_attempt_at <= now, free)
-    ids = select(outbox.id).where(due).order_by(outbox.next_attempt_at, outbox.id).limit(limit)
+    # In the order of the index on (status, next_attempt_at), so the scan stops at ``limit``.
+    ids = select(outbox.id).where(due).order_by(outbox.next_attempt_at).limit(limit)
     if conn.dialect.name == "postgresql":
         ids = ids.with_for_update(skip_locked=True)
     picked = list(conn.execute(ids).scalars())
