@@ -18,6 +18,7 @@ from balancewatch.core import procinfo
 from balancewatch.liveset import LiveSet
 from balancewatch.outbox import OUTBOX_TABLE as OUTBOX
 from balancewatch.render.packed import unpack
+from balancewatch.runtime.presence import take_back_previous_claims
 from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import status as instance_status
 from tests.conftest import Clock
@@ -173,3 +174,17 @@ def test_the_rows_of_an_instance_that_stopped_or_died_mid_batch_are_rendered_at_
     stats = build_pipeline(engine, settings, live).render(clock.advance(seconds=1))
 
     assert (stats.rendered, [r.status for r in rows(engine)]) == (5, ["pending"] * 5)
+
+
+def test_a_restart_under_a_fixed_name_frees_the_rows_its_earlier_run_was_rendering(
+    engine: Engine, decided: tuple[Settings, LiveSet], clock: Clock
+) -> None:
+    settings, live = decided
+    pipeline = build_pipeline(engine, settings, live)
+    with engine.begin() as conn:  # an earlier run of this instance took them, then was killed
+        assert len(outbox.take_queued(conn, pipeline.worker, clock(), 10, LEASE)) == 5
+    assert pipeline.render(clock.advance(seconds=1)).rendered == 0  # its own name: not "dead"
+
+    take_back_previous_claims(engine, pipeline.worker, clock())
+
+    assert pipeline.render(clock.advance(seconds=1)).rendered == 5

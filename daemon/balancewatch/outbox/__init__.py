@@ -59,6 +59,7 @@ from balancewatch.outbox.queued import (
     Written,
     holders,
     note_not_rendered,
+    release_queued,
     take_queued,
     write_rendered,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "record_and_renew",
     "record_many",
     "release",
+    "release_queued",
     "renew",
     "requeue_parked",
     "requeue_refs",

@@ -118,6 +118,17 @@ def take_queued(
     return sorted(rows, key=lambda q: q.id)
 
 
+def release_queued(conn: Connection, worker: str) -> int:
+    """Free the queued rows ``worker`` holds (an earlier run of it, at start): due to be taken
+    again at once. Returns how many."""
+    stmt = (
+        update(OUTBOX_TABLE)
+        .where(outbox.status == QUEUED, outbox.claimed_by == worker)
+        .values(claimed_by=None, lease_until=None)
+    )
+    return conn.execute(stmt).rowcount or 0
+
+
 def _held(worker: str) -> list[object]:
     return [
         outbox.id == bindparam("row_id"),

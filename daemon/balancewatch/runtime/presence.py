@@ -38,10 +38,12 @@ def live_namesake(engine: Engine, worker: str, now: datetime) -> str | None:
 
 
 def take_back_previous_claims(engine: Engine, worker: str, now: datetime) -> int:
-    """Release the outbox rows and report claims still held under ``worker``, which come from an
-    earlier run of it (nothing of this run holds any yet). Returns the outbox rows released."""
+    """Release the outbox rows (being sent, or taken for rendering) and report claims still held
+    under ``worker``, which come from an earlier run of it (nothing of this run holds any yet).
+    Returns the outbox rows released that were being sent."""
     with engine.begin() as conn:
         taken = outbox.release(conn, worker, attempted=True)
+        outbox.release_queued(conn, worker)
         instance_status.expire_report_claims(conn, [worker], now)
     return taken
 
