@@ -4,8 +4,11 @@ sees a row before its message is written."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +21,8 @@ from balancewatch.core import procinfo
 from balancewatch.liveset import LiveSet
 from balancewatch.outbox import OUTBOX_TABLE as OUTBOX
 from balancewatch.render.packed import unpack
+from balancewatch.render.stage import PARALLEL_AFTER, Stage, render_queued
+from balancewatch.render.workers import RenderWorkers
 from balancewatch.runtime.presence import take_back_previous_claims
 from balancewatch.runtime.service import build_pipeline
 from balancewatch.store import status as instance_status
@@ -188,3 +193,75 @@ def test_a_restart_under_a_fixed_name_frees_the_rows_its_earlier_run_was_renderi
     take_back_previous_claims(engine, pipeline.worker, clock())
 
     assert pipeline.render(clock.advance(seconds=1)).rendered == 5
+
+
+@pytest.fixture
+def backlog(
+    engine: Engine,
+    db_url: str,
+    make_settings: Callable[..., Settings],
+    live_from: Callable[[str], LiveSet],
+    clock: Clock,
+) -> tuple[Settings, LiveSet]:
+    """Forty accounts below 100.00, decided and queued."""
+    settings, live = make_settings(db_url), live_from(LADDER)
+    for n in range(40):
+        account(engine, f"acct-{n:02}", name=f"Account {n}")
+        post(engine, f"acct-{n:02}", "USD", 9_000, clock())
+    cycle.poll(engine, live, settings, clock(), full=True)
+    return settings, live
+
+
+def test_a_large_backlog_is_rendered_by_worker_processes_into_the_same_messages(
+    engine: Engine, backlog: tuple[Settings, LiveSet], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, live = backlog
+    queued = rows(engine)
+    expected = {r.id: live.templates.render("low-balance", unpack(r.context)[0]) for r in queued}
+    with engine.begin() as conn:
+        conn.execute(update(OUTBOX).where(OUTBOX.c.id == queued[-1].id).values(context="not json"))
+    handed: list[int] = []
+    submit = RenderWorkers.submit
+    monkeypatch.setattr(
+        RenderWorkers, "submit", lambda self, part: handed.append(len(part)) or submit(self, part)
+    )
+    stage = Stage(engine, live.templates, "renderer", LEASE, settings.delivery.retry)
+
+    stats = render_queued(stage, clock(), batch=5, processes=2)
+
+    assert (stats.rendered, stats.parked) == (39, 1)
+    assert sum(handed) == 40 - 5 * PARALLEL_AFTER  # the first batches in this process, then the workers'
+    done = {r.id: r for r in rows(engine)}
+    with engine.connect() as conn:
+        html = dict(conn.execute(select(OUTBOX.c.id, OUTBOX.c.html)).all())  # type: ignore[arg-type]
+    broken = queued[-1].id
+    assert done.pop(broken).status == "parked"
+    assert {i: (r.status, r.subject, html[i]) for i, r in done.items()} == {
+        i: ("pending", e.subject, e.html) for i, e in expected.items() if i != broken
+    }
+
+
+def test_a_worker_that_dies_leaves_its_rows_to_be_rendered_in_the_stage_s_process(
+    engine: Engine, backlog: tuple[Settings, LiveSet]
+) -> None:
+    _settings, live = backlog
+    with engine.begin() as conn:
+        taken = outbox.take_queued(conn, "renderer", datetime.now(UTC), 40, LEASE)
+    workers = RenderWorkers(live.templates, 2)
+    try:
+        first = workers.collect(workers.submit(taken[:20]))
+        pool = workers._pool
+        assert pool is not None
+        for process in list(pool._processes.values()):  # killed between two batches (OOM, say)
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(10)
+        deadline = time.monotonic() + 10
+        while not pool._broken and time.monotonic() < deadline:  # the pool's own thread notices
+            time.sleep(0.01)
+        rest = workers.collect(workers.submit(taken[20:]))
+    finally:
+        workers.close()
+
+    assert workers.broken
+    written = [o.id for o in first + rest if isinstance(o, outbox.Written)]
+    assert sorted(written) == sorted(r.id for r in taken)

@@ -72,7 +72,7 @@ except ModuleNotFoundError:  # run as a script: its own directory comes first on
     import reports_data  # type: ignore[no-redef]
     import reports_instances  # type: ignore[no-redef]
 
-from balancewatch.reports.parallel import default_processes
+from balancewatch.core.procinfo import default_processes
 
 REPORT_ID = "monthly-usage"
 RULES = f"""\

@@ -73,3 +73,10 @@ def gone(process: str | None) -> bool:
     now_started = _start_ticks(pid)
     # Unreadable (a /proc hiding other users' processes): alive, as far as we can tell.
     return bool(now_started) and now_started != started
+
+
+def default_processes() -> int:
+    """Worker processes for work that holds the interpreter lock (rendering): one per core; 0
+    (work in this process) on a single core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if cores > 1 else 0

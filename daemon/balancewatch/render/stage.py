@@ -6,6 +6,9 @@ context (``render/packed.py``), not its rendered text: a chunk of decisions hold
 for deciding alone. This stage then takes the queued rows in batches under a lease
 (``outbox.queued``), renders each outside any transaction, and writes the messages back.
 
+A large backlog (more than ``PARALLEL_AFTER`` full batches) is rendered by worker processes, one
+per core (``render/workers.py``), while this process takes the next batch and writes the last.
+
 A row whose render fails (a template error, the render budget) stays queued and is tried again
 with delivery's backoff (``delivery.retry``), so a template fixed and reloaded sends it; once
 ``delivery.retry.give_up_after`` has passed since the decision it is parked with the error, and
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -25,14 +29,16 @@ from sqlalchemy import Engine
 
 from balancewatch import outbox
 from balancewatch.config import RetrySettings
+from balancewatch.core.procinfo import default_processes
 from balancewatch.outbox import NotRendered, Queued, Written
-from balancewatch.render.packed import CHAT, PackError, unpack
-from balancewatch.render.templates import RenderError, TemplateSet
+from balancewatch.render.templates import TemplateSet
+from balancewatch.render.workers import Failed, Outcome, RenderWorkers, render_all
 from balancewatch.store import status
 
 log = logging.getLogger(__name__)
 
 BATCH = 200  # rows taken, rendered and written back at a time
+PARALLEL_AFTER = 3  # full batches in a row from which a pass renders in worker processes
 
 
 @dataclass
@@ -57,6 +63,9 @@ class Stage:
     retry: RetrySettings
 
 
+Handed = list[tuple[list[Queued], Future[list[Outcome]]]]
+
+
 def render_queued(
     stage: Stage,
     now: datetime,
@@ -65,49 +74,70 @@ def render_queued(
     stopping: threading.Event | None = None,
     progressed: Callable[[], None] | None = None,
     stale_after: timedelta | None = None,
+    processes: int | None = None,
 ) -> StageStats:
     """Render every queued row due at ``now``, batch after batch, until none is left or
     ``stopping`` is set (checked between batches). ``progressed`` is called after each batch.
     Rows held by an instance that stopped or died are taken at once; with ``stale_after``, so
-    are those of an instance whose heartbeat is older than that (as delivery takes them)."""
+    are those of an instance whose heartbeat is older than that (as delivery takes them).
+    ``processes``: worker processes for a large backlog (default one per core; 0: none)."""
     stats = StageStats()
-    while stopping is None or not stopping.is_set():
-        with stage.engine.begin() as conn:
-            others = outbox.holders(conn, stage.worker)
-            dead = status.dead(conn, others, now, stale_after) if others else set()
-            rows = outbox.take_queued(conn, stage.worker, now, batch, stage.lease, dead)
-        if not rows:
-            break
-        written: list[Written] = []
-        failed: list[NotRendered] = []
-        for row in rows:
-            _render_row(stage, row, now, written, failed, stats)
-        with stage.engine.begin() as conn:
-            outbox.write_rendered(conn, stage.worker, now, written)
-            outbox.note_not_rendered(conn, stage.worker, failed)
-        stats.rendered += len(written)
-        if progressed is not None:
-            progressed()
-        if len(rows) < batch:
-            break
+    processes = default_processes() if processes is None else processes
+    workers: RenderWorkers | None = None
+    handed: tuple[list[Queued], Handed] | None = None  # a batch the workers are rendering
+    full = 0
+    try:
+        while stopping is None or not stopping.is_set():
+            rows = _take(stage, now, batch, stale_after)
+            if rows and workers is None and processes > 0 and full >= PARALLEL_AFTER:
+                workers = RenderWorkers(stage.templates, processes)
+            if handed is not None and workers is not None:  # written once the next batch is taken
+                _write(stage, now, handed[0], workers.collect(handed[1]), stats)
+                handed = None
+            if not rows:
+                break
+            if workers is not None and not workers.broken:
+                handed = (rows, workers.submit(rows))
+            else:
+                _write(stage, now, rows, render_all(stage.templates, rows), stats)
+            full = full + 1 if len(rows) == batch else 0
+            if progressed is not None:
+                progressed()
+            if len(rows) < batch and handed is None:
+                break
+        if handed is not None and workers is not None:
+            _write(stage, now, handed[0], workers.collect(handed[1]), stats)
+    finally:
+        if workers is not None:
+            workers.close()
     return stats
 
 
-def _render_row(
-    stage: Stage,
-    row: Queued,
-    now: datetime,
-    written: list[Written],
-    failed: list[NotRendered],
-    stats: StageStats,
+def _take(stage: Stage, now: datetime, batch: int, stale_after: timedelta | None) -> list[Queued]:
+    with stage.engine.begin() as conn:
+        others = outbox.holders(conn, stage.worker)
+        dead = status.dead(conn, others, now, stale_after) if others else set()
+        return outbox.take_queued(conn, stage.worker, now, batch, stage.lease, dead)
+
+
+def _write(
+    stage: Stage, now: datetime, rows: list[Queued], outcomes: list[Outcome], stats: StageStats
 ) -> None:
-    try:
-        written.append(render_row(stage.templates, row))
-        return
-    except PackError as exc:
-        problem, retry_at = str(exc), None
-    except RenderError as exc:
-        problem, retry_at = str(exc.problem), _retry_at(stage.retry, row, now)
+    """Write what rendering made of ``rows``: the messages, and why the others were not."""
+    by_id = {row.id: row for row in rows}
+    written = [o for o in outcomes if isinstance(o, Written)]
+    failed = [_failure(stage, by_id[o.id], o, now, stats) for o in outcomes if isinstance(o, Failed)]
+    with stage.engine.begin() as conn:
+        outbox.write_rendered(conn, stage.worker, now, written)
+        outbox.note_not_rendered(conn, stage.worker, failed)
+    stats.rendered += len(written)
+
+
+def _failure(stage: Stage, row: Queued, failed: Failed, now: datetime, stats: StageStats) -> NotRendered:
+    """What to note of a row not rendered: parked at once when its context is unreadable or its
+    give-up window has passed, else tried again with the delivery backoff."""
+    problem = failed.problem
+    retry_at = None if failed.unreadable else _retry_at(stage.retry, row, now)
     _log_failure(row, problem, retry_at)
     stats.errors.append(problem)
     if retry_at is None:
@@ -117,19 +147,7 @@ def _render_row(
     else:
         stats.retrying += 1
         error = f"not rendered yet: {problem}"
-    failed.append(NotRendered(row.id, error, retry_at))
-
-
-def render_row(templates: TemplateSet, row: Queued) -> Written:
-    """``row``'s message rendered with ``templates``. Raises PackError for a context that cannot
-    be read back, RenderError for a template that fails with it."""
-    if row.context is None or row.template is None:
-        raise PackError("the queued row has no template context")
-    context, part = unpack(row.context)
-    rendered = templates.render(row.template, context, chat=part == CHAT)
-    if part == CHAT:
-        return Written(row.id, rendered.subject, rendered.chat or rendered.subject, None)
-    return Written(row.id, rendered.subject, rendered.text, rendered.html)
+    return NotRendered(row.id, error, retry_at)
 
 
 def _retry_at(retry: RetrySettings, row: Queued, now: datetime) -> datetime | None:

@@ -50,12 +50,6 @@ AHEAD = 1  # batches handed to the workers beyond the one being recorded
 PARENT_CHECK = 1.0  # seconds between a worker's looks at whether its parent is still there
 
 
-def default_processes() -> int:
-    """Worker processes for a run: one per core; 0 (build in this process) on a single core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores if cores > 1 else 0
-
-
 @dataclass(frozen=True)
 class _Setup:
     """What a worker process starts from: picklable, no connection, no compiled code."""

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, select
 from balancewatch.config import Settings
 from balancewatch.core.durations import format_duration
 from balancewatch.core.metrics import NOOP, Recorder
+from balancewatch.core.procinfo import default_processes
 from balancewatch.liveset import LiveSet
 from balancewatch.render.templates import TemplateSuspendedError
 from balancewatch.reports import accounts as accts
@@ -68,7 +69,7 @@ def run_due(
     """
     job = SendJob(engine, live, settings, now, worker, stopping, metrics)
     zones = zones if zones is not None else accts.ZoneCache()
-    processes = parallel.default_processes() if processes is None else processes
+    processes = default_processes() if processes is None else processes
     workers = parallel.ReportWorkers(live, settings, processes) if processes > 0 else None
     try:
         return _run_due(job, zones, workers)
