@@ -452,7 +452,8 @@ def report(res: Results, command: str, generation_s: float) -> str:
             f"{first_rest:.2f} s; target {FIRST_SWEEP_TARGET_S:g} s for {FIRST_SWEEP_TARGET_ALERTS:,} "
             "alerts (3x faster than PostgreSQL's 45.68 s), scaled by the alerts fired",
             f"  then the render stage: {res.first_rendered:,} messages in {res.first_stage_s:.2f} s "
-            f"({per_email:.2f} ms a message, templates {res.first_sweep_render_s:.2f} s); decisions and "
+            f"({per_email:.2f} ms a message; rendering in this process {res.first_sweep_render_s:.2f} s, the "
+            f"rest in worker processes once the backlog is large); decisions and "
             f"rendering together {res.first_sweep_s + res.first_stage_s:.2f} s",
             f"(a) {res.sweep_candidates:,} candidates; finding them {common.med(res.sweep_find_s):.3f} s; "
             f"floor rows {res.floor_sweep_rows:,} ({res.floor_sweep_cur_rows:,} with currency)",
