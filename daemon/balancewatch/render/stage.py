@@ -78,17 +78,19 @@ def render_queued(
 ) -> StageStats:
     """Render every queued row due at ``now``, batch after batch, until none is left or
     ``stopping`` is set (checked between batches). ``progressed`` is called after each batch.
-    Rows held by an instance that stopped or died are taken at once; with ``stale_after``, so
-    are those of an instance whose heartbeat is older than that (as delivery takes them).
+    Rows held by an instance that stopped or died (judged once, as the pass begins) are taken at
+    once; with ``stale_after``, so are those of an instance whose heartbeat is older than that
+    (as delivery takes them).
     ``processes``: worker processes for a large backlog (default one per core; 0: none)."""
     stats = StageStats()
     processes = default_processes() if processes is None else processes
     workers: RenderWorkers | None = None
     handed: tuple[list[Queued], Handed] | None = None  # a batch the workers are rendering
     full = 0
+    dead = _dead(stage, now, stale_after)
     try:
         while stopping is None or not stopping.is_set():
-            rows = _take(stage, now, batch, stale_after)
+            rows = _take(stage, now, batch, dead)
             if rows and workers is None and processes > 0 and full >= PARALLEL_AFTER:
                 workers = RenderWorkers(stage.templates, processes)
             if handed is not None and workers is not None:  # written once the next batch is taken
@@ -113,10 +115,15 @@ def render_queued(
     return stats
 
 
-def _take(stage: Stage, now: datetime, batch: int, stale_after: timedelta | None) -> list[Queued]:
+def _dead(stage: Stage, now: datetime, stale_after: timedelta | None) -> set[str]:
+    """The other instances holding queued rows that stopped or died."""
     with stage.engine.begin() as conn:
         others = outbox.holders(conn, stage.worker)
-        dead = status.dead(conn, others, now, stale_after) if others else set()
+        return status.dead(conn, others, now, stale_after) if others else set()
+
+
+def _take(stage: Stage, now: datetime, batch: int, dead: set[str]) -> list[Queued]:
+    with stage.engine.begin() as conn:
         return outbox.take_queued(conn, stage.worker, now, batch, stage.lease, dead)
 
 
