@@ -181,18 +181,29 @@ def test_the_rows_of_an_instance_that_stopped_or_died_mid_batch_are_rendered_at_
     assert (stats.rendered, [r.status for r in rows(engine)]) == (5, ["pending"] * 5)
 
 
-def test_a_restart_under_a_fixed_name_frees_the_rows_its_earlier_run_was_rendering(
+def test_rows_a_pass_cut_short_left_held_are_rendered_by_the_next_pass_at_once(
     engine: Engine, decided: tuple[Settings, LiveSet], clock: Clock
 ) -> None:
     settings, live = decided
     pipeline = build_pipeline(engine, settings, live)
-    with engine.begin() as conn:  # an earlier run of this instance took them, then was killed
+    with engine.begin() as conn:  # taken, then the database went away before they were written
         assert len(outbox.take_queued(conn, pipeline.worker, clock(), 10, LEASE)) == 5
-    assert pipeline.render(clock.advance(seconds=1)).rendered == 0  # its own name: not "dead"
-
-    take_back_previous_claims(engine, pipeline.worker, clock())
 
     assert pipeline.render(clock.advance(seconds=1)).rendered == 5
+
+
+def test_a_restart_under_a_fixed_name_frees_the_rows_its_earlier_run_was_rendering(
+    engine: Engine, decided: tuple[Settings, LiveSet], clock: Clock
+) -> None:
+    settings, live = decided
+    worker = build_pipeline(engine, settings, live).worker
+    with engine.begin() as conn:
+        assert len(outbox.take_queued(conn, worker, clock(), 10, LEASE)) == 5
+
+    take_back_previous_claims(engine, worker, clock())
+
+    with engine.begin() as conn:
+        assert len(outbox.take_queued(conn, "another", clock(), 10, LEASE)) == 5
 
 
 @pytest.fixture

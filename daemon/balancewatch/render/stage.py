@@ -87,7 +87,7 @@ def render_queued(
     workers: RenderWorkers | None = None
     handed: tuple[list[Queued], Handed] | None = None  # a batch the workers are rendering
     full = 0
-    dead = _dead(stage, now, stale_after)
+    dead = _begin_pass(stage, now, stale_after)
     try:
         while stopping is None or not stopping.is_set():
             rows = _take(stage, now, batch, dead)
@@ -115,9 +115,12 @@ def render_queued(
     return stats
 
 
-def _dead(stage: Stage, now: datetime, stale_after: timedelta | None) -> set[str]:
-    """The other instances holding queued rows that stopped or died."""
+def _begin_pass(stage: Stage, now: datetime, stale_after: timedelta | None) -> set[str]:
+    """Free the rows this instance still holds (a pass cut short by a database failure: one
+    evaluation runs at a time), and return the other instances holding queued rows that
+    stopped or died."""
     with stage.engine.begin() as conn:
+        outbox.release_queued(conn, stage.worker)
         others = outbox.holders(conn, stage.worker)
         return status.dead(conn, others, now, stale_after) if others else set()
 
