@@ -118,6 +118,17 @@ def take_queued(
     return sorted(rows, key=lambda q: q.id)
 
 
+def due_now(conn: Connection, now: datetime) -> int:
+    """Make every queued row waiting for a later try due at ``now`` (the templates changed: a
+    fixed one renders it at once, not after its backoff). Returns how many."""
+    stmt = (
+        update(OUTBOX_TABLE)
+        .where(outbox.status == QUEUED, outbox.next_attempt_at > now)
+        .values(next_attempt_at=now)
+    )
+    return conn.execute(stmt).rowcount or 0
+
+
 def release_queued(conn: Connection, worker: str) -> int:
     """Free the queued rows ``worker`` holds (an earlier run of it, at start): due to be taken
     again at once. Returns how many."""

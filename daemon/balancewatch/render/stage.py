@@ -75,19 +75,21 @@ def render_queued(
     progressed: Callable[[], None] | None = None,
     stale_after: timedelta | None = None,
     processes: int | None = None,
+    templates_changed: bool = False,
 ) -> StageStats:
     """Render every queued row due at ``now``, batch after batch, until none is left or
     ``stopping`` is set (checked between batches). ``progressed`` is called after each batch.
     Rows held by an instance that stopped or died (judged once, as the pass begins) are taken at
     once; with ``stale_after``, so are those of an instance whose heartbeat is older than that
     (as delivery takes them).
-    ``processes``: worker processes for a large backlog (default one per core; 0: none)."""
+    ``processes``: worker processes for a large backlog (default one per core; 0: none). With
+    ``templates_changed`` (a reload, a start), rows waiting to be tried again are tried now."""
     stats = StageStats()
     processes = default_processes() if processes is None else processes
     workers: RenderWorkers | None = None
     handed: tuple[list[Queued], Handed] | None = None  # a batch the workers are rendering
     full = 0
-    dead = _begin_pass(stage, now, stale_after)
+    dead = _begin_pass(stage, now, stale_after, templates_changed)
     try:
         while stopping is None or not stopping.is_set():
             rows = _take(stage, now, batch, dead)
@@ -115,12 +117,14 @@ def render_queued(
     return stats
 
 
-def _begin_pass(stage: Stage, now: datetime, stale_after: timedelta | None) -> set[str]:
+def _begin_pass(stage: Stage, now: datetime, stale_after: timedelta | None, changed: bool) -> set[str]:
     """Free the rows this instance still holds (a pass cut short by a database failure: one
-    evaluation runs at a time), and return the other instances holding queued rows that
-    stopped or died."""
+    evaluation runs at a time), make the rows waiting for a retry due when the templates
+    ``changed``, and return the other instances holding queued rows that stopped or died."""
     with stage.engine.begin() as conn:
         outbox.release_queued(conn, stage.worker)
+        if changed:
+            outbox.due_now(conn, now)
         others = outbox.holders(conn, stage.worker)
         return status.dead(conn, others, now, stale_after) if others else set()
 

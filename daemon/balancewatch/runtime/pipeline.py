@@ -59,6 +59,7 @@ class Pipeline:
     stopping: threading.Event = field(default_factory=threading.Event)
     hook: Hook | None = None
     _unhooked_logged: datetime | None = field(default=None, repr=False)
+    _rendered_with: LiveSet | None = field(default=None, repr=False)  # the set of the last render pass
     report_zones: ZoneCache = field(default_factory=ZoneCache, repr=False)
     # Since when this instance's heartbeat has been written without a break (None: it is not,
     # or not yet): only then may it judge another instance dead by a stale heartbeat.
@@ -129,14 +130,23 @@ class Pipeline:
 
     def render(self, now: datetime, live: LiveSet | None = None) -> StageStats:
         """Render the queued messages due at ``now`` with ``live``'s templates (default: the set
-        live now), making them ready for delivery; stops between batches once ``stopping`` is set."""
+        live now), making them ready for delivery; stops between batches once ``stopping`` is set.
+        The first pass with a set (after a start or a reload) tries again at once the messages
+        whose template failed."""
         if live is None:
             with self.lock:
                 live = self.live
         delivery = self.settings.delivery
         stage = Stage(self.engine, live.templates, self.worker, delivery.lease, delivery.retry)
+        # A new set (a reload, a start) may have fixed a template: what waits for a retry goes now.
+        changed, self._rendered_with = live is not self._rendered_with, live
         return render_queued(
-            stage, now, stopping=self.stopping, progressed=self.progressed, stale_after=self.stale_after(now)
+            stage,
+            now,
+            stopping=self.stopping,
+            progressed=self.progressed,
+            stale_after=self.stale_after(now),
+            templates_changed=changed,
         )
 
     def deliver(self, now: datetime, clock: Clock | None = None, lane: str | None = None) -> DeliveryStats:
