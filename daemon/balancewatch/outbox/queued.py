@@ -3,8 +3,9 @@
 
 Taking is a compare-and-set like delivery's claim (``claim.py``): the ids are picked first
 (``SKIP LOCKED`` on PostgreSQL), then leased only where still queued and free, so two instances
-never render the same row at once, and a renderer that died leaves its rows to the next one once
-its lease has run out. Every write checks the lease is still the writer's.
+never render the same row at once, and a renderer that died leaves its rows to the next one: at
+once when it is known to have stopped or died (``dead``), else once its lease has run out. Every
+write checks the lease is still the writer's.
 """
 
 from __future__ import annotations
