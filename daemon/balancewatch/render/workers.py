@@ -3,7 +3,7 @@ next batch and writes the last: a large backlog (a first sweep, a rule that make
 balances fire at once) renders on every core.
 
 Rendering (Jinja, CSS inlining) holds the interpreter lock, so threads would not help. A worker
-is spawned, not forked (the daemon's threads and their locks stay out of it), compiles its own
+is spawned (``core/workerpool.py``), compiles its own
 copy of the stage's templates (the same files, the same budget) and only renders: it reads no
 database and writes nothing. What it renders goes back to the stage's process, which writes it
 under the lease it took, as without workers. A worker that dies takes nothing with it: its rows
@@ -12,21 +12,16 @@ are rendered in the stage's process, and so is everything after it in that pass.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from balancewatch.core.limits import RenderBudget
+from balancewatch.core.workerpool import spawned_pool
 from balancewatch.outbox import Queued, Written
 from balancewatch.render.packed import CHAT, PackError, unpack
 from balancewatch.render.templates import RenderError, TemplateSet
-
-PARENT_CHECK = 1.0  # seconds between a worker's looks at whether its parent is still there
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +50,7 @@ _WORKER: dict[str, TemplateSet] = {}  # in a worker process: its templates
 
 
 def _start(setup: _Setup) -> None:
-    threading.Thread(target=_end_with, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     _WORKER["templates"] = TemplateSet(setup.files, setup.directory, setup.budget)
-
-
-def _end_with(parent: int) -> None:
-    """End this worker once its parent has gone (killed, say): a worker waiting for work would
-    otherwise wait for ever, since it holds an end of the pipe it waits on itself."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK)
-    os._exit(0)
 
 
 def render_row(templates: TemplateSet, row: Queued) -> Written:
@@ -111,12 +97,7 @@ class RenderWorkers:
     def submit(self, rows: list[Queued]) -> list[tuple[list[Queued], Future[list[Outcome]]]]:
         """``rows`` in one part per worker, each with its future outcomes."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start,
-                initargs=(self._setup,),
-            )
+            self._pool = spawned_pool(self.processes, _start, self._setup)
         size = -(-len(rows) // self.processes)
         parts = []
         for part in (rows[i : i + size] for i in range(0, len(rows), size)):

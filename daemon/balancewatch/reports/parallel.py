@@ -20,10 +20,6 @@ At most ``AHEAD`` + 1 batches are claimed and not yet recorded at a time.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import threading
-import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,6 +32,7 @@ from typing import Any
 from balancewatch.config import Settings
 from balancewatch.core.limits import RenderBudget
 from balancewatch.core.problems import Problem
+from balancewatch.core.workerpool import spawned_pool
 from balancewatch.liveset import LiveSet
 from balancewatch.render.templates import TemplateSet, TemplateSuspendedError
 from balancewatch.reports import compose, sending
@@ -47,7 +44,6 @@ log = logging.getLogger(__name__)
 
 PARALLEL_MIN = 200  # claimed accounts in a batch from which its reports go to the workers
 AHEAD = 1  # batches handed to the workers beyond the one being recorded
-PARENT_CHECK = 1.0  # seconds between a worker's looks at whether its parent is still there
 
 
 @dataclass(frozen=True)
@@ -77,18 +73,9 @@ _WORKER: dict[str, Any] = {}  # in a worker process: its engine, templates and s
 def _start(setup: _Setup) -> None:
     from balancewatch.store.db import make_engine
 
-    threading.Thread(target=_end_with, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     _WORKER["setup"] = setup
     _WORKER["templates"] = TemplateSet(setup.files, setup.directory, setup.budget)
     _WORKER["engine"] = make_engine(setup.settings.database_url, pool_size=1)
-
-
-def _end_with(parent: int) -> None:
-    """End this worker once its parent has gone (killed, say): a worker waiting for work would
-    otherwise wait for ever, since it holds an end of the pipe it waits on itself."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK)
-    os._exit(0)
 
 
 def _make(report: CompiledReport, period: Period, now: datetime, accounts: list[AccountInfo]) -> Chunk:
@@ -122,14 +109,7 @@ class ReportWorkers:
         self, report: CompiledReport, period: Period, now: datetime, accounts: list[AccountInfo]
     ) -> Future[Chunk]:
         if self._pool is None:
-            # Spawned, not forked: the daemon's threads (scheduler, watchdog, connections) and
-            # their locks stay out of the workers.
-            self._pool = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start,
-                initargs=(self._setup,),
-            )
+            self._pool = spawned_pool(self.processes, _start, self._setup)
         return self._pool.submit(_make, report, period, now, accounts)
 
     def close(self) -> None:
