@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,21 +40,40 @@ alerts:
 LEASE = timedelta(minutes=5)
 
 
+QueueAlerts = Callable[[int], tuple[Settings, LiveSet]]
+
+
 @pytest.fixture
-def decided(
+def queue_alerts(
     engine: Engine,
     db_url: str,
     make_settings: Callable[..., Settings],
     live_from: Callable[[str], LiveSet],
     clock: Clock,
-) -> tuple[Settings, LiveSet]:
-    """Five accounts below 100.00, each decided (one alert each) and queued, not rendered."""
-    settings, live = make_settings(db_url), live_from(LADDER)
-    for n in range(5):
-        account(engine, f"acct-{n}", name=f"Account {n}")
-        post(engine, f"acct-{n}", "USD", 9_000, clock())
-    cycle.poll(engine, live, settings, clock(), full=True)
-    return settings, live
+) -> QueueAlerts:
+    """``count`` accounts below 100.00, each decided (one alert each) and queued, not rendered."""
+
+    def queue(count: int) -> tuple[Settings, LiveSet]:
+        settings, live = make_settings(db_url), live_from(LADDER)
+        for n in range(count):
+            account(engine, f"acct-{n:02}", name=f"Account {n}")
+            post(engine, f"acct-{n:02}", "USD", 9_000, clock())
+        cycle.poll(engine, live, settings, clock(), full=True)
+        return settings, live
+
+    return queue
+
+
+@pytest.fixture
+def decided(queue_alerts: QueueAlerts) -> tuple[Settings, LiveSet]:
+    """Five alerts queued."""
+    return queue_alerts(5)
+
+
+@pytest.fixture
+def backlog(queue_alerts: QueueAlerts) -> tuple[Settings, LiveSet]:
+    """Forty alerts queued."""
+    return queue_alerts(40)
 
 
 def rows(engine: Engine) -> list[Any]:
@@ -206,23 +224,6 @@ def test_a_restart_under_a_fixed_name_frees_the_rows_its_earlier_run_was_renderi
         assert len(outbox.take_queued(conn, "another", clock(), 10, LEASE)) == 5
 
 
-@pytest.fixture
-def backlog(
-    engine: Engine,
-    db_url: str,
-    make_settings: Callable[..., Settings],
-    live_from: Callable[[str], LiveSet],
-    clock: Clock,
-) -> tuple[Settings, LiveSet]:
-    """Forty accounts below 100.00, decided and queued."""
-    settings, live = make_settings(db_url), live_from(LADDER)
-    for n in range(40):
-        account(engine, f"acct-{n:02}", name=f"Account {n}")
-        post(engine, f"acct-{n:02}", "USD", 9_000, clock())
-    cycle.poll(engine, live, settings, clock(), full=True)
-    return settings, live
-
-
 def test_a_large_backlog_is_rendered_by_worker_processes_into_the_same_messages(
     engine: Engine, backlog: tuple[Settings, LiveSet], clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,9 +267,6 @@ def test_a_worker_that_dies_leaves_its_rows_to_be_rendered_in_the_stage_s_proces
         for process in list(pool._processes.values()):  # killed between two batches (OOM, say)
             os.kill(process.pid, signal.SIGKILL)
             process.join(10)
-        deadline = time.monotonic() + 10
-        while not pool._broken and time.monotonic() < deadline:  # the pool's own thread notices
-            time.sleep(0.01)
         rest = workers.collect(workers.submit(taken[20:]))
     finally:
         workers.close()
